@@ -1,0 +1,165 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/mandate-authz/mandate/schema"
+	"github.com/mandate-authz/mandate/store"
+	"github.com/mandate-authz/mandate/store/rel"
+)
+
+// Expand returns the tree of a relation or permission on an object: operation
+// nodes for permissions and leaves holding the relationships found directly.
+// With recursive set, userset subjects (group:x#member) and arrows are
+// expanded down to their own leaves; otherwise usersets stay as subjects.
+// Expired relationships never appear; caveated ones carry their caveat.
+func (e *Engine) Expand(ctx context.Context, obj rel.Object, relation string, rev store.Revision, recursive bool) (*ExpandNode, error) {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	rev, err := e.resolveRevision(rev)
+	if err != nil {
+		return nil, err
+	}
+	sch := e.idx.schemaAt(rev)
+	if sch == nil {
+		return nil, ErrNoSchema
+	}
+	if err := rel.ValidateObject(obj); err != nil {
+		return nil, fmt.Errorf("resource: %w", err)
+	}
+	if sch.Definition(obj.Type) == nil {
+		return nil, fmt.Errorf("%w: resource type %q is not defined", ErrUnknownType, obj.Type)
+	}
+	if sch.Relation(obj.Type, relation) == nil {
+		return nil, unknownRelationError(obj.Type, relation)
+	}
+	x := &expander{c: e.newChecker(rev, sch, nil), recursive: recursive, ctx: ctx}
+	return x.relation(obj, relation, 0)
+}
+
+type expander struct {
+	c         *checker
+	recursive bool
+	ctx       context.Context
+	path      []frame
+}
+
+func (x *expander) relation(obj rel.Object, relation string, depth int) (*ExpandNode, error) {
+	if err := x.ctx.Err(); err != nil {
+		return nil, err
+	}
+	if depth > x.c.eng.maxDepth {
+		return nil, fmt.Errorf("%w (%d) expanding %s#%s", ErrMaxDepth, x.c.eng.maxDepth, obj, relation)
+	}
+	r := x.c.sch.Relation(obj.Type, relation)
+	if r == nil {
+		return &ExpandNode{Object: obj, Relation: relation, Op: "leaf"}, nil
+	}
+	idx := x.c.idx
+	typ, ok1 := idx.lookup(obj.Type)
+	id, ok2 := idx.lookup(obj.ID)
+	relSym, ok3 := idx.lookup(relation)
+	if ok1 && ok2 && ok3 {
+		f := frame{typ, id, relSym}
+		for _, p := range x.path {
+			if p == f {
+				// A cycle: what lies beyond was already expanded above.
+				return &ExpandNode{Object: obj, Relation: relation, Op: "leaf"}, nil
+			}
+		}
+		x.path = append(x.path, f)
+		defer func() { x.path = x.path[:len(x.path)-1] }()
+	}
+	if r.IsPermission {
+		n, err := x.rewrite(obj, r.Rewrite, depth)
+		if err != nil {
+			return nil, err
+		}
+		n.Object, n.Relation = obj, relation
+		return n, nil
+	}
+	leaf := &ExpandNode{Object: obj, Relation: relation, Op: "leaf"}
+	if !(ok1 && ok2 && ok3) {
+		return leaf, nil
+	}
+	key := slotKey{typ, id, relSym}
+	var usersets []rel.Subject
+	for i := range idx.slots[key] {
+		e := &idx.slots[key][i]
+		if !e.liveAt(x.c.rev, x.c.now) {
+			continue
+		}
+		r := idx.relationshipOf(key, e)
+		leaf.Subjects = append(leaf.Subjects, r)
+		if r.Subject.Relation != "" {
+			usersets = append(usersets, r.Subject)
+		}
+	}
+	if !x.recursive || len(usersets) == 0 {
+		return leaf, nil
+	}
+	n := &ExpandNode{Object: obj, Relation: relation, Op: "union", Children: []*ExpandNode{leaf}}
+	for _, s := range usersets {
+		child, err := x.relation(s.Object(), s.Relation, depth+1)
+		if err != nil {
+			return nil, err
+		}
+		n.Children = append(n.Children, child)
+	}
+	return n, nil
+}
+
+func (x *expander) rewrite(obj rel.Object, rw *schema.Rewrite, depth int) (*ExpandNode, error) {
+	switch rw.Op {
+	case schema.OpUnion, schema.OpIntersection, schema.OpExclusion:
+		n := &ExpandNode{Object: obj, Op: rw.Op.String()}
+		for _, ch := range rw.Children {
+			c, err := x.rewrite(obj, ch, depth)
+			if err != nil {
+				return nil, err
+			}
+			n.Children = append(n.Children, c)
+		}
+		return n, nil
+	case schema.OpComputed:
+		return x.relation(obj, rw.Relation, depth+1)
+	case schema.OpArrow, schema.OpArrowAll:
+		op := "union"
+		if rw.Op == schema.OpArrowAll {
+			op = "intersection"
+		}
+		n := &ExpandNode{Object: obj, Relation: rw.Tupleset + "->" + rw.Relation, Op: op}
+		idx := x.c.idx
+		typ, ok1 := idx.lookup(obj.Type)
+		id, ok2 := idx.lookup(obj.ID)
+		ts, ok3 := idx.lookup(rw.Tupleset)
+		if !(ok1 && ok2 && ok3) {
+			return n, nil
+		}
+		key := slotKey{typ, id, ts}
+		for i := range idx.slots[key] {
+			e := &idx.slots[key][i]
+			if !e.liveAt(x.c.rev, x.c.now) {
+				continue
+			}
+			target := rel.Object{Type: idx.name(e.subjType), ID: idx.name(e.subjID)}
+			if x.c.sch.Relation(target.Type, rw.Relation) == nil {
+				continue
+			}
+			c, err := x.relation(target, rw.Relation, depth+1)
+			if err != nil {
+				return nil, err
+			}
+			n.Children = append(n.Children, c)
+		}
+		return n, nil
+	case schema.OpNil:
+		return &ExpandNode{Object: obj, Op: "leaf"}, nil
+	case schema.OpSelf:
+		return &ExpandNode{Object: obj, Op: "leaf", Subjects: []rel.Relationship{{
+			Resource: obj, Relation: "self", Subject: rel.Subject{Type: obj.Type, ID: obj.ID},
+		}}}, nil
+	}
+	return nil, fmt.Errorf("unknown rewrite operation %v", rw.Op)
+}
