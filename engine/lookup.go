@@ -94,8 +94,8 @@ func (e *Engine) LookupSubjects(ctx context.Context, req LookupSubjectsRequest) 
 	check := func(id string) (CheckResult, error) {
 		res, err := e.checkLocked(ctx, CheckRequest{
 			Resource: req.Resource, Permission: req.Permission,
-			Subject:  rel.Subject{Type: req.SubjectType, ID: id, Relation: req.SubjectRelation},
-			Context:  req.Context, Revision: rev,
+			Subject: rel.Subject{Type: req.SubjectType, ID: id, Relation: req.SubjectRelation},
+			Context: req.Context, Revision: rev,
 		})
 		if errors.Is(err, ErrAmbiguousAgent) {
 			// An agent acting for several principals holds nothing until a
