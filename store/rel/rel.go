@@ -230,10 +230,7 @@ func ValidateObject(o Object) error {
 	if o.ID == Wildcard {
 		return errors.New("object ID may not be a wildcard here")
 	}
-	if err := tuple.ValidateResourceID(o.ID); err != nil {
-		return fmt.Errorf("object ID %q: %w", o.ID, err)
-	}
-	return nil
+	return validateID("object ID", o.ID)
 }
 
 // ValidateSubject checks a subject's type, ID and relation against SpiceDB's rules.
@@ -241,8 +238,10 @@ func ValidateSubject(s Subject) error {
 	if err := validateName("subject type", s.Type); err != nil {
 		return err
 	}
-	if err := tuple.ValidateSubjectID(s.ID); err != nil {
-		return fmt.Errorf("subject ID %q: %w", s.ID, err)
+	if !s.IsWildcard() {
+		if err := validateID("subject ID", s.ID); err != nil {
+			return err
+		}
 	}
 	if s.Relation != "" {
 		if s.IsWildcard() {
@@ -270,6 +269,30 @@ func (r Relationship) Validate() error {
 	if r.Caveat != nil {
 		if err := validateName("caveat name", r.Caveat.Name); err != nil {
 			return err
+		}
+	}
+	return nil
+}
+
+// MaxIDLength is the longest object ID accepted, as in SpiceDB's API.
+const MaxIDLength = 1024
+
+// validateID enforces SpiceDB's object ID character set,
+// [a-zA-Z0-9/_|\-=+], without a regular expression: it runs on every check.
+func validateID(what, id string) error {
+	if id == "" {
+		return fmt.Errorf("%s is empty", what)
+	}
+	if len(id) > MaxIDLength {
+		return fmt.Errorf("%s is %d bytes long, at most %d allowed", what, len(id), MaxIDLength)
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case c == '/' || c == '_' || c == '|' || c == '-' || c == '=' || c == '+':
+		default:
+			return fmt.Errorf("%s %q: character %q is not allowed (allowed: letters, digits and / _ | - = +)", what, id, c)
 		}
 	}
 	return nil
