@@ -165,6 +165,10 @@ type ExpandNode struct {
 	// Subjects are the direct subjects of a leaf, with their caveat and
 	// expiration.
 	Subjects []rel.Relationship
+	// Via, on a child of an arrow node, is the relationship the arrow
+	// followed to reach this node's object; when it is caveated, everything
+	// found below holds only under that caveat.
+	Via *rel.Relationship
 }
 
 // Errors the engine reports; test with errors.Is.

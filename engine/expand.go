@@ -76,8 +76,15 @@ func (x *expander) relation(obj rel.Object, relation string, depth int) (*Expand
 		if err != nil {
 			return nil, err
 		}
-		n.Object, n.Relation = obj, relation
-		return n, nil
+		switch r.Rewrite.Op {
+		case schema.OpUnion, schema.OpIntersection, schema.OpExclusion:
+			n.Object, n.Relation = obj, relation
+			return n, nil
+		}
+		// A permission that is a single reference keeps the referenced
+		// node intact (subjects are found on the relation that holds them)
+		// under a node naming the permission.
+		return &ExpandNode{Object: obj, Relation: relation, Op: "union", Children: []*ExpandNode{n}}, nil
 	}
 	leaf := &ExpandNode{Object: obj, Relation: relation, Op: "leaf"}
 	if !(ok1 && ok2 && ok3) {
@@ -151,6 +158,8 @@ func (x *expander) rewrite(obj rel.Object, rw *schema.Rewrite, depth int) (*Expa
 			if err != nil {
 				return nil, err
 			}
+			via := idx.relationshipOf(key, e)
+			c.Via = &via
 			n.Children = append(n.Children, c)
 		}
 		return n, nil

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"sort"
 
 	"github.com/authzed/spicedb/pkg/caveats"
@@ -148,7 +149,9 @@ func (c *Caveat) Evaluate(requestCtx, relationshipCtx, supplied map[string]any) 
 		if err != nil {
 			return CaveatResult{}, fmt.Errorf("evaluating caveat %q: %w", c.Name, err)
 		}
+		// CEL reports a variable once per use; a parameter is missing once.
 		sort.Strings(missing)
+		missing = slices.Compact(missing)
 		return CaveatResult{Outcome: Unknown, Missing: missing}, nil
 	}
 	if res.Value() {

@@ -210,10 +210,10 @@ func Compile(ctx context.Context, text string) (*Schema, error) {
 	for _, nd := range compiled.ObjectDefinitions {
 		def, err := sdbschema.NewDefinition(nd)
 		if err != nil {
-			return nil, positioned(compiled, nd.Name, err)
+			return nil, positioned(compiled, text, nd.Name, err)
 		}
 		if _, err := ts.Validate(ctx, def); err != nil {
-			return nil, positioned(compiled, nd.Name, err)
+			return nil, positioned(compiled, text, nd.Name, err)
 		}
 		d, err := translateDefinition(nd)
 		if err != nil {
@@ -261,21 +261,24 @@ func toError(err error) error {
 	return &Error{Message: err.Error()}
 }
 
-// positioned attaches the position of the offending definition to a type
-// system error, which SpiceDB reports without one.
-func positioned(compiled *compiler.CompiledSchema, defName string, err error) error {
+// positioned attaches a position to a type system error, which SpiceDB
+// reports without one: the first use of the name the error quotes inside the
+// offending definition, else the definition itself.
+func positioned(compiled *compiler.CompiledSchema, text, defName string, err error) error {
 	e := &Error{Message: err.Error()}
 	for _, nd := range compiled.ObjectDefinitions {
 		if nd.Name != defName || nd.SourcePosition == nil {
 			continue
 		}
-		e.Line = int(nd.SourcePosition.ZeroIndexedLineNumber) + 1
+		startLine := int(nd.SourcePosition.ZeroIndexedLineNumber)
+		e.Line = startLine + 1
 		e.Column = int(nd.SourcePosition.ZeroIndexedColumnPosition) + 1
-		// Point at the relation named in the error when we can find it.
-		for _, r := range nd.Relation {
-			if r.SourcePosition != nil && containsWord(err.Error(), r.Name) {
-				e.Line = int(r.SourcePosition.ZeroIndexedLineNumber) + 1
-				e.Column = int(r.SourcePosition.ZeroIndexedColumnPosition) + 1
+		for _, word := range quotedWords(err.Error()) {
+			if word == defName {
+				continue
+			}
+			if line, col, ok := findWord(text, startLine, word); ok {
+				e.Line, e.Column = line, col
 				break
 			}
 		}
@@ -283,6 +286,43 @@ func positioned(compiled *compiler.CompiledSchema, defName string, err error) er
 	return e
 }
 
-func containsWord(msg, word string) bool {
-	return strings.Contains(msg, "`"+word+"`")
+// quotedWords returns the `backticked` words of a message, in order.
+func quotedWords(msg string) []string {
+	var out []string
+	for {
+		i := strings.IndexByte(msg, '`')
+		if i < 0 {
+			return out
+		}
+		j := strings.IndexByte(msg[i+1:], '`')
+		if j < 0 {
+			return out
+		}
+		out = append(out, msg[i+1:i+1+j])
+		msg = msg[i+2+j:]
+	}
 }
+
+// findWord finds word as a whole identifier at or after a zero-indexed line,
+// returning its 1-based line and column.
+func findWord(text string, fromLine int, word string) (int, int, bool) {
+	lines := strings.Split(text, "\n")
+	isIdent := func(c byte) bool { return c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' }
+	for l := fromLine; l < len(lines); l++ {
+		line := lines[l]
+		for off := 0; ; {
+			i := strings.Index(line[off:], word)
+			if i < 0 {
+				break
+			}
+			i += off
+			end := i + len(word)
+			if (i == 0 || !isIdent(line[i-1])) && (end == len(line) || !isIdent(line[end])) {
+				return l + 1, i + 1, true
+			}
+			off = end
+		}
+	}
+	return 0, 0, false
+}
+

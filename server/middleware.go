@@ -1,0 +1,140 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"runtime/debug"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/mandate-authz/mandate/proto/mandate/v1"
+)
+
+// longRunning methods are exempt from the request timeout: they last as long
+// as the client wants (Watch) or as the data is large (import, export).
+func longRunning(fullMethod string) bool {
+	switch fullMethod {
+	case pb.RelationshipService_Watch_FullMethodName,
+		pb.RelationshipService_ImportRelationships_FullMethodName,
+		pb.RelationshipService_ExportRelationships_FullMethodName:
+		return true
+	}
+	return false
+}
+
+// transportOf tells REST calls, which arrive through the in-process pipe,
+// from direct gRPC calls.
+func transportOf(ctx context.Context) string {
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil && p.Addr.Network() == "bufconn" {
+		return "rest"
+	}
+	return "grpc"
+}
+
+// begin authenticates a call and applies the request timeout. The returned
+// cancel must be called when the call ends.
+func (s *Server) begin(ctx context.Context, fullMethod string) (context.Context, context.CancelFunc, error) {
+	if err := s.auth.check(ctx, fullMethod); err != nil {
+		return ctx, func() {}, err
+	}
+	if isPublic(fullMethod) || longRunning(fullMethod) {
+		return ctx, func() {}, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.lim.RequestTimeout)
+	return ctx, cancel, nil
+}
+
+// finish turns a handler's error into a status with a clear message, logs
+// what the operator must see, and records metrics.
+func (s *Server) finish(ctx context.Context, fullMethod string, start time.Time, recovered any, err error) error {
+	if recovered != nil {
+		s.log.Error("panic serving a request", "method", fullMethod, "panic", fmt.Sprint(recovered), "stack", string(debug.Stack()))
+		err = status.Errorf(codes.Internal, "internal error serving %s", fullMethod)
+	}
+	err = toStatus(err)
+	code := status.Code(err)
+	switch code {
+	case codes.DeadlineExceeded:
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			err = status.Errorf(codes.DeadlineExceeded, "request deadline exceeded (the server allows at most %s per request; the client's deadline may be shorter): %s",
+				s.lim.RequestTimeout, status.Convert(err).Message())
+		}
+	case codes.Internal, codes.Unknown:
+		s.log.Error("request failed", "method", fullMethod, "error", status.Convert(err).Message())
+	}
+	transport := transportOf(ctx)
+	d := time.Since(start)
+	s.metrics.observe(fullMethod, transport, code, d)
+	s.log.Debug("request", "method", fullMethod, "transport", transport, "code", code.String(), "duration", d)
+	return err
+}
+
+func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
+	start := time.Now()
+	defer func() {
+		err = s.finish(ctx, info.FullMethod, start, recover(), err)
+		if err != nil {
+			resp = nil
+		}
+	}()
+	ctx, cancel, err := s.begin(ctx, info.FullMethod)
+	defer cancel()
+	if err != nil {
+		return nil, err
+	}
+	return handler(ctx, req)
+}
+
+// ctxStream overrides a stream's context.
+type ctxStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (c ctxStream) Context() context.Context { return c.ctx }
+
+func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
+	start := time.Now()
+	ctx := ss.Context()
+	defer func() { err = s.finish(ctx, info.FullMethod, start, recover(), err) }()
+	ctx, cancel, err := s.begin(ctx, info.FullMethod)
+	defer cancel()
+	if err != nil {
+		return err
+	}
+	return handler(srv, ctxStream{ServerStream: ss, ctx: ctx})
+}
+
+// limitBody bounds REST request bodies by the message size limit, answering
+// 413 up front when the declared length is over it. Import bodies are a
+// stream of messages, each bounded on its way to the gRPC server instead.
+func (s *Server) limitBody(h http.Handler) http.Handler {
+	limit := int64(s.lim.MaxMessageBytes)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v1/relationships/import" {
+			h.ServeHTTP(w, r)
+			return
+		}
+		if r.ContentLength > limit {
+			writeHTTPError(w, http.StatusRequestEntityTooLarge, codes.ResourceExhausted,
+				fmt.Sprintf("request body of %d bytes exceeds the limit of %d bytes (--max-message-size)", r.ContentLength, limit))
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, limit)
+		h.ServeHTTP(w, r)
+	})
+}
+
+// writeHTTPError writes an error in the same JSON shape grpc-gateway uses.
+func writeHTTPError(w http.ResponseWriter, httpStatus int, code codes.Code, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(httpStatus)
+	json.NewEncoder(w).Encode(map[string]any{"code": int(code), "message": msg, "details": []any{}})
+}

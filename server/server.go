@@ -1,0 +1,524 @@
+// Package server serves Mandate's mandate.v1 API over gRPC and, through
+// grpc-gateway, as REST/JSON under /v1. It is a thin layer over a store.Store
+// (the durable truth, which every write goes to) and an *engine.Engine (the
+// in-memory index every check and lookup reads), which it keeps following
+// the store's change stream.
+//
+// Besides the API it serves grpc.health.v1 and gRPC reflection on the gRPC
+// listener and /healthz, /readyz, /metrics (Prometheus) and /openapi.json on
+// the HTTP listener. Every API call needs a bearer preshared key.
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/test/bufconn"
+
+	"github.com/mandate-authz/mandate/engine"
+	pb "github.com/mandate-authz/mandate/proto/mandate/v1"
+	"github.com/mandate-authz/mandate/store"
+)
+
+// Limits bound what one request may ask for. Requests over a limit fail with
+// InvalidArgument (ResourceExhausted for message size; 413 on REST) and a
+// message naming the limit.
+type Limits struct {
+	// MaxMessageBytes bounds one gRPC message and one REST request body.
+	MaxMessageBytes int
+	// MaxCheckBulkItems bounds the items of one CheckBulk.
+	MaxCheckBulkItems int
+	// MaxWriteUpdates bounds the updates of one WriteRelationships.
+	MaxWriteUpdates int
+	// MaxPreconditions bounds the preconditions of one write or delete.
+	MaxPreconditions int
+	// MaxLookupLimit bounds optional_limit of LookupResources and
+	// LookupSubjects (a limit of 0 streams every result).
+	MaxLookupLimit int
+	// MaxReadLimit bounds optional_limit of ReadRelationships (0 streams
+	// every result).
+	MaxReadLimit int
+	// MaxDeleteLimit bounds optional_limit of DeleteRelationships and is the
+	// limit when none is given.
+	MaxDeleteLimit int
+	// MaxBulkBatch bounds the relationships of one ImportRelationships
+	// message and one ExportRelationships response.
+	MaxBulkBatch int
+	// RequestTimeout bounds every call except the long-running streams
+	// (Watch, ImportRelationships, ExportRelationships). A client's shorter
+	// deadline still applies.
+	RequestTimeout time.Duration
+}
+
+// DefaultLimits are the limits `mandate serve` starts with.
+func DefaultLimits() Limits {
+	return Limits{
+		MaxMessageBytes:   4 << 20,
+		MaxCheckBulkItems: 1000,
+		MaxWriteUpdates:   1000,
+		MaxPreconditions:  1000,
+		MaxLookupLimit:    1000,
+		MaxReadLimit:      1000,
+		MaxDeleteLimit:    1000,
+		MaxBulkBatch:      10_000,
+		RequestTimeout:    30 * time.Second,
+	}
+}
+
+// Config configures a Server.
+type Config struct {
+	// GRPCAddr and HTTPAddr are the listen addresses (":0" picks a port);
+	// an empty HTTPAddr disables the HTTP listener.
+	GRPCAddr string
+	HTTPAddr string
+	// PresharedKeys are the bearer keys accepted; at least one is required
+	// unless AllowUnauthenticated is set.
+	PresharedKeys []string
+	// AllowUnauthenticated serves without keys (tests and local tools only).
+	AllowUnauthenticated bool
+	// TLS certificate and key files for each listener; both or neither.
+	GRPCTLSCertPath, GRPCTLSKeyPath string
+	HTTPTLSCertPath, HTTPTLSKeyPath string
+	// ShutdownGracePeriod bounds how long shutdown waits for in-flight
+	// requests before cutting them off.
+	ShutdownGracePeriod time.Duration
+	// StoreName identifies the store across restarts and replicas, so that
+	// revision tokens stay valid there; empty draws a random identity, which
+	// suits a memory store (tokens from an earlier process are refused).
+	StoreName string
+	// Limits; zero fields take DefaultLimits' values.
+	Limits Limits
+	// Logger receives request and lifecycle logs; nil discards them. Keys
+	// and request payloads are never logged.
+	Logger *slog.Logger
+}
+
+// Server serves the API. Create it with New, run it with Run.
+type Server struct {
+	cfg     Config
+	lim     Limits
+	st      store.Store
+	eng     *engine.Engine
+	inst    instanceID
+	log     *slog.Logger
+	metrics *metrics
+	auth    *authenticator
+
+	grpc    *grpc.Server
+	health  *health.Server
+	http    *http.Server
+	grpcLis net.Listener
+	httpLis net.Listener
+	inproc  *bufconn.Listener
+	gwConn  *grpc.ClientConn
+
+	ready    atomic.Bool
+	stateMu  sync.Mutex // orders readiness changes against shutdown
+	shutting bool
+	stopping chan struct{}
+	runOnce  sync.Once
+}
+
+// New validates cfg, binds the listeners and prepares the server; Run
+// serves. The engine should be empty: Run loads the store into it.
+func New(st store.Store, eng *engine.Engine, cfg Config) (*Server, error) {
+	if st == nil || eng == nil {
+		return nil, errors.New("server: a store and an engine are required")
+	}
+	lim := withDefaults(cfg.Limits)
+	if cfg.ShutdownGracePeriod <= 0 {
+		cfg.ShutdownGracePeriod = 30 * time.Second
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	auth, err := newAuthenticator(cfg.PresharedKeys, cfg.AllowUnauthenticated)
+	if err != nil {
+		return nil, err
+	}
+	inst, err := newInstanceID(cfg.StoreName)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{
+		cfg: cfg, lim: lim, st: st, eng: eng, inst: inst, log: log, auth: auth,
+		metrics:  newMetrics(),
+		stopping: make(chan struct{}),
+	}
+	if err := s.listen(); err != nil {
+		s.closeListeners()
+		return nil, err
+	}
+	if err := s.buildGRPC(); err != nil {
+		s.closeListeners()
+		return nil, err
+	}
+	if err := s.buildHTTP(); err != nil {
+		s.closeListeners()
+		return nil, err
+	}
+	return s, nil
+}
+
+func withDefaults(l Limits) Limits {
+	d := DefaultLimits()
+	set := func(v *int, def int) {
+		if *v <= 0 {
+			*v = def
+		}
+	}
+	set(&l.MaxMessageBytes, d.MaxMessageBytes)
+	set(&l.MaxCheckBulkItems, d.MaxCheckBulkItems)
+	set(&l.MaxWriteUpdates, d.MaxWriteUpdates)
+	set(&l.MaxPreconditions, d.MaxPreconditions)
+	set(&l.MaxLookupLimit, d.MaxLookupLimit)
+	set(&l.MaxReadLimit, d.MaxReadLimit)
+	set(&l.MaxDeleteLimit, d.MaxDeleteLimit)
+	set(&l.MaxBulkBatch, d.MaxBulkBatch)
+	if l.MaxBulkBatch > store.MaxMutationsPerWrite {
+		l.MaxBulkBatch = store.MaxMutationsPerWrite
+	}
+	if l.RequestTimeout <= 0 {
+		l.RequestTimeout = d.RequestTimeout
+	}
+	return l
+}
+
+func loadTLS(which, cert, key string) (*tls.Config, error) {
+	if cert == "" && key == "" {
+		return nil, nil
+	}
+	if cert == "" || key == "" {
+		return nil, fmt.Errorf("%s TLS: both a certificate and a key path are required (got cert %q, key %q)", which, cert, key)
+	}
+	pair, err := tls.LoadX509KeyPair(cert, key)
+	if err != nil {
+		return nil, fmt.Errorf("%s TLS: loading certificate %q and key %q: %w", which, cert, key, err)
+	}
+	return &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}, nil
+}
+
+func (s *Server) listen() error {
+	var err error
+	if s.grpcLis, err = net.Listen("tcp", s.cfg.GRPCAddr); err != nil {
+		return fmt.Errorf("gRPC listener on %q: %w", s.cfg.GRPCAddr, err)
+	}
+	if s.cfg.HTTPAddr != "" {
+		if s.httpLis, err = net.Listen("tcp", s.cfg.HTTPAddr); err != nil {
+			return fmt.Errorf("HTTP listener on %q: %w", s.cfg.HTTPAddr, err)
+		}
+	}
+	// The REST gateway reaches the gRPC server through an in-process pipe,
+	// so REST calls pass the same interceptors (auth, limits, metrics) and
+	// support streaming, whatever TLS the gRPC listener uses.
+	s.inproc = bufconn.Listen(1 << 20)
+	return nil
+}
+
+func (s *Server) closeListeners() {
+	for _, l := range []net.Listener{s.grpcLis, s.httpLis} {
+		if l != nil {
+			l.Close()
+		}
+	}
+	if s.inproc != nil {
+		s.inproc.Close()
+	}
+}
+
+func (s *Server) buildGRPC() error {
+	opts := []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(s.lim.MaxMessageBytes),
+		grpc.ChainUnaryInterceptor(s.unaryInterceptor),
+		grpc.ChainStreamInterceptor(s.streamInterceptor),
+	}
+	tlsCfg, err := loadTLS("gRPC", s.cfg.GRPCTLSCertPath, s.cfg.GRPCTLSKeyPath)
+	if err != nil {
+		return err
+	}
+	if tlsCfg != nil {
+		opts = append(opts, grpc.Creds(pipeExempt{credentials.NewTLS(tlsCfg)}))
+	}
+	s.grpc = grpc.NewServer(opts...)
+	pb.RegisterPermissionServiceServer(s.grpc, &permissionService{s: s})
+	pb.RegisterRelationshipServiceServer(s.grpc, &relationshipService{s: s})
+	pb.RegisterSchemaServiceServer(s.grpc, &schemaService{s: s})
+	s.health = health.NewServer()
+	// Not serving until the engine has caught up with the store.
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	for _, svc := range []string{pb.PermissionService_ServiceDesc.ServiceName, pb.RelationshipService_ServiceDesc.ServiceName, pb.SchemaService_ServiceDesc.ServiceName} {
+		s.health.SetServingStatus(svc, healthpb.HealthCheckResponse_NOT_SERVING)
+	}
+	healthpb.RegisterHealthServer(s.grpc, s.health)
+	reflection.Register(s.grpc)
+	return nil
+}
+
+// pipeExempt is TLS for network connections and plaintext for the
+// in-process pipe from the REST gateway, which never leaves the process (and
+// whose HTTP side has its own TLS).
+type pipeExempt struct {
+	credentials.TransportCredentials
+}
+
+func (c pipeExempt) ServerHandshake(conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	if conn.LocalAddr().Network() == "bufconn" {
+		return insecure.NewCredentials().ServerHandshake(conn)
+	}
+	return c.TransportCredentials.ServerHandshake(conn)
+}
+
+func (c pipeExempt) Clone() credentials.TransportCredentials {
+	return pipeExempt{c.TransportCredentials.Clone()}
+}
+
+func (s *Server) setServing(serving bool) {
+	s.stateMu.Lock()
+	defer s.stateMu.Unlock()
+	if s.shutting {
+		// A late catch-up must not turn a stopping server ready again.
+		return
+	}
+	st := healthpb.HealthCheckResponse_NOT_SERVING
+	if serving {
+		st = healthpb.HealthCheckResponse_SERVING
+	}
+	s.ready.Store(serving)
+	s.health.SetServingStatus("", st)
+	for _, svc := range []string{pb.PermissionService_ServiceDesc.ServiceName, pb.RelationshipService_ServiceDesc.ServiceName, pb.SchemaService_ServiceDesc.ServiceName} {
+		s.health.SetServingStatus(svc, st)
+	}
+}
+
+// GRPCAddr returns the address the gRPC listener is bound to.
+func (s *Server) GRPCAddr() net.Addr { return s.grpcLis.Addr() }
+
+// HTTPAddr returns the address the HTTP listener is bound to, or nil.
+func (s *Server) HTTPAddr() net.Addr {
+	if s.httpLis == nil {
+		return nil
+	}
+	return s.httpLis.Addr()
+}
+
+// Ready reports whether the engine has caught up with the store and the
+// server is not shutting down.
+func (s *Server) Ready() bool { return s.ready.Load() }
+
+// Run loads the store into the engine, follows its changes and serves until
+// ctx is done; then it shuts down gracefully: health turns NOT_SERVING,
+// Watch streams end, and in-flight requests get up to the grace period to
+// finish. It returns nil after a clean shutdown, or the error that stopped
+// the server (a listener or the store's change stream failing).
+func (s *Server) Run(ctx context.Context) error {
+	ran := false
+	s.runOnce.Do(func() { ran = true })
+	if !ran {
+		return errors.New("server: Run called twice")
+	}
+	followCtx, stopFollow := context.WithCancel(context.Background())
+	defer stopFollow()
+	// fatal receives the first error that must stop the server; later ones
+	// are dropped rather than block their goroutine.
+	fatal := make(chan error, 1)
+	report := func(err error) {
+		select {
+		case fatal <- err:
+		default:
+		}
+	}
+
+	var background sync.WaitGroup
+	background.Add(2)
+	go func() {
+		defer background.Done()
+		err := s.eng.Follow(followCtx, s.st, func(n int) {
+			s.log.Info("loading relationships", "loaded", n)
+		})
+		if err != nil && followCtx.Err() == nil {
+			report(fmt.Errorf("following the store's changes: %w", err))
+		}
+	}()
+	go func() {
+		defer background.Done()
+		head, err := s.st.Head(followCtx)
+		if err != nil {
+			if followCtx.Err() == nil {
+				report(fmt.Errorf("reading the store's head revision: %w", err))
+			}
+			return
+		}
+		if err := s.eng.WaitForRevision(followCtx, head); err != nil {
+			return
+		}
+		s.setServing(true)
+		s.log.Info("ready", "revision", uint64(head))
+	}()
+
+	var serving sync.WaitGroup
+	serve := func(name string, f func() error) {
+		serving.Add(1)
+		go func() {
+			defer serving.Done()
+			if err := f(); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, grpc.ErrServerStopped) {
+				report(fmt.Errorf("%s: %w", name, err))
+			}
+		}()
+	}
+	serve("gRPC listener", func() error { return s.grpc.Serve(s.grpcLis) })
+	serve("in-process gRPC listener", func() error { return s.grpc.Serve(s.inproc) })
+	if s.http != nil {
+		serve("HTTP listener", func() error {
+			if s.http.TLSConfig != nil {
+				return s.http.ServeTLS(s.httpLis, "", "")
+			}
+			return s.http.Serve(s.httpLis)
+		})
+	}
+	s.log.Info("serving", "grpc", s.GRPCAddr().String(), "http", addrString(s.HTTPAddr()))
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		s.log.Info("shutting down", "grace_period", s.cfg.ShutdownGracePeriod.String())
+	case runErr = <-fatal:
+		s.log.Error("stopping", "error", runErr)
+	}
+	s.shutdown()
+	// The engine follows the store until in-flight requests are done, since
+	// they may be waiting for a revision.
+	stopFollow()
+	serving.Wait()
+	background.Wait()
+	return runErr
+}
+
+func addrString(a net.Addr) string {
+	if a == nil {
+		return ""
+	}
+	return a.String()
+}
+
+// shutdown stops accepting work and waits up to the grace period for what is
+// in flight. REST requests go first because they call the gRPC server.
+func (s *Server) shutdown() {
+	s.setServing(false)
+	s.stateMu.Lock()
+	s.shutting = true
+	s.stateMu.Unlock()
+	s.health.Shutdown()
+	close(s.stopping)
+	deadline := time.Now().Add(s.cfg.ShutdownGracePeriod)
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	if s.http != nil {
+		if err := s.http.Shutdown(ctx); err != nil {
+			s.log.Warn("HTTP shutdown cut off in-flight requests", "error", err)
+			s.http.Close()
+		}
+	}
+	done := make(chan struct{})
+	go func() {
+		s.grpc.GracefulStop()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		s.log.Warn("gRPC shutdown grace period over; cutting off in-flight calls")
+		s.grpc.Stop()
+		<-done
+	}
+	if s.gwConn != nil {
+		s.gwConn.Close()
+	}
+}
+
+func (s *Server) buildHTTP() error {
+	if s.httpLis == nil {
+		return nil
+	}
+	tlsCfg, err := loadTLS("HTTP", s.cfg.HTTPTLSCertPath, s.cfg.HTTPTLSKeyPath)
+	if err != nil {
+		return err
+	}
+	conn, err := grpc.NewClient("passthrough:///mandate-in-process",
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return s.inproc.DialContext(ctx) }),
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(1<<31-1), grpc.MaxCallSendMsgSize(s.lim.MaxMessageBytes)),
+	)
+	if err != nil {
+		return fmt.Errorf("connecting the REST gateway to the gRPC server: %w", err)
+	}
+	s.gwConn = conn
+	gw, err := newGateway(context.Background(), conn)
+	if err != nil {
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/v1/", s.limitBody(gw))
+	mux.HandleFunc("GET /openapi.json", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(pb.OpenAPIDocument())
+	})
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if !s.Ready() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			io.WriteString(w, "not ready: loading the store or shutting down\n")
+			return
+		}
+		io.WriteString(w, "ready\n")
+	})
+	mux.Handle("GET /metrics", s.metrics.handler())
+	s.http = &http.Server{
+		Handler:           mux,
+		TLSConfig:         tlsCfg,
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	return nil
+}
+
+// newGateway builds the grpc-gateway mux for every service. Unknown JSON
+// fields are refused so that a misspelt field is an error, not a silently
+// different request.
+func newGateway(ctx context.Context, conn *grpc.ClientConn) (http.Handler, error) {
+	marshaler := &runtime.JSONPb{}
+	marshaler.UnmarshalOptions.DiscardUnknown = false
+	// The default error handler maps gRPC codes to HTTP statuses and sets
+	// WWW-Authenticate on Unauthenticated.
+	gw := runtime.NewServeMux(runtime.WithMarshalerOption(runtime.MIMEWildcard, marshaler))
+	for name, register := range map[string]func(context.Context, *runtime.ServeMux, *grpc.ClientConn) error{
+		"PermissionService":   pb.RegisterPermissionServiceHandler,
+		"RelationshipService": pb.RegisterRelationshipServiceHandler,
+		"SchemaService":       pb.RegisterSchemaServiceHandler,
+	} {
+		if err := register(ctx, gw, conn); err != nil {
+			return nil, fmt.Errorf("registering the REST gateway for %s: %w", name, err)
+		}
+	}
+	return gw, nil
+}
