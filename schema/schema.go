@@ -307,7 +307,9 @@ func quotedWords(msg string) []string {
 // returning its 1-based line and column.
 func findWord(text string, fromLine int, word string) (int, int, bool) {
 	lines := strings.Split(text, "\n")
-	isIdent := func(c byte) bool { return c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' }
+	isIdent := func(c byte) bool {
+		return c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+	}
 	for l := fromLine; l < len(lines); l++ {
 		line := lines[l]
 		for off := 0; ; {
@@ -325,4 +327,3 @@ func findWord(text string, fromLine int, word string) (int, int, bool) {
 	}
 	return 0, 0, false
 }
-
