@@ -65,7 +65,7 @@ type CheckResult struct {
 	Delegation *Delegation
 }
 
-// Reason says why a delegated check was denied (or is conditional).
+// Reason says why a delegated check was denied.
 type Reason string
 
 // Reason codes of PRODUCT.md's agent semantics.
@@ -86,8 +86,9 @@ type Delegation struct {
 	// Chain lists the chain from the agent checked to its principal:
 	// agent:B, agent:A, user:alice.
 	Chain []ChainElement
-	// Reason is set when the decision is not Allowed: the first failing
-	// element's reason.
+	// Reason is set when the decision is Denied: the first failing
+	// element's reason. A Conditional decision has no reason; its missing
+	// parameters say what it waits for.
 	Reason Reason
 	// FailedAt indexes Chain at the first failing element, or -1.
 	FailedAt int
