@@ -37,6 +37,11 @@ func newRootCommand() *cobra.Command {
 	}
 	root.AddCommand(newValidateCommand())
 	root.AddCommand(newServeCommand())
+	root.AddCommand(newCheckCommand())
+	root.AddCommand(newLookupResourcesCommand())
+	root.AddCommand(newLookupSubjectsCommand())
+	root.AddCommand(newSchemaCommand())
+	root.AddCommand(newRelCommand())
 	return root
 }
 
