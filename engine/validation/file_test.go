@@ -192,7 +192,7 @@ func TestParseMalformed(t *testing.T) {
 		{"unparsable relationship", head + "relationships: |-\n  doc:1#viewer@user:a\n  doc:2#viewer@@user:b\n", 8, "doc:2#viewer@@user:b"},
 		{"relationship against schema", head + "relationships: |-\n  doc:1#viewer@user:a\n  doc:2#owner@user:b\n", 8, `relation "owner" is not defined on "doc"`},
 		{"repeated relationship", head + "relationships: |-\n  doc:1#viewer@user:a\n  doc:1#viewer@user:a\n", 8, "repeated"},
-		{"schema error", "schema: |-\n  definition user {}\n  definition doc {\n    permission view = nope\n  }\n", 3, "nope"},
+		{"schema error", "schema: |-\n  definition user {}\n  definition doc {\n    permission view = nope\n  }\n", 4, "nope"},
 		{"bad assertion", head + "assertions:\n  assertTrue:\n    - doc:1#viewer\n", 8, "doc:1#viewer"},
 		{"caveat on assertion", head + "assertions:\n  assertFalse:\n    - doc:1#viewer@user:a[somecaveat]\n", 8, "may not carry a caveat"},
 		{"bad context", head + "assertions:\n  assertTrue:\n    - 'doc:1#viewer@user:a with {nope'\n", 8, "caveat context"},
