@@ -95,6 +95,10 @@ type target struct {
 // unknownID is never assigned by the interner.
 const unknownID = sym(^uint32(0))
 
+// unseenResource stands for a checked resource whose ID is in no
+// relationship; only a subject naming that same object shares it.
+const unseenResource = sym(^uint32(0) - 1)
+
 // frame is a (object, relation) under evaluation, for cycle detection.
 type frame struct {
 	typ, obj, rel sym
@@ -401,66 +405,20 @@ func (e *Engine) checkLocked(ctx context.Context, req CheckRequest) (CheckResult
 
 // checkObject evaluates one plain (non-delegated) check.
 func (c *checker) checkObject(resource rel.Object, permission string, subject rel.Subject) (outcome, error) {
-	typ, ok1 := c.idx.lookup(resource.Type)
-	obj, ok2 := c.idx.lookup(resource.ID)
-	if !ok1 || !ok2 {
-		// The resource appears in no relationship: only `self`, or the
-		// subject being this very userset, can hold.
-		if subject.Type != resource.Type || subject.ID != resource.ID {
-			return outFalse, nil
+	// Type and relation names are interned with the schema; an object ID
+	// may appear in no relationship yet.
+	typ, _ := c.idx.lookup(resource.Type)
+	t := c.targetFor(subject)
+	obj, ok := c.idx.lookup(resource.ID)
+	if !ok {
+		// An unseen resource still answers for itself: as a userset subject
+		// (resource#rel is a member of resource#rel) and through `self`.
+		obj = unseenResource
+		if subject.Type == resource.Type && subject.ID == resource.ID {
+			t.id = unseenResource
 		}
-		if subject.Relation == permission {
-			return outTrue, nil
-		}
-		if subject.Relation == "" {
-			return c.selfOnly(resource, permission)
-		}
-		return outFalse, nil
 	}
-	return c.relation(typ, obj, permission, c.targetFor(subject), 0)
-}
-
-// selfOnly evaluates a permission for an object no relationship mentions,
-// as its own subject: only `self` branches can hold.
-func (c *checker) selfOnly(resource rel.Object, permission string) (outcome, error) {
-	r := c.sch.Relation(resource.Type, permission)
-	if r == nil || !r.IsPermission {
-		return outFalse, nil
-	}
-	var eval func(rw *schema.Rewrite, depth int) outcome
-	eval = func(rw *schema.Rewrite, depth int) outcome {
-		if depth > c.eng.maxDepth {
-			return outFalse
-		}
-		switch rw.Op {
-		case schema.OpSelf:
-			return outTrue
-		case schema.OpUnion:
-			res := outFalse
-			for _, ch := range rw.Children {
-				res = or(res, eval(ch, depth))
-			}
-			return res
-		case schema.OpIntersection:
-			res := outTrue
-			for _, ch := range rw.Children {
-				res = and(res, eval(ch, depth))
-			}
-			return res
-		case schema.OpExclusion:
-			res := eval(rw.Children[0], depth)
-			for _, ch := range rw.Children[1:] {
-				res = and(res, not(eval(ch, depth)))
-			}
-			return res
-		case schema.OpComputed:
-			if r := c.sch.Relation(resource.Type, rw.Relation); r != nil && r.IsPermission {
-				return eval(r.Rewrite, depth+1)
-			}
-		}
-		return outFalse
-	}
-	return eval(r.Rewrite, 0), nil
+	return c.relation(typ, obj, permission, t, 0)
 }
 
 func missingOf(o outcome) []string {

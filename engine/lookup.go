@@ -106,7 +106,7 @@ func (e *Engine) LookupSubjects(ctx context.Context, req LookupSubjectsRequest) 
 	}
 
 	ids := e.idx.candidates(req.SubjectType)
-	if req.SubjectType == req.Resource.Type && req.SubjectRelation == "" {
+	if req.SubjectType == req.Resource.Type {
 		if i := sort.SearchStrings(ids, req.Resource.ID); i == len(ids) || ids[i] != req.Resource.ID {
 			ids = append(ids, req.Resource.ID)
 			sort.Strings(ids)

@@ -110,7 +110,9 @@ func (r Relationship) String() string {
 	}
 	if !r.Expiration.IsZero() {
 		b.WriteString("[expiration:")
-		b.WriteString(r.Expiration.UTC().Format(time.RFC3339))
+		// RFC3339Nano keeps sub-second precision (and prints none when
+		// there is none), so String always parses back to an equal value.
+		b.WriteString(r.Expiration.UTC().Format(time.RFC3339Nano))
 		b.WriteString("]")
 	}
 	return b.String()
