@@ -38,9 +38,8 @@ type chainFailure struct {
 func (c *checker) resolveChains(agent rel.Object) ([]chain, *chainFailure, error) {
 	var chains []chain
 	var failure *chainFailure
-	rank := map[Reason]int{ReasonNoDelegation: 1, ReasonDelegationExpired: 2, ReasonOutOfScope: 3, ReasonCycle: 4, ReasonChainTooDeep: 5}
 	fail := func(r Reason, path []rel.Object) {
-		if failure == nil || rank[r] > rank[failure.reason] {
+		if failure == nil || failureRank(r) > failureRank(failure.reason) {
 			failure = &chainFailure{reason: r, at: append([]rel.Object(nil), path...)}
 		}
 	}
@@ -109,6 +108,23 @@ func (c *checker) resolveChains(agent rel.Object) ([]chain, *chainFailure, error
 		return nil, nil, err
 	}
 	return chains, failure, nil
+}
+
+// failureRank orders resolution failures from least to most specific.
+func failureRank(r Reason) int {
+	switch r {
+	case ReasonNoDelegation:
+		return 1
+	case ReasonDelegationExpired:
+		return 2
+	case ReasonOutOfScope:
+		return 3
+	case ReasonCycle:
+		return 4
+	case ReasonChainTooDeep:
+		return 5
+	}
+	return 0
 }
 
 func containsObject(path []rel.Object, o rel.Object) bool {

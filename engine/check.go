@@ -345,11 +345,10 @@ func (c *checker) arrow(typ, obj sym, rw *schema.Rewrite, t target, depth int, a
 		if !all && o.v == schema.False {
 			continue
 		}
-		sub := outFalse
-		if c.sch.Relation(c.idx.name(e.subjType), rw.Relation) != nil {
-			if sub, err = c.relation(e.subjType, e.subjID, rw.Relation, t, depth+1); err != nil {
-				return outFalse, err
-			}
+		// A subject type without the target relation yields false.
+		sub, err := c.relation(e.subjType, e.subjID, rw.Relation, t, depth+1)
+		if err != nil {
+			return outFalse, err
 		}
 		if all {
 			if result = and(result, and(o, sub)); result.v == schema.False {

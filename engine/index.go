@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"maps"
 	"math"
 	"sort"
 	"time"
@@ -167,7 +168,7 @@ func (idx *index) touch(rev store.Revision, r rel.Relationship) {
 		e.expires = r.Expiration.UnixMicro()
 	}
 	if r.Caveat != nil {
-		e.caveat = &edgeCaveat{name: r.Caveat.Name, context: r.Clone().Caveat.Context}
+		e.caveat = &edgeCaveat{name: r.Caveat.Name, context: maps.Clone(r.Caveat.Context)}
 	}
 	edges := idx.slots[key]
 	i := find(edges, st, srel, sid)

@@ -162,72 +162,62 @@ func (c *Caveat) Evaluate(requestCtx, relationshipCtx, supplied map[string]any) 
 
 // normalizeInts turns Go integer values into the JSON number form (float64)
 // that SpiceDB's parameter conversion accepts for int, uint and double
-// parameters alike, so Go callers may pass plain ints.
+// parameters alike, so Go callers may pass plain ints. Unchanged input is
+// returned as is, without copying.
 func normalizeInts(ctx map[string]any) map[string]any {
+	out, _ := normalizeMap(ctx)
+	return out
+}
+
+func normalizeMap(m map[string]any) (map[string]any, bool) {
 	var out map[string]any
-	for k, v := range ctx {
-		w := normalizeValue(v)
-		if out == nil && !sameValue(w, v) {
-			out = maps.Clone(ctx)
-		}
-		if out != nil {
+	for k, v := range m {
+		if w, changed := normalizeValue(v); changed {
+			if out == nil {
+				out = maps.Clone(m)
+			}
 			out[k] = w
 		}
 	}
 	if out == nil {
-		return ctx
+		return m, false
 	}
-	return out
+	return out, true
 }
 
-func normalizeValue(v any) any {
+func normalizeValue(v any) (any, bool) {
 	switch x := v.(type) {
 	case int:
-		return widen(int64(x))
+		return widen(int64(x)), true
 	case int8:
-		return widen(int64(x))
+		return widen(int64(x)), true
 	case int16:
-		return widen(int64(x))
+		return widen(int64(x)), true
 	case int32:
-		return widen(int64(x))
+		return widen(int64(x)), true
 	case uint8:
-		return widen(int64(x))
+		return widen(int64(x)), true
 	case uint16:
-		return widen(int64(x))
+		return widen(int64(x)), true
 	case uint32:
-		return widen(int64(x))
+		return widen(int64(x)), true
 	case []any:
 		var out []any
 		for i, e := range x {
-			w := normalizeValue(e)
-			if out == nil && !sameValue(w, e) {
-				out = append([]any(nil), x...)
-			}
-			if out != nil {
+			if w, changed := normalizeValue(e); changed {
+				if out == nil {
+					out = slices.Clone(x)
+				}
 				out[i] = w
 			}
 		}
 		if out != nil {
-			return out
+			return out, true
 		}
 	case map[string]any:
-		return normalizeInts(x)
+		return normalizeMap(x)
 	}
-	return v
-}
-
-// sameValue reports whether normalization left a value unchanged; only
-// integer conversions and copied containers differ.
-func sameValue(a, b any) bool {
-	switch b.(type) {
-	case int, int8, int16, int32, uint8, uint16, uint32:
-		return false
-	case []any:
-		return false
-	case map[string]any:
-		return false
-	}
-	return true
+	return v, false
 }
 
 // widen returns x as a float64 when that is exact, else as int64.

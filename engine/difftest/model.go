@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+
+	"github.com/mandate-authz/mandate/schema"
 )
 
 // SchemaModel is a generated schema kept as a tree, so that it can be printed
@@ -40,13 +42,7 @@ type RelationModel struct {
 }
 
 // AllowedModel is one allowed subject type of a relation.
-type AllowedModel struct {
-	Type       string
-	Relation   string // "" for the object itself
-	Wildcard   bool
-	Caveat     string // "" for none
-	Expiration bool
-}
+type AllowedModel = schema.AllowedSubject
 
 // PermissionModel is a permission and its expression.
 type PermissionModel struct {
@@ -140,25 +136,6 @@ func (e *Expr) walk(fn func(*Expr)) {
 	for _, c := range e.Children {
 		c.walk(fn)
 	}
-}
-
-func (a AllowedModel) String() string {
-	s := a.Type
-	switch {
-	case a.Wildcard:
-		s += ":*"
-	case a.Relation != "":
-		s += "#" + a.Relation
-	}
-	switch {
-	case a.Caveat != "" && a.Expiration:
-		s += " with " + a.Caveat + " and expiration"
-	case a.Caveat != "":
-		s += " with " + a.Caveat
-	case a.Expiration:
-		s += " with expiration"
-	}
-	return s
 }
 
 // Clone deep-copies the schema model.
