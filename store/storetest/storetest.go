@@ -63,6 +63,11 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"CaveatRoundTrip", testCaveatRoundTrip},
 		{"Isolation", testIsolation},
 		{"ConcurrentWriters", testConcurrentWriters},
+		{"RevisionGone", testRevisionGone},
+		{"LargeWrite", testLargeWrite},
+		{"KeyOrder", testKeyOrder},
+		{"ConcurrentConflicts", testConcurrentConflicts},
+		{"ReadsAgreeWithWatch", testReadsAgreeWithWatch},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.run(t, newStore) })
