@@ -9,6 +9,7 @@ import (
 	"runtime/debug"
 	"time"
 
+	authzedv1 "github.com/authzed/authzed-go/proto/authzed/api/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
@@ -23,7 +24,10 @@ func longRunning(fullMethod string) bool {
 	switch fullMethod {
 	case pb.RelationshipService_Watch_FullMethodName,
 		pb.RelationshipService_ImportRelationships_FullMethodName,
-		pb.RelationshipService_ExportRelationships_FullMethodName:
+		pb.RelationshipService_ExportRelationships_FullMethodName,
+		authzedv1.WatchService_Watch_FullMethodName,
+		authzedv1.PermissionsService_ImportBulkRelationships_FullMethodName,
+		authzedv1.PermissionsService_ExportBulkRelationships_FullMethodName:
 		return true
 	}
 	return false

@@ -1,0 +1,279 @@
+package server
+
+import (
+	"fmt"
+	"strings"
+
+	v1 "github.com/authzed/authzed-go/proto/authzed/api/v1"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/mandate-authz/mandate/engine"
+	"github.com/mandate-authz/mandate/schema"
+	"github.com/mandate-authz/mandate/store"
+	"github.com/mandate-authz/mandate/store/rel"
+)
+
+// Conversions between authzed.api.v1 messages and Mandate's types. Requests
+// have passed validateAuthzed first; the rel checks here catch what the
+// proto rules do not, naming the field.
+
+func objectFromV1(field string, o *v1.ObjectReference) (rel.Object, error) {
+	if o == nil {
+		return rel.Object{}, invalid(field, "required")
+	}
+	out := rel.Object{Type: o.GetObjectType(), ID: o.GetObjectId()}
+	if err := rel.ValidateObject(out); err != nil {
+		return rel.Object{}, invalid(field, "%v", err)
+	}
+	return out, nil
+}
+
+func subjectFromV1(field string, s *v1.SubjectReference) (rel.Subject, error) {
+	if s == nil || s.GetObject() == nil {
+		return rel.Subject{}, invalid(field, "required")
+	}
+	out := rel.Subject{Type: s.GetObject().GetObjectType(), ID: s.GetObject().GetObjectId(), Relation: s.GetOptionalRelation()}
+	if out.Relation == "..." {
+		out.Relation = ""
+	}
+	if err := rel.ValidateSubject(out); err != nil {
+		return rel.Subject{}, invalid(field, "%v", err)
+	}
+	return out, nil
+}
+
+func subjectToV1(s rel.Subject) *v1.SubjectReference {
+	return &v1.SubjectReference{Object: &v1.ObjectReference{ObjectType: s.Type, ObjectId: s.ID}, OptionalRelation: s.Relation}
+}
+
+func relationshipFromV1(field string, r *v1.Relationship) (rel.Relationship, error) {
+	if r == nil {
+		return rel.Relationship{}, invalid(field, "required")
+	}
+	res, err := objectFromV1(field+".resource", r.GetResource())
+	if err != nil {
+		return rel.Relationship{}, err
+	}
+	sub, err := subjectFromV1(field+".subject", r.GetSubject())
+	if err != nil {
+		return rel.Relationship{}, err
+	}
+	out := rel.Relationship{Resource: res, Relation: r.GetRelation(), Subject: sub}
+	if c := r.GetOptionalCaveat(); c != nil {
+		out.Caveat = &rel.Caveat{Name: c.GetCaveatName(), Context: contextFromProto(c.GetContext())}
+	}
+	if ts := r.GetOptionalExpiresAt(); ts != nil {
+		if err := ts.CheckValid(); err != nil {
+			return rel.Relationship{}, invalid(field+".optional_expires_at", "%v", err)
+		}
+		out.Expiration = ts.AsTime().UTC()
+	}
+	if err := out.Validate(); err != nil {
+		return rel.Relationship{}, invalid(field, "%v", err)
+	}
+	return out, nil
+}
+
+func relationshipToV1(r rel.Relationship) (*v1.Relationship, error) {
+	out := &v1.Relationship{
+		Resource: &v1.ObjectReference{ObjectType: r.Resource.Type, ObjectId: r.Resource.ID},
+		Relation: r.Relation,
+		Subject:  subjectToV1(r.Subject),
+	}
+	if r.Caveat != nil {
+		c := &v1.ContextualizedCaveat{CaveatName: r.Caveat.Name}
+		if len(r.Caveat.Context) > 0 {
+			ctx, err := structpb.NewStruct(r.Caveat.Context)
+			if err != nil {
+				return nil, status.Errorf(codes.Internal, "relationship %s: caveat context: %v", r.Key(), err)
+			}
+			c.Context = ctx
+		}
+		out.OptionalCaveat = c
+	}
+	if !r.Expiration.IsZero() {
+		out.OptionalExpiresAt = timestamppb.New(r.Expiration)
+	}
+	return out, nil
+}
+
+// v1Filter is a SpiceDB relationship filter in Mandate's terms: the store
+// filter plus the resource ID prefix, which the store does not index and is
+// applied to what it yields.
+type v1Filter struct {
+	rel.Filter
+	prefix string
+}
+
+func (f v1Filter) matches(r rel.Relationship) bool {
+	return f.Filter.Matches(r) && strings.HasPrefix(r.Resource.ID, f.prefix)
+}
+
+// filterFromV1 converts a filter; a nil filter matches everything.
+func filterFromV1(field string, f *v1.RelationshipFilter) (v1Filter, error) {
+	if f == nil {
+		return v1Filter{}, nil
+	}
+	out := v1Filter{Filter: rel.Filter{ResourceType: f.GetResourceType(), Relation: f.GetOptionalRelation()}, prefix: f.GetOptionalResourceIdPrefix()}
+	if id := f.GetOptionalResourceId(); id != "" {
+		if out.prefix != "" {
+			return v1Filter{}, authzedErr(codes.InvalidArgument, v1.ErrorReason_ERROR_REASON_INVALID_FILTER,
+				"the relationship filter provided is not valid: resource_id and resource_id_prefix cannot be set at the same time")
+		}
+		out.ResourceIDs = []string{id}
+	}
+	if sf := f.GetOptionalSubjectFilter(); sf != nil {
+		out.SubjectType = sf.GetSubjectType()
+		out.SubjectID = sf.GetOptionalSubjectId()
+		if rf := sf.GetOptionalRelation(); rf != nil {
+			r := rf.GetRelation()
+			if r == "..." {
+				r = ""
+			}
+			out.SubjectRelation = &r
+		}
+	}
+	return out, nil
+}
+
+// checkFilter applies SpiceDB's checks of a filter against the schema: named
+// types and relations must exist, and the filter must not be empty.
+func checkFilter(sch *schema.Schema, f *v1.RelationshipFilter) error {
+	if f.GetResourceType() != "" {
+		if err := checkTypeAndRelation(sch, f.GetResourceType(), f.GetOptionalRelation()); err != nil {
+			return err
+		}
+	}
+	if sf := f.GetOptionalSubjectFilter(); sf != nil && sf.GetSubjectType() != "" {
+		relation := sf.GetOptionalRelation().GetRelation()
+		if relation == "..." {
+			relation = ""
+		}
+		if err := checkTypeAndRelation(sch, sf.GetSubjectType(), relation); err != nil {
+			return err
+		}
+	}
+	if f.GetResourceType() == "" && f.GetOptionalResourceId() == "" && f.GetOptionalResourceIdPrefix() == "" &&
+		f.GetOptionalRelation() == "" && f.GetOptionalSubjectFilter() == nil {
+		return authzedErr(codes.InvalidArgument, v1.ErrorReason_ERROR_REASON_INVALID_FILTER,
+			"the relationship filter provided is not valid: at least one field must be set")
+	}
+	return nil
+}
+
+func checkPreconditionCount(n, max int) error {
+	if n > max {
+		return authzedErr(codes.InvalidArgument, v1.ErrorReason_ERROR_REASON_TOO_MANY_PRECONDITIONS_IN_REQUEST,
+			"precondition count of %d is greater than maximum allowed of %d (--update-relationships-max-preconditions-per-call)", n, max)
+	}
+	return nil
+}
+
+// preconditionsFromV1 converts and checks preconditions against the schema.
+func preconditionsFromV1(sch *schema.Schema, pre []*v1.Precondition, max int) ([]store.Precondition, error) {
+	if err := checkPreconditionCount(len(pre), max); err != nil {
+		return nil, err
+	}
+	out := make([]store.Precondition, 0, len(pre))
+	for i, p := range pre {
+		field := fmt.Sprintf("optional_preconditions[%d]", i)
+		if p.GetFilter() == nil || p.GetOperation() == v1.Precondition_OPERATION_UNSPECIFIED {
+			return nil, authzedErr(codes.InvalidArgument, v1.ErrorReason_ERROR_REASON_EMPTY_PRECONDITION, "%s: one of the specified preconditions is empty", field)
+		}
+		if err := checkFilter(sch, p.GetFilter()); err != nil {
+			return nil, err
+		}
+		f, err := filterFromV1(field+".filter", p.GetFilter())
+		if err != nil {
+			return nil, err
+		}
+		if f.prefix != "" {
+			// The store checks preconditions atomically with the write
+			// only through filters it can evaluate itself.
+			return nil, status.Errorf(codes.Unimplemented, "%s.filter.optional_resource_id_prefix: preconditions by resource ID prefix are not supported by Mandate; name the resource IDs instead", field)
+		}
+		out = append(out, store.Precondition{MustExist: p.GetOperation() == v1.Precondition_OPERATION_MUST_MATCH, Filter: f.Filter})
+	}
+	return out, nil
+}
+
+func opFromV1(field string, op v1.RelationshipUpdate_Operation) (store.Op, error) {
+	switch op {
+	case v1.RelationshipUpdate_OPERATION_CREATE:
+		return store.Create, nil
+	case v1.RelationshipUpdate_OPERATION_TOUCH:
+		return store.Touch, nil
+	case v1.RelationshipUpdate_OPERATION_DELETE:
+		return store.Delete, nil
+	}
+	return 0, invalid(field, "expected OPERATION_CREATE, OPERATION_TOUCH or OPERATION_DELETE, got %v", op)
+}
+
+// opToV1 reports store updates as SpiceDB's watch does: writes as touches.
+func opToV1(op store.Op) v1.RelationshipUpdate_Operation {
+	if op == store.Delete {
+		return v1.RelationshipUpdate_OPERATION_DELETE
+	}
+	return v1.RelationshipUpdate_OPERATION_TOUCH
+}
+
+func checkPermissionshipToV1(d engine.Decision) v1.CheckPermissionResponse_Permissionship {
+	switch d {
+	case engine.Allowed:
+		return v1.CheckPermissionResponse_PERMISSIONSHIP_HAS_PERMISSION
+	case engine.Conditional:
+		return v1.CheckPermissionResponse_PERMISSIONSHIP_CONDITIONAL_PERMISSION
+	}
+	return v1.CheckPermissionResponse_PERMISSIONSHIP_NO_PERMISSION
+}
+
+func lookupPermissionshipToV1(d engine.Decision) v1.LookupPermissionship {
+	if d == engine.Conditional {
+		return v1.LookupPermissionship_LOOKUP_PERMISSIONSHIP_CONDITIONAL_PERMISSION
+	}
+	return v1.LookupPermissionship_LOOKUP_PERMISSIONSHIP_HAS_PERMISSION
+}
+
+// partialCaveat is set exactly when the answer is conditional.
+func partialCaveat(d engine.Decision, missing []string) *v1.PartialCaveatInfo {
+	if d != engine.Conditional {
+		return nil
+	}
+	return &v1.PartialCaveatInfo{MissingRequiredContext: missing}
+}
+
+// expandToV1 translates the engine's expansion tree into SpiceDB's.
+func expandToV1(n *engine.ExpandNode) *v1.PermissionRelationshipTree {
+	if n == nil {
+		return nil
+	}
+	out := &v1.PermissionRelationshipTree{}
+	if n.Object.Type != "" {
+		out.ExpandedObject = &v1.ObjectReference{ObjectType: n.Object.Type, ObjectId: n.Object.ID}
+		out.ExpandedRelation = n.Relation
+	}
+	if n.Op == "leaf" {
+		leaf := &v1.DirectSubjectSet{}
+		for _, r := range n.Subjects {
+			leaf.Subjects = append(leaf.Subjects, subjectToV1(r.Subject))
+		}
+		out.TreeType = &v1.PermissionRelationshipTree_Leaf{Leaf: leaf}
+		return out
+	}
+	op := v1.AlgebraicSubjectSet_OPERATION_UNION
+	switch n.Op {
+	case "intersection":
+		op = v1.AlgebraicSubjectSet_OPERATION_INTERSECTION
+	case "exclusion":
+		op = v1.AlgebraicSubjectSet_OPERATION_EXCLUSION
+	}
+	set := &v1.AlgebraicSubjectSet{Operation: op}
+	for _, c := range n.Children {
+		set.Children = append(set.Children, expandToV1(c))
+	}
+	out.TreeType = &v1.PermissionRelationshipTree_Intermediate{Intermediate: set}
+	return out
+}

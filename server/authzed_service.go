@@ -1,0 +1,335 @@
+package server
+
+// This file and the other authzed_*.go files serve SpiceDB's authzed.api.v1
+// API (PermissionsService, SchemaService, WatchService) on the gRPC listener
+// beside mandate.v1, so that zed and the authzed client libraries work
+// against Mandate unchanged. They only translate: every call goes to the same
+// store, engine, consistency and token code, limits and interceptors (auth,
+// request timeout, metrics) as mandate.v1. What they add is SpiceDB's
+// request shapes, its error codes for the same mistakes, and two things
+// SpiceDB's API has no field for: an agent's principal (the
+// mandate-on-behalf-of header) and the engine's delegation semantics, which
+// apply whenever a check's subject is an agent type.
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"strings"
+
+	v1 "github.com/authzed/authzed-go/proto/authzed/api/v1"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/mandate-authz/mandate/engine"
+	"github.com/mandate-authz/mandate/schema"
+	"github.com/mandate-authz/mandate/store"
+	"github.com/mandate-authz/mandate/store/rel"
+)
+
+// OnBehalfOfHeader is the gRPC metadata key that names, as "type:id", the
+// principal an agent subject acts for in authzed.api.v1 CheckPermission,
+// CheckBulkPermissions and LookupResources calls; SpiceDB's requests have no
+// on_behalf_of field. It is needed only when the agent acts for several
+// principals.
+const OnBehalfOfHeader = "mandate-on-behalf-of"
+
+// authzedServiceNames are the authzed.api.v1 services served, for health.
+var authzedServiceNames = []string{
+	v1.PermissionsService_ServiceDesc.ServiceName,
+	v1.SchemaService_ServiceDesc.ServiceName,
+	v1.WatchService_ServiceDesc.ServiceName,
+}
+
+// registerAuthzed registers the authzed.api.v1 services. Methods not
+// implemented (ReflectSchema, DiffSchema, the ExperimentalService, ...)
+// answer Unimplemented through the embedded defaults.
+func (s *Server) registerAuthzed(g *grpc.Server) {
+	v1.RegisterPermissionsServiceServer(g, &authzedPermissions{s: s})
+	v1.RegisterSchemaServiceServer(g, &authzedSchema{s: s})
+	v1.RegisterWatchServiceServer(g, &authzedWatch{s: s})
+}
+
+// spiceDBErrorDomain is the domain of the ErrorInfo details SpiceDB attaches
+// to its errors; clients match reasons under it.
+const spiceDBErrorDomain = "authzed.com"
+
+// authzedErr returns a status with code and message carrying SpiceDB's
+// ErrorInfo reason, so that clients that switch on the reason keep working.
+func authzedErr(code codes.Code, reason v1.ErrorReason, format string, args ...any) error {
+	st := status.New(code, fmt.Sprintf(format, args...))
+	if reason == v1.ErrorReason_ERROR_REASON_UNSPECIFIED {
+		return st.Err()
+	}
+	withInfo, err := st.WithDetails(&errdetails.ErrorInfo{Reason: reason.String(), Domain: spiceDBErrorDomain})
+	if err != nil {
+		return st.Err()
+	}
+	return withInfo.Err()
+}
+
+// validatable is a request with protoc-gen-validate rules; SpiceDB refuses
+// requests that break them with InvalidArgument before anything else.
+type validatable interface{ Validate() error }
+
+// handwritten is a request with the checks authzed-go adds by hand (no
+// wildcard resource IDs and the like).
+type handwritten interface{ HandwrittenValidate() error }
+
+// validateAuthzed applies the request-shape rules SpiceDB applies.
+func validateAuthzed(req validatable) error {
+	if err := req.Validate(); err != nil {
+		return status.Errorf(codes.InvalidArgument, "invalid request: %v", err)
+	}
+	if h, ok := req.(handwritten); ok {
+		if err := h.HandwrittenValidate(); err != nil {
+			return status.Errorf(codes.InvalidArgument, "invalid request: %v", err)
+		}
+	}
+	return nil
+}
+
+// authzedStatus converts an engine or store error into the status SpiceDB
+// returns for the same mistake. Status errors pass through.
+func authzedStatus(err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	is := func(targets ...error) bool {
+		for _, t := range targets {
+			if errors.Is(err, t) {
+				return true
+			}
+		}
+		return false
+	}
+	msg := err.Error()
+	var se *schema.Error
+	switch {
+	case is(context.DeadlineExceeded, context.Canceled):
+		return status.FromContextError(err).Err()
+	case is(store.ErrAlreadyExists):
+		return authzedErr(codes.AlreadyExists, v1.ErrorReason_ERROR_REASON_ATTEMPT_TO_RECREATE_RELATIONSHIP, "%s", msg)
+	case is(engine.ErrMaxDepth):
+		return authzedErr(codes.ResourceExhausted, v1.ErrorReason_ERROR_REASON_MAXIMUM_DEPTH_EXCEEDED, "%s", msg)
+	case is(engine.ErrRevisionAhead):
+		return status.Error(codes.Unavailable, msg)
+	case is(engine.ErrRevisionGone, store.ErrRevisionGone, store.ErrFutureRevision):
+		return status.Errorf(codes.OutOfRange, "invalid revision: %s (a revision stays readable for the retention window after a later write supersedes it, --revision-retention; use a recent ZedToken or fully_consistent)", msg)
+	case is(engine.ErrAmbiguousAgent):
+		return status.Errorf(codes.FailedPrecondition, "%s (send the principal as gRPC metadata %q, e.g. %s: user:alice)", msg, OnBehalfOfHeader, OnBehalfOfHeader)
+	case is(engine.ErrUnknownType, engine.ErrNoSchema, store.ErrNoSchema):
+		return authzedErr(codes.FailedPrecondition, v1.ErrorReason_ERROR_REASON_UNKNOWN_DEFINITION, "%s", msg)
+	case is(engine.ErrUnknownRelation):
+		return authzedErr(codes.FailedPrecondition, v1.ErrorReason_ERROR_REASON_UNKNOWN_RELATION_OR_PERMISSION, "%s", msg)
+	case is(store.ErrPreconditionFailed):
+		return authzedErr(codes.FailedPrecondition, v1.ErrorReason_ERROR_REASON_WRITE_OR_DELETE_PRECONDITION_FAILURE, "%s", msg)
+	case is(store.ErrLimitExceeded):
+		return authzedErr(codes.InvalidArgument, v1.ErrorReason_ERROR_REASON_TOO_MANY_RELATIONSHIPS_FOR_TRANSACTIONAL_DELETE, "%s", msg)
+	case is(store.ErrSchemaOrphans):
+		return authzedErr(codes.InvalidArgument, v1.ErrorReason_ERROR_REASON_SCHEMA_TYPE_ERROR, "%s", msg)
+	case is(store.ErrInvalidSchema) || errors.As(err, &se):
+		return authzedErr(codes.InvalidArgument, v1.ErrorReason_ERROR_REASON_SCHEMA_PARSE_ERROR, "%s", msg)
+	case is(engine.ErrInvalidContext):
+		return authzedErr(codes.InvalidArgument, v1.ErrorReason_ERROR_REASON_CAVEAT_PARAMETER_TYPE_ERROR, "%s", msg)
+	case is(store.ErrTooManyMutations):
+		return authzedErr(codes.InvalidArgument, v1.ErrorReason_ERROR_REASON_TOO_MANY_UPDATES_IN_REQUEST, "%s", msg)
+	case is(engine.ErrInvalidOnBehalfOf, store.ErrInvalidRelationship):
+		return status.Error(codes.InvalidArgument, msg)
+	}
+	return toStatus(err)
+}
+
+// --- names against the schema ---
+
+// schemaAt returns the schema the engine has at rev (0: head), waiting for
+// the engine to reach rev first.
+func (s *Server) schemaAt(ctx context.Context, rev store.Revision) (*schema.Schema, error) {
+	if err := s.waitFor(ctx, rev); err != nil {
+		return nil, err
+	}
+	return s.eng.Schema(rev), nil
+}
+
+// headSchema returns the schema at the store's head, once the engine has
+// caught up with it: writes are validated against the store's schema.
+func (s *Server) headSchema(ctx context.Context) (*schema.Schema, error) {
+	head, err := s.st.Head(ctx)
+	if err != nil {
+		return nil, authzedStatus(err)
+	}
+	return s.schemaAt(ctx, head)
+}
+
+// classifyWriteError gives a write the store refused SpiceDB's code: a name
+// the schema lacks is FailedPrecondition, other invalid relationships
+// InvalidArgument. Naming costs nothing on writes that succeed.
+func (s *Server) classifyWriteError(ctx context.Context, err error, muts []store.Mutation) error {
+	if errors.Is(err, store.ErrInvalidRelationship) || errors.Is(err, store.ErrNoSchema) {
+		if sch, serr := s.headSchema(ctx); serr == nil {
+			for _, m := range muts {
+				if nerr := checkRelationshipNames(sch, m.Rel); nerr != nil {
+					return nerr
+				}
+			}
+		}
+	}
+	return authzedStatus(err)
+}
+
+// checkTypeAndRelation reports a type or relation the schema lacks with
+// SpiceDB's FailedPrecondition. relation may be "" (the object itself).
+func checkTypeAndRelation(sch *schema.Schema, typ, relation string) error {
+	if sch == nil || sch.Definition(typ) == nil {
+		return authzedErr(codes.FailedPrecondition, v1.ErrorReason_ERROR_REASON_UNKNOWN_DEFINITION, "object definition `%s` not found", typ)
+	}
+	if relation != "" && sch.Relation(typ, relation) == nil {
+		return authzedErr(codes.FailedPrecondition, v1.ErrorReason_ERROR_REASON_UNKNOWN_RELATION_OR_PERMISSION, "relation/permission `%s` not found under definition `%s`", relation, typ)
+	}
+	return nil
+}
+
+// checkRelationshipNames reports the names of a relationship to be written
+// that the schema lacks, as SpiceDB does before the store validates the rest.
+func checkRelationshipNames(sch *schema.Schema, r rel.Relationship) error {
+	if err := checkTypeAndRelation(sch, r.Resource.Type, r.Relation); err != nil {
+		return err
+	}
+	// An unknown caveat is an invalid subject type to SpiceDB, which checks
+	// the relation's allowed types first: InvalidArgument, from the store.
+	return checkTypeAndRelation(sch, r.Subject.Type, r.Subject.Relation)
+}
+
+// --- consistency and tokens ---
+
+// authzedToken decodes a ZedToken. foreign reports a well-formed token
+// issued by a different Mandate store, which SpiceDB's default
+// (--mismatch-zed-token-behavior=full-consistency) treats as a request for
+// full consistency where it can.
+func (s *Server) authzedToken(ctx context.Context, field string, t *v1.ZedToken) (rev store.Revision, foreign bool, err error) {
+	rev, err = s.inst.decodeToken(field, t.GetToken())
+	if err != nil {
+		if foreignToken(t.GetToken()) {
+			return 0, true, nil
+		}
+		return 0, false, status.Errorf(codes.InvalidArgument, "invalid revision requested: %s", status.Convert(err).Message())
+	}
+	if rev <= s.eng.Head() {
+		return rev, false, nil
+	}
+	head, err := s.st.Head(ctx)
+	if err != nil {
+		return 0, false, err
+	}
+	if rev > head {
+		return 0, false, status.Errorf(codes.OutOfRange, "invalid revision: %s names revision %d but the store is at %d", field, rev, head)
+	}
+	return rev, false, nil
+}
+
+// foreignToken reports whether text is a well-formed revision token of some
+// other store instance: it decodes under the instance it names.
+func foreignToken(text string) bool {
+	raw, err := base64.RawURLEncoding.DecodeString(text)
+	if err != nil || len(raw) < headerLen {
+		return false
+	}
+	var other instanceID
+	copy(other[:], raw[2:headerLen])
+	_, err = other.decodeToken("token", text)
+	return err == nil
+}
+
+// authzedEngineRevision applies a consistency requirement to a read the
+// engine answers, with SpiceDB's meanings (see consistency.go), and returns
+// the revision to pass to the engine (0: its head).
+func (s *Server) authzedEngineRevision(ctx context.Context, c *v1.Consistency) (store.Revision, error) {
+	switch r := c.GetRequirement().(type) {
+	case *v1.Consistency_FullyConsistent:
+		if r.FullyConsistent {
+			return 0, s.waitForStoreHead(ctx)
+		}
+	case *v1.Consistency_AtLeastAsFresh:
+		rev, foreign, err := s.authzedToken(ctx, "consistency.at_least_as_fresh", r.AtLeastAsFresh)
+		if err != nil {
+			return 0, err
+		}
+		if foreign {
+			return 0, s.waitForStoreHead(ctx)
+		}
+		return 0, s.waitFor(ctx, rev)
+	case *v1.Consistency_AtExactSnapshot:
+		rev, err := s.exactSnapshot(ctx, r.AtExactSnapshot)
+		if err != nil {
+			return 0, err
+		}
+		return rev, s.waitFor(ctx, rev)
+	}
+	return 0, nil
+}
+
+func (s *Server) exactSnapshot(ctx context.Context, t *v1.ZedToken) (store.Revision, error) {
+	rev, foreign, err := s.authzedToken(ctx, "consistency.at_exact_snapshot", t)
+	if err != nil {
+		return 0, err
+	}
+	if foreign {
+		return 0, status.Error(codes.InvalidArgument, "consistency.at_exact_snapshot: the ZedToken was issued by a different Mandate store; an exact snapshot needs a token from this one")
+	}
+	return rev, nil
+}
+
+func (s *Server) waitForStoreHead(ctx context.Context) error {
+	head, err := s.st.Head(ctx)
+	if err != nil {
+		return err
+	}
+	return s.waitFor(ctx, head)
+}
+
+// authzedStoreRevision applies a consistency requirement to a read the store
+// answers: exactly at the token for at_exact_snapshot, else at the head.
+func (s *Server) authzedStoreRevision(ctx context.Context, c *v1.Consistency) (store.Revision, error) {
+	switch r := c.GetRequirement().(type) {
+	case *v1.Consistency_AtExactSnapshot:
+		return s.exactSnapshot(ctx, r.AtExactSnapshot)
+	case *v1.Consistency_AtLeastAsFresh:
+		if _, _, err := s.authzedToken(ctx, "consistency.at_least_as_fresh", r.AtLeastAsFresh); err != nil {
+			return 0, err
+		}
+	}
+	return s.st.Head(ctx)
+}
+
+func (s *Server) zedToken(rev store.Revision) *v1.ZedToken {
+	return &v1.ZedToken{Token: s.inst.encodeToken(rev)}
+}
+
+// onBehalfOf reads the principal from the mandate-on-behalf-of header; nil
+// when absent.
+func onBehalfOf(ctx context.Context) (*rel.Object, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	values := md.Get(OnBehalfOfHeader)
+	if len(values) == 0 {
+		return nil, nil
+	}
+	if len(values) > 1 {
+		return nil, status.Errorf(codes.InvalidArgument, "metadata %s: sent %d times; name one principal", OnBehalfOfHeader, len(values))
+	}
+	typ, id, ok := strings.Cut(strings.TrimSpace(values[0]), ":")
+	o := rel.Object{Type: typ, ID: id}
+	if !ok {
+		return nil, status.Errorf(codes.InvalidArgument, "metadata %s: %q: expected type:id, e.g. user:alice", OnBehalfOfHeader, clip(values[0]))
+	}
+	if err := rel.ValidateObject(o); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "metadata %s: %v", OnBehalfOfHeader, err)
+	}
+	return &o, nil
+}
