@@ -2,6 +2,7 @@ package engine
 
 import (
 	"fmt"
+	"slices"
 
 	"github.com/mandate-authz/mandate/schema"
 	"github.com/mandate-authz/mandate/store/rel"
@@ -15,9 +16,17 @@ const (
 	ParamResourceID   = "resource_id"
 )
 
+// chainMember is an object on a delegation path.
+type chainMember struct {
+	tp  *typePlan // nil for a type the schema no longer defines
+	typ sym
+	id  oid
+	obj rel.Object
+}
+
 // chain is one resolved delegation path from an agent to its principal.
 type chain struct {
-	members []rel.Object
+	members []chainMember
 	// links[i] is the outcome of the acts_for edge from members[i] to
 	// members[i+1].
 	links []outcome
@@ -26,7 +35,7 @@ type chain struct {
 // chainFailure is a reason the chain could not be resolved at all.
 type chainFailure struct {
 	reason Reason
-	at     []rel.Object // the path walked up to the failure
+	at     []chainMember // the path walked up to the failure
 }
 
 // resolveChains follows live acts_for edges from an agent to every principal
@@ -35,44 +44,42 @@ type chainFailure struct {
 // edge whose caveat needs missing context stays live, with an unknown link.
 // When no chain exists, the failure explains why, preferring the most
 // specific reason found.
-func (c *checker) resolveChains(agent rel.Object) ([]chain, *chainFailure, error) {
+func (c *checker) resolveChains(agent chainMember, maxChain int) ([]chain, *chainFailure, error) {
 	var chains []chain
 	var failure *chainFailure
-	fail := func(r Reason, path []rel.Object) {
+	fail := func(r Reason, path []chainMember) {
 		if failure == nil || failureRank(r) > failureRank(failure.reason) {
-			failure = &chainFailure{reason: r, at: append([]rel.Object(nil), path...)}
+			failure = &chainFailure{reason: r, at: slices.Clone(path)}
 		}
 	}
-	actsFor, hasActsFor := c.idx.lookup(schema.ActsFor)
 
-	var walk func(path []rel.Object, links []outcome) error
-	walk = func(path []rel.Object, links []outcome) error {
+	var walk func(path []chainMember, links []outcome) error
+	walk = func(path []chainMember, links []outcome) error {
 		cur := path[len(path)-1]
-		def := c.sch.Definitions[cur.Type]
-		if !def.IsAgent() {
-			chains = append(chains, chain{members: append([]rel.Object(nil), path...), links: append([]outcome(nil), links...)})
+		if cur.tp == nil || !cur.tp.isAgent {
+			chains = append(chains, chain{members: slices.Clone(path), links: slices.Clone(links)})
 			return nil
 		}
-		if len(links) >= c.eng.maxChain {
+		if len(links) >= maxChain {
 			fail(ReasonChainTooDeep, path)
 			return nil
 		}
-		typ, ok1 := c.idx.lookup(cur.Type)
-		obj, ok2 := c.idx.lookup(cur.ID)
-		if !ok1 || !ok2 || !hasActsFor {
+		if cur.id >= unseenResource || cur.tp.actsFor == nil {
 			fail(ReasonNoDelegation, path)
 			return nil
 		}
-		edges := c.idx.slots[slotKey{typ, obj, actsFor}]
+		edges := cur.tp.actsFor.edges(cur.id)
 		var live, expired, outOfScope int
 		for i := range edges {
 			e := &edges[i]
 			if e.created > c.rev || c.rev >= e.deleted {
 				continue
 			}
-			if e.expires != 0 && c.now >= e.expires {
-				expired++
-				continue
+			if e.extra != 0 {
+				if x := c.idx.extras[e.extra].expires; x != 0 && c.nowMicros() >= x {
+					expired++
+					continue
+				}
 			}
 			link, err := c.caveat(e)
 			if err != nil {
@@ -82,8 +89,9 @@ func (c *checker) resolveChains(agent rel.Object) ([]chain, *chainFailure, error
 				outOfScope++
 				continue
 			}
-			next := rel.Object{Type: c.idx.name(e.subjType), ID: c.idx.name(e.subjID)}
-			if containsObject(path, next) {
+			tt := c.idx.types[e.subjType()]
+			next := chainMember{tp: c.pl.typeBySym(e.subjType()), typ: e.subjType(), id: e.subjID, obj: rel.Object{Type: tt.name, ID: tt.names[e.subjID]}}
+			if containsMember(path, next) {
 				fail(ReasonCycle, append(path, next))
 				continue
 			}
@@ -104,7 +112,13 @@ func (c *checker) resolveChains(agent rel.Object) ([]chain, *chainFailure, error
 		}
 		return nil
 	}
-	if err := walk([]rel.Object{agent}, nil); err != nil {
+	if cap(c.pathBuf) < maxChain+2 {
+		c.pathBuf = make([]chainMember, 0, maxChain+2)
+		c.linkBuf = make([]outcome, 0, maxChain+1)
+	}
+	c.pathBuf = append(c.pathBuf[:0], agent)
+	err := walk(c.pathBuf, c.linkBuf[:0])
+	if err != nil {
 		return nil, nil, err
 	}
 	return chains, failure, nil
@@ -127,9 +141,9 @@ func failureRank(r Reason) int {
 	return 0
 }
 
-func containsObject(path []rel.Object, o rel.Object) bool {
+func containsMember(path []chainMember, m chainMember) bool {
 	for _, p := range path {
-		if p == o {
+		if p.typ == m.typ && p.id == m.id {
 			return true
 		}
 	}
@@ -139,15 +153,12 @@ func containsObject(path []rel.Object, o rel.Object) bool {
 // checkDelegated evaluates a check whose subject is an agent: the effective
 // permission is the three-valued AND of every chain member's own grant and
 // every link's caveat.
-func (e *Engine) checkDelegated(c *checker, req CheckRequest) (CheckResult, error) {
-	c.supplied = map[string]any{
-		ParamAction:       req.Permission,
-		ParamResourceType: req.Resource.Type,
-		ParamResourceID:   req.Resource.ID,
-	}
-	agent := req.Subject.Object()
-	chains, failure, err := c.resolveChains(agent)
-	c.supplied = nil
+func (c *checker) checkDelegated(s *checkSpec, obj oid) (CheckResult, error) {
+	req := s.req
+	c.suppliedFor = req
+	agent := chainMember{tp: s.subType, typ: s.subType.sym, id: s.t.id, obj: req.Subject.Object()}
+	chains, failure, err := c.resolveChains(agent, c.maxChain)
+	c.supplied, c.suppliedFor = nil, nil
 	if err != nil {
 		return CheckResult{}, err
 	}
@@ -157,23 +168,24 @@ func (e *Engine) checkDelegated(c *checker, req CheckRequest) (CheckResult, erro
 		}
 		var matching []chain
 		for _, ch := range chains {
-			if ch.members[len(ch.members)-1] == *req.OnBehalfOf {
+			if ch.members[len(ch.members)-1].obj == *req.OnBehalfOf {
 				matching = append(matching, ch)
 			}
 		}
 		if len(matching) == 0 && len(chains) > 0 {
-			failure = &chainFailure{reason: ReasonNoDelegation, at: []rel.Object{agent}}
+			failure = &chainFailure{reason: ReasonNoDelegation, at: []chainMember{agent}}
 		}
 		chains = matching
 	} else if principals := distinctPrincipals(chains); len(principals) > 1 {
-		return CheckResult{}, fmt.Errorf("%w: %s acts for %v", ErrAmbiguousAgent, agent, principals)
+		return CheckResult{}, fmt.Errorf("%w: %s acts for %v", ErrAmbiguousAgent, agent.obj, principals)
 	}
 
 	if len(chains) == 0 {
 		res := CheckResult{Decision: Denied, Revision: c.rev}
 		d := &Delegation{Reason: failure.reason, FailedAt: len(failure.at) - 1}
+		d.Chain = make([]ChainElement, 0, len(failure.at))
 		for _, m := range failure.at {
-			d.Chain = append(d.Chain, ChainElement{Subject: m})
+			d.Chain = append(d.Chain, ChainElement{Subject: m.obj})
 		}
 		res.Delegation = d
 		return res, nil
@@ -181,20 +193,20 @@ func (e *Engine) checkDelegated(c *checker, req CheckRequest) (CheckResult, erro
 
 	// Several chains to the same principal (a diamond): the decision ties to
 	// the first best one.
-	var best *CheckResult
-	for _, ch := range chains {
-		r, err := e.evaluateChain(c, req, ch)
+	var best CheckResult
+	for i, ch := range chains {
+		r, err := c.evaluateChain(s, obj, ch)
 		if err != nil {
 			return CheckResult{}, err
 		}
-		if best == nil || rankDecision(r.Decision) > rankDecision(best.Decision) {
-			best = &r
+		if i == 0 || rankDecision(r.Decision) > rankDecision(best.Decision) {
+			best = r
 		}
 		if best.Decision == Allowed {
 			break
 		}
 	}
-	return *best, nil
+	return best, nil
 }
 
 func rankDecision(d Decision) int {
@@ -207,11 +219,24 @@ func rankDecision(d Decision) int {
 	return 0
 }
 
+// distinctPrincipals names the principals the chains end at, when there are
+// several; nil when they all end at one.
 func distinctPrincipals(chains []chain) []string {
+	principal := func(ch chain) rel.Object { return ch.members[len(ch.members)-1].obj }
+	several := false
+	for _, ch := range chains[min(1, len(chains)):] {
+		if principal(ch) != principal(chains[0]) {
+			several = true
+			break
+		}
+	}
+	if !several {
+		return nil
+	}
 	var out []string
 	seen := map[rel.Object]bool{}
 	for _, ch := range chains {
-		p := ch.members[len(ch.members)-1]
+		p := principal(ch)
 		if !seen[p] {
 			seen[p] = true
 			out = append(out, p.String())
@@ -223,17 +248,19 @@ func distinctPrincipals(chains []chain) []string {
 // evaluateChain checks every member's own grant and combines them with the
 // links. The first failing element, walking from the agent to the principal,
 // gives the reason.
-func (e *Engine) evaluateChain(c *checker, req CheckRequest, ch chain) (CheckResult, error) {
-	d := &Delegation{FailedAt: -1}
+func (c *checker) evaluateChain(s *checkSpec, obj oid, ch chain) (CheckResult, error) {
+	req := s.req
+	d := &Delegation{FailedAt: -1, Chain: make([]ChainElement, 0, len(ch.members))}
 	total := outTrue
 	principal := len(ch.members) - 1
 	onlyAgentGrantsMissing := true
 	for i, m := range ch.members {
-		grant, err := c.checkObject(req.Resource, req.Permission, rel.Subject{Type: m.Type, ID: m.ID})
+		t := target{typ: m.typ, id: m.id}
+		grant, err := c.checkObject(s, obj, t, m.obj == req.Resource)
 		if err != nil {
 			return CheckResult{}, err
 		}
-		el := ChainElement{Subject: m, Grant: grant.decision(), Link: Allowed, Missing: missingOf(grant)}
+		el := ChainElement{Subject: m.obj, Grant: grant.decision(), Link: Allowed, Missing: missingOf(grant)}
 		elementOutcome := grant
 		if i < principal {
 			link := ch.links[i]

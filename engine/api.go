@@ -130,6 +130,12 @@ type LookupResourcesRequest struct {
 	Context      map[string]any
 	OnBehalfOf   *rel.Object
 	Revision     store.Revision
+	// After resumes a paged lookup: only resources whose ID sorts after it
+	// are returned, and those before it are not evaluated.
+	After string
+	// Limit, when positive, bounds the results; the lookup stops
+	// evaluating once it has them.
+	Limit int
 }
 
 // LookupResult is one resource or subject found by a lookup.
@@ -152,6 +158,12 @@ type LookupSubjectsRequest struct {
 	SubjectRelation string
 	Context         map[string]any
 	Revision        store.Revision
+	// After resumes a paged lookup: only subjects whose ID sorts after it
+	// are returned ("*" sorts first). The wildcard's exclusions need every
+	// subject evaluated, so only a first page that includes "*" does so.
+	After string
+	// Limit, when positive, bounds the results (counting "*").
+	Limit int
 }
 
 // ExpandNode is a node of a permission's expansion tree.

@@ -3,7 +3,9 @@ package engine
 import (
 	"context"
 	"fmt"
+	"reflect"
 	"slices"
+	"time"
 
 	"github.com/mandate-authz/mandate/schema"
 	"github.com/mandate-authz/mandate/store"
@@ -57,6 +59,8 @@ func not(a outcome) outcome {
 	return a
 }
 
+// mergeMissing returns the sorted union of two parameter lists; it never
+// modifies either, so outcomes may share them.
 func mergeMissing(a, b []string) []string {
 	if len(b) == 0 {
 		return a
@@ -85,112 +89,187 @@ func (o outcome) decision() Decision {
 	return Denied
 }
 
-// target is the subject a check looks for, interned. A subject ID that
-// appears nowhere in the index gets an ID no edge carries (unknownID), so
-// only wildcards can match it.
+// target is the subject a check looks for, interned: its type, its ID
+// within that type (unknownID when no relationship names it, so only
+// wildcards match) and its relation (noSym for an object).
 type target struct {
-	typ, id, rel sym
+	typ sym
+	id  oid
+	rel sym
 }
 
-// unknownID is never assigned by the interner.
-const unknownID = sym(^uint32(0))
-
-// unseenResource stands for a checked resource whose ID is in no
-// relationship; only a subject naming that same object shares it.
-const unseenResource = sym(^uint32(0) - 1)
-
-// frame is a (object, relation) under evaluation, for cycle detection.
+// frame is a (relation, object) under evaluation, for cycle detection.
 type frame struct {
-	typ, obj, rel sym
+	rp  *relPlan
+	obj oid
 }
 
-// checker evaluates one request at one revision. It is not shared between
-// goroutines.
+// checker evaluates requests at one revision. It is not shared between
+// goroutines; engines pool them.
 type checker struct {
-	eng   *Engine
-	idx   *index
-	sch   *schema.Schema
-	rev   store.Revision
-	now   int64
-	ctx   map[string]any
-	stack []frame
-	// supplied holds engine-provided caveat parameters for acts_for links.
-	supplied map[string]any
+	idx *index
+	pl  *plan
+	rev store.Revision
+	// now is the time expiration is decided at, read from clock on first
+	// need (most checks meet no expiring edge).
+	now      int64
+	nowSet   bool
+	clock    func() time.Time
+	maxDepth int
+	maxChain int
+	ctx      map[string]any
+	// req is the request being evaluated, held here so that it does not
+	// escape to the heap per call.
+	req CheckRequest
+	// supplied holds engine-provided caveat parameters for acts_for links,
+	// built on first use from suppliedFor.
+	supplied    map[string]any
+	suppliedFor *CheckRequest
+	stack       []frame
+
+	// memo holds subproblems solved for earlier items of the same call
+	// (CheckBulk, lookups); useMemo says whether the current item reads and
+	// writes it, under key group.
+	memo    memoTable
+	useMemo bool
+	group   uint32
+	// cuts counts cycle cuts. An entry is stored only when its subtree made
+	// none, and read only while the current item has made none: then the
+	// evaluation that stored it followed exactly the path a fresh one would.
+	cuts     int
+	itemCuts int
+	// reach is the deepest depth reached so far, for memo heights.
+	reach int
+
+	// chain resolution buffers, reused between requests.
+	pathBuf []chainMember
+	linkBuf []outcome
 }
 
-func (e *Engine) newChecker(rev store.Revision, sch *schema.Schema, reqCtx map[string]any) *checker {
-	return &checker{eng: e, idx: e.idx, sch: sch, rev: rev, now: e.now().UnixMicro(), ctx: reqCtx}
+func (e *Engine) getChecker(rev store.Revision, p *plan) *checker {
+	c, _ := e.checkers.Get().(*checker)
+	if c == nil {
+		c = &checker{}
+	}
+	c.idx, c.pl, c.rev, c.clock, c.maxDepth, c.maxChain = e.idx, p, rev, e.now, e.maxDepth, e.maxChain
+	return c
 }
 
-// targetFor interns a subject for lookup without growing the index.
-func (c *checker) targetFor(s rel.Subject) target {
-	t := target{typ: unknownID, id: unknownID, rel: unknownID}
-	if v, ok := c.idx.lookup(s.Type); ok {
-		t.typ = v
+// nowMicros returns the time expiration is decided at.
+func (c *checker) nowMicros() int64 {
+	if !c.nowSet {
+		c.now, c.nowSet = c.clock().UnixMicro(), true
 	}
-	if v, ok := c.idx.lookup(s.ID); ok {
-		t.id = v
-	}
-	if v, ok := c.idx.lookup(s.Relation); ok {
-		t.rel = v
-	}
-	return t
+	return c.now
 }
 
-// relation evaluates relation or permission `relName` of object (typ, obj)
-// for subject t.
-func (c *checker) relation(typ, obj sym, relName string, t target, depth int) (outcome, error) {
-	def := c.sch.Definitions[c.idx.name(typ)]
-	if def == nil {
+func (e *Engine) putChecker(c *checker) {
+	c.idx, c.pl, c.ctx, c.supplied, c.suppliedFor = nil, nil, nil, nil, nil
+	c.req, c.now, c.nowSet = CheckRequest{}, 0, false
+	c.memo.reset()
+	c.useMemo, c.group = false, 0
+	c.cuts, c.itemCuts, c.reach = 0, 0, 0
+	c.stack = c.stack[:0]
+	clear(c.pathBuf)
+	c.pathBuf = c.pathBuf[:0]
+	c.linkBuf = c.linkBuf[:0]
+	e.checkers.Put(c)
+}
+
+func (c *checker) live(e *edge) bool {
+	if e.created > c.rev || c.rev >= e.deleted {
+		return false
+	}
+	if e.extra != 0 {
+		if x := c.idx.extras[e.extra].expires; x != 0 && c.nowMicros() >= x {
+			return false
+		}
+	}
+	return true
+}
+
+// relation evaluates relation or permission rp of object obj for subject t.
+// shared marks a subproblem other items may share (reached through an arrow
+// or a userset): only those are memoized.
+func (c *checker) relation(rp *relPlan, obj oid, t target, depth int, shared bool) (outcome, error) {
+	if rp == nil {
+		// The type has no such relation: nothing holds it.
 		return outFalse, nil
 	}
-	r := def.Relations[relName]
-	if r == nil {
-		return outFalse, nil
-	}
-	relSym, known := c.idx.lookup(relName)
 	// A userset is a member of itself.
-	if known && t.typ == typ && t.id == obj && t.rel == relSym {
+	if t.typ == rp.typ.sym && t.id == obj && t.rel == rp.sym {
 		return outTrue, nil
 	}
-	if depth > c.eng.maxDepth {
-		return outFalse, fmt.Errorf("%w (%d) at %s:%s#%s", ErrMaxDepth, c.eng.maxDepth, c.idx.name(typ), c.idx.name(obj), relName)
+	if depth > c.maxDepth {
+		return outFalse, fmt.Errorf("%w (%d) at %s:%s#%s", ErrMaxDepth, c.maxDepth, rp.typ.name, c.objectName(rp.typ, obj), rp.name)
 	}
-	f := frame{typ, obj, relSym}
-	if known {
-		if slices.Contains(c.stack, f) {
+	if depth > c.reach {
+		c.reach = depth
+	}
+	f := frame{rp, obj}
+	for _, s := range c.stack {
+		if s == f {
 			// Re-entering the same question on one path adds nothing: the
 			// least fixed point does not hold through the cycle.
+			c.cuts++
 			return outFalse, nil
 		}
-		c.stack = append(c.stack, f)
-		defer func() { c.stack = c.stack[:len(c.stack)-1] }()
 	}
-	if r.IsPermission {
-		return c.rewrite(typ, obj, r.Rewrite, t, depth)
+	memo := shared && c.useMemo && obj < unseenResource && t.id < unseenResource
+	var key memoKey
+	if memo {
+		key = memoKey{rp: rp, obj: obj, t: t, group: c.group}
+		if c.cuts == c.itemCuts {
+			if m, ok := c.memo.get(key); ok && depth+int(m.height) <= c.maxDepth {
+				c.reach = max(c.reach, depth+int(m.height))
+				return m.out, nil
+			}
+		}
 	}
-	if !known {
-		return outFalse, nil
+	c.stack = append(c.stack, f)
+	cuts, reach := c.cuts, c.reach
+	c.reach = depth
+	var o outcome
+	var err error
+	if rp.rewrite != nil {
+		o, err = c.rewrite(rp.typ.sym, obj, rp.rewrite, t, depth)
+	} else {
+		o, err = c.direct(rp, obj, t, depth)
 	}
-	return c.direct(typ, obj, relSym, t, depth)
+	c.stack = c.stack[:len(c.stack)-1]
+	height := c.reach - depth
+	c.reach = max(reach, c.reach)
+	if memo && err == nil && c.cuts == cuts {
+		c.memo.put(key, memoEntry{out: o, height: int32(height)})
+	}
+	return o, err
+}
+
+func (c *checker) objectName(tp *typePlan, obj oid) string {
+	if int(obj) < len(tp.table.names) {
+		return tp.table.names[obj]
+	}
+	return "(unseen)"
 }
 
 // direct evaluates a stored relation: the subject itself, a wildcard of its
 // type, or a userset that contains it.
-func (c *checker) direct(typ, obj, relSym sym, t target, depth int) (outcome, error) {
-	edges := c.idx.slots[slotKey{typ, obj, relSym}]
+func (c *checker) direct(rp *relPlan, obj oid, t target, depth int) (outcome, error) {
+	edges := rp.table.edges(obj)
 	if len(edges) == 0 {
 		return outFalse, nil
 	}
 	result := outFalse
 	// Exact subject.
-	if t.id != unknownID {
-		for i := find(edges, t.typ, t.rel, t.id); i < len(edges); i++ {
+	kind := subjectKind(t.rel, t.typ)
+	// A wildcard subject (user:*) is found among the wildcard edges.
+	if t.id != unknownID && (slices.Contains(rp.kinds, kind) || t.id == wildcardID && t.rel == noSym && slices.Contains(rp.wildcards, t.typ)) {
+		for i := find(edges, kind, t.id); i < len(edges); i++ {
 			e := &edges[i]
-			if e.subjType != t.typ || e.subjRel != t.rel || e.subjID != t.id {
+			if e.kind != kind || e.subjID != t.id {
 				break
 			}
-			if !e.liveAt(c.rev, c.now) {
+			if !c.live(e) {
 				continue
 			}
 			o, err := c.caveat(e)
@@ -203,13 +282,14 @@ func (c *checker) direct(typ, obj, relSym sym, t target, depth int) (outcome, er
 		}
 	}
 	// Wildcard of the subject's type, for subjects that are objects.
-	if t.rel == noSym && t.id != c.idx.wildcard {
-		for i := find(edges, t.typ, noSym, c.idx.wildcard); i < len(edges); i++ {
+	if t.rel == noSym && t.id != wildcardID && slices.Contains(rp.wildcards, t.typ) {
+		// kind is the plain kind of the subject's type here.
+		for i := find(edges, kind, wildcardID); i < len(edges); i++ {
 			e := &edges[i]
-			if e.subjType != t.typ || e.subjRel != noSym || e.subjID != c.idx.wildcard {
+			if e.kind != kind || e.subjID != wildcardID {
 				break
 			}
-			if !e.liveAt(c.rev, c.now) {
+			if !c.live(e) {
 				continue
 			}
 			o, err := c.caveat(e)
@@ -221,10 +301,13 @@ func (c *checker) direct(typ, obj, relSym sym, t target, depth int) (outcome, er
 			}
 		}
 	}
-	// Usersets: edges whose subject carries a relation.
-	for i := range edges {
+	// Usersets: edges whose subject carries a relation, sorted last.
+	if !rp.usersets {
+		return result, nil
+	}
+	for i := firstUserset(edges); i < len(edges); i++ {
 		e := &edges[i]
-		if e.subjRel == noSym || !e.liveAt(c.rev, c.now) {
+		if !c.live(e) {
 			continue
 		}
 		o, err := c.caveat(e)
@@ -234,7 +317,7 @@ func (c *checker) direct(typ, obj, relSym sym, t target, depth int) (outcome, er
 		if o.v == schema.False {
 			continue
 		}
-		sub, err := c.relation(e.subjType, e.subjID, c.idx.name(e.subjRel), t, depth+1)
+		sub, err := c.relation(c.pl.rel(e.subjType(), e.subjRel()), e.subjID, t, depth+1, true)
 		if err != nil {
 			return outFalse, err
 		}
@@ -247,25 +330,36 @@ func (c *checker) direct(typ, obj, relSym sym, t target, depth int) (outcome, er
 
 // caveat evaluates an edge's caveat; an uncaveated edge is true.
 func (c *checker) caveat(e *edge) (outcome, error) {
-	if e.caveat == nil {
+	if e.extra == 0 {
 		return outTrue, nil
 	}
-	cv := c.sch.Caveats[e.caveat.name]
-	if cv == nil {
-		return outFalse, fmt.Errorf("caveat %q is not defined in the schema", e.caveat.name)
+	x := c.idx.extras[e.extra].caveat
+	if x == nil {
+		return outTrue, nil
 	}
-	res, err := cv.Evaluate(c.ctx, e.caveat.context, c.supplied)
+	cv := c.pl.sch.Caveats[x.name]
+	if cv == nil {
+		return outFalse, fmt.Errorf("caveat %q is not defined in the schema", x.name)
+	}
+	if c.suppliedFor != nil && c.supplied == nil {
+		c.supplied = map[string]any{
+			ParamAction:       c.suppliedFor.Permission,
+			ParamResourceType: c.suppliedFor.Resource.Type,
+			ParamResourceID:   c.suppliedFor.Resource.ID,
+		}
+	}
+	res, err := cv.Evaluate(c.ctx, x.context, c.supplied)
 	if err != nil {
 		return outFalse, fmt.Errorf("%w: %w", ErrInvalidContext, err)
 	}
 	return outcome{v: res.Outcome, missing: res.Missing}, nil
 }
 
-func (c *checker) rewrite(typ, obj sym, rw *schema.Rewrite, t target, depth int) (outcome, error) {
-	switch rw.Op {
+func (c *checker) rewrite(typ sym, obj oid, n *node, t target, depth int) (outcome, error) {
+	switch n.op {
 	case schema.OpUnion:
 		result := outFalse
-		for _, child := range rw.Children {
+		for _, child := range n.children {
 			o, err := c.rewrite(typ, obj, child, t, depth)
 			if err != nil {
 				return outFalse, err
@@ -277,7 +371,7 @@ func (c *checker) rewrite(typ, obj sym, rw *schema.Rewrite, t target, depth int)
 		return result, nil
 	case schema.OpIntersection:
 		result := outTrue
-		for _, child := range rw.Children {
+		for _, child := range n.children {
 			o, err := c.rewrite(typ, obj, child, t, depth)
 			if err != nil {
 				return outFalse, err
@@ -288,11 +382,11 @@ func (c *checker) rewrite(typ, obj sym, rw *schema.Rewrite, t target, depth int)
 		}
 		return result, nil
 	case schema.OpExclusion:
-		result, err := c.rewrite(typ, obj, rw.Children[0], t, depth)
+		result, err := c.rewrite(typ, obj, n.children[0], t, depth)
 		if err != nil || result.v == schema.False {
 			return result, err
 		}
-		for _, child := range rw.Children[1:] {
+		for _, child := range n.children[1:] {
 			o, err := c.rewrite(typ, obj, child, t, depth)
 			if err != nil {
 				return outFalse, err
@@ -303,11 +397,11 @@ func (c *checker) rewrite(typ, obj sym, rw *schema.Rewrite, t target, depth int)
 		}
 		return result, nil
 	case schema.OpComputed:
-		return c.relation(typ, obj, rw.Relation, t, depth+1)
+		return c.relation(n.rel, obj, t, depth+1, false)
 	case schema.OpArrow:
-		return c.arrow(typ, obj, rw, t, depth, false)
+		return c.arrow(obj, n, t, depth, false)
 	case schema.OpArrowAll:
-		return c.arrow(typ, obj, rw, t, depth, true)
+		return c.arrow(obj, n, t, depth, true)
 	case schema.OpNil:
 		return outFalse, nil
 	case schema.OpSelf:
@@ -316,17 +410,16 @@ func (c *checker) rewrite(typ, obj sym, rw *schema.Rewrite, t target, depth int)
 		}
 		return outFalse, nil
 	}
-	return outFalse, fmt.Errorf("unknown rewrite operation %v", rw.Op)
+	return outFalse, fmt.Errorf("unknown rewrite operation %v", n.op)
 }
 
 // arrow follows the tupleset relation to each subject object and evaluates
 // the target relation there; all requires it on every such subject.
-func (c *checker) arrow(typ, obj sym, rw *schema.Rewrite, t target, depth int, all bool) (outcome, error) {
-	tsSym, ok := c.idx.lookup(rw.Tupleset)
-	if !ok {
-		return outFalse, nil
+func (c *checker) arrow(obj oid, n *node, t target, depth int, all bool) (outcome, error) {
+	var edges []edge
+	if n.tupleset != nil {
+		edges = n.tupleset.edges(obj)
 	}
-	edges := c.idx.slots[slotKey{typ, obj, tsSym}]
 	result := outFalse
 	if all {
 		result = outTrue
@@ -334,7 +427,7 @@ func (c *checker) arrow(typ, obj sym, rw *schema.Rewrite, t target, depth int, a
 	found := false
 	for i := range edges {
 		e := &edges[i]
-		if !e.liveAt(c.rev, c.now) {
+		if !c.live(e) {
 			continue
 		}
 		found = true
@@ -346,7 +439,11 @@ func (c *checker) arrow(typ, obj sym, rw *schema.Rewrite, t target, depth int, a
 			continue
 		}
 		// A subject type without the target relation yields false.
-		sub, err := c.relation(e.subjType, e.subjID, rw.Relation, t, depth+1)
+		var rp *relPlan
+		if st := e.subjType(); int(st) < len(n.targets) {
+			rp = n.targets[st]
+		}
+		sub, err := c.relation(rp, e.subjID, t, depth+1, true)
 		if err != nil {
 			return outFalse, err
 		}
@@ -370,95 +467,204 @@ func (c *checker) arrow(typ, obj sym, rw *schema.Rewrite, t target, depth int, a
 func (e *Engine) Check(ctx context.Context, req CheckRequest) (CheckResult, error) {
 	e.mu.RLock()
 	defer e.mu.RUnlock()
-	return e.checkLocked(ctx, req)
-}
-
-func (e *Engine) checkLocked(ctx context.Context, req CheckRequest) (CheckResult, error) {
-	rev, err := e.resolveRevision(req.Revision)
+	rev, p, err := e.planFor(req.Revision)
 	if err != nil {
 		return CheckResult{}, err
 	}
-	sch := e.idx.schemaAt(rev)
-	if sch == nil {
-		return CheckResult{}, ErrNoSchema
+	c := e.getChecker(rev, p)
+	defer e.putChecker(c)
+	c.req = req
+	return c.check(ctx)
+}
+
+// planFor resolves the revision to answer at and the schema in force there.
+// Callers hold e.mu.
+func (e *Engine) planFor(rev store.Revision) (store.Revision, *plan, error) {
+	rev, err := e.resolveRevision(rev)
+	if err != nil {
+		return 0, nil, err
 	}
-	if err := validateCheck(sch, req.Resource, req.Permission, req.Subject); err != nil {
+	p := e.idx.planAt(rev)
+	if p == nil {
+		return 0, nil, ErrNoSchema
+	}
+	return rev, p, nil
+}
+
+// checkSpec is a validated check, resolved against the plan.
+type checkSpec struct {
+	req     *CheckRequest // the checker's req
+	resType *typePlan
+	perm    *relPlan
+	subType *typePlan
+	t       target
+	agent   bool
+}
+
+// prepare validates c.req and resolves its names. The resource ID is
+// resolved separately (lookups vary it).
+func (c *checker) prepare(validateResource bool) (checkSpec, error) {
+	req := &c.req
+	resType, perm, subType, err := validateCheck(c.pl, req.Resource, req.Permission, req.Subject, validateResource)
+	if err != nil {
+		return checkSpec{}, err
+	}
+	s := checkSpec{req: req, resType: resType, perm: perm, subType: subType}
+	s.t = target{typ: subType.sym, id: unknownID}
+	if id, ok := subType.table.lookup(req.Subject.ID); ok {
+		s.t.id = id
+	}
+	if req.Subject.Relation != "" {
+		s.t.rel = subType.rels[req.Subject.Relation].sym
+	}
+	s.agent = subType.isAgent && req.Subject.Relation == "" && !req.Subject.IsWildcard()
+	if !s.agent && req.OnBehalfOf != nil {
+		return checkSpec{}, fmt.Errorf("%w: %s is not an agent; on_behalf_of applies only to agent subjects", ErrInvalidOnBehalfOf, req.Subject)
+	}
+	return s, nil
+}
+
+// check evaluates c.req.
+func (c *checker) check(ctx context.Context) (CheckResult, error) {
+	req := &c.req
+	s, err := c.prepare(true)
+	if err != nil {
 		return CheckResult{}, err
 	}
 	if err := ctx.Err(); err != nil {
 		return CheckResult{}, err
 	}
-	c := e.newChecker(rev, sch, req.Context)
-	if d := sch.Definitions[req.Subject.Type]; d.IsAgent() && req.Subject.Relation == "" && !req.Subject.IsWildcard() {
-		return e.checkDelegated(c, req)
+	c.ctx = req.Context
+	obj, ok := s.resType.table.lookup(req.Resource.ID)
+	if !ok {
+		obj = unseenResource
 	}
-	if req.OnBehalfOf != nil {
-		return CheckResult{}, fmt.Errorf("%w: %s is not an agent; on_behalf_of applies only to agent subjects", ErrInvalidOnBehalfOf, req.Subject)
+	return c.evaluate(&s, obj)
+}
+
+// evaluate answers a prepared check for resource obj (whose ID is
+// s.req.Resource.ID).
+func (c *checker) evaluate(s *checkSpec, obj oid) (CheckResult, error) {
+	c.itemCuts = c.cuts
+	if s.agent {
+		return c.checkDelegated(s, obj)
 	}
-	o, err := c.checkObject(req.Resource, req.Permission, req.Subject)
+	o, err := c.checkObject(s, obj, s.t, s.req.Subject.Type == s.req.Resource.Type && s.req.Subject.ID == s.req.Resource.ID)
 	if err != nil {
 		return CheckResult{}, err
 	}
-	return CheckResult{Decision: o.decision(), Missing: missingOf(o), Revision: rev}, nil
+	return CheckResult{Decision: o.decision(), Missing: missingOf(o), Revision: c.rev}, nil
 }
 
-// checkObject evaluates one plain (non-delegated) check.
-func (c *checker) checkObject(resource rel.Object, permission string, subject rel.Subject) (outcome, error) {
-	// Type and relation names are interned with the schema; an object ID
-	// may appear in no relationship yet.
-	typ, _ := c.idx.lookup(resource.Type)
-	t := c.targetFor(subject)
-	obj, ok := c.idx.lookup(resource.ID)
-	if !ok {
+// checkObject evaluates one plain (non-delegated) check; sameObject says the
+// subject names the resource itself.
+func (c *checker) checkObject(s *checkSpec, obj oid, t target, sameObject bool) (outcome, error) {
+	if obj == unseenResource && sameObject {
 		// An unseen resource still answers for itself: as a userset subject
 		// (resource#rel is a member of resource#rel) and through `self`.
-		obj = unseenResource
-		if subject.Type == resource.Type && subject.ID == resource.ID {
-			t.id = unseenResource
-		}
+		t.id = unseenResource
 	}
-	return c.relation(typ, obj, permission, t, 0)
+	return c.relation(s.perm, obj, t, 0, false)
 }
 
+// missingOf returns an outcome's missing parameters for a result, copied:
+// memoized outcomes share their lists.
 func missingOf(o outcome) []string {
-	if o.v != schema.Unknown {
+	if o.v != schema.Unknown || len(o.missing) == 0 {
 		return nil
 	}
-	return o.missing
+	return slices.Clone(o.missing)
 }
 
-// validateCheck rejects requests that name things the schema does not have.
-func validateCheck(sch *schema.Schema, resource rel.Object, permission string, subject rel.Subject) error {
-	if err := rel.ValidateObject(resource); err != nil {
-		return fmt.Errorf("resource: %w", err)
+// validateCheck rejects requests that name things the schema does not have,
+// and returns the resource type, the permission and the subject type.
+func validateCheck(p *plan, resource rel.Object, permission string, subject rel.Subject, validateResource bool) (*typePlan, *relPlan, *typePlan, error) {
+	if validateResource {
+		if err := rel.ValidateObject(resource); err != nil {
+			return nil, nil, nil, fmt.Errorf("resource: %w", err)
+		}
 	}
-	if sch.Definition(resource.Type) == nil {
-		return fmt.Errorf("%w: resource type %q is not defined", ErrUnknownType, resource.Type)
+	resType := p.types[resource.Type]
+	if resType == nil {
+		return nil, nil, nil, fmt.Errorf("%w: resource type %q is not defined", ErrUnknownType, resource.Type)
 	}
-	if sch.Relation(resource.Type, permission) == nil {
-		return unknownRelationError(resource.Type, permission)
+	perm := resType.rels[permission]
+	if perm == nil {
+		return nil, nil, nil, unknownRelationError(resource.Type, permission)
 	}
 	if err := rel.ValidateSubject(subject); err != nil {
-		return fmt.Errorf("subject: %w", err)
+		return nil, nil, nil, fmt.Errorf("subject: %w", err)
 	}
-	if sch.Definition(subject.Type) == nil {
-		return fmt.Errorf("%w: subject type %q is not defined", ErrUnknownType, subject.Type)
+	subType := p.types[subject.Type]
+	if subType == nil {
+		return nil, nil, nil, fmt.Errorf("%w: subject type %q is not defined", ErrUnknownType, subject.Type)
 	}
-	if subject.Relation != "" && sch.Relation(subject.Type, subject.Relation) == nil {
-		return unknownRelationError(subject.Type, subject.Relation)
+	if subject.Relation != "" && subType.rels[subject.Relation] == nil {
+		return nil, nil, nil, unknownRelationError(subject.Type, subject.Relation)
 	}
-	return nil
+	return resType, perm, subType, nil
 }
 
 // CheckBulk answers many checks at one revision. Results and errors are
 // index-aligned with the requests; one item's error does not fail the others.
+// Items that share a subject, revision and caveat context share the
+// subproblems they solve (a folder's viewers, a group's members).
 func (e *Engine) CheckBulk(ctx context.Context, reqs []CheckRequest) ([]CheckResult, []error) {
-	e.mu.RLock()
-	defer e.mu.RUnlock()
 	results := make([]CheckResult, len(reqs))
 	errs := make([]error, len(reqs))
-	for i, req := range reqs {
-		results[i], errs[i] = e.checkLocked(ctx, req)
+	now := e.now().UnixMicro()
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+
+	// Only items whose subject recurs can share anything.
+	subjects := make(map[rel.Subject]int, len(reqs))
+	for i := range reqs {
+		subjects[reqs[i].Subject]++
+	}
+	var groups []bulkGroup
+	c := e.getChecker(0, nil)
+	defer e.putChecker(c)
+	// Items share one time, as they may share subproblems.
+	c.now, c.nowSet = now, true
+	for i := range reqs {
+		req := &reqs[i]
+		rev, p, err := e.planFor(req.Revision)
+		if err != nil {
+			errs[i] = err
+			continue
+		}
+		// A group fixes the revision, hence the plan, of its entries.
+		c.rev, c.pl, c.useMemo = rev, p, false
+		if subjects[req.Subject] > 1 {
+			c.group, c.useMemo = groupOf(&groups, rev, req.Context)
+		}
+		c.req = *req
+		results[i], errs[i] = c.check(ctx)
 	}
 	return results, errs
+}
+
+// bulkGroup is a (revision, caveat context) pair whose items may share
+// memoized subproblems.
+type bulkGroup struct {
+	rev store.Revision
+	ctx map[string]any
+}
+
+// maxBulkGroups bounds the distinct contexts compared per CheckBulk.
+const maxBulkGroups = 16
+
+// groupOf returns the group of items at rev with context ctx, adding one;
+// ok is false past maxBulkGroups.
+func groupOf(groups *[]bulkGroup, rev store.Revision, ctx map[string]any) (uint32, bool) {
+	for i, g := range *groups {
+		if g.rev == rev && (len(g.ctx) == 0 && len(ctx) == 0 || reflect.DeepEqual(g.ctx, ctx)) {
+			return uint32(i), true
+		}
+	}
+	if len(*groups) >= maxBulkGroups {
+		return 0, false
+	}
+	*groups = append(*groups, bulkGroup{rev: rev, ctx: ctx})
+	return uint32(len(*groups) - 1), true
 }

@@ -21,6 +21,9 @@ type Engine struct {
 	mu  sync.RWMutex
 	idx *index
 
+	// checkers pools evaluation state between requests.
+	checkers sync.Pool
+
 	// waitMu guards applied, closed and replaced on every Apply so that
 	// WaitForRevision callers wake up.
 	waitMu  sync.Mutex
@@ -93,7 +96,10 @@ func (e *Engine) Schema(rev store.Revision) *schema.Schema {
 	if rev == 0 {
 		rev = e.idx.head
 	}
-	return e.idx.schemaAt(rev)
+	if p := e.idx.planAt(rev); p != nil {
+		return p.sch
+	}
+	return nil
 }
 
 // Apply applies one change from the store's change stream. Changes must come
@@ -137,7 +143,11 @@ func (e *Engine) applySchema(rev store.Revision, sch *schema.Schema) error {
 	if rev < e.idx.head {
 		return fmt.Errorf("schema at revision %d is older than head %d", rev, e.idx.head)
 	}
-	e.idx.setSchema(rev, sch)
+	p, err := compilePlan(e.idx, sch)
+	if err != nil {
+		return fmt.Errorf("applying the schema of revision %d: %w", rev, err)
+	}
+	e.idx.setSchema(rev, p)
 	if rev > e.idx.head {
 		e.idx.head = rev
 	}

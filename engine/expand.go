@@ -17,14 +17,11 @@ import (
 func (e *Engine) Expand(ctx context.Context, obj rel.Object, relation string, rev store.Revision, recursive bool) (*ExpandNode, error) {
 	e.mu.RLock()
 	defer e.mu.RUnlock()
-	rev, err := e.resolveRevision(rev)
+	rev, p, err := e.planFor(rev)
 	if err != nil {
 		return nil, err
 	}
-	sch := e.idx.schemaAt(rev)
-	if sch == nil {
-		return nil, ErrNoSchema
-	}
+	sch := p.sch
 	if err := rel.ValidateObject(obj); err != nil {
 		return nil, fmt.Errorf("resource: %w", err)
 	}
@@ -34,7 +31,9 @@ func (e *Engine) Expand(ctx context.Context, obj rel.Object, relation string, re
 	if sch.Relation(obj.Type, relation) == nil {
 		return nil, unknownRelationError(obj.Type, relation)
 	}
-	x := &expander{c: e.newChecker(rev, sch, nil), recursive: recursive, ctx: ctx}
+	c := e.getChecker(rev, p)
+	defer e.putChecker(c)
+	x := &expander{c: c, recursive: recursive, ctx: ctx}
 	return x.relation(obj, relation, 0)
 }
 
@@ -49,19 +48,17 @@ func (x *expander) relation(obj rel.Object, relation string, depth int) (*Expand
 	if err := x.ctx.Err(); err != nil {
 		return nil, err
 	}
-	if depth > x.c.eng.maxDepth {
-		return nil, fmt.Errorf("%w (%d) expanding %s#%s", ErrMaxDepth, x.c.eng.maxDepth, obj, relation)
+	if depth > x.c.maxDepth {
+		return nil, fmt.Errorf("%w (%d) expanding %s#%s", ErrMaxDepth, x.c.maxDepth, obj, relation)
 	}
-	r := x.c.sch.Relation(obj.Type, relation)
-	if r == nil {
+	rp := x.c.pl.relByName(obj.Type, relation)
+	if rp == nil {
 		return &ExpandNode{Object: obj, Relation: relation, Op: "leaf"}, nil
 	}
 	idx := x.c.idx
-	typ, ok1 := idx.lookup(obj.Type)
-	id, ok2 := idx.lookup(obj.ID)
-	relSym, ok3 := idx.lookup(relation)
-	if ok1 && ok2 && ok3 {
-		f := frame{typ, id, relSym}
+	id, seen := rp.typ.table.lookup(obj.ID)
+	if seen {
+		f := frame{rp, id}
 		for _, p := range x.path {
 			if p == f {
 				// A cycle: what lies beyond was already expanded above.
@@ -71,8 +68,9 @@ func (x *expander) relation(obj rel.Object, relation string, depth int) (*Expand
 		x.path = append(x.path, f)
 		defer func() { x.path = x.path[:len(x.path)-1] }()
 	}
-	if r.IsPermission {
-		n, err := x.rewrite(obj, r.Rewrite, depth)
+	if rp.rewrite != nil {
+		r := rp.typ.def.Relations[relation]
+		n, err := x.rewrite(obj, rp, r.Rewrite, depth)
 		if err != nil {
 			return nil, err
 		}
@@ -87,17 +85,17 @@ func (x *expander) relation(obj rel.Object, relation string, depth int) (*Expand
 		return &ExpandNode{Object: obj, Relation: relation, Op: "union", Children: []*ExpandNode{n}}, nil
 	}
 	leaf := &ExpandNode{Object: obj, Relation: relation, Op: "leaf"}
-	if !(ok1 && ok2 && ok3) {
+	if !seen {
 		return leaf, nil
 	}
-	key := slotKey{typ, id, relSym}
 	var usersets []rel.Subject
-	for i := range idx.slots[key] {
-		e := &idx.slots[key][i]
-		if !e.liveAt(x.c.rev, x.c.now) {
+	edges := rp.table.edges(id)
+	for i := range edges {
+		e := &edges[i]
+		if !x.c.live(e) {
 			continue
 		}
-		r := idx.relationshipOf(key, e)
+		r := idx.relationshipOf(rp.typ.sym, id, rp.sym, e)
 		leaf.Subjects = append(leaf.Subjects, r)
 		if r.Subject.Relation != "" {
 			usersets = append(usersets, r.Subject)
@@ -117,12 +115,12 @@ func (x *expander) relation(obj rel.Object, relation string, depth int) (*Expand
 	return n, nil
 }
 
-func (x *expander) rewrite(obj rel.Object, rw *schema.Rewrite, depth int) (*ExpandNode, error) {
+func (x *expander) rewrite(obj rel.Object, rp *relPlan, rw *schema.Rewrite, depth int) (*ExpandNode, error) {
 	switch rw.Op {
 	case schema.OpUnion, schema.OpIntersection, schema.OpExclusion:
 		n := &ExpandNode{Object: obj, Op: rw.Op.String()}
 		for _, ch := range rw.Children {
-			c, err := x.rewrite(obj, ch, depth)
+			c, err := x.rewrite(obj, rp, ch, depth)
 			if err != nil {
 				return nil, err
 			}
@@ -138,27 +136,27 @@ func (x *expander) rewrite(obj rel.Object, rw *schema.Rewrite, depth int) (*Expa
 		}
 		n := &ExpandNode{Object: obj, Relation: rw.Tupleset + "->" + rw.Relation, Op: op}
 		idx := x.c.idx
-		typ, ok1 := idx.lookup(obj.Type)
-		id, ok2 := idx.lookup(obj.ID)
-		ts, ok3 := idx.lookup(rw.Tupleset)
-		if !(ok1 && ok2 && ok3) {
+		ts := rp.typ.rels[rw.Tupleset]
+		id, seen := rp.typ.table.lookup(obj.ID)
+		if ts == nil || ts.table == nil || !seen {
 			return n, nil
 		}
-		key := slotKey{typ, id, ts}
-		for i := range idx.slots[key] {
-			e := &idx.slots[key][i]
-			if !e.liveAt(x.c.rev, x.c.now) {
+		edges := ts.table.edges(id)
+		for i := range edges {
+			e := &edges[i]
+			if !x.c.live(e) {
 				continue
 			}
-			target := rel.Object{Type: idx.name(e.subjType), ID: idx.name(e.subjID)}
-			if x.c.sch.Relation(target.Type, rw.Relation) == nil {
+			tt := idx.types[e.subjType()]
+			target := rel.Object{Type: tt.name, ID: tt.names[e.subjID]}
+			if x.c.pl.relByName(target.Type, rw.Relation) == nil {
 				continue
 			}
 			c, err := x.relation(target, rw.Relation, depth+1)
 			if err != nil {
 				return nil, err
 			}
-			via := idx.relationshipOf(key, e)
+			via := idx.relationshipOf(rp.typ.sym, id, ts.sym, e)
 			c.Via = &via
 			n.Children = append(n.Children, c)
 		}

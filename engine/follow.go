@@ -4,12 +4,13 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/mandate-authz/mandate/schema"
 	"github.com/mandate-authz/mandate/store"
 	"github.com/mandate-authz/mandate/store/rel"
 )
 
-// snapshotBatch is how many relationships a snapshot load applies per
-// progress report.
+// snapshotBatch is how many relationships a snapshot load applies between
+// progress reports.
 const snapshotBatch = 50_000
 
 // Follow loads the store's state at its head into the engine and then
@@ -41,28 +42,57 @@ func (e *Engine) Follow(ctx context.Context, st store.Store, progress func(loade
 	return ctx.Err()
 }
 
+// loadSnapshot loads the store's state at head into a new index built off
+// to the side, streaming relationships straight from the store, and then
+// publishes it at once: no reader ever sees a half-loaded revision, and the
+// relationships are never held in memory twice. History before head is not
+// loaded, so answers at earlier revisions fail with ErrRevisionGone.
 func (e *Engine) loadSnapshot(ctx context.Context, st store.Store, head store.Revision, progress func(int)) error {
 	text, _, err := st.ReadSchema(ctx, head)
 	if err != nil {
 		return fmt.Errorf("reading schema at revision %d: %w", head, err)
 	}
-	change := store.Change{Revision: head, Schema: &text}
-	if text == "" {
-		change.Schema = nil
+	idx := newIndex()
+	if text != "" {
+		sch, err := schema.Compile(ctx, text)
+		if err != nil {
+			return fmt.Errorf("loading the schema of revision %d: %w", head, err)
+		}
+		p, err := compilePlan(idx, sch)
+		if err != nil {
+			return fmt.Errorf("loading the schema of revision %d: %w", head, err)
+		}
+		idx.setSchema(head, p)
 	}
 	loaded := 0
 	for r, err := range st.Read(ctx, head, rel.Filter{}) {
 		if err != nil {
 			return fmt.Errorf("loading snapshot at revision %d: %w", head, err)
 		}
-		change.Updates = append(change.Updates, store.Update{Op: store.Touch, Rel: r})
+		idx.touch(head, r)
 		loaded++
-		if progress != nil && loaded%snapshotBatch == 0 {
-			progress(loaded)
+		if loaded%snapshotBatch == 0 {
+			if progress != nil {
+				progress(loaded)
+			}
+			if err := ctx.Err(); err != nil {
+				return err
+			}
 		}
 	}
-	if err := e.Apply(change); err != nil {
-		return err
+	// Order the lookup candidates now rather than on the first lookup.
+	for _, t := range idx.types[1:] {
+		t.objects()
+	}
+	idx.head, idx.oldest = head, head
+	e.mu.Lock()
+	published := head > e.idx.head
+	if published {
+		e.idx = idx
+	}
+	e.mu.Unlock()
+	if published {
+		e.notifyApplied()
 	}
 	if progress != nil {
 		progress(loaded)

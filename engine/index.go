@@ -3,10 +3,12 @@ package engine
 import (
 	"maps"
 	"math"
+	"slices"
 	"sort"
+	"strings"
+	"sync"
 	"time"
 
-	"github.com/mandate-authz/mandate/schema"
 	"github.com/mandate-authz/mandate/store"
 	"github.com/mandate-authz/mandate/store/rel"
 )
@@ -14,25 +16,56 @@ import (
 // never is the deletion revision of a live edge.
 const never = store.Revision(math.MaxUint64)
 
-// sym is an interned string: type names, object IDs, relation names.
+// sym is an interned type or relation name. Names are interned for the life
+// of the index, so a symbol means the same in every schema version.
 type sym uint32
 
 // noSym is the zero symbol, never assigned: an empty subject relation.
 const noSym sym = 0
 
-// slotKey addresses the edges of one object's relation.
-type slotKey struct {
-	typ, obj, rel sym
-}
+// oid is an object ID interned within its type: each type numbers its objects
+// densely from 1, so a relation's edges are found by indexing, not hashing.
+type oid uint32
 
-// edge is one relationship version, seen from its resource.
+// wildcardID is the "*" of every type.
+const wildcardID oid = 0
+
+// Object IDs no interned object carries.
+const (
+	// unknownID stands for a subject ID that appears in no relationship: only
+	// wildcards can match it.
+	unknownID = oid(^uint32(0))
+	// unseenResource stands for a checked resource whose ID is in no
+	// relationship; only a subject naming that same object shares it.
+	unseenResource = oid(^uint32(0) - 1)
+)
+
+// edge is one relationship version, seen from its resource. It holds no
+// pointers, so the garbage collector never scans the edge arrays.
 type edge struct {
-	subjType, subjID, subjRel sym
-	// expires is the expiration in Unix microseconds (nanoseconds overflow in 2262); 0 for never.
-	expires int64
-	caveat  *edgeCaveat
+	// kind packs the subject's relation (high half) and type (low half).
+	// Edges of a slot are sorted by (kind, subjID): plain subjects first (a
+	// type's wildcard leading its IDs), then usersets.
+	kind   uint64
+	subjID oid
+	// extra indexes index.extras for a caveat or an expiration; 0: neither.
+	extra   uint32
 	created store.Revision
 	deleted store.Revision
+}
+
+// subjectKind packs a subject relation and type as edge.kind does.
+func subjectKind(relation, typ sym) uint64 { return uint64(relation)<<32 | uint64(typ) }
+
+func (e *edge) subjRel() sym  { return sym(e.kind >> 32) }
+func (e *edge) subjType() sym { return sym(e.kind) }
+
+// edgeExtra is what few edges carry: a caveat, an expiration.
+type edgeExtra struct {
+	// expires is the expiration in Unix microseconds (nanoseconds overflow in
+	// 2262); 0 for never.
+	expires int64
+	caveat  *edgeCaveat
 }
 
 type edgeCaveat struct {
@@ -40,175 +73,320 @@ type edgeCaveat struct {
 	context map[string]any
 }
 
-func (e *edge) liveAt(rev store.Revision, nowMicros int64) bool {
-	return e.created <= rev && rev < e.deleted && (e.expires == 0 || nowMicros < e.expires)
+// relTable holds the edges of one relation of one type, by object.
+type relTable struct {
+	slots [][]edge
 }
 
-// schemaVersion is a schema in force from rev on.
+func (t *relTable) edges(obj oid) []edge {
+	if int(obj) < len(t.slots) {
+		return t.slots[obj]
+	}
+	return nil
+}
+
+// typeTable interns the object IDs of one type and holds its relations.
+type typeTable struct {
+	name string
+	ids  map[string]oid
+	// names[id] is the ID of object id; names[0] is "*".
+	names []string
+	// rels is indexed by relation symbol.
+	rels []*relTable
+
+	// sortMu guards sorted, which lists every object (not "*") in ID order
+	// for lookups. It is rebuilt lazily, never modified in place, so a
+	// reader may keep using the slice it got.
+	sortMu sync.Mutex
+	sorted []oid
+}
+
+// lookup returns the interned ID of an object of this type.
+func (t *typeTable) lookup(id string) (oid, bool) {
+	o, ok := t.ids[id]
+	return o, ok
+}
+
+func (t *typeTable) intern(id string) oid {
+	if o, ok := t.ids[id]; ok {
+		return o
+	}
+	o := oid(len(t.names))
+	// Clone: the ID may be a slice of a larger string the caller holds.
+	id = strings.Clone(id)
+	t.names = append(t.names, id)
+	t.ids[id] = o
+	return o
+}
+
+// objects returns every object ID of the type in ID order. Callers hold the
+// engine's read lock, so names does not change meanwhile.
+func (t *typeTable) objects() []oid {
+	t.sortMu.Lock()
+	defer t.sortMu.Unlock()
+	n := len(t.names) - 1
+	if len(t.sorted) == n {
+		return t.sorted
+	}
+	// Sort only the IDs interned since the last call, then merge.
+	fresh := make([]oid, 0, n-len(t.sorted))
+	for o := len(t.sorted) + 1; o < len(t.names); o++ {
+		fresh = append(fresh, oid(o))
+	}
+	byName := func(a, b oid) int { return strings.Compare(t.names[a], t.names[b]) }
+	slices.SortFunc(fresh, byName)
+	merged := make([]oid, 0, n)
+	old := t.sorted
+	for len(old) > 0 && len(fresh) > 0 {
+		if byName(old[0], fresh[0]) < 0 {
+			merged, old = append(merged, old[0]), old[1:]
+		} else {
+			merged, fresh = append(merged, fresh[0]), fresh[1:]
+		}
+	}
+	merged = append(append(merged, old...), fresh...)
+	t.sorted = merged
+	return merged
+}
+
+// schemaVersion is a schema in force from rev on, compiled against the index.
 type schemaVersion struct {
-	rev store.Revision
-	sch *schema.Schema
+	rev  store.Revision
+	plan *plan
 }
 
 // index holds every retained version of every relationship, addressed by
-// interned symbols. Edges of a slot are kept sorted by subject so an exact
-// subject is found by binary search and usersets sit together.
+// interned symbols and per-type object IDs.
 type index struct {
 	head   store.Revision
 	oldest store.Revision
 
-	symbols map[string]sym
-	names   []string
+	typeSyms map[string]sym
+	types    []*typeTable // by type symbol; types[0] is nil
+	relSyms  map[string]sym
+	relNames []string // by relation symbol; relNames[0] is ""
 
-	slots map[slotKey][]edge
-	// objects lists, per type, every object ID that appears in any
-	// relationship, as resource or subject: the candidates of lookups.
-	objects map[sym]map[sym]struct{}
+	extras []edgeExtra // extras[0] is unused
+	// freeExtras lists extras released by compaction, for reuse.
+	freeExtras []uint32
 
 	schemas []schemaVersion
-	// wildcard is the interned "*".
-	wildcard sym
 }
 
 func newIndex() *index {
-	idx := &index{
-		symbols: map[string]sym{},
-		names:   []string{""},
-		slots:   map[slotKey][]edge{},
-		objects: map[sym]map[sym]struct{}{},
+	return &index{
+		typeSyms: map[string]sym{},
+		types:    []*typeTable{nil},
+		relSyms:  map[string]sym{},
+		relNames: []string{""},
+		extras:   []edgeExtra{{}},
 	}
-	idx.wildcard = idx.intern(rel.Wildcard)
-	return idx
 }
 
-func (idx *index) intern(s string) sym {
-	if s == "" {
+// typeSym interns a type name, creating its table.
+func (idx *index) typeSym(name string) sym {
+	if s, ok := idx.typeSyms[name]; ok {
+		return s
+	}
+	name = strings.Clone(name)
+	s := sym(len(idx.types))
+	idx.types = append(idx.types, &typeTable{name: name, ids: map[string]oid{rel.Wildcard: wildcardID}, names: []string{rel.Wildcard}})
+	idx.typeSyms[name] = s
+	return s
+}
+
+// relSym interns a relation name; "" is noSym.
+func (idx *index) relSym(name string) sym {
+	if name == "" {
 		return noSym
 	}
-	if id, ok := idx.symbols[s]; ok {
-		return id
+	if s, ok := idx.relSyms[name]; ok {
+		return s
 	}
-	id := sym(len(idx.names))
-	idx.names = append(idx.names, s)
-	idx.symbols[s] = id
-	return id
+	name = strings.Clone(name)
+	s := sym(len(idx.relNames))
+	idx.relNames = append(idx.relNames, name)
+	idx.relSyms[name] = s
+	return s
 }
 
-// lookup returns the symbol of s without interning it; ok is false when s
-// appears nowhere in the index.
-func (idx *index) lookup(s string) (sym, bool) {
-	if s == "" {
-		return noSym, true
+// table returns the edges of relation r of type t, creating the table.
+func (idx *index) table(t, r sym) *relTable {
+	tt := idx.types[t]
+	if int(r) >= len(tt.rels) {
+		tt.rels = append(tt.rels, make([]*relTable, int(r)+1-len(tt.rels))...)
 	}
-	id, ok := idx.symbols[s]
-	return id, ok
+	if tt.rels[r] == nil {
+		tt.rels[r] = &relTable{}
+	}
+	return tt.rels[r]
 }
 
-func (idx *index) name(s sym) string { return idx.names[s] }
-
-func (idx *index) setSchema(rev store.Revision, sch *schema.Schema) {
-	// Intern every name the schema uses so that evaluation never meets an
-	// unknown relation or type symbol.
-	for name, d := range sch.Definitions {
-		idx.intern(name)
-		for rn := range d.Relations {
-			idx.intern(rn)
-		}
+// existingTable returns the table of relation r of type t, or nil.
+func (idx *index) existingTable(t, r sym) *relTable {
+	tt := idx.types[t]
+	if int(r) < len(tt.rels) {
+		return tt.rels[r]
 	}
+	return nil
+}
+
+func (idx *index) setSchema(rev store.Revision, p *plan) {
 	n := len(idx.schemas)
 	if n > 0 && idx.schemas[n-1].rev == rev {
-		idx.schemas[n-1].sch = sch
+		idx.schemas[n-1].plan = p
 		return
 	}
-	idx.schemas = append(idx.schemas, schemaVersion{rev: rev, sch: sch})
+	idx.schemas = append(idx.schemas, schemaVersion{rev: rev, plan: p})
 }
 
-func (idx *index) schemaAt(rev store.Revision) *schema.Schema {
+func (idx *index) planAt(rev store.Revision) *plan {
 	i := sort.Search(len(idx.schemas), func(i int) bool { return idx.schemas[i].rev > rev })
 	if i == 0 {
 		return nil
 	}
-	return idx.schemas[i-1].sch
+	return idx.schemas[i-1].plan
 }
 
-func (idx *index) noteObject(typ, id sym) {
-	m := idx.objects[typ]
-	if m == nil {
-		m = map[sym]struct{}{}
-		idx.objects[typ] = m
+// subjectCmp orders an edge against the subject (kind, id).
+func subjectCmp(e *edge, kind uint64, id oid) int {
+	switch {
+	case e.kind < kind:
+		return -1
+	case e.kind > kind:
+		return 1
+	case e.subjID < id:
+		return -1
+	case e.subjID > id:
+		return 1
 	}
-	m[id] = struct{}{}
-}
-
-// subjectLess orders edges by (type, relation, id).
-func subjectLess(e *edge, typ, relation, id sym) bool {
-	if e.subjType != typ {
-		return e.subjType < typ
-	}
-	if e.subjRel != relation {
-		return e.subjRel < relation
-	}
-	return e.subjID < id
+	return 0
 }
 
 // find returns the position of the first edge for the subject in a slot.
-func find(edges []edge, typ, relation, id sym) int {
-	return sort.Search(len(edges), func(i int) bool { return !subjectLess(&edges[i], typ, relation, id) })
+// Slots are mostly tiny, where a scan beats a binary search.
+func find(edges []edge, kind uint64, id oid) int {
+	if len(edges) <= 8 {
+		for i := range edges {
+			if e := &edges[i]; e.kind > kind || e.kind == kind && e.subjID >= id {
+				return i
+			}
+		}
+		return len(edges)
+	}
+	lo, hi := 0, len(edges)
+	for lo < hi {
+		m := int(uint(lo+hi) >> 1)
+		if e := &edges[m]; e.kind < kind || e.kind == kind && e.subjID < id {
+			lo = m + 1
+		} else {
+			hi = m
+		}
+	}
+	return lo
+}
+
+// firstUserset returns the position of the first userset edge of a slot.
+func firstUserset(edges []edge) int {
+	if len(edges) == 0 || edges[len(edges)-1].subjRel() == noSym {
+		return len(edges)
+	}
+	return find(edges, subjectKind(1, 0), 0)
+}
+
+func (idx *index) newExtra(x edgeExtra) uint32 {
+	if n := len(idx.freeExtras); n > 0 {
+		i := idx.freeExtras[n-1]
+		idx.freeExtras = idx.freeExtras[:n-1]
+		idx.extras[i] = x
+		return i
+	}
+	idx.extras = append(idx.extras, x)
+	return uint32(len(idx.extras) - 1)
 }
 
 func (idx *index) touch(rev store.Revision, r rel.Relationship) {
-	key := slotKey{idx.intern(r.Resource.Type), idx.intern(r.Resource.ID), idx.intern(r.Relation)}
-	st, sid, srel := idx.intern(r.Subject.Type), idx.intern(r.Subject.ID), idx.intern(r.Subject.Relation)
-	idx.noteObject(key.typ, key.obj)
-	if sid != idx.wildcard {
-		idx.noteObject(st, sid)
+	typ := idx.typeSym(r.Resource.Type)
+	obj := idx.types[typ].intern(r.Resource.ID)
+	st := idx.typeSym(r.Subject.Type)
+	sid := idx.types[st].intern(r.Subject.ID)
+	srel := idx.relSym(r.Subject.Relation)
+	t := idx.table(typ, idx.relSym(r.Relation))
+	kind := subjectKind(srel, st)
+	e := edge{kind: kind, subjID: sid, created: rev, deleted: never}
+	if !r.Expiration.IsZero() || r.Caveat != nil {
+		var x edgeExtra
+		if !r.Expiration.IsZero() {
+			x.expires = r.Expiration.UnixMicro()
+		}
+		if r.Caveat != nil {
+			x.caveat = &edgeCaveat{name: r.Caveat.Name, context: maps.Clone(r.Caveat.Context)}
+		}
+		e.extra = idx.newExtra(x)
 	}
-	e := edge{subjType: st, subjID: sid, subjRel: srel, created: rev, deleted: never}
-	if !r.Expiration.IsZero() {
-		e.expires = r.Expiration.UnixMicro()
+	if int(obj) >= len(t.slots) {
+		t.slots = slices.Grow(t.slots, int(obj)+1-len(t.slots))[:int(obj)+1]
 	}
-	if r.Caveat != nil {
-		e.caveat = &edgeCaveat{name: r.Caveat.Name, context: maps.Clone(r.Caveat.Context)}
-	}
-	edges := idx.slots[key]
-	i := find(edges, st, srel, sid)
+	edges := t.slots[obj]
+	i := find(edges, kind, sid)
 	// Close the live version, if any, among the versions of this subject.
 	j := i
-	for ; j < len(edges) && edges[j].subjType == st && edges[j].subjRel == srel && edges[j].subjID == sid; j++ {
+	for ; j < len(edges) && subjectCmp(&edges[j], kind, sid) == 0; j++ {
 		if edges[j].deleted == never {
 			if edges[j].created == rev {
-				edges[j] = e // rewritten within the same revision
+				// Rewritten within the same revision.
+				idx.releaseExtra(edges[j].extra)
+				edges[j] = e
 				return
 			}
 			edges[j].deleted = rev
 		}
 	}
-	edges = append(edges, edge{})
-	copy(edges[j+1:], edges[j:])
-	edges[j] = e
-	idx.slots[key] = edges
+	edges = slices.Insert(edges, j, e)
+	t.slots[obj] = edges
+}
+
+func (idx *index) releaseExtra(x uint32) {
+	if x != 0 {
+		idx.extras[x] = edgeExtra{}
+		idx.freeExtras = append(idx.freeExtras, x)
+	}
 }
 
 func (idx *index) remove(rev store.Revision, k rel.Key) {
-	key := slotKey{}
-	var ok bool
-	if key.typ, ok = idx.lookup(k.Resource.Type); !ok {
+	typ, ok := idx.typeSyms[k.Resource.Type]
+	if !ok {
 		return
 	}
-	if key.obj, ok = idx.lookup(k.Resource.ID); !ok {
+	obj, ok := idx.types[typ].lookup(k.Resource.ID)
+	if !ok {
 		return
 	}
-	if key.rel, ok = idx.lookup(k.Relation); !ok {
+	rs, ok := idx.relSyms[k.Relation]
+	if !ok {
 		return
 	}
-	st, ok1 := idx.lookup(k.Subject.Type)
-	sid, ok2 := idx.lookup(k.Subject.ID)
-	srel, ok3 := idx.lookup(k.Subject.Relation)
-	if !ok1 || !ok2 || !ok3 {
+	st, ok := idx.typeSyms[k.Subject.Type]
+	if !ok {
 		return
 	}
-	edges := idx.slots[key]
-	for i := find(edges, st, srel, sid); i < len(edges) && edges[i].subjType == st && edges[i].subjRel == srel && edges[i].subjID == sid; i++ {
+	sid, ok := idx.types[st].lookup(k.Subject.ID)
+	if !ok {
+		return
+	}
+	srel := noSym
+	if k.Subject.Relation != "" {
+		if srel, ok = idx.relSyms[k.Subject.Relation]; !ok {
+			return
+		}
+	}
+	t := idx.existingTable(typ, rs)
+	if t == nil {
+		return
+	}
+	edges := t.edges(obj)
+	kind := subjectKind(srel, st)
+	for i := find(edges, kind, sid); i < len(edges) && subjectCmp(&edges[i], kind, sid) == 0; i++ {
 		if edges[i].deleted == never {
 			edges[i].deleted = rev
 		}
@@ -223,17 +401,27 @@ func (idx *index) compact(rev store.Revision) {
 	if rev > idx.head {
 		rev = idx.head
 	}
-	for k, edges := range idx.slots {
-		kept := edges[:0]
-		for _, e := range edges {
-			if e.deleted > rev {
-				kept = append(kept, e)
+	for _, tt := range idx.types[1:] {
+		for _, t := range tt.rels {
+			if t == nil {
+				continue
 			}
-		}
-		if len(kept) == 0 {
-			delete(idx.slots, k)
-		} else {
-			idx.slots[k] = kept
+			for o, edges := range t.slots {
+				kept := edges[:0]
+				for _, e := range edges {
+					if e.deleted > rev {
+						kept = append(kept, e)
+					} else {
+						idx.releaseExtra(e.extra)
+					}
+				}
+				if len(kept) == 0 {
+					t.slots[o] = nil
+				} else {
+					clear(edges[len(kept):])
+					t.slots[o] = kept
+				}
+			}
 		}
 	}
 	// Keep the schema in force at rev and later ones.
@@ -244,18 +432,22 @@ func (idx *index) compact(rev store.Revision) {
 	idx.oldest = rev
 }
 
-// relationshipOf rebuilds the relationship an edge stands for.
-func (idx *index) relationshipOf(k slotKey, e *edge) rel.Relationship {
+// relationshipOf rebuilds the relationship an edge of object obj's relation
+// relation (of type typ) stands for.
+func (idx *index) relationshipOf(typ sym, obj oid, relation sym, e *edge) rel.Relationship {
 	r := rel.Relationship{
-		Resource: rel.Object{Type: idx.name(k.typ), ID: idx.name(k.obj)},
-		Relation: idx.name(k.rel),
-		Subject:  rel.Subject{Type: idx.name(e.subjType), ID: idx.name(e.subjID), Relation: idx.name(e.subjRel)},
+		Resource: rel.Object{Type: idx.types[typ].name, ID: idx.types[typ].names[obj]},
+		Relation: idx.relNames[relation],
+		Subject:  rel.Subject{Type: idx.types[e.subjType()].name, ID: idx.types[e.subjType()].names[e.subjID], Relation: idx.relNames[e.subjRel()]},
 	}
-	if e.caveat != nil {
-		r.Caveat = &rel.Caveat{Name: e.caveat.name, Context: e.caveat.context}
-	}
-	if e.expires != 0 {
-		r.Expiration = time.UnixMicro(e.expires).UTC()
+	if e.extra != 0 {
+		x := &idx.extras[e.extra]
+		if x.caveat != nil {
+			r.Caveat = &rel.Caveat{Name: x.caveat.name, Context: x.caveat.context}
+		}
+		if x.expires != 0 {
+			r.Expiration = time.UnixMicro(x.expires).UTC()
+		}
 	}
 	return r
 }

@@ -11,92 +11,143 @@ import (
 	"github.com/mandate-authz/mandate/store/rel"
 )
 
-// candidates lists the IDs of every object of a type that appears in a live
-// or historical relationship, sorted for stable output.
-func (idx *index) candidates(typ string) []string {
-	t, ok := idx.lookup(typ)
-	if !ok {
-		return nil
-	}
-	ids := make([]string, 0, len(idx.objects[t]))
-	for id := range idx.objects[t] {
-		ids = append(ids, idx.name(id))
-	}
-	sort.Strings(ids)
-	return ids
+// candidate is an object a lookup considers: interned (id < unseenResource)
+// or named only by the request (id == unseenResource).
+type candidate struct {
+	id   oid
+	name string
 }
 
+// candidates enumerates, in ID order and starting after the ID after, every
+// object of a type that appears in a live or historical relationship, plus
+// extra (an ID the request names) when no relationship does. It stops when
+// yield returns false.
+func candidates(t *typeTable, after, extra string, yield func(candidate) bool) {
+	ids := t.objects()
+	i := sort.Search(len(ids), func(i int) bool { return t.names[ids[i]] > after })
+	if _, ok := t.lookup(extra); ok || extra == "" || extra <= after {
+		extra = ""
+	}
+	for ; i < len(ids); i++ {
+		name := t.names[ids[i]]
+		if extra != "" && extra < name {
+			if !yield(candidate{id: unseenResource, name: extra}) {
+				return
+			}
+			extra = ""
+		}
+		if !yield(candidate{id: ids[i], name: name}) {
+			return
+		}
+	}
+	if extra != "" {
+		yield(candidate{id: unseenResource, name: extra})
+	}
+}
+
+// ctxCheckEvery is how many candidates a lookup evaluates between checks
+// for cancellation.
+const ctxCheckEvery = 64
+
 // LookupResources returns the resources of a type on which the subject has
-// the permission, allowed or conditionally, sorted by ID. Every result agrees
-// with Check on the same revision.
+// the permission, allowed or conditionally, sorted by ID: those after
+// req.After, at most req.Limit of them when it is positive. Every result
+// agrees with Check on the same revision. Candidates are checked in ID order
+// from the cursor on and the walk stops once the page is full, so a page
+// costs the candidates it spans, not those before it; the candidates share
+// memoized subproblems (a folder's viewers).
 func (e *Engine) LookupResources(ctx context.Context, req LookupResourcesRequest) ([]LookupResult, store.Revision, error) {
 	e.mu.RLock()
 	defer e.mu.RUnlock()
-	rev, err := e.resolveRevision(req.Revision)
+	rev, p, err := e.planFor(req.Revision)
 	if err != nil {
 		return nil, 0, err
 	}
-	sch := e.idx.schemaAt(rev)
-	if sch == nil {
-		return nil, 0, ErrNoSchema
-	}
-	if sch.Definition(req.ResourceType) == nil {
+	if p.types[req.ResourceType] == nil {
 		return nil, 0, fmt.Errorf("%w: resource type %q is not defined", ErrUnknownType, req.ResourceType)
 	}
-	if err := validateCheck(sch, rel.Object{Type: req.ResourceType, ID: "x"}, req.Permission, req.Subject); err != nil {
+	c := e.getChecker(rev, p)
+	defer e.putChecker(c)
+	c.req = CheckRequest{
+		Resource: rel.Object{Type: req.ResourceType, ID: "x"}, Permission: req.Permission,
+		Subject: req.Subject, Context: req.Context, OnBehalfOf: req.OnBehalfOf, Revision: rev,
+	}
+	s, err := c.prepare(true)
+	if err != nil {
 		return nil, 0, err
 	}
-	ids := e.idx.candidates(req.ResourceType)
+	c.ctx = req.Context
+	c.useMemo = true
+
+	extra := ""
 	if req.Subject.Type == req.ResourceType && req.Subject.ID != rel.Wildcard {
-		if i := sort.SearchStrings(ids, req.Subject.ID); i == len(ids) || ids[i] != req.Subject.ID {
-			ids = append(ids, req.Subject.ID)
-			sort.Strings(ids)
-		}
+		// The subject itself is a candidate even when no relationship names
+		// it (`self`, a userset's own object).
+		extra = req.Subject.ID
 	}
 	var out []LookupResult
-	for _, id := range ids {
-		if err := ctx.Err(); err != nil {
-			return nil, 0, err
+	n := 0
+	candidates(s.resType.table, req.After, extra, func(cand candidate) bool {
+		if n++; n%ctxCheckEvery == 0 {
+			if err = ctx.Err(); err != nil {
+				return false
+			}
 		}
-		res, err := e.checkLocked(ctx, CheckRequest{
-			Resource: rel.Object{Type: req.ResourceType, ID: id}, Permission: req.Permission,
-			Subject: req.Subject, Context: req.Context, OnBehalfOf: req.OnBehalfOf, Revision: rev,
-		})
-		if err != nil {
-			return nil, 0, err
+		c.req.Resource.ID = cand.name
+		var res CheckResult
+		if res, err = c.evaluate(&s, cand.id); err != nil {
+			return false
 		}
 		if res.Decision != Denied {
-			out = append(out, LookupResult{ID: id, Decision: res.Decision, Missing: res.Missing})
+			out = append(out, LookupResult{ID: cand.name, Decision: res.Decision, Missing: res.Missing})
 		}
+		return req.Limit <= 0 || len(out) < req.Limit
+	})
+	if err == nil {
+		err = ctx.Err()
+	}
+	if err != nil {
+		return nil, 0, err
 	}
 	return out, rev, nil
 }
 
 // LookupSubjects returns the subjects of a type (and optional relation) that
-// have the permission on the resource. When a wildcard grants it, a "*"
-// result lists in Excluded the known subjects it does not cover. Concrete
-// subjects that hold the permission are always listed themselves.
+// have the permission on the resource, sorted by ID with a wildcard ("*")
+// first: those after req.After, at most req.Limit of them when it is
+// positive. When a wildcard grants the permission, the "*" result lists in
+// Excluded the known subjects it does not cover. Concrete subjects that hold
+// the permission are always listed themselves.
 func (e *Engine) LookupSubjects(ctx context.Context, req LookupSubjectsRequest) ([]LookupResult, store.Revision, error) {
 	e.mu.RLock()
 	defer e.mu.RUnlock()
-	rev, err := e.resolveRevision(req.Revision)
+	rev, p, err := e.planFor(req.Revision)
 	if err != nil {
 		return nil, 0, err
 	}
-	sch := e.idx.schemaAt(rev)
-	if sch == nil {
-		return nil, 0, ErrNoSchema
+	c := e.getChecker(rev, p)
+	defer e.putChecker(c)
+	c.req = CheckRequest{
+		Resource: req.Resource, Permission: req.Permission,
+		Subject: rel.Subject{Type: req.SubjectType, ID: "x", Relation: req.SubjectRelation},
+		Context: req.Context, Revision: rev,
 	}
-	probe := rel.Subject{Type: req.SubjectType, ID: "x", Relation: req.SubjectRelation}
-	if err := validateCheck(sch, req.Resource, req.Permission, probe); err != nil {
+	s, err := c.prepare(true)
+	if err != nil {
 		return nil, 0, err
 	}
-	check := func(id string) (CheckResult, error) {
-		res, err := e.checkLocked(ctx, CheckRequest{
-			Resource: req.Resource, Permission: req.Permission,
-			Subject: rel.Subject{Type: req.SubjectType, ID: id, Relation: req.SubjectRelation},
-			Context: req.Context, Revision: rev,
-		})
+	c.ctx = req.Context
+	obj, ok := s.resType.table.lookup(req.Resource.ID)
+	if !ok {
+		obj = unseenResource
+	}
+	check := func(cand candidate) (CheckResult, error) {
+		c.req.Subject.ID = cand.name
+		s.t.id = cand.id
+		if cand.id == unseenResource {
+			s.t.id = unknownID // checkObject recognizes the resource itself
+		}
+		res, err := c.evaluate(&s, obj)
 		if errors.Is(err, ErrAmbiguousAgent) {
 			// An agent acting for several principals holds nothing until a
 			// request names one.
@@ -104,80 +155,68 @@ func (e *Engine) LookupSubjects(ctx context.Context, req LookupSubjectsRequest) 
 		}
 		return res, err
 	}
-
-	ids := e.idx.candidates(req.SubjectType)
+	extra := ""
 	if req.SubjectType == req.Resource.Type {
-		if i := sort.SearchStrings(ids, req.Resource.ID); i == len(ids) || ids[i] != req.Resource.ID {
-			ids = append(ids, req.Resource.ID)
-			sort.Strings(ids)
-		}
-	}
-	var out []LookupResult
-	var denied []LookupResult
-	for _, id := range ids {
-		if err := ctx.Err(); err != nil {
-			return nil, 0, err
-		}
-		res, err := check(id)
-		if err != nil {
-			return nil, 0, err
-		}
-		if res.Decision != Denied {
-			out = append(out, LookupResult{ID: id, Decision: res.Decision, Missing: res.Missing})
-		} else {
-			denied = append(denied, LookupResult{ID: id, Decision: Allowed})
-		}
+		extra = req.Resource.ID
 	}
 
 	// A wildcard can only cover plain objects of a type that some relation
 	// accepts as `type:*`. What it grants is what an object that appears in
 	// no relationship gets.
-	if req.SubjectRelation == "" && wildcardAllowed(sch, req.SubjectType) {
-		c := e.newChecker(rev, sch, req.Context)
-		var fresh outcome
-		if d := sch.Definitions[req.SubjectType]; d.IsAgent() {
-			fresh = outFalse // an agent no relationship names acts for no one
-		} else {
-			t := target{typ: unknownID, id: unknownID, rel: noSym}
-			if v, ok := e.idx.lookup(req.SubjectType); ok {
-				t.typ = v
-			}
-			typ, ok1 := e.idx.lookup(req.Resource.Type)
-			obj, ok2 := e.idx.lookup(req.Resource.ID)
-			if ok1 && ok2 && t.typ != unknownID {
-				if fresh, err = c.relation(typ, obj, req.Permission, t, 0); err != nil {
-					return nil, 0, err
-				}
+	var star *LookupResult
+	if req.After == "" && req.SubjectRelation == "" && p.wildcardTypes[req.SubjectType] {
+		fresh := outFalse // an agent no relationship names acts for no one
+		if !s.subType.isAgent && obj != unseenResource {
+			c.itemCuts = c.cuts
+			if fresh, err = c.relation(s.perm, obj, target{typ: s.subType.sym, id: unknownID}, 0, false); err != nil {
+				return nil, 0, err
 			}
 		}
 		if fresh.v != schema.False {
-			star := LookupResult{ID: rel.Wildcard, Decision: fresh.decision(), Missing: missingOf(fresh)}
-			star.Excluded = denied
-			// A subject that is only conditionally covered while the
-			// wildcard is certain is excluded conditionally.
-			if fresh.v == schema.True {
-				for _, r := range out {
-					if r.Decision == Conditional {
-						star.Excluded = append(star.Excluded, LookupResult{ID: r.ID, Decision: Conditional, Missing: r.Missing})
-					}
-				}
-				sort.Slice(star.Excluded, func(i, j int) bool { return star.Excluded[i].ID < star.Excluded[j].ID })
-			}
-			out = append([]LookupResult{star}, out...)
+			star = &LookupResult{ID: rel.Wildcard, Decision: fresh.decision(), Missing: missingOf(fresh)}
 		}
+	}
+
+	var out []LookupResult
+	if star != nil {
+		out = append(out, LookupResult{})
+	}
+	// The wildcard's exclusions need every subject; otherwise the walk
+	// stops when the page is full.
+	full := func() bool { return req.Limit > 0 && len(out) >= req.Limit }
+	n := 0
+	candidates(s.subType.table, req.After, extra, func(cand candidate) bool {
+		if n++; n%ctxCheckEvery == 0 {
+			if err = ctx.Err(); err != nil {
+				return false
+			}
+		}
+		var res CheckResult
+		if res, err = check(cand); err != nil {
+			return false
+		}
+		if res.Decision != Denied {
+			if !full() {
+				out = append(out, LookupResult{ID: cand.name, Decision: res.Decision, Missing: res.Missing})
+			}
+		} else if star != nil {
+			star.Excluded = append(star.Excluded, LookupResult{ID: cand.name, Decision: Allowed})
+		}
+		// A subject that is only conditionally covered while the wildcard
+		// is certain is excluded conditionally.
+		if star != nil && res.Decision == Conditional && star.Decision == Allowed {
+			star.Excluded = append(star.Excluded, LookupResult{ID: cand.name, Decision: Conditional, Missing: res.Missing})
+		}
+		return star != nil || !full()
+	})
+	if err == nil {
+		err = ctx.Err()
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	if star != nil {
+		out[0] = *star
 	}
 	return out, rev, nil
-}
-
-func wildcardAllowed(sch *schema.Schema, subjectType string) bool {
-	for _, d := range sch.Definitions {
-		for _, r := range d.Relations {
-			for _, a := range r.Allowed {
-				if a.Wildcard && a.Type == subjectType {
-					return true
-				}
-			}
-		}
-	}
-	return false
 }

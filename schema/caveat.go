@@ -7,9 +7,12 @@ import (
 	"slices"
 	"sort"
 
+	"github.com/authzed/cel-go/cel"
+	celtypes "github.com/authzed/cel-go/common/types"
 	"github.com/authzed/spicedb/pkg/caveats"
 	caveattypes "github.com/authzed/spicedb/pkg/caveats/types"
 	core "github.com/authzed/spicedb/pkg/proto/core/v1"
+	impl "github.com/authzed/spicedb/pkg/proto/impl/v1"
 )
 
 // Caveat is a compiled CEL caveat with typed parameters.
@@ -19,7 +22,10 @@ type Caveat struct {
 	Params map[string]string
 
 	paramTypes map[string]*core.CaveatTypeReference
-	compiled   *caveats.CompiledCaveat
+	// env and program are built once: SpiceDB's caveats.EvaluateCaveat plans
+	// a new CEL program on every call, which dominated caveated checks.
+	env     *cel.Env
+	program cel.Program
 }
 
 // Outcome is a three-valued truth: the result of a caveat, a check, or any
@@ -58,11 +64,29 @@ func newCaveat(cd *core.CaveatDefinition) (*Caveat, error) {
 	if err != nil {
 		return nil, err
 	}
-	compiled, err := caveats.DeserializeCaveatWithTypeSet(ts, cd.SerializedExpression, vars)
+	base, err := ts.BaseCelEnvironment()
 	if err != nil {
 		return nil, err
 	}
-	c := &Caveat{Name: cd.Name, Params: make(map[string]string, len(vars)), paramTypes: cd.ParameterTypes, compiled: compiled}
+	opts := make([]cel.EnvOption, 0, len(vars))
+	for name, vt := range vars {
+		opts = append(opts, cel.Variable(name, vt.CelType()))
+	}
+	env, err := base.Extend(opts...)
+	if err != nil {
+		return nil, err
+	}
+	var decoded impl.DecodedCaveat
+	if err := decoded.UnmarshalVT(cd.SerializedExpression); err != nil {
+		return nil, err
+	}
+	// Partial evaluation with state tracking reports the parameters whose
+	// absence leaves the caveat undecided, as SpiceDB's evaluation does.
+	program, err := env.Program(cel.CheckedExprToAst(decoded.GetCel()), cel.EvalOptions(cel.OptTrackState, cel.OptPartialEval))
+	if err != nil {
+		return nil, err
+	}
+	c := &Caveat{Name: cd.Name, Params: make(map[string]string, len(vars)), paramTypes: cd.ParameterTypes, env: env, program: program}
 	for name, ref := range cd.ParameterTypes {
 		c.Params[name] = caveats.ParameterTypeString(ref)
 	}
@@ -140,21 +164,29 @@ func (c *Caveat) Evaluate(requestCtx, relationshipCtx, supplied map[string]any) 
 	if err != nil {
 		return CaveatResult{}, err
 	}
-	res, err := caveats.EvaluateCaveat(c.compiled, params)
+	// Parameters not supplied are unknowns, so that the result is partial.
+	activation, err := c.env.PartialVars(params)
 	if err != nil {
 		return CaveatResult{}, fmt.Errorf("evaluating caveat %q: %w", c.Name, err)
 	}
-	if res.IsPartial() {
-		missing, err := res.MissingVarNames()
-		if err != nil {
-			return CaveatResult{}, fmt.Errorf("evaluating caveat %q: %w", c.Name, err)
+	val, _, err := c.program.Eval(activation)
+	if err != nil {
+		return CaveatResult{}, fmt.Errorf("evaluating caveat %q: %w", c.Name, err)
+	}
+	if unknown, ok := val.(*celtypes.Unknown); ok {
+		var missing []string
+		for _, id := range unknown.IDs() {
+			trails, _ := unknown.GetAttributeTrails(id)
+			for _, t := range trails {
+				missing = append(missing, t.String())
+			}
 		}
 		// CEL reports a variable once per use; a parameter is missing once.
 		sort.Strings(missing)
 		missing = slices.Compact(missing)
 		return CaveatResult{Outcome: Unknown, Missing: missing}, nil
 	}
-	if res.Value() {
+	if b, ok := val.Value().(bool); ok && b {
 		return CaveatResult{Outcome: True}, nil
 	}
 	return CaveatResult{Outcome: False}, nil

@@ -311,7 +311,8 @@ func validateName(what, name string) error {
 	if len(name) > 128 {
 		return fmt.Errorf("%s %q is longer than 128 characters", what, name)
 	}
-	for _, seg := range strings.Split(name, "/") {
+	// strings.SplitSeq: no slice allocated on the check path.
+	for seg := range strings.SplitSeq(name, "/") {
 		if len(seg) < 1 || len(seg) > 64 {
 			return fmt.Errorf("%s %q: each segment must be 1 to 64 characters", what, name)
 		}
