@@ -588,7 +588,10 @@ func TestAuthzedServing(t *testing.T) {
 	}
 
 	c := mandateClient(t, ts, testKey)
-	if _, err := c.CheckPermission(ctx, &v1.CheckPermissionRequest{Resource: zres("doc:readme"), Permission: "view", Subject: zsubj("user:ann")}); err != nil {
+	// Fully consistent: at minimize_latency the engine may not have applied
+	// the schema write yet.
+	full := &v1.Consistency{Requirement: &v1.Consistency_FullyConsistent{FullyConsistent: true}}
+	if _, err := c.CheckPermission(ctx, &v1.CheckPermissionRequest{Resource: zres("doc:readme"), Permission: "view", Subject: zsubj("user:ann"), Consistency: full}); err != nil {
 		t.Fatal(err)
 	}
 	_, err := c.ReflectSchema(ctx, &v1.ReflectSchemaRequest{})

@@ -67,6 +67,7 @@ func (p *authzedPermissions) CheckPermission(ctx context.Context, req *v1.CheckP
 		return nil, engineError(err, obo)
 	}
 	p.s.metrics.decision(res.Decision)
+	auditDelegation(ctx, 0, res.Delegation) // SpiceDB's response has no field for the chain
 	return &v1.CheckPermissionResponse{
 		CheckedAt:         p.s.zedToken(res.Revision),
 		Permissionship:    checkPermissionshipToV1(res.Decision),
@@ -121,6 +122,7 @@ func (p *authzedPermissions) CheckBulkPermissions(ctx context.Context, req *v1.C
 			}
 			res := results[j]
 			p.s.metrics.decision(res.Decision)
+			auditDelegation(ctx, i, res.Delegation)
 			pairs[i].Response = &v1.CheckBulkPermissionsPair_Item{Item: &v1.CheckBulkPermissionsResponseItem{
 				Permissionship:    checkPermissionshipToV1(res.Decision),
 				PartialCaveatInfo: partialCaveat(res.Decision, res.Missing),

@@ -161,7 +161,7 @@ func (s *Server) schemaAt(ctx context.Context, rev store.Revision) (*schema.Sche
 // headSchema returns the schema at the store's head, once the engine has
 // caught up with it: writes are validated against the store's schema.
 func (s *Server) headSchema(ctx context.Context) (*schema.Schema, error) {
-	head, err := s.st.Head(ctx)
+	head, err := s.storeHead(ctx)
 	if err != nil {
 		return nil, authzedStatus(err)
 	}
@@ -224,7 +224,12 @@ func (s *Server) authzedToken(ctx context.Context, field string, t *v1.ZedToken)
 	if rev <= s.eng.Head() {
 		return rev, false, nil
 	}
-	head, err := s.st.Head(ctx)
+	head, err := s.storeHead(ctx)
+	if status.Code(err) == codes.Unavailable {
+		// The store cannot vouch for the token now; the bounded wait for
+		// the engine decides, as in the native API's decodeRevision.
+		return rev, false, nil
+	}
 	if err != nil {
 		return 0, false, err
 	}
@@ -251,6 +256,9 @@ func foreignToken(text string) bool {
 // engine answers, with SpiceDB's meanings (see consistency.go), and returns
 // the revision to pass to the engine (0: its head).
 func (s *Server) authzedEngineRevision(ctx context.Context, c *v1.Consistency) (store.Revision, error) {
+	// One bound for reading the store's head and waiting for the engine.
+	ctx, cancel := s.boundRevisionWait(ctx)
+	defer cancel()
 	switch r := c.GetRequirement().(type) {
 	case *v1.Consistency_FullyConsistent:
 		if r.FullyConsistent {
@@ -287,7 +295,7 @@ func (s *Server) exactSnapshot(ctx context.Context, t *v1.ZedToken) (store.Revis
 }
 
 func (s *Server) waitForStoreHead(ctx context.Context) error {
-	head, err := s.st.Head(ctx)
+	head, err := s.storeHead(ctx)
 	if err != nil {
 		return err
 	}
@@ -305,7 +313,7 @@ func (s *Server) authzedStoreRevision(ctx context.Context, c *v1.Consistency) (s
 			return 0, err
 		}
 	}
-	return s.st.Head(ctx)
+	return s.storeHead(ctx)
 }
 
 func (s *Server) zedToken(rev store.Revision) *v1.ZedToken {

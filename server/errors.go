@@ -3,6 +3,10 @@ package server
 import (
 	"context"
 	"errors"
+	"io"
+	"net"
+	"strings"
+	"syscall"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -61,6 +65,32 @@ func codeOf(err error) codes.Code {
 		return codes.InvalidArgument
 	case errors.As(err, &se):
 		return codes.InvalidArgument
+	case storeUnreachable(err):
+		return codes.Unavailable
 	}
 	return codes.Internal
+}
+
+// storeUnreachable reports an error from losing the store's database rather
+// than from the request: a network error, a connection cut mid-reply, a
+// driver error raised before anything was sent (SafeToRetry, as pgx reports
+// a closed connection), or the database refusing work while it shuts down
+// or starts (SQLSTATE class 08 and 57P01-57P03). Clients may retry these;
+// a write cut off mid-commit may or may not have committed.
+func storeUnreachable(err error) bool {
+	var netErr net.Error
+	if errors.As(err, &netErr) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) {
+		return true
+	}
+	var retry interface{ SafeToRetry() bool }
+	if errors.As(err, &retry) && retry.SafeToRetry() {
+		return true
+	}
+	var sql interface{ SQLState() string }
+	if errors.As(err, &sql) {
+		code := sql.SQLState()
+		return strings.HasPrefix(code, "08") || code == "57P01" || code == "57P02" || code == "57P03"
+	}
+	return false
 }

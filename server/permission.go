@@ -149,6 +149,19 @@ func (s *Server) resumeLookup(ctx context.Context, c *pb.Cursor, consistency *pb
 	return cur.rev, cur.after, nil
 }
 
+// sendLookupPage streams a page of lookup results, each with the cursor that
+// resumes after it. The engine has already started after the request's
+// cursor and stopped at its limit, evaluating only what the page needs.
+func (s *Server) sendLookupPage(results []engine.LookupResult, rev store.Revision, hash uint64, send func(r engine.LookupResult, token *pb.RevisionToken, next *pb.Cursor) error) error {
+	token := s.token(rev)
+	for _, r := range results {
+		if err := send(r, token, &pb.Cursor{Token: s.inst.encodeCursor(cursor{rev: rev, req: hash, after: r.ID})}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func (p *permissionService) LookupResources(req *pb.LookupResourcesRequest, stream pb.PermissionService_LookupResourcesServer) error {
 	ctx := stream.Context()
 	if req.GetResourceObjectType() == "" {
@@ -176,32 +189,21 @@ func (p *permissionService) LookupResources(req *pb.LookupResourcesRequest, stre
 		Context:      creq.Context,
 		OnBehalfOf:   creq.OnBehalfOf,
 		Revision:     rev,
+		After:        after,
+		Limit:        int(req.GetOptionalLimit()),
 	})
 	if err != nil {
 		return err
 	}
-	token := p.s.token(rev)
-	sent := uint32(0)
-	for _, r := range results {
-		if after != "" && r.ID <= after {
-			continue
-		}
-		if limit := req.GetOptionalLimit(); limit > 0 && sent >= limit {
-			break
-		}
-		err := stream.Send(&pb.LookupResourcesResponse{
+	return p.s.sendLookupPage(results, rev, hash, func(r engine.LookupResult, token *pb.RevisionToken, next *pb.Cursor) error {
+		return stream.Send(&pb.LookupResourcesResponse{
 			LookedUpAt:        token,
 			ResourceObjectId:  r.ID,
 			Decision:          decisionToProto(r.Decision),
 			MissingParameters: r.Missing,
-			AfterResultCursor: &pb.Cursor{Token: p.s.inst.encodeCursor(cursor{rev: rev, req: hash, after: r.ID})},
+			AfterResultCursor: next,
 		})
-		if err != nil {
-			return err
-		}
-		sent++
-	}
-	return nil
+	})
 }
 
 func (p *permissionService) LookupSubjects(req *pb.LookupSubjectsRequest, stream pb.PermissionService_LookupSubjectsServer) error {
@@ -238,25 +240,19 @@ func (p *permissionService) LookupSubjects(req *pb.LookupSubjectsRequest, stream
 		SubjectRelation: probe.Relation,
 		Context:         contextFromProto(req.GetContext()),
 		Revision:        rev,
+		After:           after,
+		Limit:           int(req.GetOptionalLimit()),
 	})
 	if err != nil {
 		return err
 	}
-	token := p.s.token(rev)
-	sent := uint32(0)
-	for _, r := range results {
-		if after != "" && r.ID <= after {
-			continue
-		}
-		if limit := req.GetOptionalLimit(); limit > 0 && sent >= limit {
-			break
-		}
+	return p.s.sendLookupPage(results, rev, hash, func(r engine.LookupResult, token *pb.RevisionToken, next *pb.Cursor) error {
 		out := &pb.LookupSubjectsResponse{
 			LookedUpAt:        token,
 			SubjectObjectId:   r.ID,
 			Decision:          decisionToProto(r.Decision),
 			MissingParameters: r.Missing,
-			AfterResultCursor: &pb.Cursor{Token: p.s.inst.encodeCursor(cursor{rev: rev, req: hash, after: r.ID})},
+			AfterResultCursor: next,
 		}
 		for _, x := range r.Excluded {
 			out.ExcludedSubjects = append(out.ExcludedSubjects, &pb.ExcludedSubject{
@@ -265,12 +261,8 @@ func (p *permissionService) LookupSubjects(req *pb.LookupSubjectsRequest, stream
 				MissingParameters: x.Missing,
 			})
 		}
-		if err := stream.Send(out); err != nil {
-			return err
-		}
-		sent++
-	}
-	return nil
+		return stream.Send(out)
+	})
 }
 
 func (p *permissionService) Expand(ctx context.Context, req *pb.ExpandRequest) (*pb.ExpandResponse, error) {

@@ -90,6 +90,12 @@ type Config struct {
 	// PresharedKeys are the bearer keys accepted; at least one is required
 	// unless AllowUnauthenticated is set.
 	PresharedKeys []string
+	// PresharedKeyNames name the keys, by position, in the audit trail
+	// (default key-1, key-2, ...); see audit.go.
+	PresharedKeyNames []string
+	// Audit receives an audit event for every call (see audit.go); nil
+	// audits nothing. Run flushes it at shutdown; its owner closes it.
+	Audit Auditor
 	// AllowUnauthenticated serves without keys (tests and local tools only).
 	AllowUnauthenticated bool
 	// TLS certificate and key files for each listener; both or neither.
@@ -107,6 +113,16 @@ type Config struct {
 	// Logger receives request and lifecycle logs; nil discards them. Keys
 	// and request payloads are never logged.
 	Logger *slog.Logger
+	// RevisionRetention is how long a revision stays readable after a later
+	// write supersedes it (at_exact_snapshot, cursors, Watch from its
+	// token); older history is released. Zero takes
+	// DefaultRevisionRetention. See retention.go.
+	RevisionRetention time.Duration
+	// MaxRevisionWait bounds how long a read waits for the engine to apply
+	// the revision its consistency needs (and for the store's head, for
+	// fully_consistent) before failing with Unavailable; zero takes
+	// DefaultMaxRevisionWait. See consistency.go and follow.go.
+	MaxRevisionWait time.Duration
 }
 
 // Server serves the API. Create it with New, run it with Run.
@@ -119,6 +135,11 @@ type Server struct {
 	log     *slog.Logger
 	metrics *metrics
 	auth    *authenticator
+	reqIDs  *requestIDs
+	// lastToken caches the audit hooks' last decoded revision token.
+	lastToken atomic.Pointer[decodedToken]
+	// retention decides which history to release; see retention.go.
+	retention *retention
 
 	grpc    *grpc.Server
 	health  *health.Server
@@ -157,10 +178,20 @@ func New(st store.Store, eng *engine.Engine, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	ret, err := newRetention(cfg.RevisionRetention)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.MaxRevisionWait, err = maxRevisionWait(cfg.MaxRevisionWait); err != nil {
+		return nil, err
+	}
 	s := &Server{
-		cfg: cfg, lim: lim, st: st, eng: eng, inst: inst, log: log, auth: auth,
+		cfg: cfg, lim: lim, st: st, eng: eng, inst: inst, log: log, auth: auth, retention: ret,
 		metrics:  newMetrics(),
 		stopping: make(chan struct{}),
+	}
+	if err := s.setupAudit(); err != nil {
+		return nil, err
 	}
 	if err := s.listen(); err != nil {
 		s.closeListeners()
@@ -246,8 +277,8 @@ func (s *Server) closeListeners() {
 func (s *Server) buildGRPC() error {
 	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(s.lim.MaxMessageBytes),
-		grpc.ChainUnaryInterceptor(s.unaryInterceptor),
-		grpc.ChainStreamInterceptor(s.streamInterceptor),
+		grpc.ChainUnaryInterceptor(s.unaryInterceptor, s.retentionUnary, s.auditUnary),
+		grpc.ChainStreamInterceptor(s.streamInterceptor, s.retentionStream, s.auditStream),
 	}
 	tlsCfg, err := loadTLS("gRPC", s.cfg.GRPCTLSCertPath, s.cfg.GRPCTLSKeyPath)
 	if err != nil {
@@ -260,10 +291,12 @@ func (s *Server) buildGRPC() error {
 	pb.RegisterPermissionServiceServer(s.grpc, &permissionService{s: s})
 	pb.RegisterRelationshipServiceServer(s.grpc, &relationshipService{s: s})
 	pb.RegisterSchemaServiceServer(s.grpc, &schemaService{s: s})
+	pb.RegisterAuditServiceServer(s.grpc, &auditService{s: s})
+	s.registerAuthzed(s.grpc)
 	s.health = health.NewServer()
 	// Not serving until the engine has caught up with the store.
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
-	for _, svc := range []string{pb.PermissionService_ServiceDesc.ServiceName, pb.RelationshipService_ServiceDesc.ServiceName, pb.SchemaService_ServiceDesc.ServiceName} {
+	for _, svc := range append([]string{pb.PermissionService_ServiceDesc.ServiceName, pb.RelationshipService_ServiceDesc.ServiceName, pb.SchemaService_ServiceDesc.ServiceName}, authzedServiceNames...) {
 		s.health.SetServingStatus(svc, healthpb.HealthCheckResponse_NOT_SERVING)
 	}
 	healthpb.RegisterHealthServer(s.grpc, s.health)
@@ -302,7 +335,7 @@ func (s *Server) setServing(serving bool) {
 	}
 	s.ready.Store(serving)
 	s.health.SetServingStatus("", st)
-	for _, svc := range []string{pb.PermissionService_ServiceDesc.ServiceName, pb.RelationshipService_ServiceDesc.ServiceName, pb.SchemaService_ServiceDesc.ServiceName} {
+	for _, svc := range append([]string{pb.PermissionService_ServiceDesc.ServiceName, pb.RelationshipService_ServiceDesc.ServiceName, pb.SchemaService_ServiceDesc.ServiceName}, authzedServiceNames...) {
 		s.health.SetServingStatus(svc, st)
 	}
 }
@@ -318,15 +351,16 @@ func (s *Server) HTTPAddr() net.Addr {
 	return s.httpLis.Addr()
 }
 
-// Ready reports whether the engine has caught up with the store and the
-// server is not shutting down.
+// Ready reports whether the engine has caught up with the store, is
+// following it, and the server is not shutting down.
 func (s *Server) Ready() bool { return s.ready.Load() }
 
 // Run loads the store into the engine, follows its changes and serves until
 // ctx is done; then it shuts down gracefully: health turns NOT_SERVING,
 // Watch streams end, and in-flight requests get up to the grace period to
 // finish. It returns nil after a clean shutdown, or the error that stopped
-// the server (a listener or the store's change stream failing).
+// the server (a listener failing). Losing the store is not fatal: the
+// server reports not ready until it follows the store again (follow.go).
 func (s *Server) Run(ctx context.Context) error {
 	ran := false
 	s.runOnce.Do(func() { ran = true })
@@ -349,27 +383,11 @@ func (s *Server) Run(ctx context.Context) error {
 	background.Add(2)
 	go func() {
 		defer background.Done()
-		err := s.eng.Follow(followCtx, s.st, func(n int) {
-			s.log.Info("loading relationships", "loaded", n)
-		})
-		if err != nil && followCtx.Err() == nil {
-			report(fmt.Errorf("following the store's changes: %w", err))
-		}
+		s.releaseHistory(followCtx)
 	}()
 	go func() {
 		defer background.Done()
-		head, err := s.st.Head(followCtx)
-		if err != nil {
-			if followCtx.Err() == nil {
-				report(fmt.Errorf("reading the store's head revision: %w", err))
-			}
-			return
-		}
-		if err := s.eng.WaitForRevision(followCtx, head); err != nil {
-			return
-		}
-		s.setServing(true)
-		s.log.Info("ready", "revision", uint64(head))
+		s.follow(followCtx)
 	}()
 
 	var serving sync.WaitGroup
@@ -402,6 +420,7 @@ func (s *Server) Run(ctx context.Context) error {
 		s.log.Error("stopping", "error", runErr)
 	}
 	s.shutdown()
+	s.flushAudit()
 	// The engine follows the store until in-flight requests are done, since
 	// they may be waiting for a revision.
 	stopFollow()
@@ -487,7 +506,7 @@ func (s *Server) buildHTTP() error {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		if !s.Ready() {
 			w.WriteHeader(http.StatusServiceUnavailable)
-			io.WriteString(w, "not ready: loading the store or shutting down\n")
+			io.WriteString(w, "not ready: loading the store, cannot reach it, or shutting down\n")
 			return
 		}
 		io.WriteString(w, "ready\n")
@@ -510,11 +529,12 @@ func newGateway(ctx context.Context, conn *grpc.ClientConn) (http.Handler, error
 	marshaler.UnmarshalOptions.DiscardUnknown = false
 	// The default error handler maps gRPC codes to HTTP statuses and sets
 	// WWW-Authenticate on Unauthenticated.
-	gw := runtime.NewServeMux(runtime.WithMarshalerOption(runtime.MIMEWildcard, marshaler))
+	gw := runtime.NewServeMux(runtime.WithMarshalerOption(runtime.MIMEWildcard, marshaler), runtime.WithIncomingHeaderMatcher(auditHeaderMatcher))
 	for name, register := range map[string]func(context.Context, *runtime.ServeMux, *grpc.ClientConn) error{
 		"PermissionService":   pb.RegisterPermissionServiceHandler,
 		"RelationshipService": pb.RegisterRelationshipServiceHandler,
 		"SchemaService":       pb.RegisterSchemaServiceHandler,
+		"AuditService":        pb.RegisterAuditServiceHandler,
 	} {
 		if err := register(ctx, gw, conn); err != nil {
 			return nil, fmt.Errorf("registering the REST gateway for %s: %w", name, err)

@@ -42,6 +42,11 @@ func newRootCommand() *cobra.Command {
 	root.AddCommand(newLookupSubjectsCommand())
 	root.AddCommand(newSchemaCommand())
 	root.AddCommand(newRelCommand())
+	root.AddCommand(newAuditCommand())
+	root.AddCommand(newImportCommand())
+	root.AddCommand(newExportCommand())
+	root.AddCommand(newWatchCommand())
+	root.AddCommand(newMigrateCommand())
 	return root
 }
 

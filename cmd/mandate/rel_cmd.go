@@ -30,7 +30,7 @@ func newRelCommand() *cobra.Command {
 	cmd.AddCommand(
 		newRelUpdateCommand(o, "write", pb.RelationshipUpdate_OPERATION_CREATE, "Create relationships; fails if any already exists"),
 		newRelUpdateCommand(o, "touch", pb.RelationshipUpdate_OPERATION_TOUCH, "Create relationships or replace existing ones (caveat, expiration)"),
-		newRelUpdateCommand(o, "delete", pb.RelationshipUpdate_OPERATION_DELETE, "Delete relationships (missing ones are ignored)"),
+		newRelDeleteCommand(o),
 		newRelReadCommand(o),
 	)
 	return cmd
@@ -250,4 +250,198 @@ filter flags, in validation-file text form, then the revision they were read at.
 	f.StringVar(&ro.subjectRel, "subject-relation", "", `only subjects with this relation ("" for none); needs --subject`)
 	f.Uint32Var(&ro.limit, "limit", 0, "print at most this many (0: all)")
 	return cmd
+}
+
+// filterKeys are the keys of a --filter, in the order help lists them.
+var filterKeys = []string{"resource_type", "resource_id", "relation", "subject_type", "subject_id", "subject_relation"}
+
+// filterSpec is a relationship filter as given on the command line.
+type filterSpec struct {
+	resourceType    string
+	resourceIDs     []string
+	relation        string
+	subjectType     string
+	subjectID       string
+	subjectRelation *string // nil: any; "": subjects without a relation
+}
+
+// parseFilter reads a filter written as comma-separated key=value pairs,
+// such as "resource_type=doc,relation=viewer,subject_type=user". Keys are
+// filterKeys (dashes may replace underscores); resource_id may repeat;
+// "subject_relation=" matches subjects without a relation. A bare word with
+// no "=" is a resource type, so "--filter doc" works. what names the flag
+// for errors.
+func parseFilter(what, text string) (filterSpec, error) {
+	var f filterSpec
+	text = strings.TrimSpace(text)
+	if text == "" {
+		return f, fmt.Errorf("%s: empty; expected key=value pairs such as resource_type=doc,relation=viewer", what)
+	}
+	if !strings.ContainsAny(text, "=,") {
+		f.resourceType = text
+		return f, nil
+	}
+	seen := map[string]bool{}
+	for _, part := range strings.Split(text, ",") {
+		part = strings.TrimSpace(part)
+		key, value, ok := strings.Cut(part, "=")
+		key = strings.ReplaceAll(strings.TrimSpace(key), "-", "_")
+		value = strings.TrimSpace(value)
+		if !ok || key == "" {
+			return f, fmt.Errorf("%s %q: %q is not key=value (keys: %s)", what, text, part, strings.Join(filterKeys, ", "))
+		}
+		if seen[key] && key != "resource_id" {
+			return f, fmt.Errorf("%s %q: %s is given twice", what, text, key)
+		}
+		seen[key] = true
+		if value == "" && key != "subject_relation" {
+			return f, fmt.Errorf("%s %q: %s has no value", what, text, key)
+		}
+		switch key {
+		case "resource_type":
+			f.resourceType = value
+		case "resource_id":
+			f.resourceIDs = append(f.resourceIDs, value)
+		case "relation":
+			f.relation = value
+		case "subject_type":
+			f.subjectType = value
+		case "subject_id":
+			f.subjectID = value
+		case "subject_relation":
+			f.subjectRelation = &value
+		default:
+			return f, fmt.Errorf("%s %q: unknown key %q; expected one of %s", what, text, key, strings.Join(filterKeys, ", "))
+		}
+	}
+	return f, f.check(what)
+}
+
+// check rejects filters the server would refuse for reasons the user can
+// fix here: a subject ID or relation without a subject type.
+func (f filterSpec) check(what string) error {
+	if f.subjectType == "" && (f.subjectID != "" || f.subjectRelation != nil) {
+		return fmt.Errorf("%s: subject_id and subject_relation need subject_type", what)
+	}
+	return nil
+}
+
+func (f filterSpec) empty() bool {
+	return f.resourceType == "" && len(f.resourceIDs) == 0 && f.relation == "" && f.subjectType == "" && f.subjectID == "" && f.subjectRelation == nil
+}
+
+func (f filterSpec) proto() *pb.RelationshipFilter {
+	out := &pb.RelationshipFilter{ResourceType: f.resourceType, OptionalResourceIds: f.resourceIDs, OptionalRelation: f.relation}
+	if f.subjectType != "" {
+		out.OptionalSubjectFilter = &pb.SubjectFilter{SubjectType: f.subjectType, OptionalSubjectId: f.subjectID}
+		if f.subjectRelation != nil {
+			out.OptionalSubjectFilter.OptionalRelation = &pb.RelationFilter{Relation: *f.subjectRelation}
+		}
+	}
+	return out
+}
+
+// deleteFilterOptions are `rel delete`'s flags for deleting by filter.
+type deleteFilterOptions struct {
+	filter          string
+	spec            filterSpec // the field flags
+	subjectRelation string
+	limit           uint32
+}
+
+// fieldFlags are the flags that each set one field of the delete filter.
+var fieldFlags = []string{"resource-type", "resource-id", "relation", "subject-type", "subject-id", "subject-relation"}
+
+// newRelDeleteCommand deletes exact relationships (as rel write takes them)
+// or, with --filter or the field flags, every relationship matching a
+// filter through DeleteRelationships.
+func newRelDeleteCommand(o *clientOptions) *cobra.Command {
+	cmd := newRelUpdateCommand(o, "delete", pb.RelationshipUpdate_OPERATION_DELETE, "Delete relationships (missing ones are ignored)")
+	exact := cmd.RunE
+	do := &deleteFilterOptions{}
+	cmd.Use = "delete [RELATIONSHIP...] | --filter FILTER | --resource-type TYPE [...]"
+	cmd.Short = "Delete relationships, given exactly or by filter"
+	cmd.Long = `Delete removes relationships, in one atomic write.
+
+Given exactly, as arguments or with --file (one a line, - for standard input), they
+are deleted; missing ones are ignored.
+
+By filter, every relationship matching it is deleted, or none when more than --limit
+match (the server's maximum, 1000 by default, when --limit is 0). The filter is
+--filter with comma-separated key=value pairs:
+
+  resource_type (required), resource_id (repeatable), relation,
+  subject_type, subject_id, subject_relation ("subject_relation=" for none)
+
+or the same fields as flags (--resource-type, --resource-id, ...), not both.`
+	cmd.Example = `  mandate rel delete doc:readme#viewer@user:alice
+  mandate rel delete --filter resource_type=doc,relation=viewer,subject_type=user,subject_id=alice
+  mandate rel delete --resource-type doc --resource-id readme --limit 100`
+	f := cmd.Flags()
+	f.StringVar(&do.filter, "filter", "", "delete every relationship matching this filter (key=value,...; see above)")
+	f.StringVar(&do.spec.resourceType, "resource-type", "", "delete by filter: relationships of this resource type")
+	f.StringArrayVar(&do.spec.resourceIDs, "resource-id", nil, "delete by filter: only these resource IDs (repeatable)")
+	f.StringVar(&do.spec.relation, "relation", "", "delete by filter: only this relation")
+	f.StringVar(&do.spec.subjectType, "subject-type", "", "delete by filter: only subjects of this type")
+	f.StringVar(&do.spec.subjectID, "subject-id", "", "delete by filter: only this subject ID (needs --subject-type)")
+	f.StringVar(&do.subjectRelation, "subject-relation", "", `delete by filter: only subjects with this relation ("" for none; needs --subject-type)`)
+	f.Uint32Var(&do.limit, "limit", 0, "delete by filter: fail, deleting nothing, when more than this many match (0: the server's maximum)")
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		fields := false
+		for _, name := range fieldFlags {
+			fields = fields || cmd.Flags().Changed(name)
+		}
+		byFilter := cmd.Flags().Changed("filter") || fields
+		if !byFilter {
+			if cmd.Flags().Changed("limit") {
+				return errors.New("--limit applies to deleting by filter: add --filter or the field flags")
+			}
+			return exact(cmd, args)
+		}
+		if len(args) > 0 || cmd.Flags().Changed("file") {
+			return errors.New("delete either exact relationships (arguments or --file) or by filter (--filter or the field flags), not both")
+		}
+		spec := do.spec
+		if cmd.Flags().Changed("filter") {
+			if fields {
+				return errors.New("--filter and the field flags (--resource-type, ...) are exclusive: give one")
+			}
+			var err error
+			if spec, err = parseFilter("--filter", do.filter); err != nil {
+				return err
+			}
+		} else {
+			if cmd.Flags().Changed("subject-relation") {
+				spec.subjectRelation = &do.subjectRelation
+			}
+			if err := spec.check("filter flags"); err != nil {
+				return err
+			}
+		}
+		if spec.resourceType == "" {
+			return errors.New("deleting by filter needs a resource type (resource_type=... or --resource-type), so that a delete cannot remove everything by accident")
+		}
+		return runDeleteByFilter(cmd, o, spec, do.limit)
+	}
+	return cmd
+}
+
+func runDeleteByFilter(cmd *cobra.Command, o *clientOptions, spec filterSpec, limit uint32) error {
+	c, ctx, cancel, err := connect(cmd, o)
+	if err != nil {
+		return err
+	}
+	defer cancel()
+	defer c.close()
+	resp, err := c.rels.DeleteRelationships(ctx, &pb.DeleteRelationshipsRequest{Filter: spec.proto(), OptionalLimit: limit})
+	if err != nil {
+		err = c.callError("rel delete", err)
+		if strings.Contains(err.Error(), "nothing was deleted") {
+			// The server speaks of optional_limit; here it is --limit.
+			err = fmt.Errorf("%w\n(raise --limit, up to the server's maximum, or narrow the filter)", err)
+		}
+		return err
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "%d relationship(s) deleted\nrevision: %s\n", resp.GetDeletedCount(), resp.GetDeletedAt().GetToken())
+	return nil
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/mandate-authz/mandate/engine"
 	"github.com/mandate-authz/mandate/server"
 	"github.com/mandate-authz/mandate/store"
+	"github.com/mandate-authz/mandate/store/embedded"
 	"github.com/mandate-authz/mandate/store/memory"
 )
 
@@ -29,8 +30,11 @@ type serveOptions struct {
 	cfg        server.Config
 	dsEngine   string
 	dsConnURI  string
+	dataDir    string
 	logLevel   string
 	maxMessage int
+	audit      auditOptions
+	sqlStore   sqlStoreFlags
 }
 
 func newServeCommand() *cobra.Command {
@@ -46,6 +50,13 @@ one of the --grpc-preshared-key values.
 Every flag can also be set through the environment as MANDATE_<FLAG>, upper-cased with
 dashes as underscores (MANDATE_GRPC_PRESHARED_KEY=k1,k2); a flag given on the command
 line wins. Prefer the environment for keys, which the command line exposes to other users.
+
+Relationships and the schema are stored by --datastore-engine: embedded (the default)
+keeps them durably in --data-dir (./mandate-data), one file that one mandate process at
+a time may open; every acknowledged write has reached the disk. memory keeps nothing
+across a restart. postgres and cockroachdb keep them in the database at
+--datastore-conn-uri, which several mandate serve processes may share; create its
+tables with mandate migrate first, or start with --datastore-migrate.
 
 SIGTERM or SIGINT shuts down gracefully: health turns NOT_SERVING, watches end, and
 in-flight requests get --grpc-shutdown-grace-period to finish.`,
@@ -66,13 +77,15 @@ in-flight requests get --grpc-shutdown-grace-period to finish.`,
 	// rules whose errors would echo a key); the environment variable is
 	// comma-separated.
 	f.StringArrayVar(&opts.cfg.PresharedKeys, "grpc-preshared-key", nil, "bearer key clients must present; repeat for several (at least one required)")
+	f.StringArrayVar(&opts.cfg.PresharedKeyNames, "grpc-preshared-key-name", nil, "name of each --grpc-preshared-key, in the same order, recorded in the audit trail as the calling service (default key-1, key-2, ...)")
 	f.StringVar(&opts.cfg.GRPCTLSCertPath, "grpc-tls-cert-path", "", "TLS certificate file for the gRPC listener (with --grpc-tls-key-path)")
 	f.StringVar(&opts.cfg.GRPCTLSKeyPath, "grpc-tls-key-path", "", "TLS key file for the gRPC listener")
 	f.StringVar(&opts.cfg.HTTPTLSCertPath, "http-tls-cert-path", "", "TLS certificate file for the HTTP listener (with --http-tls-key-path)")
 	f.StringVar(&opts.cfg.HTTPTLSKeyPath, "http-tls-key-path", "", "TLS key file for the HTTP listener")
 	f.DurationVar(&opts.cfg.ShutdownGracePeriod, "grpc-shutdown-grace-period", 30*time.Second, "how long shutdown waits for in-flight requests")
-	f.StringVar(&opts.dsEngine, "datastore-engine", "memory", "where relationships are stored: memory (nothing survives a restart; the durable embedded store will become the default)")
-	f.StringVar(&opts.dsConnURI, "datastore-conn-uri", "", "connection string of the datastore (unused by memory)")
+	f.StringVar(&opts.dsEngine, "datastore-engine", "embedded", "where relationships are stored: embedded (durable, in --data-dir), postgres or cockroachdb (at --datastore-conn-uri; see mandate migrate) or memory (nothing survives a restart)")
+	f.StringVar(&opts.dsConnURI, "datastore-conn-uri", "", "connection string of the postgres or cockroachdb datastore (unused by embedded and memory)")
+	f.StringVar(&opts.dataDir, "data-dir", "./mandate-data", "directory of the embedded datastore, created if missing; one mandate process at a time")
 	f.IntVar(&opts.maxMessage, "max-message-size", opts.cfg.Limits.MaxMessageBytes, "largest gRPC message or REST body accepted, in bytes")
 	f.IntVar(&opts.cfg.Limits.MaxCheckBulkItems, "max-check-bulk-items", opts.cfg.Limits.MaxCheckBulkItems, "most checks in one CheckBulk")
 	f.IntVar(&opts.cfg.Limits.MaxWriteUpdates, "write-relationships-max-updates-per-call", opts.cfg.Limits.MaxWriteUpdates, "most updates in one WriteRelationships")
@@ -82,7 +95,11 @@ in-flight requests get --grpc-shutdown-grace-period to finish.`,
 	f.IntVar(&opts.cfg.Limits.MaxDeleteLimit, "max-delete-relationships-limit", opts.cfg.Limits.MaxDeleteLimit, "most relationships one DeleteRelationships may delete")
 	f.IntVar(&opts.cfg.Limits.MaxBulkBatch, "max-bulk-relationships-batch", opts.cfg.Limits.MaxBulkBatch, "most relationships in one import message or export response")
 	f.DurationVar(&opts.cfg.Limits.RequestTimeout, "request-timeout", opts.cfg.Limits.RequestTimeout, "longest a call may run (Watch, import and export excepted)")
+	f.DurationVar(&opts.cfg.RevisionRetention, "revision-retention", server.DefaultRevisionRetention, "how long a revision stays readable (exact-snapshot reads, cursors, watch from its token) after a later write supersedes it; older history is released")
+	f.DurationVar(&opts.cfg.MaxRevisionWait, "max-revision-wait", server.DefaultMaxRevisionWait, "longest a read waits for this server to apply the revision its consistency asks for (at_least_as_fresh, at_exact_snapshot, fully_consistent) before failing with Unavailable, e.g. while the datastore is unreachable")
 	f.StringVar(&opts.logLevel, "log-level", "info", "debug, info, warn or error")
+	addAuditFlags(f, &opts.audit)
+	addSQLStoreFlags(f, &opts.sqlStore)
 	return cmd
 }
 
@@ -130,12 +147,21 @@ func runServe(ctx context.Context, stderr io.Writer, opts *serveOptions) error {
 	opts.cfg.Logger = log
 	opts.cfg.Limits.MaxMessageBytes = opts.maxMessage
 
-	st, name, err := openStore(ctx, opts.dsEngine, opts.dsConnURI)
+	st, name, err := openStore(ctx, opts)
 	if err != nil {
 		return err
 	}
 	defer st.Close()
 	opts.cfg.StoreName = name
+
+	auditLog, err := openAudit(ctx, &opts.audit, opts.dataDir, st, log)
+	if err != nil {
+		return err
+	}
+	if auditLog != nil {
+		defer closeAudit(auditLog, log)
+		opts.cfg.Audit = auditLog
+	}
 
 	srv, err := server.New(st, engine.New(), opts.cfg)
 	if err != nil {
@@ -149,13 +175,28 @@ func runServe(ctx context.Context, stderr io.Writer, opts *serveOptions) error {
 // openStore opens the datastore named by --datastore-engine. It returns the
 // store's stable name for revision tokens ("" for one that does not survive
 // the process). Each new engine is one case here.
-func openStore(_ context.Context, engineName, connURI string) (store.Store, string, error) {
+func openStore(ctx context.Context, opts *serveOptions) (store.Store, string, error) {
+	engineName, connURI := opts.dsEngine, opts.dsConnURI
 	switch engineName {
+	case "embedded":
+		if connURI != "" {
+			return nil, "", fmt.Errorf("--datastore-conn-uri is not used by the embedded datastore, which stores in --data-dir; remove it or choose another --datastore-engine")
+		}
+		st, err := embedded.Open(ctx, opts.dataDir, embedded.Options{Logger: opts.cfg.Logger})
+		if err != nil {
+			return nil, "", fmt.Errorf("--data-dir: %w", err)
+		}
+		if log := opts.cfg.Logger; log != nil {
+			log.Info("opened embedded datastore", "data_dir", opts.dataDir, "store_id", st.ID())
+		}
+		return st, "embedded:" + st.ID(), nil
+	case "postgres", "cockroachdb":
+		return openSQLStore(ctx, engineName, connURI, opts.sqlStore, opts.cfg.Logger)
 	case "memory":
 		if connURI != "" {
 			return nil, "", fmt.Errorf("--datastore-conn-uri is not used by the memory datastore; remove it or choose another --datastore-engine")
 		}
 		return memory.New(), "", nil
 	}
-	return nil, "", fmt.Errorf("--datastore-engine %q: unknown engine; available: memory", engineName)
+	return nil, "", fmt.Errorf("--datastore-engine %q: unknown engine; available: embedded, memory, postgres, cockroachdb", engineName)
 }

@@ -28,6 +28,7 @@ func TestApplyEnv(t *testing.T) {
 		"MANDATE_MAX_CHECK_BULK_ITEMS": "7",
 		"MANDATE_REQUEST_TIMEOUT":      "3s",
 		"MANDATE_HTTP_ADDR":            "from-env:1",
+		"MANDATE_DATA_DIR":             "/srv/mandate",
 	}
 	cmd := newServeCommand()
 	if err := cmd.Flags().Parse([]string{"--http-addr", "from-flag:2"}); err != nil {
@@ -44,7 +45,8 @@ func TestApplyEnv(t *testing.T) {
 		"max-check-bulk-items": "7",
 		"request-timeout":      "3s",
 		"http-addr":            "from-flag:2", // the command line wins
-		"datastore-engine":     "memory",
+		"datastore-engine":     "embedded",
+		"data-dir":             "/srv/mandate",
 	} {
 		if got := get(flag); got != want {
 			t.Errorf("--%s = %q, want %q", flag, got, want)
@@ -69,10 +71,14 @@ func TestServeErrors(t *testing.T) {
 		want string
 	}{
 		{[]string{"serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", ""}, "preshared key is required"},
-		{[]string{"serve", "--grpc-preshared-key", "k", "--datastore-engine", "oracle"}, `unknown engine; available: memory`},
-		{[]string{"serve", "--grpc-preshared-key", "k", "--datastore-conn-uri", "postgres://x"}, "not used by the memory datastore"},
+		{[]string{"serve", "--grpc-preshared-key", "k", "--datastore-engine", "oracle"}, `unknown engine; available: embedded`},
+		{[]string{"serve", "--grpc-preshared-key", "k", "--datastore-conn-uri", "postgres://x"}, "not used by the embedded datastore"},
+		{[]string{"serve", "--grpc-preshared-key", "k", "--datastore-engine", "memory", "--datastore-conn-uri", "postgres://x"}, "not used by the memory datastore"},
 		{[]string{"serve", "--grpc-preshared-key", "k", "--log-level", "loud"}, "--log-level"},
+		{[]string{"serve", "--grpc-preshared-key", "k", "--datastore-engine", "memory", "--max-revision-wait", "-1s"}, "--max-revision-wait"},
 	}
+	// The no-key case opens the data directory before the key check fails.
+	t.Setenv("MANDATE_DATA_DIR", t.TempDir())
 	// Setenv restores the variable afterwards; unset it for the test.
 	t.Setenv("MANDATE_GRPC_PRESHARED_KEY", "")
 	os.Unsetenv("MANDATE_GRPC_PRESHARED_KEY")
@@ -114,6 +120,7 @@ func TestServeCommand(t *testing.T) {
 	t.Setenv("MANDATE_GRPC_PRESHARED_KEY", "other-key,"+key)
 	t.Setenv("MANDATE_GRPC_ADDR", "127.0.0.1:0")
 	t.Setenv("MANDATE_HTTP_ADDR", "127.0.0.1:0")
+	t.Setenv("MANDATE_DATA_DIR", t.TempDir())
 
 	logs := &syncBuffer{}
 	root := newRootCommand()

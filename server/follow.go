@@ -1,0 +1,151 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync/atomic"
+	"time"
+
+	"github.com/mandate-authz/mandate/store"
+)
+
+// Following the store through outages. The engine answers from its index,
+// fed by the store's change stream; when the stream fails (the database
+// goes away, a network partition) the server does not stop. It turns not
+// ready (health NOT_SERVING, /readyz 503), logs the error, and retries with
+// capped, jittered exponential backoff. When the store answers again it
+// resumes the stream from the engine's head, so nothing applied is loaded
+// twice, and turns ready once the engine has caught up with the store's
+// head. If the store no longer retains the changes after the engine's head
+// (collected while this server was cut off), or a change cannot be applied,
+// the engine reloads a snapshot of the store instead.
+//
+// Meanwhile reads keep their consistency promises (see consistency.go) and
+// writes fail with Unavailable (see storeUnreachable in errors.go).
+
+// DefaultMaxRevisionWait bounds how long a read waits for the engine to
+// apply the revision its consistency asks for, unless configured.
+const DefaultMaxRevisionWait = 5 * time.Second
+
+// The retry delay after a failure to follow the store doubles from
+// followRetryMin up to followRetryMax, and starts over once following
+// succeeded again.
+const (
+	followRetryMin = 100 * time.Millisecond
+	followRetryMax = 5 * time.Second
+)
+
+// maxRevisionWait validates Config.MaxRevisionWait (0 takes the default).
+func maxRevisionWait(d time.Duration) (time.Duration, error) {
+	switch {
+	case d < 0:
+		return 0, fmt.Errorf("max revision wait %v: expected a positive duration (--max-revision-wait)", d)
+	case d == 0:
+		return DefaultMaxRevisionWait, nil
+	}
+	return d, nil
+}
+
+// applyError is an error applying a change the store delivered; the
+// store's stream itself was fine.
+type applyError struct{ err error }
+
+func (e *applyError) Error() string { return "applying a change from the store: " + e.err.Error() }
+func (e *applyError) Unwrap() error { return e.err }
+
+// follow keeps the engine following the store until ctx is done. It never
+// gives up: every failure is logged and retried.
+func (s *Server) follow(ctx context.Context) {
+	delay := followRetryMin
+	reload := false
+	for {
+		// Load a snapshot at first (an engine at revision 0 has loaded
+		// nothing), and when resuming cannot work.
+		caughtUp, err := s.followOnce(ctx, reload || s.eng.Head() == 0)
+		if ctx.Err() != nil {
+			return
+		}
+		s.setServing(false)
+		if err == nil {
+			err = errors.New("the store's change stream ended")
+		}
+		var ae *applyError
+		needReload := errors.Is(err, store.ErrRevisionGone) || errors.As(err, &ae)
+		if caughtUp {
+			delay = followRetryMin
+			reload = needReload
+		} else {
+			// A reload that has not got through yet is still needed.
+			reload = reload || needReload
+		}
+		wait := jitter(delay)
+		s.log.Error("cannot follow the store; not ready until it can", "error", err,
+			"engine_revision", uint64(s.eng.Head()), "retry_in", wait.String(), "reload_snapshot", reload)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		delay = min(delay*2, followRetryMax)
+	}
+}
+
+// jitter spreads retries of many servers over [d/2, d].
+func jitter(d time.Duration) time.Duration {
+	return d/2 + rand.N(d/2+1)
+}
+
+// followOnce follows the store until that fails or ctx is done, turning
+// the server ready once the engine has applied the store's head as of the
+// start. It reports whether it got that far.
+func (s *Server) followOnce(ctx context.Context, resync bool) (caughtUp bool, err error) {
+	head, err := s.st.Head(ctx)
+	if err != nil {
+		return false, fmt.Errorf("reading the store's head revision: %w", err)
+	}
+	actx, cancel := context.WithCancel(ctx)
+	var ready atomic.Bool
+	readyDone := make(chan struct{})
+	go func() {
+		defer close(readyDone)
+		if s.eng.WaitForRevision(actx, head) != nil {
+			return
+		}
+		ready.Store(true)
+		s.setServing(true)
+		s.log.Info("ready", "revision", uint64(head))
+	}()
+	// The server must not turn ready after this attempt has failed.
+	defer func() {
+		cancel()
+		<-readyDone
+		caughtUp = ready.Load()
+	}()
+
+	if resync {
+		if s.eng.Head() > 0 {
+			s.log.Warn("reloading a snapshot of the store", "engine_revision", uint64(s.eng.Head()), "store_revision", uint64(head))
+		}
+		// Follow loads a snapshot when the store is ahead of the engine,
+		// then follows the stream from there.
+		return false, s.eng.Follow(actx, s.st, func(n int) {
+			s.log.Info("loading relationships", "loaded", n)
+		})
+	}
+	// Resume from the engine's head. (Engine.Follow would reload a whole
+	// snapshot whenever the store has moved ahead, dropping the engine's
+	// history, so it serves only for loading.)
+	for ch, err := range s.st.Watch(actx, s.eng.Head()) {
+		if err != nil {
+			return false, fmt.Errorf("following the store's changes after revision %d: %w", s.eng.Head(), err)
+		}
+		if err := s.eng.Apply(ch); err != nil {
+			return false, &applyError{err}
+		}
+	}
+	return false, actx.Err()
+}
