@@ -86,8 +86,11 @@ func (p *permissionService) CheckBulk(ctx context.Context, req *pb.CheckBulkRequ
 	var at []int
 	for i, it := range items {
 		pairs[i] = &pb.CheckBulkPair{Request: it}
-		creq, err := checkFromProto(fmt.Sprintf("items[%d].", i), it.GetResource(), it.GetPermission(), it.GetSubject(), it.GetContext(), it.GetOnBehalfOf())
+		// Field names are built only for an item that fails: building the
+		// "items[i]." prefix for every item was a measurable cost per check.
+		creq, err := checkFromProto("", it.GetResource(), it.GetPermission(), it.GetSubject(), it.GetContext(), it.GetOnBehalfOf())
 		if err != nil {
+			_, err = checkFromProto(fmt.Sprintf("items[%d].", i), it.GetResource(), it.GetPermission(), it.GetSubject(), it.GetContext(), it.GetOnBehalfOf())
 			pairs[i].Response = itemError(err)
 			continue
 		}
