@@ -1,0 +1,99 @@
+// Command mandate-bench runs the issue-7 workload against Mandate
+// (in-process and over gRPC), SpiceDB and OpenFGA (memory and PostgreSQL),
+// prints a markdown table and writes the results as JSON. It exits non-zero
+// when the engines' answers to the same checks differ.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/rs/zerolog"
+
+	"github.com/mandate-authz/mandate/bench/harness"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "mandate-bench:", err)
+		var dis *harness.DisagreementError
+		if errors.As(err, &dis) {
+			os.Exit(3)
+		}
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	o := harness.DefaultOptions()
+	w := &o.Workload
+	fs := flag.NewFlagSet("mandate-bench", flag.ContinueOnError)
+	fs.Uint64Var(&w.Seed, "seed", w.Seed, "workload seed")
+	fs.IntVar(&w.Users, "users", w.Users, "users")
+	fs.IntVar(&w.Groups, "groups", w.Groups, "nested groups")
+	fs.IntVar(&w.Folders, "folders", w.Folders, "folders in the tree")
+	fs.IntVar(&w.Documents, "documents", w.Documents, "documents")
+	fs.IntVar(&w.Agents, "agents", w.Agents, "2-link agent delegation chains (Mandate only)")
+	fs.IntVar(&w.Checks, "checks", w.Checks, "size of the pool of user checks every engine draws from")
+	fs.IntVar(&w.AgentChecks, "agent-checks", w.AgentChecks, "size of the pool of agent checks")
+	fs.IntVar(&w.Lookups, "lookups", w.Lookups, "users whose documents are looked up")
+	engines := fs.String("engines", "all", "comma-separated engines: all, or of "+strings.Join(harness.AllEngines, ", ")+", mandate-grpc-embedded, mandate-grpc-postgres")
+	fs.DurationVar(&o.Duration, "duration", o.Duration, "duration of each measurement")
+	fs.IntVar(&o.Concurrency, "concurrency", o.Concurrency, "concurrent callers")
+	fs.IntVar(&o.BulkSize, "bulk", o.BulkSize, "items per bulk check")
+	consistency := fs.String("consistency", string(o.Consistency), "read consistency: minimize_latency or fully_consistent")
+	fs.StringVar(&o.PostgresURL, "postgres", o.PostgresURL, "PostgreSQL server URL the engines on PostgreSQL get fresh databases on (default $MANDATE_TEST_POSTGRES_URL)")
+	fs.BoolVar(&o.KeepDatabases, "keep-databases", false, "keep the databases created for the engines")
+	fs.IntVar(&o.Verify, "verify", o.Verify, "checks of each pool every engine answers at least, timed or not, for the comparison")
+	fs.IntVar(&o.VerifyLookups, "verify-lookups", o.VerifyLookups, "lookups every engine answers at least, for the comparison")
+	fs.DurationVar(&o.VerifyTimeout, "verify-timeout", o.VerifyTimeout, "longest one engine's verification pass may take")
+	fs.DurationVar(&o.LoadTimeout, "load-timeout", o.LoadTimeout, "longest one engine may take to load")
+	fs.StringVar(&o.ProfileDir, "cpuprofile-dir", "", "directory receiving CPU profiles of each engine's check measurements")
+	jsonPath := fs.String("json", "bench-results.json", "file the JSON results are written to (empty: none)")
+	mdPath := fs.String("markdown", "", "file the markdown tables are also written to")
+	verbose := fs.Bool("v", false, "show the peers' own logs")
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	var err error
+	if o.Consistency, err = harness.ParseConsistency(*consistency); err != nil {
+		return err
+	}
+	if *engines != "all" {
+		o.Engines = strings.Split(*engines, ",")
+	}
+	if !*verbose {
+		// SpiceDB logs through zerolog's global logger at info level.
+		zerolog.SetGlobalLevel(zerolog.WarnLevel)
+	}
+	o.Log = os.Stderr
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	rep, runErr := harness.Run(ctx, o)
+	if rep == nil {
+		return runErr
+	}
+	rep.Command = strings.Join(os.Args, " ")
+	md := rep.Markdown()
+	fmt.Println(md)
+	if *jsonPath != "" {
+		if err := rep.WriteJSON(*jsonPath); err != nil {
+			return errors.Join(runErr, fmt.Errorf("writing %s: %w", *jsonPath, err))
+		}
+	}
+	if *mdPath != "" {
+		if err := os.WriteFile(*mdPath, []byte(md), 0o644); err != nil {
+			return errors.Join(runErr, fmt.Errorf("writing %s: %w", *mdPath, err))
+		}
+	}
+	return runErr
+}
