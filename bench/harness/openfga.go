@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	openfgav1 "github.com/openfga/api/proto/openfga/v1"
@@ -188,6 +189,7 @@ func (f *openFGA) Load(ctx context.Context, w *workload.Workload) error {
 	// lock per write anyway.
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(8)
+	var written atomic.Int64
 	for _, c := range chunks(len(w.Rels), fgaWriteBatch) {
 		g.Go(func() error {
 			keys := make([]*openfgav1.TupleKey, 0, c[1]-c[0])
@@ -199,10 +201,14 @@ func (f *openFGA) Load(ctx context.Context, w *workload.Workload) error {
 			}); err != nil {
 				return fmt.Errorf("writing tuples %d-%d: %w", c[0], c[1], err)
 			}
+			written.Add(int64(c[1] - c[0]))
 			return nil
 		})
 	}
-	return g.Wait()
+	if err := g.Wait(); err != nil {
+		return fmt.Errorf("%d of %d tuples written: %w", written.Load(), len(w.Rels), err)
+	}
+	return nil
 }
 
 func (f *openFGA) tupleKey(c workload.Check) *openfgav1.CheckRequestTupleKey {

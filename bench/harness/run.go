@@ -66,7 +66,7 @@ func DefaultOptions() Options {
 	return Options{
 		Workload: workload.DefaultConfig(), Engines: AllEngines,
 		Duration: 10 * time.Second, Concurrency: 16, BulkSize: 100, Consistency: MinimizeLatency,
-		PostgresURL: PostgresURLFromEnv(), Verify: 1000, VerifyLookups: 3, LoadTimeout: 30 * time.Minute,
+		PostgresURL: PostgresURLFromEnv(), Verify: 1000, VerifyLookups: 3, LoadTimeout: 10 * time.Minute,
 		VerifyTimeout: 3 * time.Minute,
 	}
 }
@@ -364,10 +364,14 @@ func (r *runner) runEngine(ctx context.Context, name string) (res EngineResult) 
 	loadCtx, cancel := context.WithTimeout(ctx, r.opts.LoadTimeout)
 	start := time.Now()
 	err = e.Load(loadCtx, r.w)
+	timedOut := loadCtx.Err() == context.DeadlineExceeded
 	cancel()
 	res.LoadSeconds = time.Since(start).Seconds()
 	if err != nil {
 		res.Error = fmt.Sprintf("load failed after %.0fs: %v", res.LoadSeconds, err)
+		if timedOut {
+			res.Error = fmt.Sprintf("did not load within -load-timeout %s: %v", r.opts.LoadTimeout, err)
+		}
 		logf("%s", res.Error)
 		return res
 	}

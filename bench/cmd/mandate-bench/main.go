@@ -55,7 +55,7 @@ func run() error {
 	fs.DurationVar(&o.VerifyTimeout, "verify-timeout", o.VerifyTimeout, "longest one engine's verification pass may take")
 	fs.DurationVar(&o.LoadTimeout, "load-timeout", o.LoadTimeout, "longest one engine may take to load")
 	fs.StringVar(&o.ProfileDir, "cpuprofile-dir", "", "directory receiving CPU profiles of each engine's check measurements")
-	jsonPath := fs.String("json", "bench-results.json", "file the JSON results are written to (empty: none)")
+	jsonPath := fs.String("json", "mandate-bench.json", "file the JSON results are written to (empty: none)")
 	mdPath := fs.String("markdown", "", "file the markdown tables are also written to")
 	verbose := fs.Bool("v", false, "show the peers' own logs")
 	if err := fs.Parse(os.Args[1:]); err != nil {
