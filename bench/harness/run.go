@@ -253,12 +253,17 @@ func run(ctx context.Context, opts Options, open opener) (*Report, error) {
 	}
 	for _, name := range opts.Engines {
 		if ctx.Err() != nil {
-			return nil, ctx.Err()
+			break
 		}
 		rep.Results = append(rep.Results, r.runEngine(ctx, name))
 	}
 	rep.Finished, rep.LoadAvgEnd = time.Now(), loadAvg()
 	rep.Goals = goals(rep.Results)
+	if err := ctx.Err(); err != nil {
+		// Interrupted: report what finished.
+		rep.Agreement = "not compared: the run was interrupted"
+		return rep, fmt.Errorf("interrupted: %w", err)
+	}
 	agreeErr := r.compare()
 	if agreeErr != nil {
 		rep.Agreement = agreeErr.Error()
