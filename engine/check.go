@@ -125,7 +125,11 @@ type checker struct {
 	// built on first use from suppliedFor.
 	supplied    map[string]any
 	suppliedFor *CheckRequest
-	stack       []frame
+	// ctxConv and suppliedConv hold ctx and supplied converted per caveat;
+	// reset whenever those change.
+	ctxConv      []convEntry
+	suppliedConv []convEntry
+	stack        []frame
 
 	// memo holds subproblems solved for earlier items of the same call
 	// (CheckBulk, lookups); useMemo says whether the current item reads and
@@ -165,6 +169,7 @@ func (c *checker) nowMicros() int64 {
 
 func (e *Engine) putChecker(c *checker) {
 	c.idx, c.pl, c.ctx, c.supplied, c.suppliedFor = nil, nil, nil, nil, nil
+	c.resetConverted()
 	c.req, c.now, c.nowSet = CheckRequest{}, 0, false
 	c.memo.reset()
 	c.useMemo, c.group = false, 0
@@ -174,6 +179,26 @@ func (e *Engine) putChecker(c *checker) {
 	c.pathBuf = c.pathBuf[:0]
 	c.linkBuf = c.linkBuf[:0]
 	e.checkers.Put(c)
+}
+
+// setContext sets the request's caveat context.
+func (c *checker) setContext(ctx map[string]any) {
+	c.ctx = ctx
+	clear(c.ctxConv)
+	c.ctxConv = c.ctxConv[:0]
+}
+
+// setSupplied sets (or, with nil, clears) the request whose action and
+// resource acts_for caveats are evaluated against.
+func (c *checker) setSupplied(req *CheckRequest) {
+	c.supplied, c.suppliedFor = nil, req
+	clear(c.suppliedConv)
+	c.suppliedConv = c.suppliedConv[:0]
+}
+
+func (c *checker) resetConverted() {
+	c.setContext(nil)
+	c.setSupplied(nil)
 }
 
 func (c *checker) live(e *edge) bool {
@@ -199,6 +224,11 @@ func (c *checker) relation(rp *relPlan, obj oid, t target, depth int, shared boo
 	// A userset is a member of itself.
 	if t.typ == rp.typ.sym && t.id == obj && t.rel == rp.sym {
 		return outTrue, nil
+	}
+	kind := subjectKind(t.rel, t.typ)
+	if !rp.reaches(kind) {
+		// No path the schema allows leads to a subject of this kind.
+		return outFalse, nil
 	}
 	if depth > c.maxDepth {
 		return outFalse, fmt.Errorf("%w (%d) at %s:%s#%s", ErrMaxDepth, c.maxDepth, rp.typ.name, c.objectName(rp.typ, obj), rp.name)
@@ -302,12 +332,19 @@ func (c *checker) direct(rp *relPlan, obj oid, t target, depth int) (outcome, er
 		}
 	}
 	// Usersets: edges whose subject carries a relation, sorted last.
-	if !rp.usersets {
+	if !rp.usersets || !slices.Contains(rp.usersetReach, kind) {
 		return result, nil
 	}
 	for i := firstUserset(edges); i < len(edges); i++ {
 		e := &edges[i]
 		if !c.live(e) {
+			continue
+		}
+		if sub := c.pl.rel(e.subjType(), e.subjRel()); sub == nil || !sub.reaches(kind) {
+			// Skip the whole run of this userset kind: none can hold t.
+			for i+1 < len(edges) && edges[i+1].kind == e.kind {
+				i++
+			}
 			continue
 		}
 		o, err := c.caveat(e)
@@ -326,33 +363,6 @@ func (c *checker) direct(rp *relPlan, obj oid, t target, depth int) (outcome, er
 		}
 	}
 	return result, nil
-}
-
-// caveat evaluates an edge's caveat; an uncaveated edge is true.
-func (c *checker) caveat(e *edge) (outcome, error) {
-	if e.extra == 0 {
-		return outTrue, nil
-	}
-	x := c.idx.extras[e.extra].caveat
-	if x == nil {
-		return outTrue, nil
-	}
-	cv := c.pl.sch.Caveats[x.name]
-	if cv == nil {
-		return outFalse, fmt.Errorf("caveat %q is not defined in the schema", x.name)
-	}
-	if c.suppliedFor != nil && c.supplied == nil {
-		c.supplied = map[string]any{
-			ParamAction:       c.suppliedFor.Permission,
-			ParamResourceType: c.suppliedFor.Resource.Type,
-			ParamResourceID:   c.suppliedFor.Resource.ID,
-		}
-	}
-	res, err := cv.Evaluate(c.ctx, x.context, c.supplied)
-	if err != nil {
-		return outFalse, fmt.Errorf("%w: %w", ErrInvalidContext, err)
-	}
-	return outcome{v: res.Outcome, missing: res.Missing}, nil
 }
 
 func (c *checker) rewrite(typ sym, obj oid, n *node, t target, depth int) (outcome, error) {
@@ -534,7 +544,7 @@ func (c *checker) check(ctx context.Context) (CheckResult, error) {
 	if err := ctx.Err(); err != nil {
 		return CheckResult{}, err
 	}
-	c.ctx = req.Context
+	c.setContext(req.Context)
 	obj, ok := s.resType.table.lookup(req.Resource.ID)
 	if !ok {
 		obj = unseenResource

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"fmt"
+	"slices"
 
 	"github.com/mandate-authz/mandate/schema"
 )
@@ -49,7 +50,18 @@ type relPlan struct {
 	kinds     []uint64 // subjectKind of every allowed subject that is not a wildcard
 	wildcards []sym    // types allowed as type:*
 	usersets  bool     // some allowed subject is a userset
+
+	// reach holds the subject kinds that can ever hold this relation or
+	// permission, through any path the schema allows; usersetReach those
+	// reachable through its userset subjects. A subject of any other kind
+	// is answered false without walking the relationships: an agent never
+	// descends into group memberships that can hold only users.
+	reach        []uint64
+	usersetReach []uint64
 }
+
+// reaches reports whether a subject of kind k can hold rp.
+func (rp *relPlan) reaches(k uint64) bool { return slices.Contains(rp.reach, k) }
 
 // node is a compiled rewrite.
 type node struct {
@@ -63,6 +75,8 @@ type node struct {
 	// targets is indexed by the subject type symbol of a tupleset edge: the
 	// relation evaluated there, nil when that type lacks it.
 	targets []*relPlan
+	// tuplesetRel is the tupleset relation's plan (nil when undefined).
+	tuplesetRel *relPlan
 }
 
 // rel returns the relation or permission of type t with symbol r, or nil.
@@ -148,7 +162,105 @@ func compilePlan(idx *index, sch *schema.Schema) (*plan, error) {
 			tp.rels[rn].rewrite = n
 		}
 	}
+	p.computeReach()
 	return p, nil
+}
+
+// computeReach fills every relPlan's reach: its own kind (a userset is a
+// member of itself), its allowed subjects, and, to a fixed point, the reach
+// of every relation or permission it evaluates. Over-approximating is safe;
+// a missing kind would wrongly deny, so every path evaluation follows is
+// included.
+func (p *plan) computeReach() {
+	var all []*relPlan
+	deps := map[*relPlan][]*relPlan{}
+	add := func(set []uint64, k uint64) ([]uint64, bool) {
+		if slices.Contains(set, k) {
+			return set, false
+		}
+		return append(set, k), true
+	}
+	for _, tp := range p.types {
+		for _, rp := range tp.rels {
+			all = append(all, rp)
+			rp.reach, _ = add(nil, subjectKind(rp.sym, tp.sym))
+			for _, k := range rp.kinds {
+				rp.reach, _ = add(rp.reach, k)
+			}
+			for _, w := range rp.wildcards {
+				rp.reach, _ = add(rp.reach, subjectKind(noSym, w))
+			}
+			if rp.rewrite != nil {
+				deps[rp] = p.rewriteDeps(rp.rewrite, nil)
+			} else {
+				deps[rp] = p.usersetDeps(rp)
+			}
+		}
+	}
+	for changed := true; changed; {
+		changed = false
+		for _, rp := range all {
+			for _, d := range deps[rp] {
+				for _, k := range d.reach {
+					var grew bool
+					if rp.reach, grew = add(rp.reach, k); grew {
+						changed = true
+					}
+				}
+			}
+		}
+	}
+	for _, rp := range all {
+		if rp.rewrite != nil {
+			continue
+		}
+		for _, d := range deps[rp] {
+			for _, k := range d.reach {
+				rp.usersetReach, _ = add(rp.usersetReach, k)
+			}
+		}
+	}
+}
+
+// usersetDeps lists the relations a relation's userset subjects evaluate.
+func (p *plan) usersetDeps(rp *relPlan) []*relPlan {
+	var out []*relPlan
+	for _, k := range rp.kinds {
+		if r := sym(k >> 32); r != noSym {
+			if d := p.rel(sym(k), r); d != nil {
+				out = append(out, d)
+			}
+		}
+	}
+	return out
+}
+
+// rewriteDeps lists the relations and permissions a rewrite evaluates.
+func (p *plan) rewriteDeps(n *node, out []*relPlan) []*relPlan {
+	switch n.op {
+	case schema.OpComputed:
+		if n.rel != nil {
+			out = append(out, n.rel)
+		}
+	case schema.OpArrow, schema.OpArrowAll:
+		// The arrow evaluates its target on the object of every tupleset
+		// subject, whatever the subject's relation or wildcard.
+		if ts := n.tuplesetRel; ts != nil {
+			types := slices.Clone(ts.wildcards)
+			for _, k := range ts.kinds {
+				types = append(types, sym(k))
+			}
+			for _, t := range types {
+				if int(t) < len(n.targets) && n.targets[t] != nil {
+					out = append(out, n.targets[t])
+				}
+			}
+		}
+	}
+	for _, c := range n.children {
+		out = p.rewriteDeps(c, out)
+	}
+	return out
 }
 
 func (p *plan) compileRewrite(idx *index, tp *typePlan, rw *schema.Rewrite) (*node, error) {
@@ -171,6 +283,7 @@ func (p *plan) compileRewrite(idx *index, tp *typePlan, rw *schema.Rewrite) (*no
 	case schema.OpArrow, schema.OpArrowAll:
 		if ts := tp.rels[rw.Tupleset]; ts != nil {
 			n.tupleset = ts.table
+			n.tuplesetRel = ts
 		}
 		n.targets = make([]*relPlan, len(p.byType))
 		for _, target := range p.types {
