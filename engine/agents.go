@@ -155,10 +155,10 @@ func containsMember(path []chainMember, m chainMember) bool {
 // every link's caveat.
 func (c *checker) checkDelegated(s *checkSpec, obj oid) (CheckResult, error) {
 	req := s.req
-	c.suppliedFor = req
+	c.setSupplied(req)
 	agent := chainMember{tp: s.subType, typ: s.subType.sym, id: s.t.id, obj: req.Subject.Object()}
 	chains, failure, err := c.resolveChains(agent, c.maxChain)
-	c.supplied, c.suppliedFor = nil, nil
+	c.setSupplied(nil)
 	if err != nil {
 		return CheckResult{}, err
 	}

@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mandate-authz/mandate/store"
@@ -71,6 +72,8 @@ type edgeExtra struct {
 type edgeCaveat struct {
 	name    string
 	context map[string]any
+	// memo caches the converted context and decided outcomes (caveat.go).
+	memo atomic.Pointer[caveatMemo]
 }
 
 // relTable holds the edges of one relation of one type, by object.

@@ -76,7 +76,7 @@ func (e *Engine) LookupResources(ctx context.Context, req LookupResourcesRequest
 	if err != nil {
 		return nil, 0, err
 	}
-	c.ctx = req.Context
+	c.setContext(req.Context)
 	c.useMemo = true
 
 	extra := ""
@@ -136,7 +136,7 @@ func (e *Engine) LookupSubjects(ctx context.Context, req LookupSubjectsRequest) 
 	if err != nil {
 		return nil, 0, err
 	}
-	c.ctx = req.Context
+	c.setContext(req.Context)
 	obj, ok := s.resType.table.lookup(req.Resource.ID)
 	if !ok {
 		obj = unseenResource

@@ -1,7 +1,6 @@
 package schema
 
 import (
-	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -9,6 +8,8 @@ import (
 
 	"github.com/authzed/cel-go/cel"
 	celtypes "github.com/authzed/cel-go/common/types"
+	"github.com/authzed/cel-go/common/types/ref"
+	"github.com/authzed/cel-go/interpreter"
 	"github.com/authzed/spicedb/pkg/caveats"
 	caveattypes "github.com/authzed/spicedb/pkg/caveats/types"
 	core "github.com/authzed/spicedb/pkg/proto/core/v1"
@@ -22,10 +23,18 @@ type Caveat struct {
 	Params map[string]string
 
 	paramTypes map[string]*core.CaveatTypeReference
-	// env and program are built once: SpiceDB's caveats.EvaluateCaveat plans
-	// a new CEL program on every call, which dominated caveated checks.
+	// vars are the decoded parameter types; names the parameters in order,
+	// index their positions.
+	vars  map[string]caveattypes.VariableType
+	names []string
+	index map[string]int
+	// env and the programs are built once: SpiceDB's caveats.EvaluateCaveat
+	// plans a new CEL program on every call, which dominated caveated checks.
+	// partial tracks unknowns, for when some parameter is missing; exact is
+	// the cheaper plain evaluation, for when every parameter is known.
 	env     *cel.Env
-	program cel.Program
+	partial cel.Program
+	exact   cel.Program
 }
 
 // Outcome is a three-valued truth: the result of a caveat, a check, or any
@@ -82,16 +91,29 @@ func newCaveat(cd *core.CaveatDefinition) (*Caveat, error) {
 	}
 	// Partial evaluation with state tracking reports the parameters whose
 	// absence leaves the caveat undecided, as SpiceDB's evaluation does.
-	program, err := env.Program(cel.CheckedExprToAst(decoded.GetCel()), cel.EvalOptions(cel.OptTrackState, cel.OptPartialEval))
+	ast := cel.CheckedExprToAst(decoded.GetCel())
+	partial, err := env.Program(ast, cel.EvalOptions(cel.OptTrackState, cel.OptPartialEval))
 	if err != nil {
 		return nil, err
 	}
-	c := &Caveat{Name: cd.Name, Params: make(map[string]string, len(vars)), paramTypes: cd.ParameterTypes, env: env, program: program}
+	exact, err := env.Program(ast)
+	if err != nil {
+		return nil, err
+	}
+	c := &Caveat{Name: cd.Name, Params: make(map[string]string, len(vars)), paramTypes: cd.ParameterTypes,
+		vars: vars, index: make(map[string]int, len(vars)), env: env, partial: partial, exact: exact}
 	for name, ref := range cd.ParameterTypes {
 		c.Params[name] = caveats.ParameterTypeString(ref)
 	}
+	c.names = slices.Sorted(maps.Keys(vars))
+	for i, n := range c.names {
+		c.index[n] = i
+	}
 	return c, nil
 }
+
+// ParamNames lists the declared parameters, sorted.
+func (c *Caveat) ParamNames() []string { return c.names }
 
 // HasParam reports whether the caveat declares a parameter.
 func (c *Caveat) HasParam(name string) bool {
@@ -103,16 +125,87 @@ func (c *Caveat) HasParam(name string) bool {
 // parameter types, ignoring keys the caveat does not declare. The error names
 // the parameter and the expected type.
 func (c *Caveat) ConvertContext(ctx map[string]any) (map[string]any, error) {
-	ctx = normalizeInts(ctx)
-	out, err := caveats.ConvertContextToParameters(caveattypes.Default.TypeSet, ctx, c.paramTypes, caveats.SkipUnknownParameters)
-	if err != nil {
-		var pe caveats.ParameterConversionError
-		if errors.As(err, &pe) {
-			return nil, fmt.Errorf("caveat %q: parameter %q: expected %s: %w", c.Name, pe.ParameterName(), c.Params[pe.ParameterName()], err)
-		}
-		return nil, fmt.Errorf("caveat %q: %w", c.Name, err)
+	conv := c.Convert(ctx)
+	if conv == nil {
+		return nil, nil
+	}
+	if err := conv.firstErr(); err != nil {
+		return nil, err
+	}
+	out := make(map[string]any, len(conv.vals))
+	for k, v := range conv.vals {
+		out[k] = v.v
 	}
 	return out, nil
+}
+
+// Converted is a context converted to a caveat's parameter types once, so
+// that evaluating it again (a relationship's context on every check) costs
+// no conversion. A value that failed to convert keeps its error, reported
+// only if evaluation uses that value: a key another context overrides is
+// never an error, as with a merged context.
+type Converted struct {
+	vals map[string]convertedValue
+}
+
+type convertedValue struct {
+	v   any
+	err error
+}
+
+// Has reports whether the context sets parameter name.
+func (cv *Converted) Has(name string) bool {
+	if cv == nil {
+		return false
+	}
+	_, ok := cv.vals[name]
+	return ok
+}
+
+func (cv *Converted) lookup(name string) (convertedValue, bool) {
+	if cv == nil {
+		return convertedValue{}, false
+	}
+	v, ok := cv.vals[name]
+	return v, ok
+}
+
+// firstErr returns the error of the first parameter, in name order, that
+// failed to convert.
+func (cv *Converted) firstErr() error {
+	if cv == nil {
+		return nil
+	}
+	var first string
+	var err error
+	for k, v := range cv.vals {
+		if v.err != nil && (err == nil || k < first) {
+			first, err = k, v.err
+		}
+	}
+	return err
+}
+
+// Convert converts ctx to the caveat's parameter types, dropping keys the
+// caveat does not declare. A nil result stands for an empty context.
+func (c *Caveat) Convert(ctx map[string]any) *Converted {
+	if len(ctx) == 0 {
+		return nil
+	}
+	ctx = normalizeInts(ctx)
+	out := &Converted{vals: make(map[string]convertedValue, len(ctx))}
+	for k, v := range ctx {
+		vt, ok := c.vars[k]
+		if !ok {
+			continue
+		}
+		conv, err := vt.ConvertValue(v)
+		if err != nil {
+			err = fmt.Errorf("caveat %q: parameter %q: expected %s: could not convert context parameter `%s`: %w", c.Name, k, c.Params[k], k, err)
+		}
+		out.vals[k] = convertedValue{v: conv, err: err}
+	}
+	return out
 }
 
 // ValidateContext checks that every key written on a relationship is a
@@ -149,48 +242,91 @@ func (c *Caveat) paramList() string {
 // when non-nil, is set last and cannot be overridden by either: it carries the
 // parameters the engine itself provides.
 func (c *Caveat) Evaluate(requestCtx, relationshipCtx, supplied map[string]any) (CaveatResult, error) {
-	merged := requestCtx
-	if len(relationshipCtx) > 0 || len(supplied) > 0 {
-		merged = make(map[string]any, len(requestCtx)+len(relationshipCtx)+len(supplied))
-		maps.Copy(merged, requestCtx)
-		maps.Copy(merged, relationshipCtx)
-		for k, v := range supplied {
-			if c.HasParam(k) {
-				merged[k] = v
-			}
+	return c.EvaluateConverted(c.Convert(requestCtx), c.Convert(relationshipCtx), c.Convert(supplied))
+}
+
+// EvaluateConverted is Evaluate on contexts already converted by Convert;
+// any of them may be nil.
+func (c *Caveat) EvaluateConverted(request, relationship, supplied *Converted) (CaveatResult, error) {
+	act := &activation{c: c, vals: make([]convertedValue, len(c.names)), set: make([]bool, len(c.names))}
+	var missing []string
+	for i, name := range c.names {
+		v, ok := supplied.lookup(name)
+		if !ok {
+			v, ok = relationship.lookup(name)
 		}
+		if !ok {
+			v, ok = request.lookup(name)
+		}
+		if !ok {
+			missing = append(missing, name)
+			continue
+		}
+		if v.err != nil {
+			return CaveatResult{}, v.err
+		}
+		act.vals[i], act.set[i] = v, true
 	}
-	params, err := c.ConvertContext(merged)
-	if err != nil {
-		return CaveatResult{}, err
+	if len(missing) == 0 {
+		val, _, err := c.exact.Eval(act)
+		if err != nil {
+			return CaveatResult{}, fmt.Errorf("evaluating caveat %q: %w", c.Name, err)
+		}
+		return truth(val), nil
 	}
 	// Parameters not supplied are unknowns, so that the result is partial.
-	activation, err := c.env.PartialVars(params)
+	patterns := make([]*interpreter.AttributePattern, len(missing))
+	for i, name := range missing {
+		patterns[i] = cel.AttributePattern(name)
+	}
+	partial, err := cel.PartialVars(act, patterns...)
 	if err != nil {
 		return CaveatResult{}, fmt.Errorf("evaluating caveat %q: %w", c.Name, err)
 	}
-	val, _, err := c.program.Eval(activation)
+	val, _, err := c.partial.Eval(partial)
 	if err != nil {
 		return CaveatResult{}, fmt.Errorf("evaluating caveat %q: %w", c.Name, err)
 	}
 	if unknown, ok := val.(*celtypes.Unknown); ok {
-		var missing []string
+		var names []string
 		for _, id := range unknown.IDs() {
 			trails, _ := unknown.GetAttributeTrails(id)
 			for _, t := range trails {
-				missing = append(missing, t.String())
+				names = append(names, t.String())
 			}
 		}
 		// CEL reports a variable once per use; a parameter is missing once.
-		sort.Strings(missing)
-		missing = slices.Compact(missing)
-		return CaveatResult{Outcome: Unknown, Missing: missing}, nil
+		sort.Strings(names)
+		names = slices.Compact(names)
+		return CaveatResult{Outcome: Unknown, Missing: names}, nil
 	}
-	if b, ok := val.Value().(bool); ok && b {
-		return CaveatResult{Outcome: True}, nil
-	}
-	return CaveatResult{Outcome: False}, nil
+	return truth(val), nil
 }
+
+func truth(val ref.Val) CaveatResult {
+	if b, ok := val.Value().(bool); ok && b {
+		return CaveatResult{Outcome: True}
+	}
+	return CaveatResult{Outcome: False}
+}
+
+// activation resolves the caveat's parameters from values already chosen,
+// without building a merged map.
+type activation struct {
+	c    *Caveat
+	vals []convertedValue
+	set  []bool
+}
+
+func (a *activation) ResolveName(name string) (any, bool) {
+	i, ok := a.c.index[name]
+	if !ok || !a.set[i] {
+		return nil, false
+	}
+	return a.vals[i].v, true
+}
+
+func (a *activation) Parent() interpreter.Activation { return nil }
 
 // normalizeInts turns Go integer values into the JSON number form (float64)
 // that SpiceDB's parameter conversion accepts for int, uint and double

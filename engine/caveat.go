@@ -1,0 +1,178 @@
+package engine
+
+import (
+	"fmt"
+
+	"github.com/mandate-authz/mandate/schema"
+)
+
+// Caveat evaluation is the costliest step of a caveated check, and agents
+// meet one on every delegation link. Three things keep it off the hot path:
+// a relationship's context is converted to the caveat's parameter types once
+// and kept on the edge; a request's context once per request and caveat; and
+// when every parameter is set by the relationship or by the engine (action,
+// resource_type, resource_id), the outcome cannot depend on the caller, so it
+// is kept on the edge too, keyed by the engine-supplied values.
+
+// caveatMemo is what an edge's caveat has cached for one compiled caveat.
+// It is immutable once published; a new one replaces it.
+type caveatMemo struct {
+	cv  *schema.Caveat
+	rel *schema.Converted
+	// closed: the relationship sets every parameter. closedSupplied: the
+	// relationship and the engine-supplied parameters set every one.
+	closed, closedSupplied bool
+	outcomes               []fixedOutcome
+}
+
+// fixedOutcome is a decided outcome for the engine-supplied values it was
+// evaluated with (all empty when the caveat declares none of them or none
+// was supplied).
+type fixedOutcome struct {
+	key suppliedKey
+	out outcome
+}
+
+type suppliedKey struct {
+	supplied                         bool
+	action, resourceType, resourceID string
+}
+
+// maxFixedOutcomes bounds the outcomes kept per edge: a caveat reading
+// resource_id would otherwise keep one per resource.
+const maxFixedOutcomes = 16
+
+// suppliedParams are the parameters the engine sets on acts_for links.
+var suppliedParams = [...]string{ParamAction, ParamResourceType, ParamResourceID}
+
+func newCaveatMemo(cv *schema.Caveat, x *edgeCaveat) *caveatMemo {
+	m := &caveatMemo{cv: cv, rel: cv.Convert(x.context), closed: true, closedSupplied: true}
+	for _, name := range cv.ParamNames() {
+		if m.rel.Has(name) {
+			continue
+		}
+		m.closed = false
+		if !isSuppliedParam(name) {
+			m.closedSupplied = false
+		}
+	}
+	return m
+}
+
+func isSuppliedParam(name string) bool {
+	for _, p := range suppliedParams {
+		if p == name {
+			return true
+		}
+	}
+	return false
+}
+
+// key returns the engine-supplied values the caveat reads, and whether the
+// outcome is fixed by them and the relationship alone.
+func (m *caveatMemo) key(req *CheckRequest) (suppliedKey, bool) {
+	if req == nil {
+		return suppliedKey{}, m.closed
+	}
+	k := suppliedKey{supplied: true}
+	if m.cv.HasParam(ParamAction) {
+		k.action = req.Permission
+	}
+	if m.cv.HasParam(ParamResourceType) {
+		k.resourceType = req.Resource.Type
+	}
+	if m.cv.HasParam(ParamResourceID) {
+		k.resourceID = req.Resource.ID
+	}
+	return k, m.closedSupplied
+}
+
+func (m *caveatMemo) find(k suppliedKey) (outcome, bool) {
+	for i := range m.outcomes {
+		if m.outcomes[i].key == k {
+			return m.outcomes[i].out, true
+		}
+	}
+	return outcome{}, false
+}
+
+// with returns a copy of m that also holds k's outcome, or nil when m is full.
+func (m *caveatMemo) with(k suppliedKey, o outcome) *caveatMemo {
+	if len(m.outcomes) >= maxFixedOutcomes {
+		return nil
+	}
+	n := *m
+	n.outcomes = append(append(make([]fixedOutcome, 0, len(m.outcomes)+1), m.outcomes...), fixedOutcome{key: k, out: o})
+	return &n
+}
+
+// convEntry is a context converted for one caveat.
+type convEntry struct {
+	cv   *schema.Caveat
+	conv *schema.Converted
+}
+
+// convertedFor returns ctx converted for cv, converting it on first use in
+// the cache the caller resets whenever ctx changes.
+func convertedFor(cache *[]convEntry, cv *schema.Caveat, ctx map[string]any) *schema.Converted {
+	if len(ctx) == 0 {
+		return nil
+	}
+	for _, e := range *cache {
+		if e.cv == cv {
+			return e.conv
+		}
+	}
+	conv := cv.Convert(ctx)
+	*cache = append(*cache, convEntry{cv: cv, conv: conv})
+	return conv
+}
+
+// caveat evaluates an edge's caveat; an uncaveated edge is true.
+func (c *checker) caveat(e *edge) (outcome, error) {
+	if e.extra == 0 {
+		return outTrue, nil
+	}
+	x := c.idx.extras[e.extra].caveat
+	if x == nil {
+		return outTrue, nil
+	}
+	cv := c.pl.sch.Caveats[x.name]
+	if cv == nil {
+		return outFalse, fmt.Errorf("caveat %q is not defined in the schema", x.name)
+	}
+	m := x.memo.Load()
+	if m == nil || m.cv != cv {
+		m = newCaveatMemo(cv, x)
+		x.memo.Store(m)
+	}
+	key, fixed := m.key(c.suppliedFor)
+	if fixed {
+		if o, ok := m.find(key); ok {
+			return o, nil
+		}
+	}
+	var supplied *schema.Converted
+	if c.suppliedFor != nil {
+		if c.supplied == nil {
+			c.supplied = map[string]any{
+				ParamAction:       c.suppliedFor.Permission,
+				ParamResourceType: c.suppliedFor.Resource.Type,
+				ParamResourceID:   c.suppliedFor.Resource.ID,
+			}
+		}
+		supplied = convertedFor(&c.suppliedConv, cv, c.supplied)
+	}
+	res, err := cv.EvaluateConverted(convertedFor(&c.ctxConv, cv, c.ctx), m.rel, supplied)
+	if err != nil {
+		return outFalse, fmt.Errorf("%w: %w", ErrInvalidContext, err)
+	}
+	o := outcome{v: res.Outcome, missing: res.Missing}
+	if fixed {
+		if n := m.with(key, o); n != nil {
+			// Losing a race to another evaluation only loses a cache entry.
+			x.memo.CompareAndSwap(m, n)
+		}
+	}
+	return o, nil
+}
