@@ -81,11 +81,16 @@ func (p *permissionService) CheckBulk(ctx context.Context, req *pb.CheckBulkRequ
 		// Pin the revision so every item and the response token agree.
 		rev = p.s.eng.Head()
 	}
+	// The response's messages are allocated in three slices rather than
+	// three objects per item: at 100 items a call, allocation and the
+	// garbage collector's scanning were a large share of CheckBulk's cost.
 	pairs := make([]*pb.CheckBulkPair, len(items))
-	var reqs []engine.CheckRequest
-	var at []int
+	pairStore := make([]pb.CheckBulkPair, len(items))
+	reqs := make([]engine.CheckRequest, 0, len(items))
+	at := make([]int, 0, len(items))
 	for i, it := range items {
-		pairs[i] = &pb.CheckBulkPair{Request: it}
+		pairs[i] = &pairStore[i]
+		pairs[i].Request = it
 		// Field names are built only for an item that fails: building the
 		// "items[i]." prefix for every item was a measurable cost per check.
 		creq, err := checkFromProto("", it.GetResource(), it.GetPermission(), it.GetSubject(), it.GetContext(), it.GetOnBehalfOf())
@@ -101,6 +106,8 @@ func (p *permissionService) CheckBulk(ctx context.Context, req *pb.CheckBulkRequ
 	}
 	if len(reqs) > 0 {
 		results, errs := p.s.eng.CheckBulk(ctx, reqs)
+		itemStore := make([]pb.CheckBulkItemResult, len(reqs))
+		oneofStore := make([]pb.CheckBulkPair_Item, len(reqs))
 		for j, i := range at {
 			if errs[j] != nil {
 				pairs[i].Response = itemError(fmt.Errorf("items[%d]: %w", i, errs[j]))
@@ -108,11 +115,12 @@ func (p *permissionService) CheckBulk(ctx context.Context, req *pb.CheckBulkRequ
 			}
 			res := results[j]
 			p.s.metrics.decision(res.Decision)
-			pairs[i].Response = &pb.CheckBulkPair_Item{Item: &pb.CheckBulkItemResult{
-				Decision:          decisionToProto(res.Decision),
-				MissingParameters: res.Missing,
-				Delegation:        delegationToProto(res.Delegation),
-			}}
+			item := &itemStore[j]
+			item.Decision = decisionToProto(res.Decision)
+			item.MissingParameters = res.Missing
+			item.Delegation = delegationToProto(res.Delegation)
+			oneofStore[j].Item = item
+			pairs[i].Response = &oneofStore[j]
 		}
 	}
 	if err := ctx.Err(); err != nil {

@@ -277,6 +277,7 @@ func (s *Server) closeListeners() {
 func (s *Server) buildGRPC() error {
 	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(s.lim.MaxMessageBytes),
+		grpc.ForceServerCodecV2(newCodec()),
 		grpc.ChainUnaryInterceptor(s.unaryInterceptor, s.retentionUnary, s.auditUnary),
 		grpc.ChainStreamInterceptor(s.streamInterceptor, s.retentionStream, s.auditStream),
 	}
