@@ -50,6 +50,9 @@ func TestCaveatOutcomesAreCachedSafely(t *testing.T) {
 	fctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() { _ = e.Follow(fctx, st, nil) }()
+	if err := e.WaitForRevision(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
 	lines := []string{
 		`agent:a#acts_for@user:u[scope:{"allowed":["view"],"allowed_type":"doc"}]`,
 		`agent:b#acts_for@user:u[by_id:{"prefix":"pub"}]`,

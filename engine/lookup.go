@@ -116,8 +116,9 @@ func (e *Engine) LookupResources(ctx context.Context, req LookupResourcesRequest
 // have the permission on the resource, sorted by ID with a wildcard ("*")
 // first: those after req.After, at most req.Limit of them when it is
 // positive. When a wildcard grants the permission, the "*" result lists in
-// Excluded the known subjects it does not cover. Concrete subjects that hold
-// the permission are always listed themselves.
+// Excluded the known subjects it does not cover. A subject is listed by name
+// when a relationship names it on a path that grants the permission, as
+// SpiceDB lists it; one only a wildcard covers is in the "*" result alone.
 func (e *Engine) LookupSubjects(ctx context.Context, req LookupSubjectsRequest) ([]LookupResult, store.Revision, error) {
 	e.mu.RLock()
 	defer e.mu.RUnlock()
@@ -181,6 +182,10 @@ func (e *Engine) LookupSubjects(ctx context.Context, req LookupSubjectsRequest) 
 	if star != nil {
 		out = append(out, LookupResult{})
 	}
+	// Only a plain object of a type some relation accepts as `type:*` can
+	// hold the permission through a wildcard alone. Agents are listed by
+	// their delegated decision.
+	mayBeWildOnly := req.SubjectRelation == "" && p.wildcardTypes[req.SubjectType] && !s.subType.isAgent
 	// The wildcard's exclusions need every subject; otherwise the walk
 	// stops when the page is full.
 	full := func() bool { return req.Limit > 0 && len(out) >= req.Limit }
@@ -195,11 +200,21 @@ func (e *Engine) LookupSubjects(ctx context.Context, req LookupSubjectsRequest) 
 		if res, err = check(cand); err != nil {
 			return false
 		}
-		if res.Decision != Denied {
+		listed := res.Decision != Denied
+		if listed && mayBeWildOnly {
+			// Listed by name only when SpiceDB's set algebra names it, not
+			// when only a wildcard covers it (concrete.go).
+			var n named
+			if n, err = c.nameOf(s.perm, obj, s.t, 0, false); err != nil {
+				return false
+			}
+			listed = n.named.v != schema.False
+		}
+		if listed {
 			if !full() {
 				out = append(out, LookupResult{ID: cand.name, Decision: res.Decision, Missing: res.Missing})
 			}
-		} else if star != nil {
+		} else if star != nil && res.Decision == Denied {
 			star.Excluded = append(star.Excluded, LookupResult{ID: cand.name, Decision: Allowed})
 		}
 		// A subject that is only conditionally covered while the wildcard

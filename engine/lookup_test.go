@@ -36,6 +36,8 @@ func TestLookupPages(t *testing.T) {
 	for i := 0; i < 12; i++ {
 		lines = append(lines, fmt.Sprintf("doc:d%02d#folder@folder:public", i))
 		lines = append(lines, fmt.Sprintf("doc:d%02d#owner@user:u%02d", i, i))
+		// Subjects the wildcard covers are listed only when named.
+		lines = append(lines, fmt.Sprintf("doc:d00#viewer@user:v%02d", i))
 	}
 	e, err := engine.Load(ctx, docSchema, mustParse(t, lines...))
 	if err != nil {
@@ -120,5 +122,50 @@ func TestLookupResumeSkipsEarlierCandidates(t *testing.T) {
 	res, _, err = e.LookupSubjects(ctx, engine.LookupSubjectsRequest{Resource: docB, Permission: "view", SubjectType: "user", After: "a", Limit: 1})
 	if err != nil || !slices.Equal(renderLookup(res), []string{"b:allowed"}) {
 		t.Fatalf("resumed LookupSubjects: %v %v", renderLookup(res), err)
+	}
+}
+
+// TestLookupSubjectsNamesLikeSpiceDB checks which subjects LookupSubjects
+// names next to a wildcard: those a relationship names on a granting path,
+// never those only the wildcard covers (bob is a known user everywhere).
+func TestLookupSubjectsNamesLikeSpiceDB(t *testing.T) {
+	ctx := context.Background()
+	const sch = `definition user {}
+definition doc {
+	relation viewer: user | user:*
+	relation editor: user | user:*
+	relation banned: user
+	permission view = viewer
+	permission both = viewer & editor
+	permission blocked = editor - banned
+	permission open = viewer - blocked
+}`
+	e, err := engine.Load(ctx, sch, mustParse(t,
+		"doc:1#viewer@user:*", "doc:1#viewer@user:ann",
+		"doc:2#viewer@user:*", "doc:2#editor@user:ann",
+		"doc:3#viewer@user:*", "doc:3#editor@user:*", "doc:3#banned@user:sam",
+		"doc:9#viewer@user:bob",
+	))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		doc, perm string
+		want      []string
+	}{
+		{"1", "view", []string{"*:allowed", "ann:allowed"}},
+		// The wildcard of one side keeps the named subjects of the other.
+		{"2", "both", []string{"ann:allowed"}},
+		// {*} - {* - sam} = {sam}.
+		{"3", "open", []string{"sam:allowed"}},
+		{"3", "blocked", []string{"*:allowed -sam:allowed"}},
+	} {
+		res, _, err := e.LookupSubjects(ctx, engine.LookupSubjectsRequest{Resource: rel.Object{Type: "doc", ID: tt.doc}, Permission: tt.perm, SubjectType: "user"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := renderLookup(res); !slices.Equal(got, tt.want) {
+			t.Errorf("doc:%s#%s: got %v, want %v", tt.doc, tt.perm, got, tt.want)
+		}
 	}
 }

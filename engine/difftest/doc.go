@@ -17,7 +17,8 @@
 // conditional), LookupResources sets with their conditional flags, and
 // LookupSubjects as effective membership over the case's subjects (a
 // wildcard result, minus its exclusions, stands for every subject of the
-// type), each sometimes with a request context.
+// type) and as the exact set of subjects it names next to the wildcard,
+// each sometimes with a request context.
 //
 // Where the oracle falls short, and what the harness does about it:
 //

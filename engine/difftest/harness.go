@@ -62,7 +62,12 @@ func (d *Disagreement) class() string {
 	if d.Query.Kind == QueryCheck {
 		return fmt.Sprintf("%s%s: spicedb=%s got=%s", d.Query.Kind, ctx, d.Want.Outcome, d.Got.Outcome)
 	}
-	k := d.Want.Diff(d.Got)[0]
+	diff := d.Want.Diff(d.Got)
+	if len(diff) == 0 {
+		// Same memberships, differently named.
+		return fmt.Sprintf("%s%s: names subjects differently", d.Query.Kind, ctx)
+	}
+	k := diff[0]
 	return fmt.Sprintf("%s%s: spicedb=%s got=%s", d.Query.Kind, ctx, d.Want.Set[k], d.Got.Set[k])
 }
 
@@ -399,6 +404,27 @@ func sameDisagreement(ctx context.Context, d *Disagreement, c *Case, q *Query, o
 		return nd, w.Outcome == d.Want.Outcome && g.Outcome == d.Got.Outcome
 	}
 	// For lookups, keep the first differing element and how it differs.
-	k := d.Want.Diff(d.Got)[0]
+	diff := d.Want.Diff(d.Got)
+	if len(diff) == 0 {
+		// Differently named: keep a name one side lists and the other not.
+		return nd, len(w.Diff(g)) == 0 && namingDiffers(d.Want.Named, d.Got.Named, w.Named, g.Named)
+	}
+	k := diff[0]
 	return nd, w.Set[k] != g.Set[k] && w.Set[k] == d.Want.Set[k] && g.Set[k] == d.Got.Set[k]
+}
+
+// namingDiffers reports whether the first name that spicedb lists and the
+// tested system not (or the reverse) in the original still differs so.
+func namingDiffers(want, got, nowWant, nowGot []string) bool {
+	for _, n := range want {
+		if !slices.Contains(got, n) {
+			return slices.Contains(nowWant, n) && !slices.Contains(nowGot, n)
+		}
+	}
+	for _, n := range got {
+		if !slices.Contains(want, n) {
+			return slices.Contains(nowGot, n) && !slices.Contains(nowWant, n)
+		}
+	}
+	return false
 }

@@ -74,11 +74,15 @@ type Answer struct {
 	// expanded and exclusions applied), plus "*" for the wildcard itself.
 	// Absent keys mean No.
 	Set map[string]Outcome
+	// Named lists, for LookupSubjects, the subjects the result names
+	// (sorted, without "*"): SpiceDB names a subject a relationship reaches,
+	// and leaves one only a wildcard covers to the "*" result.
+	Named []string
 }
 
 // Equal reports whether two answers to the same query agree.
 func (a Answer) Equal(b Answer) bool {
-	if a.Outcome != b.Outcome || len(a.Set) != len(b.Set) {
+	if a.Outcome != b.Outcome || len(a.Set) != len(b.Set) || !slices.Equal(a.Named, b.Named) {
 		return false
 	}
 	for k, v := range a.Set {
@@ -98,7 +102,11 @@ func (a Answer) String() string {
 	for i, k := range keys {
 		parts[i] = k + ":" + a.Set[k].String()
 	}
-	return "{" + strings.Join(parts, " ") + "}"
+	out := "{" + strings.Join(parts, " ") + "}"
+	if a.Named != nil {
+		out += " named [" + strings.Join(a.Named, " ") + "]"
+	}
+	return out
 }
 
 // Diff lists, for lookups, the keys on which two answers differ.
@@ -144,9 +152,22 @@ func Ask(ctx context.Context, s System, q Query, pool []string) (Answer, error) 
 		if err != nil {
 			return Answer{}, err
 		}
-		return Answer{Set: Effective(found, pool)}, nil
+		return Answer{Set: Effective(found, pool), Named: namedIn(found)}, nil
 	}
 	return Answer{}, fmt.Errorf("unknown query kind %d", q.Kind)
+}
+
+// namedIn lists the subjects LookupSubjects results name with a non-No
+// outcome, sorted, never nil.
+func namedIn(found []FoundSubject) []string {
+	out := []string{}
+	for _, f := range found {
+		if f.ID != rel.Wildcard && f.Outcome != No && !slices.Contains(out, f.ID) {
+			out = append(out, f.ID)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // Effective computes each pool subject's membership from LookupSubjects
