@@ -285,6 +285,30 @@ func (c *checker) objectName(tp *typePlan, obj oid) string {
 	return "(unseen)"
 }
 
+// edgeRun is the OR of the caveats of the live edges to subject (kind, id):
+// several versions of one relationship may be live with different caveats
+// and expirations.
+func (c *checker) edgeRun(edges []edge, kind uint64, id oid) (outcome, error) {
+	result := outFalse
+	for i := find(edges, kind, id); i < len(edges); i++ {
+		e := &edges[i]
+		if e.kind != kind || e.subjID != id {
+			break
+		}
+		if !c.live(e) {
+			continue
+		}
+		o, err := c.caveat(e)
+		if err != nil {
+			return outFalse, err
+		}
+		if result = or(result, o); result.v == schema.True {
+			break
+		}
+	}
+	return result, nil
+}
+
 // direct evaluates a stored relation: the subject itself, a wildcard of its
 // type, or a userset that contains it.
 func (c *checker) direct(rp *relPlan, obj oid, t target, depth int) (outcome, error) {
@@ -297,41 +321,23 @@ func (c *checker) direct(rp *relPlan, obj oid, t target, depth int) (outcome, er
 	kind := subjectKind(t.rel, t.typ)
 	// A wildcard subject (user:*) is found among the wildcard edges.
 	if t.id != unknownID && (slices.Contains(rp.kinds, kind) || t.id == wildcardID && t.rel == noSym && slices.Contains(rp.wildcards, t.typ)) {
-		for i := find(edges, kind, t.id); i < len(edges); i++ {
-			e := &edges[i]
-			if e.kind != kind || e.subjID != t.id {
-				break
-			}
-			if !c.live(e) {
-				continue
-			}
-			o, err := c.caveat(e)
-			if err != nil {
-				return outFalse, err
-			}
-			if result = or(result, o); result.v == schema.True {
-				return result, nil
-			}
+		o, err := c.edgeRun(edges, kind, t.id)
+		if err != nil {
+			return outFalse, err
+		}
+		if result = or(result, o); result.v == schema.True {
+			return result, nil
 		}
 	}
 	// Wildcard of the subject's type, for subjects that are objects.
 	if t.rel == noSym && t.id != wildcardID && slices.Contains(rp.wildcards, t.typ) {
 		// kind is the plain kind of the subject's type here.
-		for i := find(edges, kind, wildcardID); i < len(edges); i++ {
-			e := &edges[i]
-			if e.kind != kind || e.subjID != wildcardID {
-				break
-			}
-			if !c.live(e) {
-				continue
-			}
-			o, err := c.caveat(e)
-			if err != nil {
-				return outFalse, err
-			}
-			if result = or(result, o); result.v == schema.True {
-				return result, nil
-			}
+		o, err := c.edgeRun(edges, kind, wildcardID)
+		if err != nil {
+			return outFalse, err
+		}
+		if result = or(result, o); result.v == schema.True {
+			return result, nil
 		}
 	}
 	// Usersets: edges whose subject carries a relation, sorted last.

@@ -72,36 +72,15 @@ func (c *checker) nameDirect(rp *relPlan, obj oid, t target, depth int, needWild
 	edges := rp.table.edges(obj)
 	res := notNamed
 	kind := subjectKind(t.rel, t.typ)
+	var err error
 	if t.id != unknownID && t.id != wildcardID && slices.Contains(rp.kinds, kind) {
-		for i := find(edges, kind, t.id); i < len(edges); i++ {
-			e := &edges[i]
-			if e.kind != kind || e.subjID != t.id {
-				break
-			}
-			if !c.live(e) {
-				continue
-			}
-			o, err := c.caveat(e)
-			if err != nil {
-				return notNamed, err
-			}
-			res.named = or(res.named, o)
+		if res.named, err = c.edgeRun(edges, kind, t.id); err != nil {
+			return notNamed, err
 		}
 	}
 	if t.rel == noSym && slices.Contains(rp.wildcards, t.typ) {
-		for i := find(edges, kind, wildcardID); i < len(edges); i++ {
-			e := &edges[i]
-			if e.kind != kind || e.subjID != wildcardID {
-				break
-			}
-			if !c.live(e) {
-				continue
-			}
-			o, err := c.caveat(e)
-			if err != nil {
-				return notNamed, err
-			}
-			res.wild = or(res.wild, o)
+		if res.wild, err = c.edgeRun(edges, kind, wildcardID); err != nil {
+			return notNamed, err
 		}
 	}
 	if res.done(needWild) || !rp.usersets || !slices.Contains(rp.usersetReach, kind) {
