@@ -7,8 +7,6 @@ import (
 	v1 "github.com/authzed/authzed-go/proto/authzed/api/v1"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/structpb"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/mandate-authz/mandate/engine"
 	"github.com/mandate-authz/mandate/schema"
@@ -65,16 +63,7 @@ func relationshipFromV1(field string, r *v1.Relationship) (rel.Relationship, err
 	if c := r.GetOptionalCaveat(); c != nil {
 		out.Caveat = &rel.Caveat{Name: c.GetCaveatName(), Context: contextFromProto(c.GetContext())}
 	}
-	if ts := r.GetOptionalExpiresAt(); ts != nil {
-		if err := ts.CheckValid(); err != nil {
-			return rel.Relationship{}, invalid(field+".optional_expires_at", "%v", err)
-		}
-		out.Expiration = ts.AsTime().UTC()
-	}
-	if err := out.Validate(); err != nil {
-		return rel.Relationship{}, invalid(field, "%v", err)
-	}
-	return out, nil
+	return completeRelationship(field, out, r.GetOptionalExpiresAt())
 }
 
 func relationshipToV1(r rel.Relationship) (*v1.Relationship, error) {
@@ -84,19 +73,13 @@ func relationshipToV1(r rel.Relationship) (*v1.Relationship, error) {
 		Subject:  subjectToV1(r.Subject),
 	}
 	if r.Caveat != nil {
-		c := &v1.ContextualizedCaveat{CaveatName: r.Caveat.Name}
-		if len(r.Caveat.Context) > 0 {
-			ctx, err := structpb.NewStruct(r.Caveat.Context)
-			if err != nil {
-				return nil, status.Errorf(codes.Internal, "relationship %s: caveat context: %v", r.Key(), err)
-			}
-			c.Context = ctx
+		ctx, err := caveatContextToProto(r)
+		if err != nil {
+			return nil, err
 		}
-		out.OptionalCaveat = c
+		out.OptionalCaveat = &v1.ContextualizedCaveat{CaveatName: r.Caveat.Name, Context: ctx}
 	}
-	if !r.Expiration.IsZero() {
-		out.OptionalExpiresAt = timestamppb.New(r.Expiration)
-	}
+	out.OptionalExpiresAt = expirationToProto(r)
 	return out, nil
 }
 

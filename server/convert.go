@@ -76,16 +76,43 @@ func relationshipFromProto(field string, r *pb.Relationship) (rel.Relationship, 
 	if c := r.GetOptionalCaveat(); c != nil {
 		out.Caveat = &rel.Caveat{Name: c.GetCaveatName(), Context: contextFromProto(c.GetContext())}
 	}
-	if ts := r.GetOptionalExpiresAt(); ts != nil {
-		if err := ts.CheckValid(); err != nil {
+	return completeRelationship(field, out, r.GetOptionalExpiresAt())
+}
+
+// completeRelationship sets the expiration both APIs carry the same way and
+// validates the relationship.
+func completeRelationship(field string, out rel.Relationship, expires *timestamppb.Timestamp) (rel.Relationship, error) {
+	if expires != nil {
+		if err := expires.CheckValid(); err != nil {
 			return rel.Relationship{}, invalid(field+".optional_expires_at", "%v", err)
 		}
-		out.Expiration = ts.AsTime().UTC()
+		out.Expiration = expires.AsTime().UTC()
 	}
 	if err := out.Validate(); err != nil {
 		return rel.Relationship{}, invalid(field, "%v", err)
 	}
 	return out, nil
+}
+
+// caveatContextToProto converts a relationship's caveat context; nil when
+// it has none.
+func caveatContextToProto(r rel.Relationship) (*structpb.Struct, error) {
+	if len(r.Caveat.Context) == 0 {
+		return nil, nil
+	}
+	ctx, err := structpb.NewStruct(r.Caveat.Context)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "relationship %s: caveat context: %v", r.Key(), err)
+	}
+	return ctx, nil
+}
+
+// expirationToProto converts a relationship's expiration; nil for none.
+func expirationToProto(r rel.Relationship) *timestamppb.Timestamp {
+	if r.Expiration.IsZero() {
+		return nil
+	}
+	return timestamppb.New(r.Expiration)
 }
 
 func relationshipToProto(r rel.Relationship) (*pb.Relationship, error) {
@@ -95,19 +122,13 @@ func relationshipToProto(r rel.Relationship) (*pb.Relationship, error) {
 		Subject:  subjectToProto(r.Subject),
 	}
 	if r.Caveat != nil {
-		c := &pb.ContextualizedCaveat{CaveatName: r.Caveat.Name}
-		if len(r.Caveat.Context) > 0 {
-			ctx, err := structpb.NewStruct(r.Caveat.Context)
-			if err != nil {
-				return nil, status.Errorf(codes.Internal, "relationship %s: caveat context: %v", r.Key(), err)
-			}
-			c.Context = ctx
+		ctx, err := caveatContextToProto(r)
+		if err != nil {
+			return nil, err
 		}
-		out.OptionalCaveat = c
+		out.OptionalCaveat = &pb.ContextualizedCaveat{CaveatName: r.Caveat.Name, Context: ctx}
 	}
-	if !r.Expiration.IsZero() {
-		out.OptionalExpiresAt = timestamppb.New(r.Expiration)
-	}
+	out.OptionalExpiresAt = expirationToProto(r)
 	return out, nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	pb "github.com/mandate-authz/mandate/proto/mandate/v1"
 )
@@ -16,11 +17,44 @@ const (
 	exitConditional = 3
 )
 
+// questionOptions are the flags of the commands that ask about a subject.
+type questionOptions struct {
+	conn       clientOptions
+	cons       consistencyOptions
+	context    string
+	onBehalfOf string
+}
+
+// question is what the SUBJECT argument and those flags put in a request.
+type question struct {
+	subject     *pb.SubjectReference
+	context     *structpb.Struct
+	onBehalfOf  *pb.ObjectReference
+	consistency *pb.Consistency
+}
+
+func (o *questionOptions) parse(subjectArg string) (question, error) {
+	var q question
+	var err error
+	if q.subject, err = parseSubject("SUBJECT argument", subjectArg); err != nil {
+		return question{}, err
+	}
+	if q.context, err = parseContext(o.context); err != nil {
+		return question{}, err
+	}
+	if o.onBehalfOf != "" {
+		if q.onBehalfOf, err = parseObject("--on-behalf-of", o.onBehalfOf); err != nil {
+			return question{}, err
+		}
+	}
+	if q.consistency, err = o.cons.consistency(); err != nil {
+		return question{}, err
+	}
+	return q, nil
+}
+
 type checkOptions struct {
-	conn         clientOptions
-	cons         consistencyOptions
-	context      string
-	onBehalfOf   string
+	questionOptions
 	explain      bool
 	failOnDenied bool
 }
@@ -65,20 +99,11 @@ func runCheck(cmd *cobra.Command, o *checkOptions, args []string) error {
 	if req.Resource, req.Permission, err = parseResourcePermission("RESOURCE#PERMISSION argument", args[0]); err != nil {
 		return err
 	}
-	if req.Subject, err = parseSubject("SUBJECT argument", args[1]); err != nil {
+	q, err := o.parse(args[1])
+	if err != nil {
 		return err
 	}
-	if req.Context, err = parseContext(o.context); err != nil {
-		return err
-	}
-	if o.onBehalfOf != "" {
-		if req.OnBehalfOf, err = parseObject("--on-behalf-of", o.onBehalfOf); err != nil {
-			return err
-		}
-	}
-	if req.Consistency, err = o.cons.consistency(); err != nil {
-		return err
-	}
+	req.Subject, req.Context, req.OnBehalfOf, req.Consistency = q.subject, q.context, q.onBehalfOf, q.consistency
 	c, ctx, cancel, err := connect(cmd, &o.conn)
 	if err != nil {
 		return err
@@ -150,11 +175,8 @@ func printDelegation(w io.Writer, d *pb.DelegationExplanation) {
 }
 
 type lookupOptions struct {
-	conn       clientOptions
-	cons       consistencyOptions
-	context    string
-	onBehalfOf string
-	relation   string
+	questionOptions
+	relation string
 }
 
 func newLookupResourcesCommand() *cobra.Command {
@@ -171,22 +193,12 @@ has PERMISSION; a conditional result is followed by the caveat parameters it lac
 			if !ok || typ == "" || perm == "" || strings.Contains(typ, ":") {
 				return fmt.Errorf("TYPE#PERMISSION argument %q: expected a type and a permission such as doc#view", args[0])
 			}
-			req := &pb.LookupResourcesRequest{ResourceObjectType: typ, Permission: perm}
-			var err error
-			if req.Subject, err = parseSubject("SUBJECT argument", args[1]); err != nil {
+			q, err := o.parse(args[1])
+			if err != nil {
 				return err
 			}
-			if req.Context, err = parseContext(o.context); err != nil {
-				return err
-			}
-			if o.onBehalfOf != "" {
-				if req.OnBehalfOf, err = parseObject("--on-behalf-of", o.onBehalfOf); err != nil {
-					return err
-				}
-			}
-			if req.Consistency, err = o.cons.consistency(); err != nil {
-				return err
-			}
+			req := &pb.LookupResourcesRequest{ResourceObjectType: typ, Permission: perm,
+				Subject: q.subject, Context: q.context, OnBehalfOf: q.onBehalfOf, Consistency: q.consistency}
 			c, ctx, cancel, err := connect(cmd, &o.conn)
 			if err != nil {
 				return err
