@@ -403,18 +403,29 @@ func (m *mandateGRPC) LookupResources(ctx context.Context, subject rel.Object) (
 		return nil, err
 	}
 	var ids []string
-	for {
-		resp, err := stream.Recv()
-		if err == io.EOF {
-			return ids, nil
-		}
-		if err != nil {
-			return nil, err
-		}
+	err = drain(stream.Recv, func(resp *pb.LookupResourcesResponse) error {
 		if resp.GetDecision() != pb.Decision_DECISION_ALLOWED {
-			return nil, fmt.Errorf("lookup result %s is %s", resp.GetResourceObjectId(), resp.GetDecision())
+			return fmt.Errorf("lookup result %s is %s", resp.GetResourceObjectId(), resp.GetDecision())
 		}
 		ids = append(ids, resp.GetResourceObjectId())
+		return nil
+	})
+	return ids, err
+}
+
+// drain calls each for every message of a server stream until it ends.
+func drain[T any](recv func() (T, error), each func(T) error) error {
+	for {
+		msg, err := recv()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if err := each(msg); err != nil {
+			return err
+		}
 	}
 }
 

@@ -297,19 +297,14 @@ func (s *spiceDB) LookupResources(ctx context.Context, subject rel.Object) ([]st
 		return nil, err
 	}
 	var ids []string
-	for {
-		resp, err := stream.Recv()
-		if err == io.EOF {
-			return ids, nil
-		}
-		if err != nil {
-			return nil, err
-		}
+	err = drain(stream.Recv, func(resp *v1.LookupResourcesResponse) error {
 		if resp.GetPermissionship() != v1.LookupPermissionship_LOOKUP_PERMISSIONSHIP_HAS_PERMISSION {
-			return nil, fmt.Errorf("lookup result %s is %s", resp.GetResourceObjectId(), resp.GetPermissionship())
+			return fmt.Errorf("lookup result %s is %s", resp.GetResourceObjectId(), resp.GetPermissionship())
 		}
 		ids = append(ids, resp.GetResourceObjectId())
-	}
+		return nil
+	})
+	return ids, err
 }
 
 func (s *spiceDB) Write(ctx context.Context, r rel.Relationship) error {
