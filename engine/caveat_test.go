@@ -3,6 +3,7 @@ package engine_test
 import (
 	"context"
 	"fmt"
+	"sync"
 	"testing"
 
 	"github.com/mandate-authz/mandate/engine"
@@ -109,20 +110,46 @@ func TestCaveatOutcomesAreCachedSafely(t *testing.T) {
 			check{fmt.Sprintf("doc:pub%d", i), "view", "agent:b", nil, after, engine.Allowed},
 			check{fmt.Sprintf("doc:priv%d", i), "view", "agent:b", nil, after, engine.Denied})
 	}
+	run := func(round int, c check) error {
+		req := engine.CheckRequest{Resource: mustObject(t, c.resource), Permission: c.permission,
+			Subject: subject(t, c.subject), Context: c.context, Revision: c.rev}
+		res, err := e.Check(ctx, req)
+		if err != nil {
+			return fmt.Errorf("%+v: %w", c, err)
+		}
+		if res.Decision != c.want {
+			return fmt.Errorf("round %d: %s#%s@%s context %v at revision %d: got %v, want %v", round, c.resource, c.permission, c.subject, c.context, c.rev, res.Decision, c.want)
+		}
+		return nil
+	}
 	for round := 0; round < 3; round++ {
 		for _, c := range checks {
 			for range 3 {
-				req := engine.CheckRequest{Resource: mustObject(t, c.resource), Permission: c.permission,
-					Subject: subject(t, c.subject), Context: c.context, Revision: c.rev}
-				res, err := e.Check(ctx, req)
-				if err != nil {
-					t.Fatalf("%+v: %v", c, err)
-				}
-				if res.Decision != c.want {
-					t.Fatalf("round %d: %s#%s@%s context %v at revision %d: got %v, want %v", round, c.resource, c.permission, c.subject, c.context, c.rev, res.Decision, c.want)
+				if err := run(round, c); err != nil {
+					t.Fatal(err)
 				}
 			}
 		}
+	}
+	// Concurrent checks race to publish cache entries; run with -race.
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	for g := 0; g < 4; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range checks {
+				if err := run(3+g, checks[(i*(g+3))%len(checks)]); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
 	}
 }
 
