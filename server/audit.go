@@ -164,6 +164,28 @@ func (s *Server) auditUnary(ctx context.Context, req any, info *grpc.UnaryServer
 	return resp, err
 }
 
+// auditRefused records a call refused before its handler ran (a missing or
+// wrong preshared key): failed attempts are what a security team watches
+// for. The events carry the refusal's code; an audit failure is logged, the
+// call being refused either way.
+func (s *Server) auditRefused(ctx context.Context, method string, build func(*auditCall) []*audit.Event, err error) {
+	if s.cfg.Audit == nil {
+		return
+	}
+	a := auditCall{s: s, meta: s.auditMetaOf(ctx), err: err}
+	if isAuthzed(method) {
+		a.obo = v1OnBehalfOf(ctx)
+	}
+	c, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.lim.RequestTimeout)
+	defer cancel()
+	for _, ev := range build(&a) {
+		if rerr := s.cfg.Audit.Record(c, ev); rerr != nil {
+			s.log.Error("a refused call was not audited", "method", method, "request_id", ev.RequestID, "error", rerr)
+			return
+		}
+	}
+}
+
 // recordAll records a call's events. Reads fail when the trail refuses
 // them; mutations wait up to the request timeout past the client's
 // cancellation, since their effect is already done.

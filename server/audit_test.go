@@ -121,13 +121,7 @@ func TestAuditCheckEvents(t *testing.T) {
 	if ev := one(t, rec.take()); ev.Decision != audit.Error || ev.Code != "InvalidArgument" || !strings.Contains(ev.Error, "ghost") {
 		t.Errorf("failed check: %+v", ev)
 	}
-	// An unauthenticated call reaches no handler and is not audited here.
-	if _, err := pb.NewPermissionServiceClient(ts.dial("wrong")).Check(ts.ctx(), &pb.CheckRequest{}); err == nil {
-		t.Fatal("wrong key accepted")
-	}
-	if evs := rec.take(); len(evs) != 0 {
-		t.Errorf("unauthenticated call audited: %+v", evs)
-	}
+	// Refused calls are audited too: TestAuditRefusedCalls.
 
 	// CheckBulk: one event per item, one request ID.
 	bulk, err := ts.perm.CheckBulk(ts.ctx(), &pb.CheckBulkRequest{Items: []*pb.CheckBulkRequestItem{
@@ -401,4 +395,42 @@ func TestAuditAuthzedAPI(t *testing.T) {
 	// The chain is recorded once the handler hands it over
 	// (auditDelegation); until then the event has none.
 	t.Logf("authzed check chain: %+v", ev.Chain)
+}
+
+// TestAuditRefusedCalls checks that calls refused for a missing or wrong
+// preshared key are audited too, unary and streaming, over gRPC and REST,
+// with the refusal's code and what the caller asked.
+func TestAuditRefusedCalls(t *testing.T) {
+	ts, rec := startAudited(t)
+	ts.writeSchema(testSchema)
+	rec.take()
+	check := &pb.CheckRequest{Resource: &pb.ObjectReference{ObjectType: "doc", ObjectId: "1"}, Permission: "view",
+		Subject: &pb.SubjectReference{Object: &pb.ObjectReference{ObjectType: "user", ObjectId: "ann"}}}
+	for _, key := range []string{"", "not-the-key"} {
+		_, err := pb.NewPermissionServiceClient(ts.dial(key)).Check(ts.ctx(), check)
+		wantCode(t, err, codes.Unauthenticated, "")
+		ev := one(t, rec.take())
+		if ev.Operation != audit.OpCheck || ev.Code != codes.Unauthenticated.String() || ev.Decision != audit.Error ||
+			ev.Caller != "" || ev.Resource != "doc:1" || ev.Subject != "user:ann" || ev.Source == "" || ev.Transport != "grpc" {
+			t.Errorf("key %q: refused check audited as %+v", key, ev)
+		}
+	}
+	stream, err := pb.NewPermissionServiceClient(ts.dial("not-the-key")).LookupResources(ts.ctx(), &pb.LookupResourcesRequest{
+		ResourceObjectType: "doc", Permission: "view", Subject: check.Subject})
+	if err == nil {
+		_, err = stream.Recv()
+	}
+	wantCode(t, err, codes.Unauthenticated, "")
+	if ev := one(t, rec.take()); ev.Operation != audit.OpLookupResources || ev.Code != codes.Unauthenticated.String() {
+		t.Errorf("refused lookup audited as %+v", ev)
+	}
+	status, _ := ts.restCall("/v1/permissions/check", "not-the-key", map[string]any{
+		"resource": map[string]any{"objectType": "doc", "objectId": "1"}, "permission": "view",
+		"subject": map[string]any{"object": map[string]any{"objectType": "user", "objectId": "ann"}}})
+	if status != http.StatusUnauthorized {
+		t.Errorf("REST check with a wrong key: HTTP %d", status)
+	}
+	if ev := one(t, rec.take()); ev.Operation != audit.OpCheck || ev.Code != codes.Unauthenticated.String() || ev.Transport != "rest" || ev.Resource != "doc:1" {
+		t.Errorf("refused REST check audited as %+v", ev)
+	}
 }

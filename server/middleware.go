@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	pb "github.com/mandate-authz/mandate/proto/mandate/v1"
+	"github.com/mandate-authz/mandate/server/audit"
 )
 
 // longRunning methods are exempt from the request timeout: they last as long
@@ -91,6 +92,12 @@ func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.Unary
 	ctx, cancel, err := s.begin(ctx, info.FullMethod)
 	defer cancel()
 	if err != nil {
+		s.auditRefused(ctx, info.FullMethod, func(a *auditCall) []*audit.Event {
+			if build := unaryAuditors[info.FullMethod]; build != nil {
+				return build(a, req, nil)
+			}
+			return nil
+		}, err)
 		return nil, err
 	}
 	return handler(ctx, req)
@@ -111,6 +118,12 @@ func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.Str
 	ctx, cancel, err := s.begin(ctx, info.FullMethod)
 	defer cancel()
 	if err != nil {
+		s.auditRefused(ctx, info.FullMethod, func(a *auditCall) []*audit.Event {
+			if build := streamAuditors[info.FullMethod]; build != nil {
+				return []*audit.Event{build(a, &auditedStream{ServerStream: ss})}
+			}
+			return nil
+		}, err)
 		return err
 	}
 	return handler(srv, ctxStream{ServerStream: ss, ctx: ctx})
