@@ -47,6 +47,7 @@ func newRootCommand() *cobra.Command {
 	root.AddCommand(newExportCommand())
 	root.AddCommand(newWatchCommand())
 	root.AddCommand(newMigrateCommand())
+	root.AddCommand(newCompactCommand())
 	return root
 }
 

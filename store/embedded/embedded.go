@@ -132,7 +132,7 @@ func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 	// address space, not memory: it spares a growing store the remaps that
 	// would otherwise stall a large write and wait for every reader. The
 	// hashmap freelist stays fast when a large file's free pages fragment.
-	db, err := bolt.Open(path, 0o600, &bolt.Options{
+	db, err := openLocked(path, &bolt.Options{
 		Timeout:         opts.LockTimeout,
 		FreelistType:    bolt.FreelistMapType,
 		InitialMmapSize: 1 << 30,
@@ -158,6 +158,32 @@ func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 		go s.gcLoop(gcCtx)
 	}
 	return s, nil
+}
+
+// openLocked opens and locks the bbolt file at path. Compact may rename a
+// new file over the one this process is waiting to lock; the lock would
+// then be on a file nobody reads again, so when the path named another file
+// after the lock was taken than before, it opens the new one. (Compactions
+// make new files, so a path that names the same file before and after
+// named it throughout.)
+func openLocked(path string, opts *bolt.Options) (*bolt.DB, error) {
+	for {
+		before, statErr := os.Stat(path)
+		db, err := bolt.Open(path, 0o600, opts)
+		if err != nil {
+			return nil, err
+		}
+		after, err := os.Stat(path)
+		if err != nil {
+			db.Close()
+			return nil, err
+		}
+		if statErr == nil && !os.SameFile(before, after) {
+			db.Close()
+			continue
+		}
+		return db, nil
+	}
 }
 
 // init creates the buckets and identity of a new store, or checks those of
