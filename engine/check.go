@@ -130,8 +130,8 @@ type checker struct {
 	ctxConv      []convEntry
 	suppliedConv []convEntry
 	stack        []frame
-	// concStack is concrete's cycle detection (concrete.go).
-	concStack []frame
+	// namedStack is nameOf's cycle detection (named.go).
+	namedStack []frame
 
 	// memo holds subproblems solved for earlier items of the same call
 	// (CheckBulk, lookups); useMemo says whether the current item reads and
@@ -177,7 +177,7 @@ func (e *Engine) putChecker(c *checker) {
 	c.useMemo, c.group = false, 0
 	c.cuts, c.itemCuts, c.reach = 0, 0, 0
 	c.stack = c.stack[:0]
-	c.concStack = c.concStack[:0]
+	c.namedStack = c.namedStack[:0]
 	clear(c.pathBuf)
 	c.pathBuf = c.pathBuf[:0]
 	c.linkBuf = c.linkBuf[:0]

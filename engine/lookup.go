@@ -203,7 +203,7 @@ func (e *Engine) LookupSubjects(ctx context.Context, req LookupSubjectsRequest) 
 		listed := res.Decision != Denied
 		if listed && mayBeWildOnly {
 			// Listed by name only when SpiceDB's set algebra names it, not
-			// when only a wildcard covers it (concrete.go).
+			// when only a wildcard covers it (named.go).
 			var n named
 			if n, err = c.nameOf(s.perm, obj, s.t, 0, false); err != nil {
 				return false

@@ -51,11 +51,11 @@ func (c *checker) nameOf(rp *relPlan, obj oid, t target, depth int, needWild boo
 		return notNamed, fmt.Errorf("%w (%d) at %s:%s#%s", ErrMaxDepth, c.maxDepth, rp.typ.name, c.objectName(rp.typ, obj), rp.name)
 	}
 	f := frame{rp, obj}
-	if slices.Contains(c.concStack, f) {
+	if slices.Contains(c.namedStack, f) {
 		return notNamed, nil
 	}
-	c.concStack = append(c.concStack, f)
-	defer func() { c.concStack = c.concStack[:len(c.concStack)-1] }()
+	c.namedStack = append(c.namedStack, f)
+	defer func() { c.namedStack = c.namedStack[:len(c.namedStack)-1] }()
 	if rp.rewrite != nil {
 		return c.nameRewrite(rp.typ.sym, obj, rp.rewrite, t, depth, needWild)
 	}
