@@ -1,8 +1,11 @@
 package engine
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 
 	"github.com/mandate-authz/mandate/schema"
 	"github.com/mandate-authz/mandate/store"
@@ -101,6 +104,11 @@ func (x *expander) relation(obj rel.Object, relation string, depth int) (*Expand
 			usersets = append(usersets, r.Subject)
 		}
 	}
+	// In the order SpiceDB lists them (objects first, then usersets, each
+	// as its datastores return them: sorted), not in the order IDs were
+	// interned.
+	slices.SortFunc(leaf.Subjects, func(a, b rel.Relationship) int { return compareSubjects(a.Subject, b.Subject) })
+	slices.SortFunc(usersets, compareSubjects)
 	if !x.recursive || len(usersets) == 0 {
 		return leaf, nil
 	}
@@ -141,7 +149,10 @@ func (x *expander) rewrite(obj rel.Object, rp *relPlan, rw *schema.Rewrite, dept
 		if ts == nil || ts.table == nil || !seen {
 			return n, nil
 		}
-		edges := ts.table.edges(id)
+		edges := slices.Clone(ts.table.edges(id))
+		slices.SortFunc(edges, func(a, b edge) int {
+			return compareSubjects(subjectOf(idx, &a), subjectOf(idx, &b))
+		})
 		for i := range edges {
 			e := &edges[i]
 			if !x.c.live(e) {
@@ -169,4 +180,23 @@ func (x *expander) rewrite(obj rel.Object, rp *relPlan, rw *schema.Rewrite, dept
 		}}}, nil
 	}
 	return nil, fmt.Errorf("unknown rewrite operation %v", rw.Op)
+}
+
+// compareSubjects orders subjects as SpiceDB's expansion lists them: objects
+// before usersets, each by type, ID, then relation.
+func compareSubjects(a, b rel.Subject) int {
+	isUserset := func(s rel.Subject) int {
+		if s.Relation != "" {
+			return 1
+		}
+		return 0
+	}
+	return cmp.Or(cmp.Compare(isUserset(a), isUserset(b)),
+		strings.Compare(a.Type, b.Type), strings.Compare(a.ID, b.ID), strings.Compare(a.Relation, b.Relation))
+}
+
+// subjectOf names an edge's subject.
+func subjectOf(idx *index, e *edge) rel.Subject {
+	tt := idx.types[e.subjType()]
+	return rel.Subject{Type: tt.name, ID: tt.names[e.subjID], Relation: idx.relNames[e.subjRel()]}
 }

@@ -229,14 +229,20 @@ func partialCaveat(d engine.Decision, missing []string) *v1.PartialCaveatInfo {
 }
 
 // expandToV1 translates the engine's expansion tree into SpiceDB's.
-func expandToV1(n *engine.ExpandNode) *v1.PermissionRelationshipTree {
+// enclosing is the relation of the nearest ancestor that names one: SpiceDB
+// labels the operation and arrow nodes inside a permission with it.
+func expandToV1(n *engine.ExpandNode, enclosing string) *v1.PermissionRelationshipTree {
 	if n == nil {
 		return nil
 	}
 	out := &v1.PermissionRelationshipTree{}
+	relation := n.Relation
+	if relation == "" || strings.Contains(relation, "->") {
+		relation = enclosing
+	}
 	if n.Object.Type != "" {
 		out.ExpandedObject = &v1.ObjectReference{ObjectType: n.Object.Type, ObjectId: n.Object.ID}
-		out.ExpandedRelation = n.Relation
+		out.ExpandedRelation = relation
 	}
 	if n.Op == "leaf" {
 		leaf := &v1.DirectSubjectSet{}
@@ -255,7 +261,7 @@ func expandToV1(n *engine.ExpandNode) *v1.PermissionRelationshipTree {
 	}
 	set := &v1.AlgebraicSubjectSet{Operation: op}
 	for _, c := range n.Children {
-		set.Children = append(set.Children, expandToV1(c))
+		set.Children = append(set.Children, expandToV1(c, relation))
 	}
 	out.TreeType = &v1.PermissionRelationshipTree_Intermediate{Intermediate: set}
 	return out

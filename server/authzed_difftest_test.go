@@ -11,6 +11,7 @@ import (
 
 	v1 "github.com/authzed/authzed-go/proto/authzed/api/v1"
 	"github.com/authzed/authzed-go/v1"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -348,7 +349,7 @@ func bulkAnswers(t *testing.T, c *authzed.Client, items []*v1.CheckBulkPermissio
 // both for every check, through CheckBulkPermissions and CheckPermission.
 func TestAuthzedDifferentialSpiceDB(t *testing.T) {
 	const seedsPerCase = 3
-	total, lookups := 0, 0
+	total, lookups, expansions := 0, 0, 0
 	for ci, dc := range diffCases {
 		t.Run(dc.name, func(t *testing.T) {
 			ts := startServer(t, nil)
@@ -434,10 +435,40 @@ func TestAuthzedDifferentialSpiceDB(t *testing.T) {
 				}
 				total += len(items)
 				lookups += compareLookupSubjects(t, seed, mandate, spice, items)
+				expansions += compareExpand(t, seed, mandate, spice, items)
 			}
 		})
 	}
-	t.Logf("%d checks and %d LookupSubjects compared over %d schemas x %d seeded relationship sets", total, lookups, len(diffCases), seedsPerCase)
+	t.Logf("%d checks, %d LookupSubjects and %d ExpandPermissionTree compared over %d schemas x %d seeded relationship sets", total, lookups, expansions, len(diffCases), seedsPerCase)
+}
+
+// compareExpand asks both servers ExpandPermissionTree for every (resource,
+// permission) the checks name and requires the same tree: node labels,
+// operations, and leaf subjects in the same order. It returns how many
+// expansions it compared.
+func compareExpand(t *testing.T, seed int, mandate, spice *authzed.Client, items []*v1.CheckBulkPermissionsRequestItem) int {
+	t.Helper()
+	seen := map[string]bool{}
+	n := 0
+	for _, it := range items {
+		req := &v1.ExpandPermissionTreeRequest{Consistency: zfull, Resource: it.GetResource(), Permission: it.GetPermission()}
+		key := req.String()
+		if seen[key] {
+			continue
+		}
+		seen[key] = true
+		got, gerr := mandate.ExpandPermissionTree(t.Context(), req)
+		want, werr := spice.ExpandPermissionTree(t.Context(), req)
+		name := it.GetResource().GetObjectType() + ":" + it.GetResource().GetObjectId() + "#" + it.GetPermission()
+		switch {
+		case (gerr != nil) != (werr != nil):
+			t.Errorf("seed %d: ExpandPermissionTree %s: mandate error %v, spicedb error %v", seed, name, gerr, werr)
+		case gerr == nil && !proto.Equal(got.GetTreeRoot(), want.GetTreeRoot()):
+			t.Errorf("seed %d: ExpandPermissionTree %s differs:\n  mandate %v\n  spicedb %v", seed, name, got.GetTreeRoot(), want.GetTreeRoot())
+		}
+		n++
+	}
+	return n
 }
 
 // compareLookupSubjects asks both servers LookupSubjects for every

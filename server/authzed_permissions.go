@@ -304,5 +304,5 @@ func (p *authzedPermissions) ExpandPermissionTree(ctx context.Context, req *v1.E
 	if err != nil {
 		return nil, authzedStatus(err)
 	}
-	return &v1.ExpandPermissionTreeResponse{ExpandedAt: p.s.zedToken(rev), TreeRoot: expandToV1(tree)}, nil
+	return &v1.ExpandPermissionTreeResponse{ExpandedAt: p.s.zedToken(rev), TreeRoot: expandToV1(tree, "")}, nil
 }
