@@ -349,7 +349,7 @@ func bulkAnswers(t *testing.T, c *authzed.Client, items []*v1.CheckBulkPermissio
 // both for every check, through CheckBulkPermissions and CheckPermission.
 func TestAuthzedDifferentialSpiceDB(t *testing.T) {
 	const seedsPerCase = 3
-	total, lookups, expansions := 0, 0, 0
+	total, lookups, expansions, resourceLookups := 0, 0, 0, 0
 	for ci, dc := range diffCases {
 		t.Run(dc.name, func(t *testing.T) {
 			ts := startServer(t, nil)
@@ -436,10 +436,79 @@ func TestAuthzedDifferentialSpiceDB(t *testing.T) {
 				total += len(items)
 				lookups += compareLookupSubjects(t, seed, mandate, spice, items)
 				expansions += compareExpand(t, seed, mandate, spice, items)
+				resourceLookups += compareLookupResources(t, seed, mandate, spice, items)
 			}
 		})
 	}
-	t.Logf("%d checks, %d LookupSubjects and %d ExpandPermissionTree compared over %d schemas x %d seeded relationship sets", total, lookups, expansions, len(diffCases), seedsPerCase)
+	t.Logf("%d checks, %d LookupResources, %d LookupSubjects and %d ExpandPermissionTree compared over %d schemas x %d seeded relationship sets",
+		total, resourceLookups, lookups, expansions, len(diffCases), seedsPerCase)
+}
+
+// compareLookupResources asks both servers LookupResources for every
+// (resource type, permission, subject, context) the checks name and
+// requires the same resources with the same permissionship and missing
+// context. It returns how many lookups it compared.
+func compareLookupResources(t *testing.T, seed int, mandate, spice *authzed.Client, items []*v1.CheckBulkPermissionsRequestItem) int {
+	t.Helper()
+	seen := map[string]bool{}
+	n := 0
+	for _, it := range items {
+		req := &v1.LookupResourcesRequest{Consistency: zfull, ResourceObjectType: it.GetResource().GetObjectType(),
+			Permission: it.GetPermission(), Subject: it.GetSubject(), Context: it.GetContext()}
+		key := req.String()
+		if seen[key] {
+			continue
+		}
+		seen[key] = true
+		got, want := lookupResourcesText(t, mandate, req), lookupResourcesText(t, spice, req)
+		if got != want {
+			t.Errorf("seed %d: LookupResources %s#%s for %s (context %v):\n  mandate %s\n  spicedb %s", seed,
+				req.GetResourceObjectType(), req.GetPermission(), req.GetSubject().GetObject().GetObjectType()+":"+req.GetSubject().GetObject().GetObjectId()+"#"+req.GetSubject().GetOptionalRelation(), req.GetContext().AsMap(), got, want)
+		}
+		n++
+	}
+	return n
+}
+
+func lookupResourcesText(t *testing.T, c *authzed.Client, req *v1.LookupResourcesRequest) string {
+	t.Helper()
+	stream, err := c.LookupResources(t.Context(), req)
+	if err != nil {
+		t.Fatalf("LookupResources: %v", err)
+	}
+	// SpiceDB may return a resource once per path that reaches it (its
+	// documentation allows duplicates): a resource's answer is its best one,
+	// and a conditional answer lacks what any of its paths lacks.
+	best := map[string]*v1.LookupResourcesResponse{}
+	for {
+		resp, err := stream.Recv()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("LookupResources: %v", err)
+		}
+		id := resp.GetResourceObjectId()
+		prev := best[id]
+		switch {
+		case prev == nil || resp.GetPermissionship() == v1.LookupPermissionship_LOOKUP_PERMISSIONSHIP_HAS_PERMISSION:
+			best[id] = resp
+		case prev.GetPermissionship() == v1.LookupPermissionship_LOOKUP_PERMISSIONSHIP_CONDITIONAL_PERMISSION:
+			missing := append(slices.Clone(prev.GetPartialCaveatInfo().GetMissingRequiredContext()), resp.GetPartialCaveatInfo().GetMissingRequiredContext()...)
+			slices.Sort(missing)
+			prev.PartialCaveatInfo = &v1.PartialCaveatInfo{MissingRequiredContext: slices.Compact(missing)}
+		}
+	}
+	var out []string
+	for id, resp := range best {
+		s := id + ":" + resp.GetPermissionship().String()
+		if m := sorted(resp.GetPartialCaveatInfo().GetMissingRequiredContext()); len(m) > 0 {
+			s += fmt.Sprint(m)
+		}
+		out = append(out, s)
+	}
+	slices.Sort(out)
+	return "[" + strings.Join(out, " ") + "]"
 }
 
 // compareExpand asks both servers ExpandPermissionTree for every (resource,
