@@ -349,7 +349,7 @@ func bulkAnswers(t *testing.T, c *authzed.Client, items []*v1.CheckBulkPermissio
 // both for every check, through CheckBulkPermissions and CheckPermission.
 func TestAuthzedDifferentialSpiceDB(t *testing.T) {
 	const seedsPerCase = 3
-	total, lookups, expansions, resourceLookups := 0, 0, 0, 0
+	total, lookups, expansions, resourceLookups, reads := 0, 0, 0, 0, 0
 	for ci, dc := range diffCases {
 		t.Run(dc.name, func(t *testing.T) {
 			ts := startServer(t, nil)
@@ -437,11 +437,70 @@ func TestAuthzedDifferentialSpiceDB(t *testing.T) {
 				lookups += compareLookupSubjects(t, seed, mandate, spice, items)
 				expansions += compareExpand(t, seed, mandate, spice, items)
 				resourceLookups += compareLookupResources(t, seed, mandate, spice, items)
+				reads += compareReads(t, seed, dc.schema, mandate, spice, items)
 			}
 		})
 	}
-	t.Logf("%d checks, %d LookupResources, %d LookupSubjects and %d ExpandPermissionTree compared over %d schemas x %d seeded relationship sets",
-		total, resourceLookups, lookups, expansions, len(diffCases), seedsPerCase)
+	t.Logf("%d checks, %d LookupResources, %d LookupSubjects, %d ExpandPermissionTree and %d ReadRelationships compared over %d schemas x %d seeded relationship sets",
+		total, resourceLookups, lookups, expansions, reads, len(diffCases), seedsPerCase)
+}
+
+// compareReads reads every resource type's relationships from both servers,
+// unfiltered and filtered by each subject the checks name, and requires the
+// same relationships (caveats, contexts and expirations included). It
+// returns how many reads it compared.
+func compareReads(t *testing.T, seed int, schemaText string, mandate, spice *authzed.Client, items []*v1.CheckBulkPermissionsRequestItem) int {
+	t.Helper()
+	var filters []*v1.RelationshipFilter
+	for _, typ := range []string{"doc", "folder", "group", "team"} {
+		if !strings.Contains(schemaText, "definition "+typ+" ") {
+			continue
+		}
+		filters = append(filters, &v1.RelationshipFilter{ResourceType: typ})
+		seen := map[string]bool{}
+		for _, it := range items {
+			sub := it.GetSubject()
+			f := &v1.RelationshipFilter{ResourceType: typ, OptionalSubjectFilter: &v1.SubjectFilter{
+				SubjectType: sub.GetObject().GetObjectType(), OptionalSubjectId: sub.GetObject().GetObjectId()}}
+			if seen[f.String()] {
+				continue
+			}
+			seen[f.String()] = true
+			filters = append(filters, f)
+		}
+	}
+	for _, f := range filters {
+		got, want := readText(t, mandate, f), readText(t, spice, f)
+		if got != want {
+			t.Errorf("seed %d: ReadRelationships %v:\n  mandate %s\n  spicedb %s", seed, f, got, want)
+		}
+	}
+	return len(filters)
+}
+
+func readText(t *testing.T, c *authzed.Client, f *v1.RelationshipFilter) string {
+	t.Helper()
+	stream, err := c.ReadRelationships(t.Context(), &v1.ReadRelationshipsRequest{Consistency: zfull, RelationshipFilter: f})
+	if err != nil {
+		t.Fatalf("ReadRelationships: %v", err)
+	}
+	var out []string
+	for {
+		resp, err := stream.Recv()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("ReadRelationships: %v", err)
+		}
+		s := zrelText(resp.GetRelationship())
+		if e := resp.GetRelationship().GetOptionalExpiresAt(); e != nil {
+			s += "[expires " + e.AsTime().UTC().Format(time.RFC3339Nano) + "]"
+		}
+		out = append(out, s)
+	}
+	slices.Sort(out)
+	return "[" + strings.Join(out, " ") + "]"
 }
 
 // compareLookupResources asks both servers LookupResources for every
