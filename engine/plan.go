@@ -192,6 +192,10 @@ func (p *plan) computeReach() {
 			}
 			if rp.rewrite != nil {
 				deps[rp] = p.rewriteDeps(rp.rewrite, nil)
+				if usesSelf(rp.rewrite) {
+					// `self` holds for the object itself as a plain subject.
+					rp.reach, _ = add(rp.reach, subjectKind(noSym, tp.sym))
+				}
 			} else {
 				deps[rp] = p.usersetDeps(rp)
 			}
@@ -220,6 +224,11 @@ func (p *plan) computeReach() {
 			}
 		}
 	}
+}
+
+// usesSelf reports whether a rewrite contains `self`.
+func usesSelf(n *node) bool {
+	return n.op == schema.OpSelf || slices.ContainsFunc(n.children, usesSelf)
 }
 
 // usersetDeps lists the relations a relation's userset subjects evaluate.
