@@ -1030,7 +1030,10 @@ func (x *LookupSubjectsRequest) GetOptionalCursor() *Cursor {
 }
 
 // LookupSubjectsResponse is one subject found. A wildcard subject ("*")
-// lists the subjects it does not cover.
+// lists the subjects it does not cover. As in SpiceDB, a subject is named
+// in its own response only when a relationship names it on a path that
+// grants the permission; one only the wildcard covers is in the "*"
+// response alone.
 type LookupSubjectsResponse struct {
 	state             protoimpl.MessageState `protogen:"open.v1"`
 	LookedUpAt        *RevisionToken         `protobuf:"bytes,1,opt,name=looked_up_at,json=lookedUpAt,proto3" json:"looked_up_at,omitempty"`
