@@ -42,9 +42,6 @@ type suppliedKey struct {
 // resource_id would otherwise keep one per resource.
 const maxFixedOutcomes = 16
 
-// suppliedParams are the parameters the engine sets on acts_for links.
-var suppliedParams = [...]string{ParamAction, ParamResourceType, ParamResourceID}
-
 func newCaveatMemo(cv *schema.Caveat, x *edgeCaveat) *caveatMemo {
 	m := &caveatMemo{cv: cv, rel: cv.Convert(x.context), closed: true, closedSupplied: true}
 	for _, name := range cv.ParamNames() {
@@ -59,11 +56,12 @@ func newCaveatMemo(cv *schema.Caveat, x *edgeCaveat) *caveatMemo {
 	return m
 }
 
+// isSuppliedParam reports whether the engine sets parameter name on
+// acts_for links.
 func isSuppliedParam(name string) bool {
-	for _, p := range suppliedParams {
-		if p == name {
-			return true
-		}
+	switch name {
+	case ParamAction, ParamResourceType, ParamResourceID:
+		return true
 	}
 	return false
 }
