@@ -2,7 +2,6 @@ package server_test
 
 import (
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -485,14 +484,7 @@ func readText(t *testing.T, c *authzed.Client, f *v1.RelationshipFilter) string 
 		t.Fatalf("ReadRelationships: %v", err)
 	}
 	var out []string
-	for {
-		resp, err := stream.Recv()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatalf("ReadRelationships: %v", err)
-		}
+	for _, resp := range recvAll(t, stream) {
 		s := zrelText(resp.GetRelationship())
 		if e := resp.GetRelationship().GetOptionalExpiresAt(); e != nil {
 			s += "[expires " + e.AsTime().UTC().Format(time.RFC3339Nano) + "]"
@@ -509,24 +501,16 @@ func readText(t *testing.T, c *authzed.Client, f *v1.RelationshipFilter) string 
 // context. It returns how many lookups it compared.
 func compareLookupResources(t *testing.T, seed int, mandate, spice *authzed.Client, items []*v1.CheckBulkPermissionsRequestItem) int {
 	t.Helper()
-	seen := map[string]bool{}
-	n := 0
-	for _, it := range items {
-		req := &v1.LookupResourcesRequest{Consistency: zfull, ResourceObjectType: it.GetResource().GetObjectType(),
-			Permission: it.GetPermission(), Subject: it.GetSubject(), Context: it.GetContext()}
-		key := req.String()
-		if seen[key] {
-			continue
-		}
-		seen[key] = true
+	return forEachDistinct(items, func(it *v1.CheckBulkPermissionsRequestItem) (*v1.LookupResourcesRequest, bool) {
+		return &v1.LookupResourcesRequest{Consistency: zfull, ResourceObjectType: it.GetResource().GetObjectType(),
+			Permission: it.GetPermission(), Subject: it.GetSubject(), Context: it.GetContext()}, true
+	}, func(req *v1.LookupResourcesRequest) {
 		got, want := lookupResourcesText(t, mandate, req), lookupResourcesText(t, spice, req)
 		if got != want {
 			t.Errorf("seed %d: LookupResources %s#%s for %s (context %v):\n  mandate %s\n  spicedb %s", seed,
 				req.GetResourceObjectType(), req.GetPermission(), req.GetSubject().GetObject().GetObjectType()+":"+req.GetSubject().GetObject().GetObjectId()+"#"+req.GetSubject().GetOptionalRelation(), req.GetContext().AsMap(), got, want)
 		}
-		n++
-	}
-	return n
+	})
 }
 
 func lookupResourcesText(t *testing.T, c *authzed.Client, req *v1.LookupResourcesRequest) string {
@@ -539,14 +523,7 @@ func lookupResourcesText(t *testing.T, c *authzed.Client, req *v1.LookupResource
 	// documentation allows duplicates): a resource's answer is its best one,
 	// and a conditional answer lacks what any of its paths lacks.
 	best := map[string]*v1.LookupResourcesResponse{}
-	for {
-		resp, err := stream.Recv()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatalf("LookupResources: %v", err)
-		}
+	for _, resp := range recvAll(t, stream) {
 		id := resp.GetResourceObjectId()
 		prev := best[id]
 		switch {
@@ -576,27 +553,19 @@ func lookupResourcesText(t *testing.T, c *authzed.Client, req *v1.LookupResource
 // expansions it compared.
 func compareExpand(t *testing.T, seed int, mandate, spice *authzed.Client, items []*v1.CheckBulkPermissionsRequestItem) int {
 	t.Helper()
-	seen := map[string]bool{}
-	n := 0
-	for _, it := range items {
-		req := &v1.ExpandPermissionTreeRequest{Consistency: zfull, Resource: it.GetResource(), Permission: it.GetPermission()}
-		key := req.String()
-		if seen[key] {
-			continue
-		}
-		seen[key] = true
+	return forEachDistinct(items, func(it *v1.CheckBulkPermissionsRequestItem) (*v1.ExpandPermissionTreeRequest, bool) {
+		return &v1.ExpandPermissionTreeRequest{Consistency: zfull, Resource: it.GetResource(), Permission: it.GetPermission()}, true
+	}, func(req *v1.ExpandPermissionTreeRequest) {
 		got, gerr := mandate.ExpandPermissionTree(t.Context(), req)
 		want, werr := spice.ExpandPermissionTree(t.Context(), req)
-		name := it.GetResource().GetObjectType() + ":" + it.GetResource().GetObjectId() + "#" + it.GetPermission()
+		name := req.GetResource().GetObjectType() + ":" + req.GetResource().GetObjectId() + "#" + req.GetPermission()
 		switch {
 		case (gerr != nil) != (werr != nil):
 			t.Errorf("seed %d: ExpandPermissionTree %s: mandate error %v, spicedb error %v", seed, name, gerr, werr)
 		case gerr == nil && !proto.Equal(got.GetTreeRoot(), want.GetTreeRoot()):
 			t.Errorf("seed %d: ExpandPermissionTree %s differs:\n  mandate %v\n  spicedb %v", seed, name, got.GetTreeRoot(), want.GetTreeRoot())
 		}
-		n++
-	}
-	return n
+	})
 }
 
 // compareLookupSubjects asks both servers LookupSubjects for every
@@ -606,27 +575,32 @@ func compareExpand(t *testing.T, seed int, mandate, spice *authzed.Client, items
 // many lookups it compared.
 func compareLookupSubjects(t *testing.T, seed int, mandate, spice *authzed.Client, items []*v1.CheckBulkPermissionsRequestItem) int {
 	t.Helper()
-	seen := map[string]bool{}
-	n := 0
-	for _, it := range items {
-		if it.GetSubject().GetOptionalRelation() != "" {
-			continue
-		}
-		req := &v1.LookupSubjectsRequest{Consistency: zfull, Resource: it.GetResource(), Permission: it.GetPermission(),
-			SubjectObjectType: it.GetSubject().GetObject().GetObjectType(), Context: it.GetContext()}
-		key := req.String()
-		if seen[key] {
-			continue
-		}
-		seen[key] = true
+	return forEachDistinct(items, func(it *v1.CheckBulkPermissionsRequestItem) (*v1.LookupSubjectsRequest, bool) {
+		return &v1.LookupSubjectsRequest{Consistency: zfull, Resource: it.GetResource(), Permission: it.GetPermission(),
+			SubjectObjectType: it.GetSubject().GetObject().GetObjectType(), Context: it.GetContext()}, it.GetSubject().GetOptionalRelation() == ""
+	}, func(req *v1.LookupSubjectsRequest) {
 		got, want := lookupSubjectsText(t, mandate, req), lookupSubjectsText(t, spice, req)
 		if got != want {
 			t.Errorf("seed %d: LookupSubjects %s#%s for %s (context %v):\n  mandate %s\n  spicedb %s", seed,
 				req.GetResource().GetObjectType()+":"+req.GetResource().GetObjectId(), req.GetPermission(), req.GetSubjectObjectType(), req.GetContext().AsMap(), got, want)
 		}
-		n++
+	})
+}
+
+// forEachDistinct builds a request from each item (skipping those build
+// declines), calls compare once per distinct request, and returns how many
+// it compared.
+func forEachDistinct[R interface{ String() string }](items []*v1.CheckBulkPermissionsRequestItem, build func(*v1.CheckBulkPermissionsRequestItem) (R, bool), compare func(R)) int {
+	seen := map[string]bool{}
+	for _, it := range items {
+		req, ok := build(it)
+		if !ok || seen[req.String()] {
+			continue
+		}
+		seen[req.String()] = true
+		compare(req)
 	}
-	return n
+	return len(seen)
 }
 
 // lookupSubjectsText renders a LookupSubjects answer canonically: each
@@ -645,14 +619,7 @@ func lookupSubjectsText(t *testing.T, c *authzed.Client, req *v1.LookupSubjectsR
 		return s
 	}
 	var out []string
-	for {
-		resp, err := stream.Recv()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatalf("LookupSubjects: %v", err)
-		}
+	for _, resp := range recvAll(t, stream) {
 		s := resolved(resp.GetSubject())
 		var excluded []string
 		for _, x := range resp.GetExcludedSubjects() {
