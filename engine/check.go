@@ -170,7 +170,7 @@ func (c *checker) nowMicros() int64 {
 }
 
 func (e *Engine) putChecker(c *checker) {
-	c.idx, c.pl, c.ctx, c.supplied, c.suppliedFor = nil, nil, nil, nil, nil
+	c.idx, c.pl = nil, nil
 	c.resetConverted()
 	c.req, c.now, c.nowSet = CheckRequest{}, 0, false
 	c.memo.reset()
@@ -199,6 +199,8 @@ func (c *checker) setSupplied(req *CheckRequest) {
 	c.suppliedConv = c.suppliedConv[:0]
 }
 
+// resetConverted clears the caveat context, the supplied parameters and
+// their conversions.
 func (c *checker) resetConverted() {
 	c.setContext(nil)
 	c.setSupplied(nil)

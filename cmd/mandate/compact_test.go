@@ -2,70 +2,21 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"regexp"
 	"strings"
 	"testing"
-	"time"
-
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/metadata"
 
 	pb "github.com/mandate-authz/mandate/proto/mandate/v1"
 )
-
-// startEmbeddedServe runs serve on the embedded store in dir until stop.
-func startEmbeddedServe(t *testing.T, dir string) (pb.PermissionServiceClient, pb.RelationshipServiceClient, pb.SchemaServiceClient, context.Context, func()) {
-	t.Helper()
-	const key = "compact-key-7d2c"
-	logs := &syncBuffer{}
-	root := newRootCommand()
-	root.SetArgs([]string{"serve", "--data-dir", dir, "--grpc-addr", "127.0.0.1:0", "--http-addr", "",
-		"--grpc-preshared-key", key, "--audit-sink", "none", "--grpc-shutdown-grace-period", "5s"})
-	root.SetOut(logs)
-	root.SetErr(logs)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- root.ExecuteContext(ctx) }()
-	serving := regexp.MustCompile(`msg=serving grpc=(\S+)`)
-	var addr string
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		if m := serving.FindStringSubmatch(logs.String()); m != nil {
-			addr = m[1]
-			break
-		}
-		if time.Now().After(deadline) {
-			cancel()
-			t.Fatalf("the server did not start; log:\n%s", logs.String())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	callCtx, callCancel := context.WithTimeout(context.Background(), 20*time.Second)
-	authed := metadata.AppendToOutgoingContext(callCtx, "authorization", "Bearer "+key)
-	stop := func() {
-		t.Helper()
-		conn.Close()
-		callCancel()
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-	}
-	return pb.NewPermissionServiceClient(conn), pb.NewRelationshipServiceClient(conn), pb.NewSchemaServiceClient(conn), authed, stop
-}
 
 // TestCompactCLI runs `mandate compact` on a served data directory: refused
 // while the server runs, then, with it stopped, it reports the sizes and
 // the restarted server answers as before.
 func TestCompactCLI(t *testing.T) {
 	dir := t.TempDir()
-	perm, rels, schemas, ctx, stop := startEmbeddedServe(t, dir)
-	if _, err := schemas.WriteSchema(ctx, &pb.WriteSchemaRequest{Schema: "definition user {}\ndefinition doc {\n relation viewer: user\n permission view = viewer\n}"}); err != nil {
+	srv := startServe(t, "--data-dir", dir)
+	ctx := srv.ctx
+	if _, err := pb.NewSchemaServiceClient(srv.conn).WriteSchema(ctx, &pb.WriteSchemaRequest{Schema: "definition user {}\ndefinition doc {\n relation viewer: user\n permission view = viewer\n}"}); err != nil {
 		t.Fatal(err)
 	}
 	var updates []*pb.RelationshipUpdate
@@ -76,7 +27,7 @@ func TestCompactCLI(t *testing.T) {
 			Subject:  &pb.SubjectReference{Object: &pb.ObjectReference{ObjectType: "user", ObjectId: "ann"}},
 		}})
 	}
-	if _, err := rels.WriteRelationships(ctx, &pb.WriteRelationshipsRequest{Updates: updates}); err != nil {
+	if _, err := pb.NewRelationshipServiceClient(srv.conn).WriteRelationships(ctx, &pb.WriteRelationshipsRequest{Updates: updates}); err != nil {
 		t.Fatal(err)
 	}
 	compact := func() (string, error) {
@@ -91,7 +42,7 @@ func TestCompactCLI(t *testing.T) {
 	if _, err := compact(); err == nil || !strings.Contains(err.Error(), "in use by another mandate process") {
 		t.Fatalf("compact while serving: %v, want the directory-in-use error", err)
 	}
-	stop()
+	srv.stop()
 
 	out, err := compact()
 	if err != nil {
@@ -101,9 +52,8 @@ func TestCompactCLI(t *testing.T) {
 		t.Fatalf("compact printed %q", out)
 	}
 
-	perm, _, _, ctx, stop = startEmbeddedServe(t, dir)
-	defer stop()
-	resp, err := perm.Check(ctx, &pb.CheckRequest{
+	srv = startServe(t, "--data-dir", dir)
+	resp, err := pb.NewPermissionServiceClient(srv.conn).Check(srv.ctx, &pb.CheckRequest{
 		Resource: updates[7].GetRelationship().GetResource(), Permission: "view",
 		Subject:     &pb.SubjectReference{Object: &pb.ObjectReference{ObjectType: "user", ObjectId: "ann"}},
 		Consistency: &pb.Consistency{Requirement: &pb.Consistency_FullyConsistent{FullyConsistent: true}},

@@ -19,7 +19,7 @@ import (
 	"github.com/mandate-authz/mandate/store/postgres/pgtest"
 )
 
-const pgServeKey = "pg-serve-key-3f9a"
+const serveKey = "serve-key-3f9a"
 
 const pgServeSchema = `definition user {}
 
@@ -29,22 +29,29 @@ definition doc {
 }
 `
 
-// pgServer is `mandate serve` over PostgreSQL, run in-process.
-type pgServer struct {
+// servedCLI is `mandate serve`, run in-process.
+type servedCLI struct {
 	conn *grpc.ClientConn
 	ctx  context.Context // carries the key
 	stop func()
 }
 
-// startPGServe runs serve over the database at uri and waits until it is
-// ready; stop shuts it down and checks it exited cleanly.
-func startPGServe(t *testing.T, uri string, extra ...string) *pgServer {
+// startPGServe runs serve over the database at uri (see startServe).
+func startPGServe(t *testing.T, uri string, extra ...string) *servedCLI {
+	t.Helper()
+	return startServe(t, append([]string{"--datastore-engine", "postgres", "--datastore-conn-uri", uri,
+		"--datastore-conn-pool-max-open", "4"}, extra...)...)
+}
+
+// startServe runs serve with the given flags (on gRPC only, with serveKey)
+// and waits until it is ready; stop shuts it down and checks it exited
+// cleanly.
+func startServe(t *testing.T, flags ...string) *servedCLI {
 	t.Helper()
 	logs := &syncBuffer{}
 	root := newRootCommand()
-	root.SetArgs(append([]string{"serve", "--datastore-engine", "postgres", "--datastore-conn-uri", uri,
-		"--datastore-conn-pool-max-open", "4", "--grpc-addr", "127.0.0.1:0", "--http-addr", "",
-		"--grpc-preshared-key", pgServeKey, "--audit-sink", "none", "--grpc-shutdown-grace-period", "5s"}, extra...))
+	root.SetArgs(append([]string{"serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "",
+		"--grpc-preshared-key", serveKey, "--audit-sink", "none", "--grpc-shutdown-grace-period", "5s"}, flags...))
 	root.SetOut(logs)
 	root.SetErr(logs)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -92,7 +99,7 @@ func startPGServe(t *testing.T, uri string, extra ...string) *pgServer {
 	t.Cleanup(func() { conn.Close() })
 	rctx, rcancel := context.WithTimeout(context.Background(), 60*time.Second)
 	t.Cleanup(rcancel)
-	authed := metadata.AppendToOutgoingContext(rctx, "authorization", "Bearer "+pgServeKey)
+	authed := metadata.AppendToOutgoingContext(rctx, "authorization", "Bearer "+serveKey)
 	for deadline := time.Now().Add(20 * time.Second); ; {
 		resp, err := healthpb.NewHealthClient(conn).Check(authed, &healthpb.HealthCheckRequest{})
 		if err == nil && resp.GetStatus() == healthpb.HealthCheckResponse_SERVING {
@@ -103,10 +110,10 @@ func startPGServe(t *testing.T, uri string, extra ...string) *pgServer {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	return &pgServer{conn: conn, ctx: authed, stop: stop}
+	return &servedCLI{conn: conn, ctx: authed, stop: stop}
 }
 
-func (s *pgServer) check(t *testing.T, token, doc, user string) pb.Decision {
+func (s *servedCLI) check(t *testing.T, token, doc, user string) pb.Decision {
 	t.Helper()
 	resp, err := pb.NewPermissionServiceClient(s.conn).Check(s.ctx, &pb.CheckRequest{
 		Consistency: &pb.Consistency{Requirement: &pb.Consistency_AtLeastAsFresh{AtLeastAsFresh: &pb.RevisionToken{Token: token}}},
@@ -120,7 +127,7 @@ func (s *pgServer) check(t *testing.T, token, doc, user string) pb.Decision {
 	return resp.GetDecision()
 }
 
-func (s *pgServer) count(t *testing.T, token string) int {
+func (s *servedCLI) count(t *testing.T, token string) int {
 	t.Helper()
 	stream, err := pb.NewRelationshipServiceClient(s.conn).ExportRelationships(s.ctx, &pb.ExportRelationshipsRequest{
 		Consistency: &pb.Consistency{Requirement: &pb.Consistency_AtLeastAsFresh{AtLeastAsFresh: &pb.RevisionToken{Token: token}}},
