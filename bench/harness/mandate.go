@@ -375,15 +375,22 @@ func (m *mandateGRPC) CheckBulk(ctx context.Context, cs []workload.Check) ([]boo
 	if err != nil {
 		return nil, err
 	}
-	if len(resp.GetPairs()) != len(cs) {
-		return nil, fmt.Errorf("%d answers to %d items", len(resp.GetPairs()), len(cs))
+	return bulkAnswers(cs, resp.GetPairs(), func(p *pb.CheckBulkPair) (bool, error) {
+		if e := p.GetError(); e != nil {
+			return false, errors.New(e.GetMessage())
+		}
+		return pbDecided(p.GetItem().GetDecision())
+	})
+}
+
+// bulkAnswers turns a bulk check's pairs into one answer per item.
+func bulkAnswers[P any](cs []workload.Check, pairs []P, answer func(P) (bool, error)) ([]bool, error) {
+	if len(pairs) != len(cs) {
+		return nil, fmt.Errorf("%d answers to %d items", len(pairs), len(cs))
 	}
 	out := make([]bool, len(cs))
-	for i, p := range resp.GetPairs() {
-		if e := p.GetError(); e != nil {
-			return nil, fmt.Errorf("item %d (%s): %s", i, cs[i], e.GetMessage())
-		}
-		ok, err := pbDecided(p.GetItem().GetDecision())
+	for i, p := range pairs {
+		ok, err := answer(p)
 		if err != nil {
 			return nil, fmt.Errorf("item %d (%s): %w", i, cs[i], err)
 		}

@@ -272,21 +272,12 @@ func (s *spiceDB) CheckBulk(ctx context.Context, cs []workload.Check) ([]bool, e
 	if err != nil {
 		return nil, err
 	}
-	if len(resp.GetPairs()) != len(cs) {
-		return nil, fmt.Errorf("%d answers to %d items", len(resp.GetPairs()), len(cs))
-	}
-	out := make([]bool, len(cs))
-	for i, p := range resp.GetPairs() {
+	return bulkAnswers(cs, resp.GetPairs(), func(p *v1.CheckBulkPermissionsPair) (bool, error) {
 		if e := p.GetError(); e != nil {
-			return nil, fmt.Errorf("item %d (%s): %s", i, cs[i], e.GetMessage())
+			return false, errors.New(e.GetMessage())
 		}
-		ok, err := spicePermissionship(p.GetItem().GetPermissionship())
-		if err != nil {
-			return nil, fmt.Errorf("item %d (%s): %w", i, cs[i], err)
-		}
-		out[i] = ok
-	}
-	return out, nil
+		return spicePermissionship(p.GetItem().GetPermissionship())
+	})
 }
 
 func (s *spiceDB) LookupResources(ctx context.Context, subject rel.Object) ([]string, error) {
