@@ -27,6 +27,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/mandate-authz/mandate/proto/mandate/v1"
 	"github.com/mandate-authz/mandate/server/audit"
@@ -406,6 +407,22 @@ func decisionOf(d pb.Decision) audit.Decision {
 	return audit.Denied
 }
 
+// writtenDetails records a written relationship's caveat, expiration and
+// revision; c may be a nil message of either API.
+func writtenDetails(ev *audit.Event, c interface {
+	GetCaveatName() string
+	GetContext() *structpb.Struct
+}, expires *timestamppb.Timestamp, rev uint64) {
+	if name := c.GetCaveatName(); name != "" {
+		ev.Caveat, ev.Context = name, contextOf(c.GetContext())
+	}
+	if expires != nil {
+		t := expires.AsTime().UTC()
+		ev.ExpiresAt = &t
+	}
+	ev.Revision = rev
+}
+
 func contextOf(s *structpb.Struct) map[string]any {
 	if s == nil || len(s.GetFields()) == 0 {
 		return nil
@@ -521,14 +538,7 @@ var unaryAuditors = map[string]func(a *auditCall, req, resp any) []*audit.Event{
 			ev.Update = strings.ToLower(strings.TrimPrefix(u.GetOperation().String(), "OPERATION_"))
 			ev.Resource, ev.Permission, ev.Subject = objString(rl.GetResource()), rl.GetRelation(), subjString(rl.GetSubject())
 			ev.SubjectKind = a.writtenKind(rl.GetSubject().GetObject().GetObjectType(), rl.GetSubject().GetOptionalRelation(), rev)
-			if c := rl.GetOptionalCaveat(); c != nil {
-				ev.Caveat, ev.Context = c.GetCaveatName(), contextOf(c.GetContext())
-			}
-			if e := rl.GetOptionalExpiresAt(); e != nil {
-				t := e.AsTime().UTC()
-				ev.ExpiresAt = &t
-			}
-			ev.Revision = rev
+			writtenDetails(ev, rl.GetOptionalCaveat(), rl.GetOptionalExpiresAt(), rev)
 			evs[i] = ev
 		}
 		return evs

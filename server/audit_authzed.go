@@ -155,14 +155,7 @@ func init() {
 			ev.Resource, ev.Permission = objString(v1Object(rl.GetResource())), rl.GetRelation()
 			ev.Subject = subjString(v1Subject(rl.GetSubject()))
 			ev.SubjectKind = a.writtenKind(rl.GetSubject().GetObject().GetObjectType(), rl.GetSubject().GetOptionalRelation(), rev)
-			if c := rl.GetOptionalCaveat(); c != nil {
-				ev.Caveat, ev.Context = c.GetCaveatName(), contextOf(c.GetContext())
-			}
-			if e := rl.GetOptionalExpiresAt(); e != nil {
-				t := e.AsTime().UTC()
-				ev.ExpiresAt = &t
-			}
-			ev.Revision = rev
+			writtenDetails(ev, rl.GetOptionalCaveat(), rl.GetOptionalExpiresAt(), rev)
 			evs[i] = ev
 		}
 		return evs
