@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
+	"strings"
 
 	"github.com/mandate-authz/mandate/schema"
 	"github.com/mandate-authz/mandate/store"
@@ -52,11 +54,24 @@ const ctxCheckEvery = 64
 // LookupResources returns the resources of a type on which the subject has
 // the permission, allowed or conditionally, sorted by ID: those after
 // req.After, at most req.Limit of them when it is positive. Every result
-// agrees with Check on the same revision. Candidates are checked in ID order
-// from the cursor on and the walk stops once the page is full, so a page
-// costs the candidates it spans, not those before it; the candidates share
-// memoized subproblems (a folder's viewers).
+// agrees with Check on the same revision.
+//
+// The candidates come from a reverse walk from the subject (walk.go), so a
+// lookup costs what lies between the subject and its answer, not the number
+// of objects of the type; each candidate is confirmed by the check, in ID
+// order from the cursor on, and the checks stop once the page is full. The
+// candidates share memoized subproblems (a folder's viewers). An agent
+// subject takes the candidates both it and the principals it acts for
+// reach; only an agent that may act for several principals, with no
+// on_behalf_of, has every object of the type checked, so that the
+// ambiguity is reported exactly where a check reports it.
 func (e *Engine) LookupResources(ctx context.Context, req LookupResourcesRequest) ([]LookupResult, store.Revision, error) {
+	return e.lookupResources(ctx, req, false)
+}
+
+// lookupResources is LookupResources; scan makes it check every object of
+// the type instead of walking (the reference the walk is tested against).
+func (e *Engine) lookupResources(ctx context.Context, req LookupResourcesRequest, scan bool) ([]LookupResult, store.Revision, error) {
 	e.mu.RLock()
 	defer e.mu.RUnlock()
 	rev, p, err := e.planFor(req.Revision)
@@ -87,7 +102,7 @@ func (e *Engine) LookupResources(ctx context.Context, req LookupResourcesRequest
 	}
 	var out []LookupResult
 	n := 0
-	candidates(s.resType.table, req.After, extra, func(cand candidate) bool {
+	evaluate := func(cand candidate) bool {
 		if n++; n%ctxCheckEvery == 0 {
 			if err = ctx.Err(); err != nil {
 				return false
@@ -102,7 +117,13 @@ func (e *Engine) LookupResources(ctx context.Context, req LookupResourcesRequest
 			out = append(out, LookupResult{ID: cand.name, Decision: res.Decision, Missing: res.Missing})
 		}
 		return req.Limit <= 0 || len(out) < req.Limit
-	})
+	}
+	if !scan && (!s.agent || req.OnBehalfOf != nil || !c.maySeveralPrincipals(&s)) {
+		ids := c.resourceCandidates(e.idx.reverseFor(p), &s)
+		eachCandidate(s.resType.table, ids, req.After, extra, evaluate)
+	} else {
+		candidates(s.resType.table, req.After, extra, evaluate)
+	}
 	if err == nil {
 		err = ctx.Err()
 	}
@@ -110,6 +131,116 @@ func (e *Engine) LookupResources(ctx context.Context, req LookupResourcesRequest
 		return nil, 0, err
 	}
 	return out, rev, nil
+}
+
+// resourceCandidates returns, sorted by name, the objects of the resource
+// type a reverse walk from the subject reaches. For an agent, they are those
+// the agent itself reaches that one of the subjects it acts for directly also
+// reaches: every member of a chain must hold the permission by its own
+// grants.
+func (c *checker) resourceCandidates(rv *reversePlan, s *checkSpec) []oid {
+	w := &c.walk
+	w.found = w.found[:0]
+	if !s.agent {
+		w.run(c.idx, c.pl, rv, s.perm, s.t)
+		sortByName(s.resType.table, w.found)
+		return w.found
+	}
+	w.run(c.idx, c.pl, rv, s.perm, target{typ: s.t.typ, id: s.t.id})
+	own := slices.Clone(w.found)
+	if len(own) == 0 || s.t.id >= unseenResource || s.subType.actsFor == nil {
+		return nil
+	}
+	w.found = w.found[:0]
+	edges := s.subType.actsFor.edges(s.t.id)
+	for i := range edges {
+		if e := &edges[i]; c.live(e) {
+			w.run(c.idx, c.pl, rv, s.perm, target{typ: e.subjType(), id: e.subjID})
+		}
+	}
+	hop := make(map[oid]struct{}, len(w.found))
+	for _, o := range w.found {
+		hop[o] = struct{}{}
+	}
+	own = slices.DeleteFunc(own, func(o oid) bool { _, ok := hop[o]; return !ok })
+	sortByName(s.resType.table, own)
+	return own
+}
+
+// maySeveralPrincipals reports whether the agent's live acts_for edges,
+// caveats aside, lead to more than one principal within the chain limit:
+// only then can a check of it fail as ambiguous.
+func (c *checker) maySeveralPrincipals(s *checkSpec) bool {
+	var first *chainMember
+	several := false
+	var walk func(tp *typePlan, typ sym, id oid, depth int)
+	walk = func(tp *typePlan, typ sym, id oid, depth int) {
+		if several {
+			return
+		}
+		if tp == nil || !tp.isAgent {
+			m := chainMember{typ: typ, id: id}
+			if first == nil {
+				first = &m
+			} else if first.typ != typ || first.id != id {
+				several = true
+			}
+			return
+		}
+		if depth >= c.maxChain || id >= unseenResource || tp.actsFor == nil {
+			return
+		}
+		edges := tp.actsFor.edges(id)
+		for i := range edges {
+			if e := &edges[i]; c.live(e) {
+				walk(c.pl.typeBySym(e.subjType()), e.subjType(), e.subjID, depth+1)
+			}
+		}
+	}
+	walk(s.subType, s.t.typ, s.t.id, 0)
+	return several
+}
+
+// eachCandidate yields, in ID order and starting after the ID after, the
+// objects ids (sorted by name, possibly repeating) and extra, an ID the
+// request names, whether or not a relationship does. It stops when yield
+// returns false.
+func eachCandidate(t *typeTable, ids []oid, after, extra string, yield func(candidate) bool) {
+	if extra != "" {
+		if o, ok := t.lookup(extra); ok {
+			i, _ := slices.BinarySearchFunc(ids, extra, func(o oid, name string) int { return strings.Compare(t.names[o], name) })
+			ids = slices.Insert(ids, i, o)
+			extra = ""
+		} else if extra <= after {
+			extra = ""
+		}
+	}
+	i, _ := slices.BinarySearchFunc(ids, after, func(o oid, name string) int {
+		if c := strings.Compare(t.names[o], name); c != 0 {
+			return c
+		}
+		return -1 // after itself is excluded
+	})
+	last := oid(unknownID)
+	for ; i < len(ids); i++ {
+		if ids[i] == last {
+			continue
+		}
+		last = ids[i]
+		name := t.names[ids[i]]
+		if extra != "" && extra < name {
+			if !yield(candidate{id: unseenResource, name: extra}) {
+				return
+			}
+			extra = ""
+		}
+		if !yield(candidate{id: ids[i], name: name}) {
+			return
+		}
+	}
+	if extra != "" {
+		yield(candidate{id: unseenResource, name: extra})
+	}
 }
 
 // LookupSubjects returns the subjects of a type (and optional relation) that

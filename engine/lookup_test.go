@@ -95,8 +95,9 @@ func TestLookupPages(t *testing.T) {
 func TestLookupResumeSkipsEarlierCandidates(t *testing.T) {
 	ctx := context.Background()
 	// doc:a and doc:z sit under a folder chain deeper than the depth limit
-	// allows; doc:b's owner answers before any folder is visited.
-	lines := []string{"doc:a#folder@folder:f0", "doc:z#folder@folder:f0", "doc:b#owner@user:b", "doc:b#folder@folder:f0", "doc:z#owner@user:c"}
+	// allows, at whose top user b views; doc:b's owner answers before any
+	// folder is visited.
+	lines := []string{"doc:a#folder@folder:f0", "doc:z#folder@folder:f0", "doc:b#owner@user:b", "doc:b#folder@folder:f0", "doc:z#owner@user:c", "folder:f10#viewer@user:b"}
 	for i := 0; i < 10; i++ {
 		lines = append(lines, fmt.Sprintf("folder:f%d#parent@folder:f%d", i, i+1))
 	}
@@ -169,3 +170,4 @@ definition doc {
 		}
 	}
 }
+
