@@ -332,18 +332,22 @@ func (e *Engine) LookupSubjects(ctx context.Context, req LookupSubjectsRequest) 
 			return false
 		}
 		listed := res.Decision != Denied
+		decision, missing := res.Decision, res.Missing
 		if listed && mayBeWildOnly {
 			// Listed by name only when SpiceDB's set algebra names it, not
-			// when only a wildcard covers it (named.go).
+			// when only a wildcard covers it (named.go), and with the named
+			// part's own decision: beside an unconditional wildcard, a
+			// subject named under a caveat is listed as conditional.
 			var n named
 			if n, err = c.nameOf(s.perm, obj, s.t, 0, false); err != nil {
 				return false
 			}
 			listed = n.named.v != schema.False
+			decision, missing = n.named.decision(), missingOf(n.named)
 		}
 		if listed {
 			if !full() {
-				out = append(out, LookupResult{ID: cand.name, Decision: res.Decision, Missing: res.Missing})
+				out = append(out, LookupResult{ID: cand.name, Decision: decision, Missing: missing})
 			}
 		} else if star != nil && res.Decision == Denied {
 			star.Excluded = append(star.Excluded, LookupResult{ID: cand.name, Decision: Allowed})

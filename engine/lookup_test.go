@@ -171,3 +171,34 @@ definition doc {
 	}
 }
 
+// TestLookupSubjectsNamedPartDecidesBesideWildcard is issue 18's finding: a
+// subject named only under a caveat keeps the caveat's decision even where
+// an unconditional wildcard also covers it, as SpiceDB reports it.
+func TestLookupSubjectsNamedPartDecidesBesideWildcard(t *testing.T) {
+	ctx := context.Background()
+	const sch = `caveat is_ok(ok bool) { ok }
+definition user {}
+definition doc {
+	relation viewer: user | user:* | user with is_ok
+	permission view = viewer
+}`
+	e, err := engine.Load(ctx, sch, mustParse(t, "doc:pub#viewer@user:*", "doc:pub#viewer@user:cat[is_ok]", "doc:pub#viewer@user:dog"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, _, err := e.LookupSubjects(ctx, engine.LookupSubjectsRequest{Resource: rel.Object{Type: "doc", ID: "pub"}, Permission: "view", SubjectType: "user"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := renderLookup(res), []string{"*:allowed", "cat:conditional", "dog:allowed"}; !slices.Equal(got, want) {
+		t.Fatalf("got %v, want %v", got, want)
+	}
+	if cat := res[1]; !slices.Equal(cat.Missing, []string{"ok"}) {
+		t.Fatalf("cat's missing parameters: %v, want [ok]", cat.Missing)
+	}
+	// The check itself is allowed: the wildcard covers cat.
+	got, err := e.Check(ctx, engine.CheckRequest{Resource: rel.Object{Type: "doc", ID: "pub"}, Permission: "view", Subject: rel.Subject{Type: "user", ID: "cat"}})
+	if err != nil || got.Decision != engine.Allowed {
+		t.Fatalf("check: %v %v, want allowed", got.Decision, err)
+	}
+}
