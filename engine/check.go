@@ -148,7 +148,7 @@ type checker struct {
 	reach int
 
 	// walk is a lookup's reverse walk (walk.go), reused between requests.
-	walk reverseWalk
+	walk lookupWalk
 
 	// chain resolution buffers, reused between requests.
 	pathBuf []chainMember

@@ -250,7 +250,20 @@ func eachCandidate(t *typeTable, ids []oid, after, extra string, yield func(cand
 // Excluded the known subjects it does not cover. A subject is listed by name
 // when a relationship names it on a path that grants the permission, as
 // SpiceDB lists it; one only a wildcard covers is in the "*" result alone.
+//
+// The candidates are the subjects named on the paths the permission's
+// evaluation on the resource follows (walk.go), in every operand: any other
+// subject evaluates exactly as one no relationship names, which is what the
+// wildcard result says. Agent subjects are evaluated through their chains,
+// which lead elsewhere, so for them every agent of the type is checked.
 func (e *Engine) LookupSubjects(ctx context.Context, req LookupSubjectsRequest) ([]LookupResult, store.Revision, error) {
+	return e.lookupSubjects(ctx, req, false)
+}
+
+// lookupSubjects is LookupSubjects; scan makes it check every object of the
+// subject type instead of walking (the reference the walk is tested
+// against).
+func (e *Engine) lookupSubjects(ctx context.Context, req LookupSubjectsRequest, scan bool) ([]LookupResult, store.Revision, error) {
 	e.mu.RLock()
 	defer e.mu.RUnlock()
 	rev, p, err := e.planFor(req.Revision)
@@ -321,7 +334,17 @@ func (e *Engine) LookupSubjects(ctx context.Context, req LookupSubjectsRequest) 
 	// stops when the page is full.
 	full := func() bool { return req.Limit > 0 && len(out) >= req.Limit }
 	n := 0
-	candidates(s.subType.table, req.After, extra, func(cand candidate) bool {
+	each := func(yield func(candidate) bool) { candidates(s.subType.table, req.After, extra, yield) }
+	if !scan && !s.agent {
+		w := &c.walk
+		w.found = w.found[:0]
+		if obj != unseenResource {
+			w.forward(c.idx, p, s.perm, obj, s.t)
+		}
+		sortByName(s.subType.table, w.found)
+		each = func(yield func(candidate) bool) { eachCandidate(s.subType.table, w.found, req.After, extra, yield) }
+	}
+	each(func(cand candidate) bool {
 		if n++; n%ctxCheckEvery == 0 {
 			if err = ctx.Err(); err != nil {
 				return false

@@ -112,8 +112,8 @@ func forEachSource(n *node, f func(*node)) {
 	}
 }
 
-// reverseWalk is a walk's state, kept on the checker between calls.
-type reverseWalk struct {
+// lookupWalk is a walk's state, kept on the checker between calls.
+type lookupWalk struct {
 	rv       *reversePlan
 	idx      *index
 	pl       *plan
@@ -128,17 +128,12 @@ type reverseWalk struct {
 // maxRetainedWalk bounds the visited set a pooled checker keeps.
 const maxRetainedWalk = 1 << 16
 
-// candidatesFor appends to w.found, unsorted and without duplicates, every
+// run appends to w.found, unsorted and without duplicates, every
 // object on which perm may hold for subject t.
-func (w *reverseWalk) run(idx *index, pl *plan, rv *reversePlan, perm *relPlan, t target) {
+func (w *lookupWalk) run(idx *index, pl *plan, rv *reversePlan, perm *relPlan, t target) {
 	w.idx, w.pl, w.rv, w.target = idx, pl, rv, perm
 	w.kind = subjectKind(t.rel, t.typ)
-	if w.seen == nil || len(w.seen) > maxRetainedWalk {
-		w.seen = map[uint64]struct{}{}
-	} else {
-		clear(w.seen)
-	}
-	w.queue = w.queue[:0]
+	w.reset()
 	w.markRelevant(perm)
 
 	if t.id != unknownID && t.id != wildcardID {
@@ -177,9 +172,19 @@ func (w *reverseWalk) run(idx *index, pl *plan, rv *reversePlan, perm *relPlan, 
 	w.idx, w.pl, w.rv, w.target = nil, nil, nil, nil
 }
 
+// reset empties the visited set and the queue.
+func (w *lookupWalk) reset() {
+	if w.seen == nil || len(w.seen) > maxRetainedWalk {
+		w.seen = map[uint64]struct{}{}
+	} else {
+		clear(w.seen)
+	}
+	w.queue = w.queue[:0]
+}
+
 // relationOf returns the relation of the table a reverse edge lies in, or
 // nil when the plan has none (or it is a permission).
-func (w *reverseWalk) relationOf(r revEdge) *relPlan {
+func (w *lookupWalk) relationOf(r revEdge) *relPlan {
 	ref := w.idx.tables[r.table]
 	rp := w.pl.rel(ref.typ, ref.rel)
 	if rp == nil || rp.rewrite != nil {
@@ -190,7 +195,7 @@ func (w *reverseWalk) relationOf(r revEdge) *relPlan {
 
 // markRelevant marks what the permission takes candidates from,
 // transitively.
-func (w *reverseWalk) markRelevant(perm *relPlan) {
+func (w *lookupWalk) markRelevant(perm *relPlan) {
 	if cap(w.relevant) < w.rv.size {
 		w.relevant = make([]bool, w.rv.size)
 	}
@@ -211,7 +216,7 @@ func (w *reverseWalk) markRelevant(perm *relPlan) {
 }
 
 // visit queues (rp, obj) unless it was seen or cannot lead to the target.
-func (w *reverseWalk) visit(rp *relPlan, obj oid) {
+func (w *lookupWalk) visit(rp *relPlan, obj oid) {
 	if rp == nil || !w.relevant[rp.num] || !rp.reaches(w.kind) {
 		return
 	}
@@ -228,7 +233,7 @@ func (w *reverseWalk) visit(rp *relPlan, obj oid) {
 
 // climb queues what (rp, obj) may grant: the permissions computing it, the
 // relations holding it as a userset, the objects whose tupleset leads to it.
-func (w *reverseWalk) climb(rp *relPlan, obj oid) {
+func (w *lookupWalk) climb(rp *relPlan, obj oid) {
 	for _, q := range w.rv.computed[rp.num] {
 		w.visit(q, obj)
 	}
@@ -251,4 +256,79 @@ func (w *reverseWalk) climb(rp *relPlan, obj oid) {
 // sortByName sorts object IDs of a type by their names, the cursor order.
 func sortByName(t *typeTable, ids []oid) {
 	slices.SortFunc(ids, func(a, b oid) int { return strings.Compare(t.names[a], t.names[b]) })
+}
+
+// forward appends to w.found, unsorted and possibly repeated, the subjects
+// of t's type (and relation) that the evaluation of perm on obj may meet by
+// name: named by a relationship on a path it follows, a userset on that
+// path, the object itself under `self`. It follows every operand, so a
+// subject it does not find is one the evaluation never tells from a
+// subject no relationship names.
+func (w *lookupWalk) forward(idx *index, pl *plan, perm *relPlan, obj oid, t target) {
+	w.idx, w.pl = idx, pl
+	w.kind = subjectKind(t.rel, t.typ)
+	w.reset()
+	w.enqueue(perm, obj)
+	for len(w.queue) > 0 {
+		f := w.queue[len(w.queue)-1]
+		w.queue = w.queue[:len(w.queue)-1]
+		rp, obj := f.rp, f.obj
+		if t.rel != noSym && rp.typ.sym == t.typ && rp.sym == t.rel {
+			w.found = append(w.found, obj)
+		}
+		if rp.rewrite == nil {
+			edges := rp.table.edges(obj)
+			for i := range edges {
+				e := &edges[i]
+				if e.kind == w.kind && e.subjID != wildcardID {
+					w.found = append(w.found, e.subjID)
+				}
+				if e.subjRel() != noSym {
+					w.enqueue(pl.rel(e.subjType(), e.subjRel()), e.subjID)
+				}
+			}
+			continue
+		}
+		w.descend(rp, obj, rp.rewrite, t)
+	}
+	w.idx, w.pl = nil, nil
+}
+
+// descend queues what every operand of a rewrite evaluates.
+func (w *lookupWalk) descend(rp *relPlan, obj oid, n *node, t target) {
+	switch n.op {
+	case schema.OpComputed:
+		w.enqueue(n.rel, obj)
+	case schema.OpArrow, schema.OpArrowAll:
+		if n.tupleset == nil {
+			return
+		}
+		edges := n.tupleset.edges(obj)
+		for i := range edges {
+			if st := edges[i].subjType(); int(st) < len(n.targets) {
+				w.enqueue(n.targets[st], edges[i].subjID)
+			}
+		}
+	case schema.OpSelf:
+		if t.rel == noSym && t.typ == rp.typ.sym {
+			w.found = append(w.found, obj)
+		}
+	}
+	for _, c := range n.children {
+		w.descend(rp, obj, c, t)
+	}
+}
+
+// enqueue queues (rp, obj) for a forward walk unless it was seen or cannot
+// hold a subject of the kind looked up.
+func (w *lookupWalk) enqueue(rp *relPlan, obj oid) {
+	if rp == nil || !rp.reaches(w.kind) {
+		return
+	}
+	key := uint64(rp.num)<<32 | uint64(obj)
+	if _, ok := w.seen[key]; ok {
+		return
+	}
+	w.seen[key] = struct{}{}
+	w.queue = append(w.queue, frame{rp: rp, obj: obj})
 }
