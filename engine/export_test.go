@@ -9,7 +9,7 @@ import (
 // LookupResourcesByScan is LookupResources checking every object of the
 // resource type: the reference the reverse walk is tested against.
 func (e *Engine) LookupResourcesByScan(ctx context.Context, req LookupResourcesRequest) ([]LookupResult, store.Revision, error) {
-	return e.lookupResources(ctx, req, true)
+	return e.collectResources(ctx, req, true)
 }
 
 // LookupSubjectsByScan is LookupSubjects checking every object of the

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"sort"
 	"strings"
@@ -66,20 +67,58 @@ const ctxCheckEvery = 64
 // on_behalf_of, has every object of the type checked, so that the
 // ambiguity is reported exactly where a check reports it.
 func (e *Engine) LookupResources(ctx context.Context, req LookupResourcesRequest) ([]LookupResult, store.Revision, error) {
-	return e.lookupResources(ctx, req, false)
+	return e.collectResources(ctx, req, false)
 }
 
-// lookupResources is LookupResources; scan makes it check every object of
+// StreamLookupResources is LookupResources delivering its results as they
+// are confirmed: send receives them in ID order, in batches that start
+// small (the first result is not held back by the last) and grow. The
+// engine's lock is released while send runs, so a slow receiver holds up no
+// write. Every batch is evaluated at one revision, passed with it; a batch
+// is valid only during the call. If the engine forgets that revision meanwhile
+// (ForgetBefore), the stream ends with ErrRevisionGone.
+func (e *Engine) StreamLookupResources(ctx context.Context, req LookupResourcesRequest, send func(rev store.Revision, results []LookupResult) error) error {
+	_, err := e.streamResources(ctx, req, false, firstStreamBatch, send)
+	return err
+}
+
+// Stream batches: the first holds this many results, each next one twice
+// as many, up to maxStreamBatch.
+const (
+	firstStreamBatch = 8
+	maxStreamBatch   = 1024
+)
+
+// collectResources is LookupResources; scan makes it check every object of
 // the type instead of walking (the reference the walk is tested against).
-func (e *Engine) lookupResources(ctx context.Context, req LookupResourcesRequest, scan bool) ([]LookupResult, store.Revision, error) {
-	e.mu.RLock()
-	defer e.mu.RUnlock()
-	rev, p, err := e.planFor(req.Revision)
+func (e *Engine) collectResources(ctx context.Context, req LookupResourcesRequest, scan bool) ([]LookupResult, store.Revision, error) {
+	var out []LookupResult
+	rev, err := e.streamResources(ctx, req, scan, 0, func(_ store.Revision, rs []LookupResult) error {
+		out = rs // one batch, never reused
+		return nil
+	})
 	if err != nil {
 		return nil, 0, err
 	}
+	return out, rev, nil
+}
+
+// streamResources evaluates a LookupResources, sending results in batches
+// of batch results (0: one batch) with the lock released in between.
+func (e *Engine) streamResources(ctx context.Context, req LookupResourcesRequest, scan bool, batch int, send func(store.Revision, []LookupResult) error) (store.Revision, error) {
+	e.mu.RLock()
+	locked := true
+	defer func() {
+		if locked {
+			e.mu.RUnlock()
+		}
+	}()
+	rev, p, err := e.planFor(req.Revision)
+	if err != nil {
+		return 0, err
+	}
 	if p.types[req.ResourceType] == nil {
-		return nil, 0, fmt.Errorf("%w: resource type %q is not defined", ErrUnknownType, req.ResourceType)
+		return 0, fmt.Errorf("%w: resource type %q is not defined", ErrUnknownType, req.ResourceType)
 	}
 	c := e.getChecker(rev, p)
 	defer e.putChecker(c)
@@ -89,7 +128,7 @@ func (e *Engine) lookupResources(ctx context.Context, req LookupResourcesRequest
 	}
 	s, err := c.prepare(true)
 	if err != nil {
-		return nil, 0, err
+		return 0, err
 	}
 	c.setContext(req.Context)
 	c.useMemo = true
@@ -100,14 +139,21 @@ func (e *Engine) lookupResources(ctx context.Context, req LookupResourcesRequest
 		// it (`self`, a userset's own object).
 		extra = req.Subject.ID
 	}
+	var ids []oid
+	walk := !scan && (!s.agent || req.OnBehalfOf != nil || !c.maySeveralPrincipals(&s))
+	if walk {
+		ids, extra = withExtra(s.resType.table, c.resourceCandidates(e.idx.reverseFor(p), &s), extra)
+	}
 	var out []LookupResult
-	n := 0
+	after, found, n := req.After, 0, 0
+	full := false // the batch is full
 	evaluate := func(cand candidate) bool {
 		if n++; n%ctxCheckEvery == 0 {
 			if err = ctx.Err(); err != nil {
 				return false
 			}
 		}
+		after = cand.name
 		c.req.Resource.ID = cand.name
 		var res CheckResult
 		if res, err = c.evaluate(&s, cand.id); err != nil {
@@ -115,22 +161,45 @@ func (e *Engine) lookupResources(ctx context.Context, req LookupResourcesRequest
 		}
 		if res.Decision != Denied {
 			out = append(out, LookupResult{ID: cand.name, Decision: res.Decision, Missing: res.Missing})
+			found++
 		}
-		return req.Limit <= 0 || len(out) < req.Limit
+		full = batch > 0 && len(out) >= batch
+		return (req.Limit <= 0 || found < req.Limit) && !full
 	}
-	if !scan && (!s.agent || req.OnBehalfOf != nil || !c.maySeveralPrincipals(&s)) {
-		ids := c.resourceCandidates(e.idx.reverseFor(p), &s)
-		eachCandidate(s.resType.table, ids, req.After, extra, evaluate)
-	} else {
-		candidates(s.resType.table, req.After, extra, evaluate)
+	for {
+		full = false
+		if walk {
+			eachCandidate(s.resType.table, ids, after, extra, evaluate)
+		} else {
+			candidates(s.resType.table, after, extra, evaluate)
+		}
+		if err == nil {
+			err = ctx.Err()
+		}
+		if err != nil {
+			return 0, err
+		}
+		e.mu.RUnlock()
+		locked = false
+		if len(out) > 0 {
+			if err := send(rev, out); err != nil {
+				return 0, err
+			}
+		}
+		if !full || req.Limit > 0 && found >= req.Limit {
+			return rev, nil
+		}
+		out, batch = out[:0], min(2*batch, maxStreamBatch)
+		// Let other callers run between batches: a lookup with a large
+		// answer then delays others' first results by a batch, not by
+		// itself.
+		runtime.Gosched()
+		e.mu.RLock()
+		locked = true
+		if rev < e.idx.oldest {
+			return 0, fmt.Errorf("%w: the lookup at %d outlived it, oldest retained is %d", ErrRevisionGone, rev, e.idx.oldest)
+		}
 	}
-	if err == nil {
-		err = ctx.Err()
-	}
-	if err != nil {
-		return nil, 0, err
-	}
-	return out, rev, nil
 }
 
 // resourceCandidates returns, sorted by name, the objects of the resource
@@ -201,19 +270,25 @@ func (c *checker) maySeveralPrincipals(s *checkSpec) bool {
 	return several
 }
 
+// withExtra adds to ids (sorted by name) the object an ID the request
+// names, when some relationship names it; otherwise it returns the ID for
+// eachCandidate to yield in its place.
+func withExtra(t *typeTable, ids []oid, extra string) ([]oid, string) {
+	o, ok := t.lookup(extra)
+	if extra == "" || !ok {
+		return ids, extra
+	}
+	i, _ := slices.BinarySearchFunc(ids, extra, func(o oid, name string) int { return strings.Compare(t.names[o], name) })
+	return slices.Insert(slices.Clip(ids), i, o), ""
+}
+
 // eachCandidate yields, in ID order and starting after the ID after, the
 // objects ids (sorted by name, possibly repeating) and extra, an ID the
-// request names, whether or not a relationship does. It stops when yield
-// returns false.
+// request names that no relationship does (see withExtra). It stops when
+// yield returns false.
 func eachCandidate(t *typeTable, ids []oid, after, extra string, yield func(candidate) bool) {
-	if extra != "" {
-		if o, ok := t.lookup(extra); ok {
-			i, _ := slices.BinarySearchFunc(ids, extra, func(o oid, name string) int { return strings.Compare(t.names[o], name) })
-			ids = slices.Insert(ids, i, o)
-			extra = ""
-		} else if extra <= after {
-			extra = ""
-		}
+	if extra <= after {
+		extra = ""
 	}
 	i, _ := slices.BinarySearchFunc(ids, after, func(o oid, name string) int {
 		if c := strings.Compare(t.names[o], name); c != 0 {
@@ -342,7 +417,8 @@ func (e *Engine) lookupSubjects(ctx context.Context, req LookupSubjectsRequest, 
 			w.forward(c.idx, p, s.perm, obj, s.t)
 		}
 		sortByName(s.subType.table, w.found)
-		each = func(yield func(candidate) bool) { eachCandidate(s.subType.table, w.found, req.After, extra, yield) }
+		ids, extra := withExtra(s.subType.table, w.found, extra)
+		each = func(yield func(candidate) bool) { eachCandidate(s.subType.table, ids, req.After, extra, yield) }
 	}
 	each(func(cand candidate) bool {
 		if n++; n%ctxCheckEvery == 0 {

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/mandate-authz/mandate/engine"
+	"github.com/mandate-authz/mandate/store"
 	"github.com/mandate-authz/mandate/store/rel"
 )
 
@@ -200,5 +201,88 @@ definition doc {
 	got, err := e.Check(ctx, engine.CheckRequest{Resource: rel.Object{Type: "doc", ID: "pub"}, Permission: "view", Subject: rel.Subject{Type: "user", ID: "cat"}})
 	if err != nil || got.Decision != engine.Allowed {
 		t.Fatalf("check: %v %v, want allowed", got.Decision, err)
+	}
+}
+
+// TestStreamLookupResources checks that a streamed lookup delivers exactly
+// LookupResources' results, in ID order and in growing batches, at one
+// revision; that the engine's lock is released while a batch is sent (a
+// write from inside send would deadlock otherwise, and it does not change
+// the stream's answer); that a send error ends the stream; and that a
+// stream whose revision is forgotten meanwhile fails with ErrRevisionGone.
+func TestStreamLookupResources(t *testing.T) {
+	ctx := context.Background()
+	var lines []string
+	for i := 0; i < 300; i++ {
+		lines = append(lines, fmt.Sprintf("doc:d%03d#folder@folder:f%d", i, i%3))
+	}
+	lines = append(lines, "folder:f0#viewer@user:ann", "folder:f2#parent@folder:f0", "doc:d001#owner@user:ann")
+	e, err := engine.Load(ctx, docSchema, mustParse(t, lines...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ann := rel.Subject{Type: "user", ID: "ann"}
+	req := engine.LookupResourcesRequest{ResourceType: "doc", Permission: "view", Subject: ann}
+	want, rev, err := e.LookupResources(ctx, req)
+	if err != nil || len(want) != 201 {
+		t.Fatalf("LookupResources: %d results, %v; want 201", len(want), err)
+	}
+
+	var got []engine.LookupResult
+	var sizes []int
+	writes := 0
+	err = e.StreamLookupResources(ctx, req, func(at store.Revision, batch []engine.LookupResult) error {
+		if at != rev {
+			t.Errorf("batch at revision %d, want %d", at, rev)
+		}
+		sizes = append(sizes, len(batch))
+		got = append(got, batch...)
+		// Revoke ann's folder grant from inside send: the stream keeps
+		// answering at its revision.
+		writes++
+		return e.Apply(store.Change{Revision: rev + store.Revision(writes), Updates: []store.Update{
+			{Op: store.Delete, Rel: mustParse(t, "folder:f0#viewer@user:ann")[0]},
+		}})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(renderLookup(got), renderLookup(want)) {
+		t.Fatalf("streamed %v, want %v", renderLookup(got), renderLookup(want))
+	}
+	if len(sizes) < 3 || sizes[0] >= sizes[1] || sizes[1] >= sizes[2] {
+		t.Fatalf("batch sizes %v, want growing batches", sizes)
+	}
+	if now, _, _ := e.LookupResources(ctx, req); !slices.Equal(renderLookup(now), []string{"d001:allowed"}) {
+		t.Fatalf("after the revoke: %v", renderLookup(now))
+	}
+
+	// A paged stream stops at its limit, after its cursor.
+	got = got[:0]
+	paged := req
+	paged.Revision, paged.After, paged.Limit = rev, want[10].ID, 30
+	if err := e.StreamLookupResources(ctx, paged, func(_ store.Revision, batch []engine.LookupResult) error {
+		got = append(got, batch...)
+		return nil
+	}); err != nil || !slices.Equal(renderLookup(got), renderLookup(want[11:41])) {
+		t.Fatalf("paged stream: %v, %v; want %v", renderLookup(got), err, renderLookup(want[11:41]))
+	}
+
+	stop := errors.New("receiver gone")
+	calls := 0
+	err = e.StreamLookupResources(ctx, engine.LookupResourcesRequest{ResourceType: "doc", Permission: "view", Subject: ann, Revision: rev}, func(store.Revision, []engine.LookupResult) error {
+		calls++
+		return stop
+	})
+	if !errors.Is(err, stop) || calls != 1 {
+		t.Fatalf("send error: got %v after %d calls, want %v after 1", err, calls, stop)
+	}
+
+	err = e.StreamLookupResources(ctx, engine.LookupResourcesRequest{ResourceType: "doc", Permission: "view", Subject: ann, Revision: rev}, func(store.Revision, []engine.LookupResult) error {
+		e.ForgetBefore(e.Head())
+		return nil
+	})
+	if !errors.Is(err, engine.ErrRevisionGone) {
+		t.Fatalf("forgotten revision: got %v, want ErrRevisionGone", err)
 	}
 }
