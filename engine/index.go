@@ -81,6 +81,9 @@ type relTable struct {
 	slots [][]edge
 	// id is the table's position in index.tables.
 	id uint32
+	// vias[r]-1 is the index.vias position of (this table, subject
+	// relation r); 0 when none is interned yet.
+	vias []uint32
 }
 
 func (t *relTable) edges(obj oid) []edge {
@@ -176,8 +179,11 @@ type index struct {
 	relSyms  map[string]sym
 	relNames []string // by relation symbol; relNames[0] is ""
 
-	// tables names every relTable's type and relation, by relTable.id.
+	// tables names every relTable's type and relation, by relTable.id;
+	// vias every (table, subject relation) a reverse edge names
+	// (reverse.go).
 	tables []tableRef
+	vias   []revVia
 
 	extras []edgeExtra // extras[0] is unused
 	// freeExtras lists extras released by compaction, for reuse.

@@ -286,3 +286,51 @@ func TestStreamLookupResources(t *testing.T) {
 		t.Fatalf("forgotten revision: got %v, want ErrRevisionGone", err)
 	}
 }
+
+// TestLookupAcrossRevisionsAndCompaction checks the reverse adjacency the
+// walk starts from through deletes, compaction and rewrites: a lookup at a
+// revision sees exactly that revision's relationships, before and after
+// the engine forgets older ones.
+func TestLookupAcrossRevisionsAndCompaction(t *testing.T) {
+	ctx := context.Background()
+	e, err := engine.Load(ctx, docSchema, mustParse(t, "doc:a#owner@user:ann", "doc:b#folder@folder:f", "folder:f#viewer@user:ann"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ann := rel.Subject{Type: "user", ID: "ann"}
+	lookup := func(rev store.Revision) []string {
+		t.Helper()
+		res, _, err := e.LookupResources(ctx, engine.LookupResourcesRequest{ResourceType: "doc", Permission: "view", Subject: ann, Revision: rev})
+		if err != nil {
+			t.Fatalf("lookup at %d: %v", rev, err)
+		}
+		return renderLookup(res)
+	}
+	apply := func(rev store.Revision, op store.Op, line string) {
+		t.Helper()
+		if err := e.Apply(store.Change{Revision: rev, Updates: []store.Update{{Op: op, Rel: mustParse(t, line)[0]}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	apply(3, store.Delete, "folder:f#viewer@user:ann")
+	apply(4, store.Delete, "doc:a#owner@user:ann")
+	for rev, want := range map[store.Revision][]string{2: {"a:allowed", "b:allowed"}, 3: {"a:allowed"}, 4: nil} {
+		if got := lookup(rev); !slices.Equal(got, want) {
+			t.Errorf("at %d: %v, want %v", rev, got, want)
+		}
+	}
+	// Compaction drops the deleted relationships entirely; writing them
+	// again makes them found again.
+	e.ForgetBefore(4)
+	if got := lookup(4); got != nil {
+		t.Errorf("after compaction: %v", got)
+	}
+	apply(5, store.Touch, "folder:f#viewer@user:ann")
+	apply(6, store.Touch, "doc:a#owner@user:ann")
+	if got, want := lookup(6), []string{"a:allowed", "b:allowed"}; !slices.Equal(got, want) {
+		t.Errorf("rewritten: %v, want %v", got, want)
+	}
+	if got, want := lookup(5), []string{"b:allowed"}; !slices.Equal(got, want) {
+		t.Errorf("at 5: %v, want %v", got, want)
+	}
+}

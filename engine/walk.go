@@ -138,7 +138,7 @@ func (w *lookupWalk) run(idx *index, pl *plan, rv *reversePlan, perm *relPlan, t
 
 	if t.id != unknownID && t.id != wildcardID {
 		for _, r := range idx.reverseOf(t.typ, t.id) {
-			if r.subjRel != t.rel {
+			if idx.vias[r.via].subjRel != t.rel {
 				continue
 			}
 			if rp := w.relationOf(r); rp != nil && slices.Contains(rp.kinds, w.kind) {
@@ -156,7 +156,7 @@ func (w *lookupWalk) run(idx *index, pl *plan, rv *reversePlan, perm *relPlan, t
 	}
 	if t.rel == noSym {
 		for _, r := range idx.reverseOf(t.typ, wildcardID) {
-			if r.subjRel != noSym {
+			if idx.vias[r.via].subjRel != noSym {
 				continue
 			}
 			if rp := w.relationOf(r); rp != nil && slices.Contains(rp.wildcards, t.typ) {
@@ -185,7 +185,7 @@ func (w *lookupWalk) reset() {
 // relationOf returns the relation of the table a reverse edge lies in, or
 // nil when the plan has none (or it is a permission).
 func (w *lookupWalk) relationOf(r revEdge) *relPlan {
-	ref := w.idx.tables[r.table]
+	ref := w.idx.tables[w.idx.vias[r.via].table]
 	rp := w.pl.rel(ref.typ, ref.rel)
 	if rp == nil || rp.rewrite != nil {
 		return nil
@@ -240,13 +240,14 @@ func (w *lookupWalk) climb(rp *relPlan, obj oid) {
 	arrows := w.rv.arrows[rp.num]
 	userset := subjectKind(rp.sym, rp.typ.sym)
 	for _, r := range w.idx.reverseOf(rp.typ.sym, obj) {
-		if r.subjRel == rp.sym {
+		via := w.idx.vias[r.via]
+		if via.subjRel == rp.sym {
 			if q := w.relationOf(r); q != nil && slices.Contains(q.kinds, userset) {
 				w.visit(q, r.obj)
 			}
 		}
 		for _, a := range arrows {
-			if a.tupleset.id == r.table {
+			if a.tupleset.id == via.table {
 				w.visit(a.perm, r.obj)
 			}
 		}
