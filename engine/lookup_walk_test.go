@@ -129,7 +129,7 @@ func sameMissing(a, b []engine.LookupResult) bool {
 func walkSubjects(c *difftest.Case) []rel.Subject {
 	var out []rel.Subject
 	for _, d := range c.Schema.Defs {
-		out = append(out, rel.Subject{Type: d.Name, ID: "unseen"})
+		out = append(out, rel.Subject{Type: d.Name, ID: "unseen"}, rel.Subject{Type: d.Name, ID: rel.Wildcard})
 		for _, id := range c.Pools[d.Name] {
 			out = append(out, rel.Subject{Type: d.Name, ID: id})
 			for _, r := range d.Names() {

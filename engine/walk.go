@@ -112,7 +112,8 @@ func forEachSource(n *node, f func(*node)) {
 	}
 }
 
-// lookupWalk is a walk's state, kept on the checker between calls.
+// lookupWalk is a walk's state, either direction, kept on the checker
+// between calls.
 type lookupWalk struct {
 	rv       *reversePlan
 	idx      *index
