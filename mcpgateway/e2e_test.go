@@ -168,7 +168,7 @@ func TestMcpGoSessionEra(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			e := newEnv(t, envOptions{cacheTTL: ttl})
 			tok := e.token("alice", "sub", map[string]any{"act": oidctest.Act("sub", "helper")})
-			tr, err := mcpgotransport.NewStreamableHTTP(e.resource, 
+			tr, err := mcpgotransport.NewStreamableHTTP(e.resource,
 				// mcp-go sends its DELETE without WithHTTPHeaders' headers: the
 				// token goes in through the HTTP client instead.
 				mcpgotransport.WithHTTPBasicClient(&http.Client{Transport: &clientTap{token: func() string { return tok }}}),

@@ -252,7 +252,7 @@ func (w *teeWriter) Write(p []byte) (int, error) {
 	w.buf.Write(p)
 	return w.ResponseWriter.Write(p)
 }
-func (w *teeWriter) Flush()                        { http.NewResponseController(w.ResponseWriter).Flush() }
+func (w *teeWriter) Flush()                      { http.NewResponseController(w.ResponseWriter).Flush() }
 func (w *teeWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 func (u *upstreamRecorder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
