@@ -3,12 +3,12 @@ package mcpgateway_test
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/mandate-authz/mandate/engine"
+	"github.com/mandate-authz/mandate/examples/mcp/calendar"
 	"github.com/mandate-authz/mandate/mcpgateway"
 	"github.com/mandate-authz/mandate/mcpgateway/oidctest"
 	pb "github.com/mandate-authz/mandate/proto/mandate/v1"
@@ -30,59 +31,8 @@ import (
 
 const mandateKey = "gateway-test-key"
 
-// testSchema: people own calendars; any agent may read what its principal
-// can, never write; tools are listed to whoever may use them.
-const testSchema = `definition user {}
-
-definition agent {
-	relation acts_for: user | agent
-}
-
-definition calendar {
-	relation owner: user
-	relation reader: user | agent:*
-	permission read = owner + reader
-	permission write = owner
-}
-
-definition mcp_tool {
-	relation user: user | agent:*
-	permission use = user
-}
-`
-
-var testRelationships = []string{
-	"calendar:alice#owner@user:alice",
-	"calendar:alice#reader@agent:*",
-	"calendar:bob#owner@user:bob",
-	"calendar:bob#reader@agent:*",
-	"mcp_tool:read_calendar#user@user:alice",
-	"mcp_tool:read_calendar#user@agent:*",
-	"mcp_tool:summarize_calendar#user@user:alice",
-	"mcp_tool:summarize_calendar#user@agent:*",
-	"mcp_tool:add_event#user@user:alice",
-	"agent:helper#acts_for@user:alice",
-	"agent:sub#acts_for@agent:helper",
-}
-
-const testMapping = `identity:
-  principal_type: user
-  agent_type: agent
-scopes: [mcp]
-tools:
-  read_calendar:
-    check: calendar:{calendar_id}#read
-    list: mcp_tool:read_calendar#use
-    arguments:
-      calendar_id: '[a-z0-9_-]{1,64}'
-  summarize_calendar:
-    check: calendar:{calendar_id}#read
-    list: mcp_tool:summarize_calendar#use
-  add_event:
-    check: calendar:{calendar_id}#write
-    list: mcp_tool:add_event#use
-    scopes: [calendar.write]
-`
+// mappingFile is the README's mapping file for the demo calendar server.
+const mappingFile = "../examples/mcp/mapping.yaml"
 
 // mandateServer is a real Mandate server on loopback with a queryable
 // audit trail.
@@ -138,10 +88,10 @@ func startMandate(t testing.TB) *mandateServer {
 	}
 	t.Cleanup(func() { conn.Close() })
 	m := &mandateServer{srv: srv, conn: conn, rels: pb.NewRelationshipServiceClient(conn), audit: pb.NewAuditServiceClient(conn)}
-	if _, err := pb.NewSchemaServiceClient(conn).WriteSchema(context.Background(), &pb.WriteSchemaRequest{Schema: testSchema}); err != nil {
+	if _, err := pb.NewSchemaServiceClient(conn).WriteSchema(context.Background(), &pb.WriteSchemaRequest{Schema: calendar.Schema}); err != nil {
 		t.Fatal(err)
 	}
-	m.write(t, pb.RelationshipUpdate_OPERATION_TOUCH, testRelationships...)
+	m.write(t, pb.RelationshipUpdate_OPERATION_TOUCH, calendar.Relationships...)
 	return m
 }
 
@@ -162,40 +112,6 @@ func (m *mandateServer) write(t testing.TB, op pb.RelationshipUpdate_Operation, 
 	if _, err := m.rels.WriteRelationships(context.Background(), &pb.WriteRelationshipsRequest{Updates: ups}); err != nil {
 		t.Fatalf("write %v: %v", texts, err)
 	}
-}
-
-// calendarServer is the go-sdk MCP server behind the gateway: three tools,
-// one of which streams progress before its result.
-func calendarServer() *mcp.Server {
-	s := mcp.NewServer(&mcp.Implementation{Name: "calendar", Version: "1.0.0"}, nil)
-	type calendarArgs struct {
-		CalendarID string `json:"calendar_id" jsonschema:"the calendar to use"`
-	}
-	type eventArgs struct {
-		CalendarID string `json:"calendar_id"`
-		Title      string `json:"title"`
-	}
-	text := func(s string) *mcp.CallToolResult {
-		return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: s}}}
-	}
-	mcp.AddTool(s, &mcp.Tool{Name: "read_calendar", Description: "Lists a calendar's events."},
-		func(ctx context.Context, req *mcp.CallToolRequest, in calendarArgs) (*mcp.CallToolResult, any, error) {
-			return text("events of " + in.CalendarID + ": standup 09:00"), nil, nil
-		})
-	mcp.AddTool(s, &mcp.Tool{Name: "add_event", Description: "Adds an event to a calendar."},
-		func(ctx context.Context, req *mcp.CallToolRequest, in eventArgs) (*mcp.CallToolResult, any, error) {
-			return text("added " + in.Title + " to " + in.CalendarID), nil, nil
-		})
-	mcp.AddTool(s, &mcp.Tool{Name: "summarize_calendar", Description: "Summarizes a calendar, reporting progress."},
-		func(ctx context.Context, req *mcp.CallToolRequest, in calendarArgs) (*mcp.CallToolResult, any, error) {
-			if tok := req.Params.GetProgressToken(); tok != nil {
-				for i := 1; i <= 3; i++ {
-					req.Session.NotifyProgress(ctx, &mcp.ProgressNotificationParams{ProgressToken: tok, Progress: float64(i), Total: 3, Message: fmt.Sprintf("step %d", i)})
-				}
-			}
-			return text("summary of " + in.CalendarID + ": one meeting"), nil, nil
-		})
-	return s
 }
 
 // exchange is one HTTP request and response seen at a tap.
@@ -359,13 +275,17 @@ func newEnv(t testing.TB, o envOptions) *env {
 	issSrv.Config.Handler = iss.Handler()
 	e.issuer = iss
 
-	srv := calendarServer()
+	srv := calendar.NewServer()
 	e.upstream = &upstreamRecorder{next: mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return srv }, &mcp.StreamableHTTPOptions{Stateless: o.stateless})}
 	up := httptest.NewServer(e.upstream)
 	t.Cleanup(up.Close)
 	e.direct = up.URL + "/mcp"
 
-	mapping, err := mcpgateway.ParseMapping([]byte(testMapping))
+	text, err := os.ReadFile(mappingFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mapping, err := mcpgateway.ParseMapping(text)
 	if err != nil {
 		t.Fatal(err)
 	}
