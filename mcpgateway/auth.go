@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/coreos/go-oidc/v3/oidc"
@@ -82,7 +83,17 @@ type authenticator struct {
 	skew     time.Duration
 	mapping  *Mapping
 	now      func() time.Time
+
+	// verified caches the identities of tokens already verified, keyed by
+	// the token's digest, so that a session's every request does not
+	// verify the same signature again. An entry lives until the token's
+	// exp; go-oidc does not notice a key withdrawn from the JWKS either.
+	mu       sync.Mutex
+	verified map[string]*Identity
 }
+
+// maxVerifiedTokens bounds the verified-token cache.
+const maxVerifiedTokens = 10_000
 
 // signingAlgs are the JWS algorithms accepted; "none" and HMAC never are.
 var signingAlgs = []string{
@@ -109,7 +120,7 @@ func newAuthenticator(ctx context.Context, cfg *Config) (*authenticator, error) 
 		// allows no skew on exp and five minutes on nbf.
 		SkipExpiryCheck: true,
 	})
-	return &authenticator{verifier: v, resource: cfg.Resource, skew: cfg.ClockSkew, mapping: cfg.Mapping, now: time.Now}, nil
+	return &authenticator{verifier: v, resource: cfg.Resource, skew: cfg.ClockSkew, mapping: cfg.Mapping, now: time.Now, verified: map[string]*Identity{}}, nil
 }
 
 // tokenClaims are the claims the gateway reads beyond go-oidc's.
@@ -144,6 +155,41 @@ func (a *authenticator) authenticate(ctx context.Context, r *http.Request) (*Ide
 		return nil, invalidToken("expected exactly one Authorization: Bearer <access token> header")
 	}
 	raw = strings.TrimSpace(raw)
+	sum := sha256.Sum256([]byte(raw))
+	digest := hex.EncodeToString(sum[:16])
+	a.mu.Lock()
+	id := a.verified[digest]
+	a.mu.Unlock()
+	if id != nil {
+		if a.now().After(id.expiry.Add(a.skew)) {
+			return nil, invalidToken("the token expired at %s", id.expiry.UTC().Format(time.RFC3339))
+		}
+		return id, a.checkScopes(id)
+	}
+	id, err := a.verify(ctx, raw)
+	if err != nil {
+		return nil, err
+	}
+	id.tokenHash = digest
+	a.mu.Lock()
+	if len(a.verified) >= maxVerifiedTokens {
+		clear(a.verified)
+	}
+	a.verified[digest] = id
+	a.mu.Unlock()
+	return id, a.checkScopes(id)
+}
+
+func (a *authenticator) checkScopes(id *Identity) error {
+	if missing := missingScopes(id.Scopes, a.mapping.Scopes); len(missing) > 0 {
+		return insufficientScope(a.mapping.Scopes)
+	}
+	return nil
+}
+
+// verify checks a token's signature, issuer, audience and times, and
+// reads its identity.
+func (a *authenticator) verify(ctx context.Context, raw string) (*Identity, error) {
 	tok, err := a.verifier.Verify(ctx, raw)
 	if err != nil {
 		return nil, invalidToken("%s", describeVerifyError(err, a.resource))
@@ -172,12 +218,7 @@ func (a *authenticator) authenticate(ctx context.Context, r *http.Request) (*Ide
 	if err != nil {
 		return nil, err
 	}
-	sum := sha256.Sum256([]byte(raw))
-	id.tokenHash = hex.EncodeToString(sum[:16])
 	id.expiry = tok.Expiry
-	if missing := missingScopes(id.Scopes, a.mapping.Scopes); len(missing) > 0 {
-		return nil, insufficientScope(a.mapping.Scopes)
-	}
 	return id, nil
 }
 

@@ -56,6 +56,9 @@ func BenchmarkToolsCall(b *testing.B) {
 			wg.Wait()
 			b.StopTimer()
 			reportPercentiles(b, slices.Concat(lat...))
+			if hits, misses := e.gw.CacheStats(); hits+misses > 0 {
+				b.ReportMetric(float64(hits)/float64(hits+misses), "cache-hit-ratio")
+			}
 		})
 	}
 }

@@ -94,7 +94,9 @@ func TestGoSDKStatelessEra(t *testing.T) {
 	if err != nil || textOf(t, res) != "summary of alice: one meeting" {
 		t.Fatalf("streamed call: %v %v", res, err)
 	}
-	sent, recv := e.upstream.find(`"summarize_calendar"`), tap.find(`"summarize_calendar"`)
+	// Both taps record an exchange once its stream has ended, which may be
+	// just after the client has its result.
+	sent, recv := waitFind(&e.upstream.recorder, `"summarize_calendar"`), waitFind(&tap.recorder, `"summarize_calendar"`)
 	if len(sent) != 1 || len(recv) != 1 {
 		t.Fatalf("summarize exchanges: %d upstream, %d client", len(sent), len(recv))
 	}
@@ -123,6 +125,24 @@ func TestGoSDKStatelessEra(t *testing.T) {
 		c := ev.GetContext().AsMap()
 		return ev.GetOperation() == "check_bulk" && c["mcp_method"] == "tools/list" && c["mcp_name"] == "add_event" && ev.GetDecision() == "denied"
 	})
+}
+
+func waitFind(r *recorder, s string) []*exchange {
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if got := r.find(s); len(got) > 0 {
+			return got
+		}
+	}
+	return nil
+}
+
+func waitExchange(r *recorder, ok func(*exchange) bool) bool {
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if slices.ContainsFunc(r.find(""), ok) {
+			return true
+		}
+	}
+	return false
 }
 
 func anyStrings(v any) []string {
@@ -254,10 +274,10 @@ func TestMcpGoSessionEra(t *testing.T) {
 				t.Fatal(err)
 			}
 			// DELETE ended the session at the gateway too.
-			if del := e.upstream.find(""); !slices.ContainsFunc(del, func(x *exchange) bool { return x.method == http.MethodDelete && x.session == session }) {
+			if !waitExchange(&e.upstream.recorder, func(x *exchange) bool { return x.method == http.MethodDelete && x.session == session }) {
 				t.Fatal("the DELETE did not reach the MCP server")
 			}
-			if slices.ContainsFunc(e.upstream.find(""), func(x *exchange) bool { return x.method == http.MethodGet }) == false {
+			if !waitExchange(&e.upstream.recorder, func(x *exchange) bool { return x.method == http.MethodGet && x.session == session }) {
 				t.Fatal("the GET stream did not reach the MCP server")
 			}
 			resp = rawPost(t, e.resource, tok, map[string]string{"Mcp-Session-Id": session, "Mcp-Protocol-Version": "2025-11-25"},
