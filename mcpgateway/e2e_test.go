@@ -67,8 +67,8 @@ func TestGoSDKStatelessEra(t *testing.T) {
 		t.Fatalf("direct tools/list: %v %v", toolNames(all), err)
 	}
 	got, err := cs.ListTools(ctxT(t), nil)
-	if err != nil || toolNames(got) != "read_calendar,summarize_calendar" {
-		t.Fatalf("filtered tools/list: %q %v", toolNames(got), err)
+	if err != nil || toolNames(got) != "read_calendar,summarize_calendar" || got.CacheScope != "private" || all.CacheScope != "public" {
+		t.Fatalf("filtered tools/list: %q %v (cacheScope %q, upstream %q)", toolNames(got), err, got.CacheScope, all.CacheScope)
 	}
 
 	// Allowed: helper reads alice's calendar for alice.

@@ -617,6 +617,9 @@ func (g *Gateway) listFilter(ctx context.Context, id *Identity) func(method stri
 			return nil, err
 		}
 		res[key] = b
+		// The list is this caller's: no intermediary may serve it to others
+		// (revision 2026-07-28 caching; absent would mean public).
+		res["cacheScope"] = json.RawMessage(`"private"`)
 		return json.Marshal(res)
 	}
 }
