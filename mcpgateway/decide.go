@@ -180,6 +180,10 @@ func (d *decider) check(ctx context.Context, id *Identity, scope string, it chec
 	return dec, nil
 }
 
+// maxBulkItems is the items sent in one CheckBulk: Mandate's default
+// --max-check-bulk-items.
+const maxBulkItems = 1000
+
 // checkBulk decides many items with one CheckBulk (list filtering). Items
 // that fail alone are denied.
 func (d *decider) checkBulk(ctx context.Context, id *Identity, items []checkItem) ([]Decision, error) {
@@ -197,14 +201,24 @@ func (d *decider) checkBulk(ctx context.Context, id *Identity, items []checkItem
 			Context:    it.info.context(id),
 		})
 	}
-	resp, err := d.perm.CheckBulk(ctx, req)
-	if err != nil {
-		return nil, fmt.Errorf("mandate CheckBulk of %d items: %w", len(items), err)
+	// One CheckBulk per maxBulkItems (Mandate's default limit per call):
+	// a list of up to that many entries is one call.
+	var pairs []*pb.CheckBulkPair
+	all := req.Items
+	for len(all) > 0 {
+		n := min(len(all), maxBulkItems)
+		req.Items = all[:n]
+		all = all[n:]
+		resp, err := d.perm.CheckBulk(ctx, req)
+		if err != nil {
+			return nil, fmt.Errorf("mandate CheckBulk of %d items: %w", n, err)
+		}
+		if len(resp.GetPairs()) != n {
+			return nil, fmt.Errorf("mandate CheckBulk answered %d pairs for %d items", len(resp.GetPairs()), n)
+		}
+		pairs = append(pairs, resp.GetPairs()...)
 	}
-	if len(resp.GetPairs()) != len(items) {
-		return nil, fmt.Errorf("mandate CheckBulk answered %d pairs for %d items", len(resp.GetPairs()), len(items))
-	}
-	for i, p := range resp.GetPairs() {
+	for i, p := range pairs {
 		if e := p.GetError(); e != nil {
 			out[i] = Decision{Reason: "error: " + e.GetMessage(), Resource: items[i].object.String(), Permission: items[i].permission}
 			continue

@@ -174,6 +174,46 @@ func findAudit(t *testing.T, e *env, agent string, ok func(*pb.AuditEvent) bool)
 	}
 }
 
+// TestPromptsAndResources: prompts/get and resources/read are checked,
+// and their lists filtered, like tools.
+func TestPromptsAndResources(t *testing.T) {
+	e := newEnv(t, envOptions{stateless: true})
+	cs, _ := e.goClient(e.resource, e.token("alice", "helper", nil), "")
+	prompts, err := cs.ListPrompts(ctxT(t), nil)
+	if err != nil || len(prompts.Prompts) != 1 || prompts.Prompts[0].Name != "plan_week" {
+		t.Fatalf("prompts/list: %v %v", prompts, err)
+	}
+	p, err := cs.GetPrompt(ctxT(t), &mcp.GetPromptParams{Name: "plan_week", Arguments: map[string]string{"calendar_id": "alice"}})
+	if err != nil || p.Messages[0].Content.(*mcp.TextContent).Text != "Plan the week of alice" {
+		t.Fatalf("prompts/get: %v %v", p, err)
+	}
+	_, err = cs.GetPrompt(ctxT(t), &mcp.GetPromptParams{Name: "plan_week", Arguments: map[string]string{"calendar_id": "bob"}})
+	if code, data := denialOf(t, err); code != mcpgateway.CodeDenied || data["reason"] != "principal_denied" {
+		t.Fatalf("prompts/get bob: %d %v", code, data)
+	}
+
+	direct, _ := e.goClient(e.direct, "", "")
+	if all, err := direct.ListResources(ctxT(t), nil); err != nil || len(all.Resources) != 2 {
+		t.Fatalf("direct resources/list: %v %v", all, err)
+	}
+	res, err := cs.ListResources(ctxT(t), nil)
+	if err != nil || len(res.Resources) != 1 || res.Resources[0].URI != "calendar://alice/events" {
+		t.Fatalf("filtered resources/list: %v %v", res, err)
+	}
+	read, err := cs.ReadResource(ctxT(t), &mcp.ReadResourceParams{URI: "calendar://alice/events"})
+	if err != nil || read.Contents[0].Text != "events of alice" {
+		t.Fatalf("resources/read: %v %v", read, err)
+	}
+	_, err = cs.ReadResource(ctxT(t), &mcp.ReadResourceParams{URI: "calendar://bob/events"})
+	if code, data := denialOf(t, err); code != mcpgateway.CodeDenied || data["resource"] != "calendar:bob" {
+		t.Fatalf("resources/read bob: %d %v", code, data)
+	}
+	_, err = cs.ReadResource(ctxT(t), &mcp.ReadResourceParams{URI: "file:///etc/passwd"})
+	if code, _ := denialOf(t, err); code != mcpgateway.CodeInvalidParams {
+		t.Fatalf("unmapped resource: %v", err)
+	}
+}
+
 // TestMcpGoSessionEra drives mcp-go pinned to revision 2025-11-25
 // (initialize, Mcp-Session-Id, a GET stream, DELETE) through the gateway
 // to a stateful go-sdk server, as a sub-agent whose act chain is revoked

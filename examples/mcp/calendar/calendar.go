@@ -47,6 +47,8 @@ var Relationships = []string{
 	"mcp_tool:summarize_calendar#user@user:alice",
 	"mcp_tool:summarize_calendar#user@agent:*",
 	"mcp_tool:add_event#user@user:alice",
+	"mcp_tool:plan_week#user@user:alice",
+	"mcp_tool:plan_week#user@agent:*",
 	"agent:helper#acts_for@user:alice",
 	"agent:sub#acts_for@agent:helper",
 }
@@ -64,7 +66,8 @@ func text(s string) *mcp.CallToolResult {
 	return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: s}}}
 }
 
-// NewServer returns the MCP server with its three tools.
+// NewServer returns the MCP server with its three tools, a prompt, and a
+// resource per calendar.
 func NewServer() *mcp.Server {
 	s := mcp.NewServer(&mcp.Implementation{Name: "calendar", Version: "1.0.0"}, nil)
 	mcp.AddTool(s, &mcp.Tool{Name: "read_calendar", Description: "Lists a calendar's events."},
@@ -84,6 +87,17 @@ func NewServer() *mcp.Server {
 			}
 			return text("summary of " + in.CalendarID + ": one meeting"), nil, nil
 		})
+	s.AddPrompt(&mcp.Prompt{Name: "plan_week", Description: "Plans the week from a calendar.", Arguments: []*mcp.PromptArgument{{Name: "calendar_id", Required: true}}},
+		func(_ context.Context, req *mcp.GetPromptRequest) (*mcp.GetPromptResult, error) {
+			return &mcp.GetPromptResult{Messages: []*mcp.PromptMessage{{Role: "user", Content: &mcp.TextContent{Text: "Plan the week of " + req.Params.Arguments["calendar_id"]}}}}, nil
+		})
+	for _, owner := range []string{"alice", "bob"} {
+		uri := "calendar://" + owner + "/events"
+		s.AddResource(&mcp.Resource{URI: uri, Name: owner + "-events", MIMEType: "text/plain"},
+			func(_ context.Context, _ *mcp.ReadResourceRequest) (*mcp.ReadResourceResult, error) {
+				return &mcp.ReadResourceResult{Contents: []*mcp.ResourceContents{{URI: uri, MIMEType: "text/plain", Text: "events of " + owner}}}, nil
+			})
+	}
 	return s
 }
 
