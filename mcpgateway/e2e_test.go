@@ -174,6 +174,26 @@ func findAudit(t *testing.T, e *env, agent string, ok func(*pb.AuditEvent) bool)
 	}
 }
 
+// TestJSONResponses: with an MCP server answering in JSON rather than SSE,
+// lists are filtered in the JSON body and results pass unchanged.
+func TestJSONResponses(t *testing.T) {
+	for _, version := range []string{"2025-11-25", ""} {
+		e := newEnv(t, envOptions{json: true, stateless: version == ""})
+		cs, tap := e.goClient(e.resource, e.token("alice", "helper", nil), version)
+		got, err := cs.ListTools(ctxT(t), nil)
+		if err != nil || toolNames(got) != "read_calendar,summarize_calendar" {
+			t.Fatalf("%s: filtered tools/list: %q %v", version, toolNames(got), err)
+		}
+		if res, err := callTool(t, cs, "read_calendar", map[string]any{"calendar_id": "alice"}); err != nil || textOf(t, res) != "events of alice: standup 09:00" {
+			t.Fatalf("%s: call: %v %v", version, res, err)
+		}
+		sent, recv := waitFind(&e.upstream.recorder, `"read_calendar"`), waitFind(&tap.recorder, `"read_calendar"`)
+		if len(sent) != 1 || len(recv) != 1 || !bytes.HasPrefix(sent[0].respBody, []byte("{")) || !bytes.Equal(sent[0].respBody, recv[0].respBody) {
+			t.Fatalf("%s: JSON result altered or not JSON: %d %d", version, len(sent), len(recv))
+		}
+	}
+}
+
 // TestPromptsAndResources: prompts/get and resources/read are checked,
 // and their lists filtered, like tools.
 func TestPromptsAndResources(t *testing.T) {

@@ -259,6 +259,7 @@ type env struct {
 type envOptions struct {
 	stateless bool          // the MCP server serves 2026-07-28 (stateless)
 	cacheTTL  time.Duration // the gateway's decision cache
+	json      bool          // the MCP server answers with JSON bodies, not SSE
 }
 
 func newEnv(t testing.TB, o envOptions) *env {
@@ -276,7 +277,7 @@ func newEnv(t testing.TB, o envOptions) *env {
 	e.issuer = iss
 
 	srv := calendar.NewServer()
-	e.upstream = &upstreamRecorder{next: mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return srv }, &mcp.StreamableHTTPOptions{Stateless: o.stateless})}
+	e.upstream = &upstreamRecorder{next: mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return srv }, &mcp.StreamableHTTPOptions{Stateless: o.stateless, JSONResponse: o.json})}
 	up := httptest.NewServer(e.upstream)
 	t.Cleanup(up.Close)
 	e.direct = up.URL + "/mcp"
