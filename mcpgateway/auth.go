@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -339,5 +338,3 @@ func quotable(s string) string {
 		return r
 	}, s)
 }
-
-var errNoIdentity = errors.New("no identity in the request context")

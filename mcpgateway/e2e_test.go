@@ -252,6 +252,7 @@ func TestMcpGoSessionEra(t *testing.T) {
 				// mcp-go sends its DELETE without WithHTTPHeaders' headers: the
 				// token goes in through the HTTP client instead.
 				mcpgotransport.WithHTTPBasicClient(&http.Client{Transport: &clientTap{token: func() string { return tok }}}),
+				//lint:ignore SA1019 the standalone GET stream is what revision 2025-11-25 has
 				mcpgotransport.WithContinuousListening())
 			if err != nil {
 				t.Fatal(err)

@@ -40,8 +40,7 @@ type message struct {
 	Error   json.RawMessage `json:"error,omitempty"`
 }
 
-func (m *message) isRequest() bool      { return m.Method != "" && len(m.ID) > 0 }
-func (m *message) isNotification() bool { return m.Method != "" && len(m.ID) == 0 }
+func (m *message) isRequest() bool { return m.Method != "" && len(m.ID) > 0 }
 
 // rpcError is a refusal answered as a JSON-RPC error with an HTTP status.
 type rpcError struct {
