@@ -174,6 +174,35 @@ func findAudit(t *testing.T, e *env, agent string, ok func(*pb.AuditEvent) bool)
 	}
 }
 
+// TestMandateDownFailsClosed: when Mandate cannot be reached, calls are
+// refused, never answered from the cache, and lists are withheld.
+func TestMandateDownFailsClosed(t *testing.T) {
+	e := newEnv(t, envOptions{stateless: true, cacheTTL: time.Hour})
+	cs, _ := e.goClient(e.resource, e.token("alice", "helper", nil), "")
+	for range 2 {
+		if _, err := callTool(t, cs, "read_calendar", map[string]any{"calendar_id": "alice"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if hits, _ := e.gw.CacheStats(); hits == 0 {
+		t.Fatal("the second call was not cached")
+	}
+	e.mandate.stop()
+	for deadline := time.Now().Add(5 * time.Second); e.gw.CacheReady(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the gateway still trusts its cache with Mandate down")
+		}
+	}
+	_, err := callTool(t, cs, "read_calendar", map[string]any{"calendar_id": "alice"})
+	if code, _ := denialOf(t, err); code != mcpgateway.CodeUnavailable {
+		t.Fatalf("call with Mandate down: %v", err)
+	}
+	_, err = cs.ListTools(ctxT(t), nil)
+	if code, _ := denialOf(t, err); code != mcpgateway.CodeUnavailable {
+		t.Fatalf("tools/list with Mandate down: %v", err)
+	}
+}
+
 // TestJSONResponses: with an MCP server answering in JSON rather than SSE,
 // lists are filtered in the JSON body and results pass unchanged.
 func TestJSONResponses(t *testing.T) {

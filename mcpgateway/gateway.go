@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/auth"
@@ -354,6 +355,14 @@ func (g *Gateway) post(w http.ResponseWriter, r *http.Request, id *Identity, nex
 	}
 	r.Body = io.NopCloser(bytes.NewReader(body))
 	r.ContentLength = int64(len(body))
+	if msg.Method != "" && !msg.isRequest() {
+		// A notification runs nothing the client waits for, but a server may
+		// still act on one named like a request: only notifications/* pass.
+		if !strings.HasPrefix(msg.Method, "notifications/") {
+			writeRPCError(w, nil, badRequest(CodeInvalidRequest, "%q without an id: only notifications/* may be sent as notifications", msg.Method))
+			return
+		}
+	}
 	if !msg.isRequest() {
 		next.ServeHTTP(w, r) // notifications, and responses to the server's requests
 		return

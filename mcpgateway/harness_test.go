@@ -41,6 +41,7 @@ type mandateServer struct {
 	conn  *grpc.ClientConn
 	rels  pb.RelationshipServiceClient
 	audit pb.AuditServiceClient
+	stop  func()
 }
 
 type bearer string
@@ -71,9 +72,10 @@ func startMandate(t testing.TB) *mandateServer {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Run(ctx) }()
+	var once sync.Once
+	stop := func() { once.Do(func() { cancel(); <-done }) }
 	t.Cleanup(func() {
-		cancel()
-		<-done
+		stop()
 		trail.Close(context.Background())
 		st.Close()
 	})
@@ -87,7 +89,7 @@ func startMandate(t testing.TB) *mandateServer {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	m := &mandateServer{srv: srv, conn: conn, rels: pb.NewRelationshipServiceClient(conn), audit: pb.NewAuditServiceClient(conn)}
+	m := &mandateServer{srv: srv, stop: stop, conn: conn, rels: pb.NewRelationshipServiceClient(conn), audit: pb.NewAuditServiceClient(conn)}
 	if _, err := pb.NewSchemaServiceClient(conn).WriteSchema(context.Background(), &pb.WriteSchemaRequest{Schema: calendar.Schema}); err != nil {
 		t.Fatal(err)
 	}
