@@ -12,55 +12,58 @@ import (
 	pb "github.com/mandate-authz/mandate/proto/mandate/v1"
 )
 
-// benchSessions is the number of concurrent MCP sessions.
-const benchSessions = 16
-
-// BenchmarkToolsCall measures one tools/call's latency at 16 concurrent
-// sessions (2025-11-25, a stateful go-sdk server), calling the MCP server
-// directly and through the gateway with and without the decision cache.
-// It reports p50 and p99; the gateway's added latency is the difference
-// from direct.
+// BenchmarkToolsCall measures one tools/call's latency at 1 and 16
+// concurrent sessions (2025-11-25, a stateful go-sdk server), calling the
+// MCP server directly and through the gateway with and without the
+// decision cache. It reports p50 and p99; the gateway's added latency is
+// the difference from direct.
 //
-//	go test ./mcpgateway -run '^$' -bench ToolsCall -benchtime 4000x
+//	go test ./mcpgateway -run '^$' -bench ToolsCall -benchtime 3200x
 func BenchmarkToolsCall(b *testing.B) {
-	for _, mode := range []string{"direct", "gateway-uncached", "gateway-cached"} {
-		b.Run(mode, func(b *testing.B) {
-			ttl := time.Duration(0)
-			if mode == "gateway-cached" {
-				ttl = time.Hour
-			}
-			e := newEnv(b, envOptions{cacheTTL: ttl})
-			endpoint, token := e.resource, e.token("alice", "helper", nil)
-			if mode == "direct" {
-				endpoint, token = e.direct, ""
-			}
-			sessions := make([]*mcp.ClientSession, benchSessions)
-			for i := range sessions {
-				sessions[i], _ = e.goClient(endpoint, token, "2025-11-25")
-				callBench(b, sessions[i]) // warm: connection, and the cache
-			}
-			lat := make([][]time.Duration, benchSessions)
-			b.ResetTimer()
-			var wg sync.WaitGroup
-			for i := range sessions {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					for j := i; j < b.N; j += benchSessions {
-						start := time.Now()
-						callBench(b, sessions[i])
-						lat[i] = append(lat[i], time.Since(start))
-					}
-				}()
-			}
-			wg.Wait()
-			b.StopTimer()
-			reportPercentiles(b, slices.Concat(lat...))
-			if hits, misses := e.gw.CacheStats(); hits+misses > 0 {
-				b.ReportMetric(float64(hits)/float64(hits+misses), "cache-hit-ratio")
-			}
-		})
+	for _, benchSessions := range []int{1, 16} {
+		for _, mode := range []string{"direct", "gateway-uncached", "gateway-cached"} {
+			benchToolsCall(b, mode, benchSessions)
+		}
 	}
+}
+
+func benchToolsCall(b *testing.B, mode string, benchSessions int) {
+	b.Run(fmt.Sprintf("sessions=%d/%s", benchSessions, mode), func(b *testing.B) {
+		ttl := time.Duration(0)
+		if mode == "gateway-cached" {
+			ttl = time.Hour
+		}
+		e := newEnv(b, envOptions{cacheTTL: ttl})
+		endpoint, token := e.resource, e.token("alice", "helper", nil)
+		if mode == "direct" {
+			endpoint, token = e.direct, ""
+		}
+		sessions := make([]*mcp.ClientSession, benchSessions)
+		for i := range sessions {
+			sessions[i], _ = e.goClient(endpoint, token, "2025-11-25")
+			callBench(b, sessions[i]) // warm: connection, and the cache
+		}
+		lat := make([][]time.Duration, benchSessions)
+		b.ResetTimer()
+		var wg sync.WaitGroup
+		for i := range sessions {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for j := i; j < b.N; j += benchSessions {
+					start := time.Now()
+					callBench(b, sessions[i])
+					lat[i] = append(lat[i], time.Since(start))
+				}
+			}()
+		}
+		wg.Wait()
+		b.StopTimer()
+		reportPercentiles(b, slices.Concat(lat...))
+		if hits, misses := e.gw.CacheStats(); hits+misses > 0 {
+			b.ReportMetric(float64(hits)/float64(hits+misses), "cache-hit-ratio")
+		}
+	})
 }
 
 func callBench(b *testing.B, cs *mcp.ClientSession) {
