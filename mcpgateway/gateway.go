@@ -202,7 +202,12 @@ func dedupe(in []string) []string {
 // NewProxy forwards MCP requests to the Streamable HTTP endpoint upstream
 // (its URL exactly), streaming responses as they come.
 func NewProxy(upstream *url.URL, log *slog.Logger) http.Handler {
+	// Keep a connection per concurrent client: the default transport keeps
+	// two idle per host, so more sessions would dial the upstream per call.
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.MaxIdleConnsPerHost = 256
 	return &httputil.ReverseProxy{
+		Transport: tr,
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.Out.URL = &url.URL{Scheme: upstream.Scheme, Host: upstream.Host, Path: upstream.Path, RawPath: upstream.RawPath, RawQuery: upstream.RawQuery}
 			pr.Out.Host = upstream.Host

@@ -187,6 +187,14 @@ func (u *upstreamRecorder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	u.add(e)
 }
 
+// clientTransport keeps a connection per concurrent session (the default
+// transport keeps two idle per host).
+var clientTransport = func() *http.Transport {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.MaxIdleConnsPerHost = 256
+	return tr
+}()
+
 // clientTap is the client side's transport: it adds the token and records
 // every response as received.
 type clientTap struct {
@@ -204,7 +212,7 @@ func (c *clientTap) RoundTrip(r *http.Request) (*http.Response, error) {
 	if tok := c.token(); tok != "" {
 		r.Header.Set("Authorization", "Bearer "+tok)
 	}
-	resp, err := http.DefaultTransport.RoundTrip(r)
+	resp, err := clientTransport.RoundTrip(r)
 	if err != nil {
 		return nil, err
 	}
