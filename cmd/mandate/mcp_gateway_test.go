@@ -33,7 +33,7 @@ func (b bearerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 // process, with an OIDC issuer and a go-sdk MCP server, and calls a tool
 // through the gateway: allowed for the owner's agent, denied elsewhere.
 func TestMCPGatewayCommand(t *testing.T) {
-	served := startServe(t)
+	served := startServe(t, "--datastore-engine", "memory")
 	if _, err := pb.NewSchemaServiceClient(served.conn).WriteSchema(served.ctx, &pb.WriteSchemaRequest{Schema: `definition user {}
 definition agent {
 	relation acts_for: user
