@@ -475,47 +475,65 @@ func callName(msg *message) (string, *rpcError) {
 // resources/subscribe; every other method reaching it is refused. (A
 // capability token would be checked here, once Mandate verifies them.)
 func (g *Gateway) authorize(ctx context.Context, id *Identity, sess, scope string, msg *message) error {
-	invalid := func(format string, args ...any) *rpcError {
-		return &rpcError{code: CodeInvalidParams, message: fmt.Sprintf(format, args...)}
+	switch msg.Method {
+	case "tools/call", "prompts/get":
+		return g.authorizeNamed(ctx, id, sess, scope, msg)
+	case "resources/read", "resources/subscribe":
+		return g.authorizeResource(ctx, id, sess, scope, msg)
 	}
+	return &rpcError{code: CodeMethodNotFound, message: fmt.Sprintf("method %q is not allowed through the gateway", msg.Method)}
+}
+
+func invalidParams(format string, args ...any) *rpcError {
+	return &rpcError{code: CodeInvalidParams, message: fmt.Sprintf(format, args...)}
+}
+
+// authorizeNamed decides a tools/call or prompts/get by its name and
+// arguments.
+func (g *Gateway) authorizeNamed(ctx context.Context, id *Identity, sess, scope string, msg *message) error {
 	p, perr := parseCallParams(msg)
 	if perr != nil {
 		perr.status = 0
 		return perr
 	}
-	switch msg.Method {
-	case "tools/call", "prompts/get":
-		rules, kind := g.cfg.Mapping.Tools, "tool"
-		if msg.Method == "prompts/get" {
-			rules, kind = g.cfg.Mapping.Prompts, "prompt"
-		}
-		if p.Name == "" {
-			return invalid("%s: params.name is required", msg.Method)
-		}
-		r := rules[p.Name]
-		if r == nil {
-			return invalid("unknown %s %q: %v", kind, p.Name, errNoRule)
-		}
-		obj, err := r.Check.Resolve(p.Arguments, r.Patterns)
-		if err != nil {
-			return invalid("%s %q: %v", kind, p.Name, err)
-		}
-		return g.decide(ctx, id, sess, scope, msg, p.Name, r.Scopes, obj, r.Check.Permission)
-	case "resources/read", "resources/subscribe":
-		if p.URI == "" {
-			return invalid("%s: params.uri is required", msg.Method)
-		}
-		r, uriArgs := g.cfg.Mapping.MatchResource(p.URI)
-		if r == nil {
-			return invalid("unknown resource %q: %v", p.URI, errNoRule)
-		}
-		obj, err := r.Check.Resolve(uriArgs, r.Patterns)
-		if err != nil {
-			return invalid("resource %q: %v", p.URI, err)
-		}
-		return g.decide(ctx, id, sess, scope, msg, p.URI, r.Scopes, obj, r.Check.Permission)
+	rules, kind := g.cfg.Mapping.Tools, "tool"
+	if msg.Method == "prompts/get" {
+		rules, kind = g.cfg.Mapping.Prompts, "prompt"
 	}
-	return &rpcError{code: CodeMethodNotFound, message: fmt.Sprintf("method %q is not allowed through the gateway", msg.Method)}
+	if p.Name == "" {
+		return invalidParams("%s: params.name is required", msg.Method)
+	}
+	r := rules[p.Name]
+	if r == nil {
+		return invalidParams("unknown %s %q: %v", kind, p.Name, errNoRule)
+	}
+	obj, err := r.Check.Resolve(p.Arguments, r.Patterns)
+	if err != nil {
+		return invalidParams("%s %q: %v", kind, p.Name, err)
+	}
+	return g.decide(ctx, id, sess, scope, msg, p.Name, r.Scopes, obj, r.Check.Permission)
+}
+
+// authorizeResource decides a resources/read or resources/subscribe by its
+// URI.
+func (g *Gateway) authorizeResource(ctx context.Context, id *Identity, sess, scope string, msg *message) error {
+	p, perr := parseCallParams(msg)
+	if perr != nil {
+		perr.status = 0
+		return perr
+	}
+	if p.URI == "" {
+		return invalidParams("%s: params.uri is required", msg.Method)
+	}
+	r, uriArgs := g.cfg.Mapping.MatchResource(p.URI)
+	if r == nil {
+		return invalidParams("unknown resource %q: %v", p.URI, errNoRule)
+	}
+	obj, err := r.Check.Resolve(uriArgs, r.Patterns)
+	if err != nil {
+		return invalidParams("resource %q: %v", p.URI, err)
+	}
+	return g.decide(ctx, id, sess, scope, msg, p.URI, r.Scopes, obj, r.Check.Permission)
 }
 
 func (g *Gateway) decide(ctx context.Context, id *Identity, sess, scope string, msg *message, name string, scopes []string, obj rel.Object, perm string) error {

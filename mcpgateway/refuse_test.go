@@ -171,6 +171,8 @@ func TestBadInput(t *testing.T) {
 		{"null id", legacy, `{"jsonrpc":"2.0","id":null,"method":"tools/call","params":{"name":"add_event","arguments":{"calendar_id":"bob"}}}`, 400, mcpgateway.CodeInvalidRequest, "id: expected"},
 		{"params not an object", legacy, `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":["add_event"]}`, 400, mcpgateway.CodeInvalidParams, "params: expected an object"},
 		{"method in another case", legacy, `{"jsonrpc":"2.0","id":1,"method":"Tools/Call","params":{"name":"add_event","arguments":{"calendar_id":"bob"}}}`, 200, mcpgateway.CodeMethodNotFound, "not allowed through the gateway"},
+		{"unmapped method without params", legacy, `{"jsonrpc":"2.0","id":1,"method":"sampling/anything"}`, 200, mcpgateway.CodeMethodNotFound, `"sampling/anything" is not allowed`},
+		{"tools/call without params", legacy, `{"jsonrpc":"2.0","id":1,"method":"tools/call"}`, 200, mcpgateway.CodeInvalidParams, "params are required"},
 		{"unmapped method", legacy, `{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{}}`, 200, mcpgateway.CodeMethodNotFound, "not allowed through the gateway"},
 		{"Mcp-Method missing", map[string]string{"Mcp-Protocol-Version": "2026-07-28"}, call(`{"calendar_id":"alice"}`), 400, mcpgateway.CodeHeaderMismatch, "missing required Mcp-Method"},
 		{"Mcp-Method mismatch", modern("tools/list", "read_calendar"), call(`{"calendar_id":"alice"}`), 400, mcpgateway.CodeHeaderMismatch, "does not match body"},
