@@ -174,6 +174,35 @@ func findAudit(t *testing.T, e *env, agent string, ok func(*pb.AuditEvent) bool)
 	}
 }
 
+// TestMiddlewareInProcess: the same checks with Middleware wrapping the
+// go-sdk handler directly; the handler sees the verified identity.
+func TestMiddlewareInProcess(t *testing.T) {
+	for _, version := range []string{"", "2025-11-25"} {
+		e := newEnv(t, envOptions{inProcess: true, stateless: version == ""})
+		cs, _ := e.goClient(e.resource, e.token("alice", "helper", nil), version)
+		if got, err := cs.ListTools(ctxT(t), nil); err != nil || toolNames(got) != "read_calendar,summarize_calendar" {
+			t.Fatalf("%q: tools/list %q %v", version, toolNames(got), err)
+		}
+		if res, err := callTool(t, cs, "read_calendar", map[string]any{"calendar_id": "alice"}); err != nil || textOf(t, res) != "events of alice: standup 09:00" {
+			t.Fatalf("%q: allowed call: %v %v", version, res, err)
+		}
+		_, err := callTool(t, cs, "read_calendar", map[string]any{"calendar_id": "bob"})
+		if code, data := denialOf(t, err); code != mcpgateway.CodeDenied || data["reason"] != "principal_denied" {
+			t.Fatalf("%q: denied call: %d %v", version, code, data)
+		}
+		calls := waitFind(&e.upstream.recorder, `"read_calendar"`)
+		if len(calls) != 1 {
+			t.Fatalf("%q: the handler saw %d calls", version, len(calls))
+		}
+		if calls[0].identity != "agent:helper,user:alice" {
+			t.Fatalf("%q: the handler saw identity %q", version, calls[0].identity)
+		}
+		if leaked := e.upstream.find("LEAKED-CREDENTIAL"); len(leaked) != 0 {
+			t.Fatalf("%q: the token reached the handler", version)
+		}
+	}
+}
+
 // TestMandateDownFailsClosed: when Mandate cannot be reached, calls are
 // refused, never answered from the cache, and lists are withheld.
 func TestMandateDownFailsClosed(t *testing.T) {

@@ -119,6 +119,7 @@ func (m *mandateServer) write(t testing.TB, op pb.RelationshipUpdate_Operation, 
 // exchange is one HTTP request and response seen at a tap.
 type exchange struct {
 	method, session string
+	identity        string // what IdentityFromContext said (in-process only)
 	reqBody         []byte
 	status          int
 	respBody        []byte
@@ -177,6 +178,9 @@ func (u *upstreamRecorder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	body, _ := io.ReadAll(r.Body)
 	r.Body = io.NopCloser(bytes.NewReader(body))
 	e := &exchange{method: r.Method, session: r.Header.Get("Mcp-Session-Id"), reqBody: body}
+	if id, ok := mcpgateway.IdentityFromContext(r.Context()); ok {
+		e.identity = strings.Join(id.ChainStrings(), ",")
+	}
 	// What reached the MCP server: the client's token must not.
 	if r.Header.Get("Authorization") != "" || r.Header.Get(mcpgateway.CapabilityHeader) != "" {
 		e.reqBody = append([]byte("LEAKED-CREDENTIAL "), body...)
@@ -270,6 +274,7 @@ type envOptions struct {
 	stateless bool          // the MCP server serves 2026-07-28 (stateless)
 	cacheTTL  time.Duration // the gateway's decision cache
 	json      bool          // the MCP server answers with JSON bodies, not SSE
+	inProcess bool          // Middleware wraps the go-sdk handler: no proxy
 }
 
 func newEnv(t testing.TB, o envOptions) *env {
@@ -314,7 +319,11 @@ func newEnv(t testing.TB, o envOptions) *env {
 	t.Cleanup(gw.Close)
 	e.gw = gw
 	upURL, _ := url.Parse(e.direct)
-	gs := &httptest.Server{Listener: ln, Config: &http.Server{Handler: gw.Middleware(mcpgateway.NewProxy(upURL, nil))}}
+	var next http.Handler = mcpgateway.NewProxy(upURL, nil)
+	if o.inProcess {
+		next = e.upstream
+	}
+	gs := &httptest.Server{Listener: ln, Config: &http.Server{Handler: gw.Middleware(next)}}
 	gs.Start()
 	t.Cleanup(gs.Close)
 	if o.cacheTTL > 0 {
