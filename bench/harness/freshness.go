@@ -106,7 +106,7 @@ func RunFreshness(ctx context.Context, opts FreshnessOptions) (*FreshnessResult,
 			return 0, 0, fmt.Errorf("check of %s on B: %w", r, err)
 		}
 		if got.GetDecision() != pb.Decision_DECISION_ALLOWED {
-			return 0, 0, fmt.Errorf("B answers %s for %s at least as fresh as its write", got.GetDecision(), r)
+			return 0, 0, fmt.Errorf("replica B answers %s for %s at least as fresh as its write", got.GetDecision(), r)
 		}
 		return t1.Sub(t0), time.Since(t1), nil
 	}

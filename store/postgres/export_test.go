@@ -14,13 +14,16 @@ import (
 func (s *Store) HoldCommitter(t testing.TB, onGroup func(size int)) (release func()) {
 	t.Helper()
 	s.onGroup = onGroup
-	held := make(chan struct{})
+	held, running := make(chan struct{}), make(chan struct{})
 	op := &writeOp{ctx: context.Background(), size: 1, done: make(chan error, 1),
 		run: func(context.Context, *group, store.Revision) error {
+			close(running)
 			<-held
 			return errHeld
 		}}
 	s.writes <- op
+	// Once it runs, its group is gathered: later writes wait for the next.
+	<-running
 	return func() {
 		close(held)
 		if err := <-op.done; !errors.Is(err, errHeld) {

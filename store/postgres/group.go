@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -34,10 +35,6 @@ const (
 	maxGroupMutations = 20_000
 )
 
-// groupTimeout bounds one group's transaction, so that a database that
-// stops answering fails the writes waiting on it instead of hanging them.
-const groupTimeout = 30 * time.Second
-
 // writeOp is one write waiting for the committer.
 type writeOp struct {
 	ctx context.Context
@@ -55,9 +52,10 @@ type writeOp struct {
 	done chan error
 }
 
-// enqueue hands op to the committer and waits for its outcome. Once the
-// committer has it, the caller waits for the commit even if ctx ends:
-// the answer must say whether the write happened.
+// enqueue hands op to the committer and waits for its outcome or for ctx
+// to end. A caller that stops waiting gets ctx's error, as when a single
+// write's context ends during its COMMIT: the write may still commit, but
+// it was never acknowledged.
 func (s *Store) enqueue(ctx context.Context, op *writeOp) (store.Revision, error) {
 	op.ctx = ctx
 	op.done = make(chan error, 1)
@@ -68,10 +66,15 @@ func (s *Store) enqueue(ctx context.Context, op *writeOp) (store.Revision, error
 	case <-ctx.Done():
 		return 0, ctx.Err()
 	}
-	if err := <-op.done; err != nil {
-		return 0, err
+	select {
+	case err := <-op.done:
+		if err != nil {
+			return 0, err
+		}
+		return op.rev, nil
+	case <-ctx.Done():
+		return 0, ctx.Err()
 	}
-	return op.rev, nil
 }
 
 // commitLoop is the one committer: it takes every write waiting into one
@@ -116,8 +119,6 @@ func (s *Store) commitLoop() {
 
 // commitGroup runs ops in one transaction and answers each of them.
 func (s *Store) commitGroup(ops []*writeOp) {
-	ctx, cancel := context.WithTimeout(s.bg, groupTimeout)
-	defer cancel()
 	live := ops[:0:0]
 	for _, op := range ops {
 		// A caller that gave up before its write started gets no write.
@@ -127,11 +128,27 @@ func (s *Store) commitGroup(ops []*writeOp) {
 		}
 		live = append(live, op)
 	}
+	// The group's statements run until the store closes or every caller
+	// in it has given up (a database that stops answering then fails the
+	// writes instead of hanging them), as a lone write's ran until its
+	// caller's context ended.
+	ctx, cancel := context.WithCancel(s.bg)
+	defer cancel()
+	var gone atomic.Int64
+	callers := int64(len(live))
+	for _, op := range live {
+		stop := context.AfterFunc(op.ctx, func() {
+			if gone.Add(1) == callers {
+				cancel()
+			}
+		})
+		defer stop()
+	}
 	uncombined := false
 	for len(live) > 0 {
 		failures := make([]error, len(live))
 		err := s.d.inTx(ctx, s.pool, writeTxOptions, func(tx pgx.Tx) error {
-			g := &group{tx: tx, batch: &pgx.Batch{}, failed: -1, now: s.now(), uncombined: uncombined}
+			g := &group{tx: tx, batch: &pgx.Batch{}, failed: -1, now: s.now(), uncombined: uncombined, noHashJoins: s.d.noHashJoins}
 			return s.runGroup(ctx, g, live, failures)
 		})
 		if errors.Is(err, errCombinedRefused) && !uncombined {
@@ -241,6 +258,10 @@ type group struct {
 	// sends each op's alone, after a combined statement was refused.
 	seg        applySegment
 	uncombined bool
+	// noHashJoins is the dialect's planner settings for large batches,
+	// sent once (lookupsForced) when a batch first needs them.
+	noHashJoins   string
+	lookupsForced bool
 }
 
 // queueRow queues a statement returning one row, scanned by fn when the

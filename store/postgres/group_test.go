@@ -1,6 +1,7 @@
 package postgres_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"slices"
@@ -230,3 +231,49 @@ func TestGroupCommitKeepsEachWriteOwnOutcome(t *testing.T) {
 
 // errRefused marks a write the database itself must refuse.
 var errRefused = errors.New("refused by the database")
+
+// TestGroupCommitSkipsAbandonedWrites: a caller that gives up while its
+// write waits for the committer gets its context's error, and the write
+// is not applied when the group runs.
+func TestGroupCommitSkipsAbandonedWrites(t *testing.T) {
+	ctx := t.Context()
+	s := open(t, postgres.Options{})
+	if _, err := s.WriteSchema(ctx, groupSchema); err != nil {
+		t.Fatal(err)
+	}
+	head0, err := s.Head(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	release := s.HoldCommitter(t, nil)
+	wctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.Write(wctx, nil, touch(t, "doc:gone#owner@user:ann"))
+		done <- err
+	}()
+	kept := make(chan error, 1)
+	go func() {
+		_, err := s.Write(ctx, nil, touch(t, "doc:kept#owner@user:ann"))
+		kept <- err
+	}()
+	time.Sleep(200 * time.Millisecond)
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("the abandoned write returned %v, want context.Canceled", err)
+	}
+	release()
+	if err := <-kept; err != nil {
+		t.Fatalf("the write sharing the group: %v", err)
+	}
+	got, err := readAll(ctx, s, head0+1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"doc:kept#owner@user:ann"}; !slices.Equal(got, want) {
+		t.Fatalf("stored %q, want %q: the abandoned write must not be applied", got, want)
+	}
+	if head, _ := s.Head(ctx); head != head0+1 {
+		t.Fatalf("head %d, want %d", head, head0+1)
+	}
+}

@@ -181,14 +181,8 @@ func (s *Store) applyWrite(ctx context.Context, g *group, rev store.Revision, pr
 			return err
 		}
 	}
-	if s.d.noHashJoins != "" && w.touched.len() >= forceLookupsMin {
-		// For a large batch against a large table PostgreSQL's planner
-		// prefers hashing the whole table to probing the key index once
-		// per key; the probes are what keep a batch's cost independent
-		// of the table's size.
-		for _, set := range strings.Split(s.d.noHashJoins, ";") {
-			g.queueExec(strings.TrimSpace(set), nil, func(pgconn.CommandTag) {})
-		}
+	if w.touched.len() >= forceLookupsMin {
+		g.forceLookups()
 	}
 	pre := queuePreconditions(g, preconditions)
 	conflict := queueConflicts(g, w, s.d.collate)
@@ -345,6 +339,26 @@ type applySegment struct {
 	collate    string
 }
 
+// forceLookups queues, once per group, the settings that leave the
+// planner only index lookups for joining a batch's keys to the stored
+// ones: for a large batch against a large table PostgreSQL prefers
+// hashing the whole table to probing the key index once per key, and the
+// probes are what keep a batch's cost independent of the table's size.
+func (g *group) forceLookups() {
+	g.sendSegment()
+	g.forceLookupsNow()
+}
+
+func (g *group) forceLookupsNow() {
+	if g.noHashJoins == "" || g.lookupsForced {
+		return
+	}
+	g.lookupsForced = true
+	for _, set := range strings.Split(g.noHashJoins, ";") {
+		g.queueExecNow(-1, "", strings.TrimSpace(set), nil, func(pgconn.CommandTag) {})
+	}
+}
+
 // append adds every row of o to c.
 func (c *columns) append(o *columns) {
 	c.resType = append(c.resType, o.resType...)
@@ -367,6 +381,9 @@ func (g *group) sendSegment() {
 	op := combinedOps
 	if len(seg.ops) == 1 {
 		op = seg.ops[0]
+	}
+	if seg.touched.len() >= forceLookupsMin {
+		g.forceLookupsNow()
 	}
 	var p params
 	rt, rid, rl, st, sid, srel := seg.touched.keyArgs(&p)
