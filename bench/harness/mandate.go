@@ -233,11 +233,17 @@ func openMandateGRPC(ctx context.Context, storeKind, uri string, cons Consistenc
 	if err != nil {
 		return nil, err
 	}
-	srv, err := server.New(st, engine.New(), server.Config{
+	cfg := server.Config{
 		GRPCAddr:            "127.0.0.1:0",
 		PresharedKeys:       []string{presharedKey},
 		ShutdownGracePeriod: 5 * time.Second,
-	})
+	}
+	// As `mandate serve` names a durable store, so that replicas over one
+	// database honour each other's revision tokens.
+	if id, ok := st.(interface{ ID() string }); ok {
+		cfg.StoreName = storeKind + ":" + id.ID()
+	}
+	srv, err := server.New(st, engine.New(), cfg)
 	if err != nil {
 		st.Close()
 		cleanup()
