@@ -1,156 +1,62 @@
 package server
 
 import (
-	"context"
-	"errors"
-
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
 	pb "github.com/mandate-authz/mandate/proto/mandate/v1"
+	"github.com/mandate-authz/mandate/server/op"
 	"github.com/mandate-authz/mandate/store"
 )
 
-// Consistency follows SpiceDB's meanings. For reads answered by the engine:
-//
-//   - minimize_latency (or none): whatever revision the engine has applied;
-//   - at_least_as_fresh(t): wait until the engine has applied t, then answer
-//     at its head (>= t), so a check after a revoking write never sees the
-//     revoked access;
-//   - at_exact_snapshot(t): wait for t, then answer exactly at t;
-//   - fully_consistent: wait for the store's current head, then answer.
-//
-// Reads answered by the store (ReadRelationships, export, ReadSchema) read
-// at the store's head, or exactly at t for at_exact_snapshot.
-//
-// Waiting for the engine, and reading the store's head to do so, is bounded
-// by Config.MaxRevisionWait (--max-revision-wait): past it the read fails
-// with Unavailable naming the revision it waited for. So while the store
-// is unreachable (see follow.go), minimize_latency reads still answer from
-// the engine's index as it was when the store went away; at_least_as_fresh
-// and at_exact_snapshot answer if the engine has applied the token and
-// otherwise wait, then fail; fully_consistent fails, since it needs the
-// store's head. No read is ever answered from a state older than its token.
+// Consistency follows SpiceDB's meanings; the core resolves it (see
+// op.Consistency). mandate.v1 refuses tokens of other stores outright.
 
 // token returns the revision token for rev.
 func (s *Server) token(rev store.Revision) *pb.RevisionToken {
 	return &pb.RevisionToken{Token: s.inst.encodeToken(rev)}
 }
 
-// decodeRevision parses a token and checks it is not ahead of the store.
-// When the store cannot be reached to tell, the token is taken as it is:
-// an engine read then waits for the engine to apply it, bounded, and a
-// store read fails on the store.
-func (s *Server) decodeRevision(ctx context.Context, field string, t *pb.RevisionToken) (store.Revision, error) {
+// consistencyFromProto parses a mandate.v1 consistency requirement.
+func (s *Server) consistencyFromProto(c *pb.Consistency) (op.Consistency, error) {
+	switch r := c.GetRequirement().(type) {
+	case *pb.Consistency_AtLeastAsFresh:
+		return s.tokenConsistency(op.AtLeastAsFresh, "consistency.at_least_as_fresh", r.AtLeastAsFresh)
+	case *pb.Consistency_AtExactSnapshot:
+		return s.tokenConsistency(op.AtExactSnapshot, "consistency.at_exact_snapshot", r.AtExactSnapshot)
+	case *pb.Consistency_FullyConsistent:
+		if r.FullyConsistent {
+			return op.Consistency{Mode: op.FullyConsistent}, nil
+		}
+	}
+	return op.Consistency{}, nil
+}
+
+func (s *Server) tokenConsistency(mode op.Mode, field string, t *pb.RevisionToken) (op.Consistency, error) {
 	rev, err := s.inst.decodeToken(field, t.GetToken())
 	if err != nil {
-		return 0, err
+		return op.Consistency{}, err
 	}
-	if rev <= s.eng.Head() {
-		return rev, nil
+	return op.Consistency{Mode: mode, Revision: rev, Field: field}, nil
+}
+
+// resume parses a paged request's cursor (the page's exact revision and
+// the last key or ID returned) or, without one, its consistency.
+func (s *Server) resume(c *pb.Cursor, consistency *pb.Consistency, reqHash uint64) (op.Consistency, string, error) {
+	if c == nil {
+		cons, err := s.consistencyFromProto(consistency)
+		return cons, "", err
 	}
-	head, err := s.storeHead(ctx)
-	if status.Code(err) == codes.Unavailable {
-		return rev, nil
-	}
+	return s.resumeCursor(c.GetToken(), reqHash)
+}
+
+// resumeCursor decodes a cursor of either API.
+func (s *Server) resumeCursor(token string, reqHash uint64) (op.Consistency, string, error) {
+	cur, err := s.inst.decodeCursor("optional_cursor", token, reqHash)
 	if err != nil {
-		return 0, err
+		return op.Consistency{}, "", err
 	}
-	if rev > head {
-		return 0, status.Errorf(codes.InvalidArgument, "%s: the token names revision %d but the store is at %d; it was not issued by this store", field, rev, head)
-	}
-	return rev, nil
+	return op.Consistency{Mode: op.AtExactSnapshot, Revision: cur.rev, Field: "optional_cursor"}, cur.after, nil
 }
 
-// engineRevision applies a consistency requirement for an engine read and
-// returns the revision to pass to the engine (0: its head).
-func (s *Server) engineRevision(ctx context.Context, c *pb.Consistency) (store.Revision, error) {
-	// One bound for reading the store's head and waiting for the engine.
-	ctx, cancel := s.boundRevisionWait(ctx)
-	defer cancel()
-	switch r := c.GetRequirement().(type) {
-	case *pb.Consistency_AtLeastAsFresh:
-		rev, err := s.decodeRevision(ctx, "consistency.at_least_as_fresh", r.AtLeastAsFresh)
-		if err != nil {
-			return 0, err
-		}
-		return 0, s.waitFor(ctx, rev)
-	case *pb.Consistency_AtExactSnapshot:
-		rev, err := s.decodeRevision(ctx, "consistency.at_exact_snapshot", r.AtExactSnapshot)
-		if err != nil {
-			return 0, err
-		}
-		return rev, s.waitFor(ctx, rev)
-	case *pb.Consistency_FullyConsistent:
-		if !r.FullyConsistent {
-			return 0, nil
-		}
-		head, err := s.storeHead(ctx)
-		if err != nil {
-			return 0, status.Errorf(codeOf(err), "consistency.fully_consistent: %s", status.Convert(err).Message())
-		}
-		return 0, s.waitFor(ctx, head)
-	}
-	return 0, nil
-}
-
-// waitFor blocks until the engine has applied rev, for at most the
-// revision wait; then it fails with Unavailable naming rev.
-func (s *Server) waitFor(ctx context.Context, rev store.Revision) error {
-	if rev <= s.eng.Head() {
-		return nil
-	}
-	wctx, cancel := s.boundRevisionWait(ctx)
-	defer cancel()
-	if err := s.eng.WaitForRevision(wctx, rev); err != nil {
-		if errors.Is(context.Cause(wctx), errRevisionWaitOver) {
-			return status.Errorf(codes.Unavailable, "revision %d is not applied here yet (this server's index is at %d) after waiting %v (--max-revision-wait): it is catching up with the store or cannot reach it; retry",
-				rev, s.eng.Head(), s.cfg.MaxRevisionWait)
-		}
-		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
-			return status.FromContextError(err).Err()
-		}
-		return err
-	}
-	return nil
-}
-
-// errRevisionWaitOver is the cause of a context that the revision wait
-// ended, as opposed to the caller's deadline or cancellation.
-var errRevisionWaitOver = errors.New("revision wait over")
-
-// boundRevisionWait limits ctx to the revision wait. Nested bounds share
-// the cause, so the outermost one bounds the whole.
-func (s *Server) boundRevisionWait(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeoutCause(ctx, s.cfg.MaxRevisionWait, errRevisionWaitOver)
-}
-
-// storeHead reads the store's head within the revision wait. A store that
-// cannot be reached, or does not answer in time, is Unavailable.
-func (s *Server) storeHead(ctx context.Context) (store.Revision, error) {
-	hctx, cancel := s.boundRevisionWait(ctx)
-	defer cancel()
-	head, err := s.st.Head(hctx)
-	switch {
-	case err == nil:
-		return head, nil
-	case errors.Is(context.Cause(hctx), errRevisionWaitOver):
-		return 0, status.Errorf(codes.Unavailable, "the store did not report its head revision within %v (--max-revision-wait): %v", s.cfg.MaxRevisionWait, err)
-	case codeOf(err) == codes.Unavailable:
-		return 0, status.Errorf(codes.Unavailable, "the store is unreachable: %v", err)
-	}
-	return 0, err
-}
-
-// storeRevision applies a consistency requirement for a store read.
-func (s *Server) storeRevision(ctx context.Context, c *pb.Consistency) (store.Revision, error) {
-	switch r := c.GetRequirement().(type) {
-	case *pb.Consistency_AtExactSnapshot:
-		return s.decodeRevision(ctx, "consistency.at_exact_snapshot", r.AtExactSnapshot)
-	case *pb.Consistency_AtLeastAsFresh:
-		if _, err := s.decodeRevision(ctx, "consistency.at_least_as_fresh", r.AtLeastAsFresh); err != nil {
-			return 0, err
-		}
-	}
-	return s.storeHead(ctx)
+// cursorAfter encodes the cursor resuming after key or ID after.
+func (s *Server) cursorAfter(rev store.Revision, reqHash uint64, after string) string {
+	return s.inst.encodeCursor(cursor{rev: rev, req: reqHash, after: after})
 }

@@ -188,10 +188,9 @@ func filterFromProto(field string, f *pb.RelationshipFilter) (rel.Filter, error)
 	return out, nil
 }
 
-func preconditionsFromProto(pre []*pb.Precondition, max int) ([]store.Precondition, error) {
-	if len(pre) > max {
-		return nil, status.Errorf(codes.InvalidArgument, "optional_preconditions: %d preconditions, at most %d per call", len(pre), max)
-	}
+// preconditionsFromProto converts preconditions; the core bounds their
+// number.
+func preconditionsFromProto(pre []*pb.Precondition) ([]store.Precondition, error) {
 	out := make([]store.Precondition, 0, len(pre))
 	for i, p := range pre {
 		field := fmt.Sprintf("optional_preconditions[%d]", i)

@@ -16,7 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	pb "github.com/mandate-authz/mandate/proto/mandate/v1"
-	"github.com/mandate-authz/mandate/server/audit"
+	"github.com/mandate-authz/mandate/server/op"
 )
 
 // longRunning methods are exempt from the request timeout: they last as long
@@ -43,12 +43,18 @@ func transportOf(ctx context.Context) string {
 	return "grpc"
 }
 
-// begin authenticates a call and applies the request timeout. The returned
-// cancel must be called when the call ends.
+// begin authenticates a call, puts the caller's identity in its context
+// and applies the request timeout. The returned cancel must be called when
+// the call ends.
 func (s *Server) begin(ctx context.Context, fullMethod string) (context.Context, context.CancelFunc, error) {
-	if err := s.auth.check(ctx, fullMethod); err != nil {
+	id, err := s.auth.authenticate(ctx, fullMethod)
+	if err != nil {
 		return ctx, func() {}, err
 	}
+	// This is the one place a per-method authorization of the identity
+	// (scoped API keys: may this key call fullMethod?) belongs: the caller
+	// is resolved and the method known, before any handler runs.
+	ctx = op.WithIdentity(ctx, id)
 	if isPublic(fullMethod) || longRunning(fullMethod) {
 		return ctx, func() {}, nil
 	}
@@ -91,25 +97,31 @@ func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.Unary
 	}()
 	ctx, cancel, err := s.begin(ctx, info.FullMethod)
 	defer cancel()
-	if err != nil {
-		s.auditRefused(ctx, info.FullMethod, func(a *auditCall) []*audit.Event {
-			if build := unaryAuditors[info.FullMethod]; build != nil {
-				return build(a, req, nil)
-			}
-			return nil
-		}, err)
-		return nil, err
+	ctx, call := s.beginCall(ctx, info.FullMethod)
+	if err == nil {
+		resp, err = handler(ctx, req)
 	}
-	return handler(ctx, req)
+	s.core.End(ctx, call, func() op.Request { return refusedRequest(ctx, info.FullMethod, req) }, err)
+	return resp, err
 }
 
-// ctxStream overrides a stream's context.
+// ctxStream overrides a stream's context and keeps its first message,
+// which describes the call if it is refused.
 type ctxStream struct {
 	grpc.ServerStream
-	ctx context.Context
+	ctx   context.Context
+	first any
 }
 
-func (c ctxStream) Context() context.Context { return c.ctx }
+func (c *ctxStream) Context() context.Context { return c.ctx }
+
+func (c *ctxStream) RecvMsg(m any) error {
+	err := c.ServerStream.RecvMsg(m)
+	if err == nil && c.first == nil {
+		c.first = m
+	}
+	return err
+}
 
 func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
 	start := time.Now()
@@ -117,16 +129,13 @@ func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.Str
 	defer func() { err = s.finish(ctx, info.FullMethod, start, recover(), err) }()
 	ctx, cancel, err := s.begin(ctx, info.FullMethod)
 	defer cancel()
-	if err != nil {
-		s.auditRefused(ctx, info.FullMethod, func(a *auditCall) []*audit.Event {
-			if build := streamAuditors[info.FullMethod]; build != nil {
-				return []*audit.Event{build(a, &auditedStream{ServerStream: ss})}
-			}
-			return nil
-		}, err)
-		return err
+	ctx, call := s.beginCall(ctx, info.FullMethod)
+	w := &ctxStream{ServerStream: ss, ctx: ctx}
+	if err == nil {
+		err = handler(srv, w)
 	}
-	return handler(srv, ctxStream{ServerStream: ss, ctx: ctx})
+	s.core.End(ctx, call, func() op.Request { return refusedRequest(ctx, info.FullMethod, w.first) }, err)
+	return err
 }
 
 // limitBody bounds REST request bodies by the message size limit, answering
