@@ -79,10 +79,14 @@ func validRequestID(s string) bool {
 }
 
 // beginCall starts a call in the core with its request ID, source and
-// transport, and the error wording of the API it came through. It reads
+// transport, and the error wording of the API it came through (nothing to
+// start when nothing is audited). It reads
 // single metadata keys rather than copying the whole metadata: it runs on
 // every call.
 func (s *Server) beginCall(ctx context.Context, method string) (context.Context, *op.Call) {
+	if s.cfg.Audit == nil {
+		return ctx, nil
+	}
 	info := op.CallInfo{Transport: transportOf(ctx), Classify: classifyMandate}
 	if v := metadata.ValueFromIncomingContext(ctx, RequestIDHeader); len(v) > 0 && validRequestID(v[0]) {
 		info.RequestID = v[0]

@@ -35,7 +35,6 @@ func (r CheckRequest) engine(rev store.Revision, explain bool) engine.CheckReque
 
 // Check answers one check.
 func (c *Core) Check(ctx context.Context, req CheckRequest) (CheckResult, error) {
-	call := callFrom(ctx)
 	rev, err := c.engineRevision(ctx, req.Consistency)
 	var res CheckResult
 	if err == nil {
@@ -44,6 +43,10 @@ func (c *Core) Check(ctx context.Context, req CheckRequest) (CheckResult, error)
 	if err == nil {
 		c.decided(res.Decision)
 	}
+	if c.aud == nil {
+		return res, err
+	}
+	call := callFrom(ctx)
 	ev := call.event(audit.OpCheck, err)
 	c.checkEvent(ev, req, res, err, res.Revision)
 	if aerr := c.recordRead(ctx, call, ev); aerr != nil {
@@ -91,8 +94,11 @@ type CheckItemResult struct {
 // whole only when the request does (limits, consistency, cancellation);
 // an item's own failure is its Err.
 func (c *Core) CheckBulk(ctx context.Context, req CheckBulkRequest) (CheckBulkResult, error) {
-	call := callFrom(ctx)
 	out, err := c.checkBulk(ctx, req)
+	if c.aud == nil {
+		return out, err
+	}
+	call := callFrom(ctx)
 	if err != nil {
 		ev := call.event(audit.OpCheckBulk, err)
 		ev.Count = int64(len(req.Items))
