@@ -65,7 +65,7 @@ func (e *Engine) loadSnapshot(ctx context.Context, st store.Store, head store.Re
 		idx.setSchema(head, p)
 	}
 	loaded := 0
-	for r, err := range st.Read(ctx, head, rel.Filter{}) {
+	for r, err := range st.Read(ctx, head, rel.Filter{}, nil) {
 		if err != nil {
 			return fmt.Errorf("loading snapshot at revision %d: %w", head, err)
 		}

@@ -161,7 +161,7 @@ func (s *Server) idsWithPrefix(ctx context.Context, f v1Filter) ([]string, error
 	}
 	var ids []string
 	seen := map[string]bool{}
-	for r, err := range s.st.Read(ctx, head, f.Filter) {
+	for r, err := range s.st.Read(ctx, head, f.Filter, nil) {
 		if err != nil {
 			return nil, authzedStatus(err)
 		}
@@ -182,7 +182,7 @@ func (s *Server) deleteFirst(ctx context.Context, pre []store.Precondition, filt
 		return 0, 0, err
 	}
 	muts := make([]store.Mutation, 0, limit)
-	for r, err := range s.st.Read(ctx, head, filter) {
+	for r, err := range s.st.Read(ctx, head, filter, nil) {
 		if err != nil {
 			return 0, 0, err
 		}
@@ -224,7 +224,7 @@ func (p *authzedPermissions) ReadRelationships(req *v1.ReadRelationshipsRequest,
 	limit := req.GetOptionalLimit()
 	// The store yields relationships in the order of their text keys, so a
 	// cursor holding the last key resumes exactly after it.
-	for rl, err := range p.s.st.Read(ctx, rev, f.Filter) {
+	for rl, err := range p.s.st.Read(ctx, rev, f.Filter, nil) {
 		if err != nil {
 			return authzedStatus(err)
 		}
@@ -341,7 +341,7 @@ func (p *authzedPermissions) ExportBulkRelationships(req *v1.ExportBulkRelations
 		batch = make([]*v1.Relationship, 0, size)
 		return err
 	}
-	for rl, err := range p.s.st.Read(ctx, rev, f.Filter) {
+	for rl, err := range p.s.st.Read(ctx, rev, f.Filter, nil) {
 		if err != nil {
 			return authzedStatus(err)
 		}

@@ -117,7 +117,7 @@ func (r *relationshipService) ReadRelationships(req *pb.ReadRelationshipsRequest
 	limit := req.GetOptionalLimit()
 	// The store yields relationships in the order of their text keys, so a
 	// cursor holding the last key resumes exactly after it.
-	for rl, err := range r.s.st.Read(ctx, rev, filter) {
+	for rl, err := range r.s.st.Read(ctx, rev, filter, nil) {
 		if err != nil {
 			return err
 		}
@@ -300,7 +300,7 @@ func (r *relationshipService) ExportRelationships(req *pb.ExportRelationshipsReq
 		batch = make([]*pb.Relationship, 0, size)
 		return err
 	}
-	for rl, err := range r.s.st.Read(ctx, rev, filter) {
+	for rl, err := range r.s.st.Read(ctx, rev, filter, nil) {
 		if err != nil {
 			return err
 		}

@@ -81,7 +81,7 @@ func (x *schemaService) ValidateSchema(ctx context.Context, req *pb.ValidateSche
 		}
 	}
 	out.Diffs = diffSchemas(live, candidate)
-	orphans, err := store.OrphansUnder(candidate, x.s.st.Read(ctx, head, rel.Filter{}), maxOrphansListed+1)
+	orphans, err := store.OrphansUnder(candidate, x.s.st.Read(ctx, head, rel.Filter{}, nil), maxOrphansListed+1)
 	if err != nil {
 		return nil, err
 	}

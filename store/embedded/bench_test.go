@@ -15,6 +15,7 @@ import (
 	"github.com/mandate-authz/mandate/store"
 	"github.com/mandate-authz/mandate/store/embedded"
 	"github.com/mandate-authz/mandate/store/rel"
+	"github.com/mandate-authz/mandate/store/storetest"
 )
 
 // benchLoadRels sizes BenchmarkLoad; issue 6's startup goal is stated at
@@ -209,4 +210,12 @@ func heapInUse() uint64 {
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
 	return m.HeapAlloc
+}
+
+// BenchmarkPaging pages through 100,000 relationships with a read cursor
+// (see storetest.BenchmarkPaging).
+func BenchmarkPaging(b *testing.B) {
+	s := openBench(b, b.TempDir())
+	defer s.Close()
+	storetest.BenchmarkPaging(b, s)
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/mandate-authz/mandate/store"
 	"github.com/mandate-authz/mandate/store/postgres"
 	"github.com/mandate-authz/mandate/store/rel"
+	"github.com/mandate-authz/mandate/store/storetest"
 )
 
 // loadN sizes BenchmarkLoad; the figure is -load-n=1000000.
@@ -137,4 +138,10 @@ func BenchmarkLoad(b *testing.B) {
 	b.ReportMetric(b.Elapsed().Seconds()/float64(b.N), "s/load")
 	b.ReportMetric(float64(*loadN)*float64(b.N)/b.Elapsed().Seconds(), "rels/s")
 	b.ReportMetric(perRel, "heap-bytes/rel")
+}
+
+// BenchmarkPaging pages through 100,000 relationships with a read cursor
+// (see storetest.BenchmarkPaging).
+func BenchmarkPaging(b *testing.B) {
+	storetest.BenchmarkPaging(b, open(b, postgres.Options{MaxConns: 4}))
 }
