@@ -109,7 +109,7 @@ func (c *Core) validateSchema(ctx context.Context, text string) (SchemaValidatio
 			return SchemaValidation{}, fmt.Errorf("the live schema at revision %d no longer compiles: %v", head, err)
 		}
 	}
-	orphans, err := store.OrphansUnder(out.Candidate, c.st.Read(ctx, head, rel.Filter{}), MaxOrphansListed+1)
+	orphans, err := store.OrphansUnder(out.Candidate, c.st.Read(ctx, head, rel.Filter{}, nil), MaxOrphansListed+1)
 	if err != nil {
 		return SchemaValidation{}, err
 	}
@@ -202,23 +202,21 @@ func (c *Core) Read(ctx context.Context, req ReadRequest) (ReadResult, error) {
 }
 
 // readAfter yields the relationships matching f at rev whose keys sort
-// after *after (nil: all), in key order.
+// after *after (nil: all), in key order. The store resumes after the key
+// itself (a seek, a binary search, a keyset condition), so paging through
+// N relationships reads each once; only the ID prefix, which the store
+// does not index, is applied here.
 func (c *Core) readAfter(ctx context.Context, rev store.Revision, f Filter, after *rel.Key) iter.Seq2[rel.Relationship, error] {
+	if f.ResourceIDPrefix == "" {
+		return c.st.Read(ctx, rev, f.Filter, after)
+	}
 	return func(yield func(rel.Relationship, error) bool) {
-		var last string
-		if after != nil {
-			last = after.String()
-		}
-		// Until the store resumes after a key itself, skip to it here.
-		for r, err := range c.st.Read(ctx, rev, f.Filter) {
+		for r, err := range c.st.Read(ctx, rev, f.Filter, after) {
 			if err != nil {
 				yield(rel.Relationship{}, err)
 				return
 			}
-			if (after != nil && r.Key().String() <= last) || !f.Matches(r) {
-				continue
-			}
-			if !yield(r, nil) {
+			if f.Matches(r) && !yield(r, nil) {
 				return
 			}
 		}

@@ -238,7 +238,7 @@ func (c *Core) idsWithPrefix(ctx context.Context, f Filter) ([]string, error) {
 	}
 	var ids []string
 	seen := map[string]bool{}
-	for r, err := range c.st.Read(ctx, head, f.Filter) {
+	for r, err := range c.st.Read(ctx, head, f.Filter, nil) {
 		if err != nil {
 			return nil, err
 		}
@@ -259,7 +259,7 @@ func (c *Core) deleteFirst(ctx context.Context, pre []store.Precondition, filter
 		return 0, 0, err
 	}
 	muts := make([]store.Mutation, 0, limit)
-	for r, err := range c.st.Read(ctx, head, filter) {
+	for r, err := range c.st.Read(ctx, head, filter, nil) {
 		if err != nil {
 			return 0, 0, err
 		}
