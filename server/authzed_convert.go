@@ -20,28 +20,12 @@ import (
 // proto rules do not, naming the field.
 
 func objectFromV1(field string, o *v1.ObjectReference) (rel.Object, error) {
-	if o == nil {
-		return rel.Object{}, invalid(field, "required")
-	}
-	out := rel.Object{Type: o.GetObjectType(), ID: o.GetObjectId()}
-	if err := rel.ValidateObject(out); err != nil {
-		return rel.Object{}, invalid(field, "%v", err)
-	}
-	return out, nil
+	return objectOf(field, o != nil, o.GetObjectType(), o.GetObjectId())
 }
 
 func subjectFromV1(field string, s *v1.SubjectReference) (rel.Subject, error) {
-	if s == nil || s.GetObject() == nil {
-		return rel.Subject{}, invalid(field, "required")
-	}
-	out := rel.Subject{Type: s.GetObject().GetObjectType(), ID: s.GetObject().GetObjectId(), Relation: s.GetOptionalRelation()}
-	if out.Relation == "..." {
-		out.Relation = ""
-	}
-	if err := rel.ValidateSubject(out); err != nil {
-		return rel.Subject{}, invalid(field, "%v", err)
-	}
-	return out, nil
+	o := s.GetObject()
+	return subjectOf(field, o != nil, o.GetObjectType(), o.GetObjectId(), s.GetOptionalRelation())
 }
 
 func subjectToV1(s rel.Subject) *v1.SubjectReference {

@@ -183,24 +183,13 @@ func (p *authzedPermissions) ReadRelationships(req *v1.ReadRelationshipsRequest,
 		return authzedStatus(err)
 	}
 	token := p.s.zedToken(page.Revision)
-	for rl, err := range page.Relationships {
-		if err != nil {
-			return authzedStatus(err)
-		}
+	return p.s.sendReadPage(page, hash, authzedStatus, func(rl rel.Relationship, cursor string) error {
 		out, err := relationshipToV1(rl)
 		if err != nil {
 			return err
 		}
-		err = stream.Send(&v1.ReadRelationshipsResponse{
-			ReadAt:            token,
-			Relationship:      out,
-			AfterResultCursor: &v1.Cursor{Token: p.s.cursorAfter(page.Revision, hash, rl.Key().String())},
-		})
-		if err != nil {
-			return err
-		}
-	}
-	return nil
+		return stream.Send(&v1.ReadRelationshipsResponse{ReadAt: token, Relationship: out, AfterResultCursor: &v1.Cursor{Token: cursor}})
+	})
 }
 
 func (p *authzedPermissions) ImportBulkRelationships(stream v1.PermissionsService_ImportBulkRelationshipsServer) error {
@@ -277,22 +266,7 @@ func (p *authzedPermissions) ExportBulkRelationships(req *v1.ExportBulkRelations
 	if err != nil {
 		return authzedStatus(err)
 	}
-	for batch, err := range exp.Batches {
-		if err != nil {
-			return authzedStatus(err)
-		}
-		out := &v1.ExportBulkRelationshipsResponse{
-			Relationships:     make([]*v1.Relationship, len(batch)),
-			AfterResultCursor: &v1.Cursor{Token: p.s.cursorAfter(exp.Revision, hash, batch[len(batch)-1].Key().String())},
-		}
-		for i, rl := range batch {
-			if out.Relationships[i], err = relationshipToV1(rl); err != nil {
-				return err
-			}
-		}
-		if err := stream.Send(out); err != nil {
-			return err
-		}
-	}
-	return nil
+	return sendExport(p.s, exp, hash, authzedStatus, relationshipToV1, func(batch []*v1.Relationship, cursor string) error {
+		return stream.Send(&v1.ExportBulkRelationshipsResponse{Relationships: batch, AfterResultCursor: &v1.Cursor{Token: cursor}})
+	})
 }

@@ -118,20 +118,43 @@ func (r *relationshipService) ReadRelationships(req *pb.ReadRelationshipsRequest
 		return err
 	}
 	token := r.s.token(page.Revision)
-	for rl, err := range page.Relationships {
-		if err != nil {
-			return err
-		}
+	return r.s.sendReadPage(page, hash, func(err error) error { return err }, func(rl rel.Relationship, cursor string) error {
 		prl, err := relationshipToProto(rl)
 		if err != nil {
 			return err
 		}
-		err = stream.Send(&pb.ReadRelationshipsResponse{
-			ReadAt:            token,
-			Relationship:      prl,
-			AfterResultCursor: &pb.Cursor{Token: r.s.cursorAfter(page.Revision, hash, rl.Key().String())},
-		})
+		return stream.Send(&pb.ReadRelationshipsResponse{ReadAt: token, Relationship: prl, AfterResultCursor: &pb.Cursor{Token: cursor}})
+	})
+}
+
+// sendReadPage streams a page of a read, each relationship with the cursor
+// that resumes after it; fail maps a store error in the API's terms.
+func (s *Server) sendReadPage(page op.ReadResult, hash uint64, fail func(error) error, send func(r rel.Relationship, cursor string) error) error {
+	for rl, err := range page.Relationships {
 		if err != nil {
+			return fail(err)
+		}
+		if err := send(rl, s.cursorAfter(page.Revision, hash, rl.Key().String())); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// sendExport streams an export's batches, converted by conv, each with the
+// cursor that resumes after it; fail maps a store error in the API's terms.
+func sendExport[M any](s *Server, exp op.ExportResult, hash uint64, fail func(error) error, conv func(rel.Relationship) (M, error), send func(batch []M, cursor string) error) error {
+	for batch, err := range exp.Batches {
+		if err != nil {
+			return fail(err)
+		}
+		out := make([]M, len(batch))
+		for i, rl := range batch {
+			if out[i], err = conv(rl); err != nil {
+				return err
+			}
+		}
+		if err := send(out, s.cursorAfter(exp.Revision, hash, batch[len(batch)-1].Key().String())); err != nil {
 			return err
 		}
 	}
@@ -286,23 +309,7 @@ func (r *relationshipService) ExportRelationships(req *pb.ExportRelationshipsReq
 		return err
 	}
 	token := r.s.token(exp.Revision)
-	for batch, err := range exp.Batches {
-		if err != nil {
-			return err
-		}
-		out := &pb.ExportRelationshipsResponse{
-			Relationships:     make([]*pb.Relationship, len(batch)),
-			ExportedAt:        token,
-			AfterResultCursor: &pb.Cursor{Token: r.s.cursorAfter(exp.Revision, hash, batch[len(batch)-1].Key().String())},
-		}
-		for i, rl := range batch {
-			if out.Relationships[i], err = relationshipToProto(rl); err != nil {
-				return err
-			}
-		}
-		if err := stream.Send(out); err != nil {
-			return err
-		}
-	}
-	return nil
+	return sendExport(r.s, exp, hash, func(err error) error { return err }, relationshipToProto, func(batch []*pb.Relationship, cursor string) error {
+		return stream.Send(&pb.ExportRelationshipsResponse{Relationships: batch, ExportedAt: token, AfterResultCursor: &pb.Cursor{Token: cursor}})
+	})
 }

@@ -290,19 +290,13 @@ type LookupResult struct {
 
 // LookupResources answers one page of a resource lookup.
 func (c *Core) LookupResources(ctx context.Context, req LookupResourcesRequest) (LookupResult, error) {
-	call := callFrom(ctx)
-	var out LookupResult
-	err := c.within(LimitLookup, req.Limit, c.lim.MaxLookupLimit)
-	var rev store.Revision
-	if err == nil {
-		rev, err = c.engineRevision(ctx, req.Consistency)
-	}
-	if err == nil {
-		out.Results, out.Revision, err = c.eng.LookupResources(ctx, engine.LookupResourcesRequest{
+	out, err := c.lookup(ctx, req.Limit, req.Consistency, func(rev store.Revision) ([]engine.LookupResult, store.Revision, error) {
+		return c.eng.LookupResources(ctx, engine.LookupResourcesRequest{
 			ResourceType: req.ResourceType, Permission: req.Permission, Subject: req.Subject,
 			Context: req.Context, OnBehalfOf: req.OnBehalfOf, Revision: rev, After: req.After, Limit: req.Limit,
 		})
-	}
+	})
+	call := callFrom(ctx)
 	ev := call.event(audit.OpLookupResources, err)
 	describeLookupResources(ev, req)
 	ev.Revision, ev.Count = uint64(out.Revision), int64(len(out.Results))
@@ -318,6 +312,21 @@ func (c *Core) LookupResources(ctx context.Context, req LookupResourcesRequest) 
 	if aerr := c.recordRead(ctx, call, ev); aerr != nil {
 		return LookupResult{}, aerr
 	}
+	return out, err
+}
+
+// lookup runs one page of a lookup within the limit, at the revision its
+// consistency asks for.
+func (c *Core) lookup(ctx context.Context, limit int, cons Consistency, run func(store.Revision) ([]engine.LookupResult, store.Revision, error)) (LookupResult, error) {
+	if err := c.within(LimitLookup, limit, c.lim.MaxLookupLimit); err != nil {
+		return LookupResult{}, err
+	}
+	rev, err := c.engineRevision(ctx, cons)
+	if err != nil {
+		return LookupResult{}, err
+	}
+	var out LookupResult
+	out.Results, out.Revision, err = run(rev)
 	return out, err
 }
 
@@ -351,19 +360,13 @@ type LookupSubjectsRequest struct {
 
 // LookupSubjects answers one page of a subject lookup.
 func (c *Core) LookupSubjects(ctx context.Context, req LookupSubjectsRequest) (LookupResult, error) {
-	call := callFrom(ctx)
-	var out LookupResult
-	err := c.within(LimitLookup, req.Limit, c.lim.MaxLookupLimit)
-	var rev store.Revision
-	if err == nil {
-		rev, err = c.engineRevision(ctx, req.Consistency)
-	}
-	if err == nil {
-		out.Results, out.Revision, err = c.eng.LookupSubjects(ctx, engine.LookupSubjectsRequest{
+	out, err := c.lookup(ctx, req.Limit, req.Consistency, func(rev store.Revision) ([]engine.LookupResult, store.Revision, error) {
+		return c.eng.LookupSubjects(ctx, engine.LookupSubjectsRequest{
 			Resource: req.Resource, Permission: req.Permission, SubjectType: req.SubjectType,
 			SubjectRelation: req.SubjectRelation, Context: req.Context, Revision: rev, After: req.After, Limit: req.Limit,
 		})
-	}
+	})
+	call := callFrom(ctx)
 	ev := call.event(audit.OpLookupSubjects, err)
 	describeLookupSubjects(ev, req)
 	ev.Revision, ev.Count = uint64(out.Revision), int64(len(out.Results))

@@ -166,17 +166,9 @@ type ReadResult struct {
 // Read reads a page of relationships.
 func (c *Core) Read(ctx context.Context, req ReadRequest) (ReadResult, error) {
 	call := callFrom(ctx)
-	err := c.within(LimitRead, req.Limit, c.lim.MaxReadLimit)
-	var rev store.Revision
-	if err == nil {
-		rev, err = c.storeRevision(ctx, req.Consistency)
-	}
-	ev := readEvent(call, audit.OpReadRelationships, req.Filter, err)
-	ev.Revision = uint64(rev)
+	rev, ev, err := c.startRead(ctx, call, audit.OpReadRelationships, req.Filter, req.Consistency,
+		c.within(LimitRead, req.Limit, c.lim.MaxReadLimit))
 	if err != nil {
-		if aerr := c.recordRead(ctx, call, ev); aerr != nil {
-			return ReadResult{}, aerr
-		}
 		return ReadResult{}, err
 	}
 	// The event is the iterator's: a page the facade never reads (it
@@ -199,6 +191,26 @@ func (c *Core) Read(ctx context.Context, req ReadRequest) (ReadResult, error) {
 		}
 	}
 	return ReadResult{Revision: rev, Relationships: page}, nil
+}
+
+// startRead resolves a store read's revision unless the request was
+// refused (refused, a limit's error) and starts its event; a read that
+// fails here is audited now, one that starts is audited by its iterator.
+func (c *Core) startRead(ctx context.Context, call *Call, op audit.Operation, f Filter, cons Consistency, refused error) (store.Revision, *audit.Event, error) {
+	var rev store.Revision
+	err := refused
+	if err == nil {
+		rev, err = c.storeRevision(ctx, cons)
+	}
+	ev := readEvent(call, op, f, err)
+	ev.Revision = uint64(rev)
+	if err != nil {
+		if aerr := c.recordRead(ctx, call, ev); aerr != nil {
+			return 0, nil, aerr
+		}
+		return 0, nil, err
+	}
+	return rev, ev, nil
 }
 
 // readAfter yields the relationships matching f at rev whose keys sort
@@ -271,17 +283,9 @@ func (c *Core) Export(ctx context.Context, req ExportRequest) (ExportResult, err
 	if size == 0 {
 		size = c.lim.MaxBulkBatch
 	}
-	err := c.within(LimitBulkBatch, size, c.lim.MaxBulkBatch)
-	var rev store.Revision
-	if err == nil {
-		rev, err = c.storeRevision(ctx, req.Consistency)
-	}
-	ev := readEvent(call, audit.OpExportRelationships, req.Filter, err)
-	ev.Revision = uint64(rev)
+	rev, ev, err := c.startRead(ctx, call, audit.OpExportRelationships, req.Filter, req.Consistency,
+		c.within(LimitBulkBatch, size, c.lim.MaxBulkBatch))
 	if err != nil {
-		if aerr := c.recordRead(ctx, call, ev); aerr != nil {
-			return ExportResult{}, aerr
-		}
 		return ExportResult{}, err
 	}
 	batches := func(yield func([]rel.Relationship, error) bool) {
