@@ -6,7 +6,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/mandate-authz/mandate/engine"
+	"github.com/mandate-authz/mandate/schema"
 	"github.com/mandate-authz/mandate/server/audit"
+	"github.com/mandate-authz/mandate/store/rel"
 )
 
 // Identity is the authenticated caller, resolved once per call by the
@@ -177,4 +180,45 @@ func (c *Core) recordWrite(ctx context.Context, call *Call, evs ...*audit.Event)
 			return
 		}
 	}
+}
+
+// kindIn tells a subject's kind from a schema (nil: not an agent).
+func kindIn(sch *schema.Schema, s rel.Subject) audit.Kind {
+	if s.Relation != "" {
+		return audit.Userset
+	}
+	if sch != nil {
+		if d := sch.Definitions[s.Type]; d != nil && d.IsAgent() {
+			return audit.Agent
+		}
+	}
+	return audit.Person
+}
+
+func decision(d engine.Decision) audit.Decision {
+	switch d {
+	case engine.Allowed:
+		return audit.Allowed
+	case engine.Conditional:
+		return audit.Conditional
+	}
+	return audit.Denied
+}
+
+func objectString(o rel.Object) string {
+	if o.Type == "" && o.ID == "" {
+		return ""
+	}
+	return o.Type + ":" + o.ID
+}
+
+func subjectString(s rel.Subject) string {
+	if s.Type == "" && s.ID == "" {
+		return ""
+	}
+	out := s.Type + ":" + s.ID
+	if s.Relation != "" {
+		out += "#" + s.Relation
+	}
+	return out
 }

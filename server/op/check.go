@@ -4,7 +4,6 @@ import (
 	"context"
 
 	"github.com/mandate-authz/mandate/engine"
-	"github.com/mandate-authz/mandate/schema"
 	"github.com/mandate-authz/mandate/server/audit"
 	"github.com/mandate-authz/mandate/store"
 	"github.com/mandate-authz/mandate/store/rel"
@@ -222,47 +221,6 @@ func (c *Core) checkEvent(ev *audit.Event, r CheckRequest, res CheckResult, err 
 			ev.Principal = ev.Chain[n-1].Subject
 		}
 	}
-}
-
-// kindIn tells a subject's kind from a schema (nil: not an agent).
-func kindIn(sch *schema.Schema, s rel.Subject) audit.Kind {
-	if s.Relation != "" {
-		return audit.Userset
-	}
-	if sch != nil {
-		if d := sch.Definitions[s.Type]; d != nil && d.IsAgent() {
-			return audit.Agent
-		}
-	}
-	return audit.Person
-}
-
-func decision(d engine.Decision) audit.Decision {
-	switch d {
-	case engine.Allowed:
-		return audit.Allowed
-	case engine.Conditional:
-		return audit.Conditional
-	}
-	return audit.Denied
-}
-
-func objectString(o rel.Object) string {
-	if o.Type == "" && o.ID == "" {
-		return ""
-	}
-	return o.Type + ":" + o.ID
-}
-
-func subjectString(s rel.Subject) string {
-	if s.Type == "" && s.ID == "" {
-		return ""
-	}
-	out := s.Type + ":" + s.ID
-	if s.Relation != "" {
-		out += "#" + s.Relation
-	}
-	return out
 }
 
 // LookupResourcesRequest asks which resources of ResourceType Subject has
