@@ -22,6 +22,12 @@ type CheckRequest struct {
 	Consistency Consistency
 	// Explain asks for the delegation chain's details in the result.
 	Explain bool
+
+	// What the next facades add per check goes here, resolved by the core
+	// before the engine is asked and named in the audit event: contextual
+	// relationships (AuthZEN's and SpiceDB's per-request relationships), a
+	// capability token (verified, its chain still checked live), an
+	// approval id.
 }
 
 // CheckResult is the engine's answer, at the revision it was computed at.

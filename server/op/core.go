@@ -171,10 +171,3 @@ func New(cfg Config) (*Core, error) {
 
 // Limits returns the limits the core enforces.
 func (c *Core) Limits() Limits { return c.lim }
-
-// Engine and Store return what the core runs on, for the transport's own
-// needs (health, following the store); facades call the Core's methods.
-func (c *Core) Engine() *engine.Engine { return c.eng }
-
-// Store returns the store the core writes to and reads from.
-func (c *Core) Store() store.Store { return c.st }
