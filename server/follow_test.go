@@ -264,7 +264,9 @@ func TestFollowReloadsSnapshotWhenHistoryIsGone(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mem.ForgetBefore(head)
+	if err := mem.ForgetBefore(context.Background(), head); err != nil {
+		t.Fatal(err)
+	}
 
 	link.setDown(false)
 	a.waitReady(true, 30*time.Second)

@@ -164,7 +164,10 @@ type cachedSchema struct {
 	compiled *schema.Schema
 }
 
-var _ store.Store = (*Store)(nil)
+var (
+	_ store.Store           = (*Store)(nil)
+	_ store.HistoryReleaser = (*Store)(nil)
+)
 
 // Open connects to the database at uri (a PostgreSQL connection string or
 // URL, "postgres://user@host:5432/db?sslmode=disable"), checks that it is
