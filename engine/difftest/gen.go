@@ -664,16 +664,6 @@ func cycleSafe(s *SchemaModel, d *DefModel, r *RelationModel) bool {
 	return true
 }
 
-func without(xs []string, x string) []string {
-	var out []string
-	for _, y := range xs {
-		if y != x {
-			out = append(out, y)
-		}
-	}
-	return out
-}
-
 // relationshipContext writes none, some or all of a caveat's parameters.
 func (g *gen) relationshipContext(c *CaveatModel) map[string]any {
 	switch weighted(g.r, []float64{4, 3, 3}) {

@@ -65,7 +65,8 @@ func (s *Store) ReadSchema(ctx context.Context, rev store.Revision) (string, sto
 // schemaAt returns the revision and text of the schema in force at rev.
 func schemaAt(tx *bolt.Tx, rev store.Revision) (store.Revision, string) {
 	c := tx.Bucket(bucketSchemas).Cursor()
-	k, v := c.Seek(revKey(rev + 1))
+	k, _ := c.Seek(revKey(rev + 1))
+	var v []byte
 	if k == nil {
 		k, v = c.Last()
 	} else {
