@@ -6,12 +6,12 @@ import (
 	"fmt"
 	"runtime"
 	"testing"
+	"time"
 
 	"github.com/mandate-authz/mandate/engine"
 	"github.com/mandate-authz/mandate/store"
 	"github.com/mandate-authz/mandate/store/postgres"
 	"github.com/mandate-authz/mandate/store/rel"
-	"github.com/mandate-authz/mandate/store/storetest"
 )
 
 // loadN sizes BenchmarkLoad; the figure is -load-n=1000000.
@@ -115,13 +115,15 @@ func BenchmarkLoad(b *testing.B) {
 		b.StartTimer()
 
 		eng := engine.New()
-		text, _, err := s.ReadSchema(ctx, head)
+		lctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+		text, _, err := s.ReadSchema(lctx, head)
 		if err != nil {
 			b.Fatal(err)
 		}
-		if err := eng.LoadSnapshot(ctx, engine.Snapshot{Revision: head, Schema: text, Relationships: s.Read(ctx, head, rel.Filter{}, nil)}, nil); err != nil {
+		if err := eng.LoadSnapshot(lctx, engine.Snapshot{Revision: head, Schema: text, Relationships: s.Read(lctx, head, rel.Filter{}, nil)}, nil); err != nil {
 			b.Fatal(err)
 		}
+		cancel()
 
 		b.StopTimer()
 		var after runtime.MemStats
@@ -134,10 +136,4 @@ func BenchmarkLoad(b *testing.B) {
 	b.ReportMetric(b.Elapsed().Seconds()/float64(b.N), "s/load")
 	b.ReportMetric(float64(*loadN)*float64(b.N)/b.Elapsed().Seconds(), "rels/s")
 	b.ReportMetric(perRel, "heap-bytes/rel")
-}
-
-// BenchmarkPaging pages through 100,000 relationships with a read cursor
-// (see storetest.BenchmarkPaging).
-func BenchmarkPaging(b *testing.B) {
-	storetest.BenchmarkPaging(b, open(b, postgres.Options{MaxConns: 4}))
 }
