@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/mandate-authz/mandate/engine"
+	"github.com/mandate-authz/mandate/feed"
 	"github.com/mandate-authz/mandate/store"
 	"github.com/mandate-authz/mandate/store/postgres"
 	"github.com/mandate-authz/mandate/store/rel"
@@ -91,7 +92,7 @@ func BenchmarkImport(b *testing.B) {
 
 // BenchmarkLoad stores -load-n relationships, then measures what a server
 // does at startup: a new engine loading a snapshot of the head
-// (Engine.LoadSnapshot over store.Read). It reports
+// (feed.LoadSnapshot: Engine.LoadSnapshot over store.Read). It reports
 // the load time and the engine's heap per relationship (HeapInuse after GC,
 // minus the same before loading).
 func BenchmarkLoad(b *testing.B) {
@@ -116,11 +117,7 @@ func BenchmarkLoad(b *testing.B) {
 
 		eng := engine.New()
 		lctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
-		text, _, err := s.ReadSchema(lctx, head)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := eng.LoadSnapshot(lctx, engine.Snapshot{Revision: head, Schema: text, Relationships: s.Read(lctx, head, rel.Filter{}, nil)}, nil); err != nil {
+		if err := feed.LoadSnapshot(lctx, eng, s, head, nil); err != nil {
 			b.Fatal(err)
 		}
 		cancel()
