@@ -343,7 +343,7 @@ func (c *checker) direct(rp *relPlan, obj oid, t target, depth int) (outcome, er
 		}
 	}
 	// Usersets: edges whose subject carries a relation, sorted last.
-	if !rp.usersets || !slices.Contains(rp.usersetReach, kind) {
+	if !rp.usersets || !rp.usersetReaches(kind) {
 		return result, nil
 	}
 	for i := firstUserset(edges); i < len(edges); i++ {

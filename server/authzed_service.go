@@ -278,7 +278,7 @@ func (s *Server) authzedEngineRevision(ctx context.Context, c *v1.Consistency) (
 		if err != nil {
 			return 0, err
 		}
-		return rev, s.waitFor(ctx, rev)
+		return engine.Exact(rev), s.waitFor(ctx, rev)
 	}
 	return 0, nil
 }

@@ -7,6 +7,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/mandate-authz/mandate/engine"
 	pb "github.com/mandate-authz/mandate/proto/mandate/v1"
 	"github.com/mandate-authz/mandate/store"
 )
@@ -63,7 +64,8 @@ func (s *Server) decodeRevision(ctx context.Context, field string, t *pb.Revisio
 }
 
 // engineRevision applies a consistency requirement for an engine read and
-// returns the revision to pass to the engine (0: its head).
+// returns the revision to pass to the engine (0: its head; a token names
+// exactly its revision, zero included: engine.Exact).
 func (s *Server) engineRevision(ctx context.Context, c *pb.Consistency) (store.Revision, error) {
 	// One bound for reading the store's head and waiting for the engine.
 	ctx, cancel := s.boundRevisionWait(ctx)
@@ -80,7 +82,7 @@ func (s *Server) engineRevision(ctx context.Context, c *pb.Consistency) (store.R
 		if err != nil {
 			return 0, err
 		}
-		return rev, s.waitFor(ctx, rev)
+		return engine.Exact(rev), s.waitFor(ctx, rev)
 	case *pb.Consistency_FullyConsistent:
 		if !r.FullyConsistent {
 			return 0, nil
