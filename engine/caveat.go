@@ -1,6 +1,8 @@
 package engine
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
 
 	"github.com/mandate-authz/mandate/schema"
@@ -126,6 +128,27 @@ func convertedFor(cache *[]convEntry, cv *schema.Caveat, ctx map[string]any) *sc
 	return conv
 }
 
+// DefaultMaxCaveatContextBytes bounds a request's caveat context, as JSON:
+// SpiceDB's default --max-caveat-context-size.
+const DefaultMaxCaveatContextBytes = 4096
+
+// checkContextSize refuses a request context over the engine's bound, once
+// per context.
+func (c *checker) checkContextSize() error {
+	if c.ctxChecked || len(c.ctx) == 0 || c.maxContextBytes <= 0 {
+		return nil
+	}
+	b, err := json.Marshal(c.ctx)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidContext, err)
+	}
+	if len(b) > c.maxContextBytes {
+		return fmt.Errorf("%w: the request's caveat context is %d bytes as JSON, over the maximum of %d", ErrInvalidContext, len(b), c.maxContextBytes)
+	}
+	c.ctxChecked = true
+	return nil
+}
+
 // caveat evaluates an edge's caveat; an uncaveated edge is true.
 func (c *checker) caveat(e *edge) (outcome, error) {
 	if e.extra == 0 {
@@ -161,8 +184,20 @@ func (c *checker) caveat(e *edge) (outcome, error) {
 		}
 		supplied = convertedFor(&c.suppliedConv, cv, c.supplied)
 	}
-	res, err := cv.EvaluateConverted(convertedFor(&c.ctxConv, cv, c.ctx), m.rel, supplied)
+	if err := c.checkContextSize(); err != nil {
+		return outFalse, err
+	}
+	ctx := c.evalCtx
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	// An error, a cost overrun among them, fails the whole check: it never
+	// reads as false, which an exclusion would turn into an allow.
+	res, err := cv.EvaluateConverted(ctx, convertedFor(&c.ctxConv, cv, c.ctx), m.rel, supplied)
 	if err != nil {
+		if ctxErr := ctx.Err(); ctxErr != nil {
+			return outFalse, fmt.Errorf("evaluating caveat %q: %w", x.name, ctxErr)
+		}
 		return outFalse, fmt.Errorf("%w: %w", ErrInvalidContext, err)
 	}
 	o := outcome{v: res.Outcome, missing: res.Missing}

@@ -15,9 +15,10 @@ import (
 // Engine evaluates checks and lookups over its index. It is safe for
 // concurrent use: many readers, one Apply at a time.
 type Engine struct {
-	maxDepth int
-	maxChain int
-	now      func() time.Time
+	maxDepth        int
+	maxChain        int
+	maxContextBytes int
+	now             func() time.Time
 
 	// applyMu serializes Apply and schema changes, so that a schema's plan
 	// can be built outside mu (see applySchema).
@@ -43,12 +44,17 @@ func WithMaxDepth(n int) Option { return func(e *Engine) { e.maxDepth = n } }
 // WithMaxChain bounds the acts_for links followed for an agent.
 func WithMaxChain(n int) Option { return func(e *Engine) { e.maxChain = n } }
 
+// WithMaxCaveatContextBytes bounds a request's caveat context, as JSON
+// (default DefaultMaxCaveatContextBytes; zero or less: no bound). A check
+// with a larger context fails with ErrInvalidContext.
+func WithMaxCaveatContextBytes(n int) Option { return func(e *Engine) { e.maxContextBytes = n } }
+
 // WithClock sets the clock used to decide expiration (tests).
 func WithClock(now func() time.Time) Option { return func(e *Engine) { e.now = now } }
 
 // New returns an empty engine at revision zero with no schema.
 func New(opts ...Option) *Engine {
-	e := &Engine{maxDepth: DefaultMaxDepth, maxChain: DefaultMaxChain, now: time.Now}
+	e := &Engine{maxDepth: DefaultMaxDepth, maxChain: DefaultMaxChain, maxContextBytes: DefaultMaxCaveatContextBytes, now: time.Now}
 	for _, o := range opts {
 		o(e)
 	}
