@@ -46,6 +46,11 @@ func (x *authzedSchema) WriteSchema(ctx context.Context, req *v1.WriteSchemaRequ
 	if err := validateAuthzed(req); err != nil {
 		return nil, err
 	}
+	release, err := x.s.schemas.Admit(ctx, req.GetSchema())
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	rev, err := x.s.st.WriteSchema(ctx, req.GetSchema())
 	if err != nil {
 		if errors.Is(err, store.ErrInvalidSchema) && schemaTypeError(ctx, req.GetSchema()) {

@@ -30,6 +30,11 @@ func (x *schemaService) WriteSchema(ctx context.Context, req *pb.WriteSchemaRequ
 	if strings.TrimSpace(req.GetSchema()) == "" {
 		return nil, invalid("schema", "required")
 	}
+	release, err := x.s.schemas.Admit(ctx, req.GetSchema())
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	rev, err := x.s.st.WriteSchema(ctx, req.GetSchema())
 	if err != nil {
 		return nil, err
@@ -61,7 +66,7 @@ func (x *schemaService) ValidateSchema(ctx context.Context, req *pb.ValidateSche
 		return nil, err
 	}
 	out := &pb.ValidateSchemaResponse{ComparedAt: x.s.token(head)}
-	candidate, err := schema.Compile(ctx, req.GetSchema())
+	candidate, err := x.s.schemas.Compile(ctx, req.GetSchema())
 	if err != nil {
 		var se *schema.Error
 		if !errors.As(err, &se) {

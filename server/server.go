@@ -33,6 +33,7 @@ import (
 
 	"github.com/mandate-authz/mandate/engine"
 	pb "github.com/mandate-authz/mandate/proto/mandate/v1"
+	"github.com/mandate-authz/mandate/schema"
 	"github.com/mandate-authz/mandate/store"
 )
 
@@ -64,6 +65,10 @@ type Limits struct {
 	// (Watch, ImportRelationships, ExportRelationships). A client's shorter
 	// deadline still applies.
 	RequestTimeout time.Duration
+	// MaxConcurrentSchemaCompiles bounds the schema writes and validations
+	// compiling at once; more wait, within their deadline. Each schema is
+	// also bounded on its own by schema.DefaultLimits.
+	MaxConcurrentSchemaCompiles int
 }
 
 // DefaultLimits are the limits `mandate serve` starts with.
@@ -78,6 +83,8 @@ func DefaultLimits() Limits {
 		MaxDeleteLimit:    1000,
 		MaxBulkBatch:      10_000,
 		RequestTimeout:    30 * time.Second,
+
+		MaxConcurrentSchemaCompiles: schema.DefaultConcurrentCompiles,
 	}
 }
 
@@ -140,6 +147,8 @@ type Server struct {
 	lastToken atomic.Pointer[decodedToken]
 	// retention decides which history to release; see retention.go.
 	retention *retention
+	// schemas compiles what callers send, within limits, a few at a time.
+	schemas *schema.Compiler
 
 	grpc    *grpc.Server
 	health  *health.Server
@@ -187,6 +196,7 @@ func New(st store.Store, eng *engine.Engine, cfg Config) (*Server, error) {
 	}
 	s := &Server{
 		cfg: cfg, lim: lim, st: st, eng: eng, inst: inst, log: log, auth: auth, retention: ret,
+		schemas:  schema.NewCompiler(schema.Limits{}, lim.MaxConcurrentSchemaCompiles),
 		metrics:  newMetrics(),
 		stopping: make(chan struct{}),
 	}
@@ -223,6 +233,7 @@ func withDefaults(l Limits) Limits {
 	set(&l.MaxReadLimit, d.MaxReadLimit)
 	set(&l.MaxDeleteLimit, d.MaxDeleteLimit)
 	set(&l.MaxBulkBatch, d.MaxBulkBatch)
+	set(&l.MaxConcurrentSchemaCompiles, d.MaxConcurrentSchemaCompiles)
 	if l.MaxBulkBatch > store.MaxMutationsPerWrite {
 		l.MaxBulkBatch = store.MaxMutationsPerWrite
 	}
