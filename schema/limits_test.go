@@ -32,7 +32,8 @@ func TestLimitsRefuseBeforeCompiling(t *testing.T) {
 		want       string // in the message
 		line       int
 	}{
-		{"60,000 terms", sumSchema(60_000), DefaultLimits(), "MaxTerms", "permission doc#perm: operands: 60000 is over the maximum of 256", 4},
+		{"60,000 terms: the size", sumSchema(60_000), DefaultLimits(), "MaxBytes", "the schema's size in bytes: 360077 is over the maximum of 262144", 0},
+		{"30,000 terms", sumSchema(30_000), DefaultLimits(), "MaxTerms", "permission doc#perm: operands: 30000 is over the maximum of 128", 4},
 		{"bytes", sumSchema(1000), small, "MaxBytes", "is over the maximum of 4000", 0},
 		{"definitions", many(4, func(i int) string { return fmt.Sprintf("definition def%d {}\n", i) }), small, "MaxDefinitions", "definitions and caveats: 4 is over the maximum of 3", 4},
 		{"caveats count as definitions", "definition user {}\n" + many(3, func(i int) string { return fmt.Sprintf("caveat cav%d(x int) { x > 1 }\n", i) }), small, "MaxDefinitions", "4 is over the maximum of 3", 4},
