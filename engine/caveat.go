@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 
 	"github.com/mandate-authz/mandate/schema"
@@ -33,6 +34,9 @@ type caveatMemo struct {
 type fixedOutcome struct {
 	key suppliedKey
 	out outcome
+	// err is a cost overrun: as fixed as an outcome, and kept so that
+	// every check meeting the edge does not spend the whole budget again.
+	err error
 }
 
 type suppliedKey struct {
@@ -87,23 +91,31 @@ func (m *caveatMemo) key(req *CheckRequest) (suppliedKey, bool) {
 	return k, m.closedSupplied
 }
 
-func (m *caveatMemo) find(k suppliedKey) (outcome, bool) {
+func (m *caveatMemo) find(k suppliedKey) (fixedOutcome, bool) {
 	for i := range m.outcomes {
 		if m.outcomes[i].key == k {
-			return m.outcomes[i].out, true
+			return m.outcomes[i], true
 		}
 	}
-	return outcome{}, false
+	return fixedOutcome{}, false
 }
 
-// with returns a copy of m that also holds k's outcome, or nil when m is full.
-func (m *caveatMemo) with(k suppliedKey, o outcome) *caveatMemo {
+// with returns a copy of m that also holds f, or nil when m is full.
+func (m *caveatMemo) with(f fixedOutcome) *caveatMemo {
 	if len(m.outcomes) >= maxFixedOutcomes {
 		return nil
 	}
 	n := *m
-	n.outcomes = append(append(make([]fixedOutcome, 0, len(m.outcomes)+1), m.outcomes...), fixedOutcome{key: k, out: o})
+	n.outcomes = append(append(make([]fixedOutcome, 0, len(m.outcomes)+1), m.outcomes...), f)
 	return &n
+}
+
+// remember publishes f on the edge's memo m, when there is room.
+func (m *caveatMemo) remember(x *edgeCaveat, f fixedOutcome) {
+	if n := m.with(f); n != nil {
+		// Losing a race to another evaluation only loses a cache entry.
+		x.memo.CompareAndSwap(m, n)
+	}
 }
 
 // convEntry is a context converted for one caveat.
@@ -169,8 +181,8 @@ func (c *checker) caveat(e *edge) (outcome, error) {
 	}
 	key, fixed := m.key(c.suppliedFor)
 	if fixed {
-		if o, ok := m.find(key); ok {
-			return o, nil
+		if f, ok := m.find(key); ok {
+			return f.out, f.err
 		}
 	}
 	var supplied *schema.Converted
@@ -198,14 +210,15 @@ func (c *checker) caveat(e *edge) (outcome, error) {
 		if ctxErr := ctx.Err(); ctxErr != nil {
 			return outFalse, fmt.Errorf("evaluating caveat %q: %w", x.name, ctxErr)
 		}
-		return outFalse, fmt.Errorf("%w: %w", ErrInvalidContext, err)
+		err = fmt.Errorf("%w: %w", ErrInvalidContext, err)
+		if fixed && errors.Is(err, schema.ErrCaveatCost) {
+			m.remember(x, fixedOutcome{key: key, out: outFalse, err: err})
+		}
+		return outFalse, err
 	}
 	o := outcome{v: res.Outcome, missing: res.Missing}
 	if fixed {
-		if n := m.with(key, o); n != nil {
-			// Losing a race to another evaluation only loses a cache entry.
-			x.memo.CompareAndSwap(m, n)
-		}
+		m.remember(x, fixedOutcome{key: key, out: o})
 	}
 	return o, nil
 }

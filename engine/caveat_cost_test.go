@@ -147,3 +147,40 @@ func TestCaveatHonoursDeadline(t *testing.T) {
 		t.Fatalf("got %v, want %v", err, context.Canceled)
 	}
 }
+
+// TestCaveatCostOverrunIsRemembered: a relationship whose own context makes
+// its caveat overrun fails every check, the memoized ones too.
+func TestCaveatCostOverrunIsRemembered(t *testing.T) {
+	e, err := engine.Load(context.Background(), costlySchema, mustParse(t,
+		"doc:stored#viewer@user:ann[costly:{\"l\":"+listJSON(250)+"}]"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		res, err := e.Check(context.Background(), engine.CheckRequest{
+			Resource: mustObject(t, "doc:stored"), Permission: "view", Subject: subject(t, "user:ann")})
+		if !errors.Is(err, schema.ErrCaveatCost) || res.Decision == engine.Allowed {
+			t.Fatalf("check %d: %+v, %v", i, res, err)
+		}
+	}
+}
+
+// BenchmarkCheckCostlyStoredCaveat: what a check meeting a relationship
+// whose caveat overruns costs once the overrun is remembered (18 s before
+// caveats had a cost bound).
+func BenchmarkCheckCostlyStoredCaveat(b *testing.B) {
+	rels, err := rel.Parse("doc:stored#viewer@user:ann[costly:{\"l\":" + listJSON(250) + "}]")
+	if err != nil {
+		b.Fatal(err)
+	}
+	e, err := engine.Load(context.Background(), costlySchema, []rel.Relationship{rels})
+	if err != nil {
+		b.Fatal(err)
+	}
+	req := engine.CheckRequest{Resource: rel.Object{Type: "doc", ID: "stored"}, Permission: "view", Subject: rel.Subject{Type: "user", ID: "ann"}}
+	for b.Loop() {
+		if _, err := e.Check(context.Background(), req); !errors.Is(err, schema.ErrCaveatCost) {
+			b.Fatal(err)
+		}
+	}
+}
