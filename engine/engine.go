@@ -102,12 +102,15 @@ func (e *Engine) Head() store.Revision {
 	return e.idx.head
 }
 
-// Schema returns the schema in force at rev (zero: head), or nil.
+// Schema returns the schema in force at rev (zero: head; Exact(rev): rev), or nil.
 func (e *Engine) Schema(rev store.Revision) *schema.Schema {
 	e.mu.RLock()
 	defer e.mu.RUnlock()
-	if rev == 0 {
+	switch rev {
+	case 0:
 		rev = e.idx.head
+	case EmptyRevision:
+		return nil // revision zero has no schema
 	}
 	if p := e.idx.planAt(rev); p != nil {
 		return p.sch

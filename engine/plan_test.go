@@ -144,6 +144,9 @@ func TestExactRevisionZero(t *testing.T) {
 			}
 		})
 	}
+	if e.Schema(engine.Exact(0)) != nil || e.Schema(0) == nil || e.Schema(engine.Exact(1)) == nil {
+		t.Error("Schema: want none at revision zero, one at the head and at revision 1")
+	}
 	e.ForgetBefore(2)
 	if _, err := check(engine.Exact(0)); !errors.Is(err, engine.ErrRevisionGone) {
 		t.Fatalf("revision zero after ForgetBefore(2): %v, want %v", err, engine.ErrRevisionGone)
