@@ -47,7 +47,8 @@ type CheckRequest struct {
 	Context map[string]any
 	// OnBehalfOf names the principal when an agent subject acts for several.
 	OnBehalfOf *rel.Object
-	// Revision to answer at; zero means the latest revision applied.
+	// Revision to answer at; zero means the latest revision applied, and
+	// Exact(rev) exactly rev (revision zero included).
 	Revision store.Revision
 	// Explain asks for the delegation chain and reasons in the result.
 	Explain bool

@@ -1,6 +1,9 @@
 package engine
 
 import (
+	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 
 	"github.com/mandate-authz/mandate/schema"
@@ -31,6 +34,9 @@ type caveatMemo struct {
 type fixedOutcome struct {
 	key suppliedKey
 	out outcome
+	// err is a cost overrun: as fixed as an outcome, and kept so that
+	// every check meeting the edge does not spend the whole budget again.
+	err error
 }
 
 type suppliedKey struct {
@@ -85,23 +91,31 @@ func (m *caveatMemo) key(req *CheckRequest) (suppliedKey, bool) {
 	return k, m.closedSupplied
 }
 
-func (m *caveatMemo) find(k suppliedKey) (outcome, bool) {
+func (m *caveatMemo) find(k suppliedKey) (fixedOutcome, bool) {
 	for i := range m.outcomes {
 		if m.outcomes[i].key == k {
-			return m.outcomes[i].out, true
+			return m.outcomes[i], true
 		}
 	}
-	return outcome{}, false
+	return fixedOutcome{}, false
 }
 
-// with returns a copy of m that also holds k's outcome, or nil when m is full.
-func (m *caveatMemo) with(k suppliedKey, o outcome) *caveatMemo {
+// with returns a copy of m that also holds f, or nil when m is full.
+func (m *caveatMemo) with(f fixedOutcome) *caveatMemo {
 	if len(m.outcomes) >= maxFixedOutcomes {
 		return nil
 	}
 	n := *m
-	n.outcomes = append(append(make([]fixedOutcome, 0, len(m.outcomes)+1), m.outcomes...), fixedOutcome{key: k, out: o})
+	n.outcomes = append(append(make([]fixedOutcome, 0, len(m.outcomes)+1), m.outcomes...), f)
 	return &n
+}
+
+// remember publishes f on the edge's memo m, when there is room.
+func (m *caveatMemo) remember(x *edgeCaveat, f fixedOutcome) {
+	if n := m.with(f); n != nil {
+		// Losing a race to another evaluation only loses a cache entry.
+		x.memo.CompareAndSwap(m, n)
+	}
 }
 
 // convEntry is a context converted for one caveat.
@@ -126,6 +140,27 @@ func convertedFor(cache *[]convEntry, cv *schema.Caveat, ctx map[string]any) *sc
 	return conv
 }
 
+// DefaultMaxCaveatContextBytes bounds a request's caveat context, as JSON:
+// SpiceDB's default --max-caveat-context-size.
+const DefaultMaxCaveatContextBytes = 4096
+
+// checkContextSize refuses a request context over the engine's bound, once
+// per context.
+func (c *checker) checkContextSize() error {
+	if c.ctxChecked || len(c.ctx) == 0 || c.maxContextBytes <= 0 {
+		return nil
+	}
+	b, err := json.Marshal(c.ctx)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidContext, err)
+	}
+	if len(b) > c.maxContextBytes {
+		return fmt.Errorf("%w: the request's caveat context is %d bytes as JSON, over the maximum of %d", ErrInvalidContext, len(b), c.maxContextBytes)
+	}
+	c.ctxChecked = true
+	return nil
+}
+
 // caveat evaluates an edge's caveat; an uncaveated edge is true.
 func (c *checker) caveat(e *edge) (outcome, error) {
 	if e.extra == 0 {
@@ -146,8 +181,8 @@ func (c *checker) caveat(e *edge) (outcome, error) {
 	}
 	key, fixed := m.key(c.suppliedFor)
 	if fixed {
-		if o, ok := m.find(key); ok {
-			return o, nil
+		if f, ok := m.find(key); ok {
+			return f.out, f.err
 		}
 	}
 	var supplied *schema.Converted
@@ -161,16 +196,29 @@ func (c *checker) caveat(e *edge) (outcome, error) {
 		}
 		supplied = convertedFor(&c.suppliedConv, cv, c.supplied)
 	}
-	res, err := cv.EvaluateConverted(convertedFor(&c.ctxConv, cv, c.ctx), m.rel, supplied)
+	if err := c.checkContextSize(); err != nil {
+		return outFalse, err
+	}
+	ctx := c.evalCtx
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	// An error, a cost overrun among them, fails the whole check: it never
+	// reads as false, which an exclusion would turn into an allow.
+	res, err := cv.EvaluateConverted(ctx, convertedFor(&c.ctxConv, cv, c.ctx), m.rel, supplied)
 	if err != nil {
-		return outFalse, fmt.Errorf("%w: %w", ErrInvalidContext, err)
+		if ctxErr := ctx.Err(); ctxErr != nil {
+			return outFalse, fmt.Errorf("evaluating caveat %q: %w", x.name, ctxErr)
+		}
+		err = fmt.Errorf("%w: %w", ErrInvalidContext, err)
+		if fixed && errors.Is(err, schema.ErrCaveatCost) {
+			m.remember(x, fixedOutcome{key: key, out: outFalse, err: err})
+		}
+		return outFalse, err
 	}
 	o := outcome{v: res.Outcome, missing: res.Missing}
 	if fixed {
-		if n := m.with(key, o); n != nil {
-			// Losing a race to another evaluation only loses a cache entry.
-			x.memo.CompareAndSwap(m, n)
-		}
+		m.remember(x, fixedOutcome{key: key, out: o})
 	}
 	return o, nil
 }

@@ -118,6 +118,11 @@ type checker struct {
 	maxDepth int
 	maxChain int
 	ctx      map[string]any
+	// evalCtx bounds caveat evaluation (nil: unbounded but for the cost
+	// limit); maxContextBytes bounds ctx, checked once per context.
+	evalCtx         context.Context
+	maxContextBytes int
+	ctxChecked      bool
 	// req is the request being evaluated, held here so that it does not
 	// escape to the heap per call.
 	req CheckRequest
@@ -161,6 +166,7 @@ func (e *Engine) getChecker(rev store.Revision, p *plan) *checker {
 		c = &checker{}
 	}
 	c.idx, c.pl, c.rev, c.clock, c.maxDepth, c.maxChain = e.idx, p, rev, e.now, e.maxDepth, e.maxChain
+	c.maxContextBytes = e.maxContextBytes
 	return c
 }
 
@@ -176,6 +182,7 @@ func (e *Engine) putChecker(c *checker) {
 	c.idx, c.pl = nil, nil
 	c.resetConverted()
 	c.req, c.now, c.nowSet = CheckRequest{}, 0, false
+	c.evalCtx = nil
 	c.memo.reset()
 	c.useMemo, c.group = false, 0
 	c.cuts, c.itemCuts, c.reach = 0, 0, 0
@@ -189,7 +196,7 @@ func (e *Engine) putChecker(c *checker) {
 
 // setContext sets the request's caveat context.
 func (c *checker) setContext(ctx map[string]any) {
-	c.ctx = ctx
+	c.ctx, c.ctxChecked = ctx, false
 	clear(c.ctxConv)
 	c.ctxConv = c.ctxConv[:0]
 }
@@ -346,7 +353,7 @@ func (c *checker) direct(rp *relPlan, obj oid, t target, depth int) (outcome, er
 		}
 	}
 	// Usersets: edges whose subject carries a relation, sorted last.
-	if !rp.usersets || !slices.Contains(rp.usersetReach, kind) {
+	if !rp.usersets || !rp.usersetReaches(kind) {
 		return result, nil
 	}
 	for i := firstUserset(edges); i < len(edges); i++ {
@@ -559,6 +566,10 @@ func (c *checker) check(ctx context.Context) (CheckResult, error) {
 		return CheckResult{}, err
 	}
 	c.setContext(req.Context)
+	if err := c.checkContextSize(); err != nil {
+		return CheckResult{}, err
+	}
+	c.evalCtx = ctx
 	obj, ok := s.resType.table.lookup(req.Resource.ID)
 	if !ok {
 		obj = unseenResource

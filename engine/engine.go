@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"fmt"
+	"math"
 	"sync"
 	"time"
 
@@ -14,12 +15,16 @@ import (
 // Engine evaluates checks and lookups over its index. It is safe for
 // concurrent use: many readers, one Apply at a time.
 type Engine struct {
-	maxDepth int
-	maxChain int
-	now      func() time.Time
+	maxDepth        int
+	maxChain        int
+	maxContextBytes int
+	now             func() time.Time
 
-	mu  sync.RWMutex
-	idx *index
+	// applyMu serializes Apply and schema changes, so that a schema's plan
+	// can be built outside mu (see applySchema).
+	applyMu sync.Mutex
+	mu      sync.RWMutex
+	idx     *index
 
 	// checkers pools evaluation state between requests.
 	checkers sync.Pool
@@ -39,12 +44,17 @@ func WithMaxDepth(n int) Option { return func(e *Engine) { e.maxDepth = n } }
 // WithMaxChain bounds the acts_for links followed for an agent.
 func WithMaxChain(n int) Option { return func(e *Engine) { e.maxChain = n } }
 
+// WithMaxCaveatContextBytes bounds a request's caveat context, as JSON
+// (default DefaultMaxCaveatContextBytes; zero or less: no bound). A check
+// with a larger context fails with ErrInvalidContext.
+func WithMaxCaveatContextBytes(n int) Option { return func(e *Engine) { e.maxContextBytes = n } }
+
 // WithClock sets the clock used to decide expiration (tests).
 func WithClock(now func() time.Time) Option { return func(e *Engine) { e.now = now } }
 
 // New returns an empty engine at revision zero with no schema.
 func New(opts ...Option) *Engine {
-	e := &Engine{maxDepth: DefaultMaxDepth, maxChain: DefaultMaxChain, now: time.Now}
+	e := &Engine{maxDepth: DefaultMaxDepth, maxChain: DefaultMaxChain, maxContextBytes: DefaultMaxCaveatContextBytes, now: time.Now}
 	for _, o := range opts {
 		o(e)
 	}
@@ -73,7 +83,10 @@ func Load(ctx context.Context, schemaText string, rels []rel.Relationship, opts 
 		updates = append(updates, store.Update{Op: store.Touch, Rel: r})
 	}
 	e := New(opts...)
-	if err := e.applySchema(1, sch); err != nil {
+	e.applyMu.Lock()
+	err = e.applySchema(1, sch)
+	e.applyMu.Unlock()
+	if err != nil {
 		return nil, err
 	}
 	if err := e.Apply(store.Change{Revision: 2, Updates: updates}); err != nil {
@@ -89,12 +102,15 @@ func (e *Engine) Head() store.Revision {
 	return e.idx.head
 }
 
-// Schema returns the schema in force at rev (zero: head), or nil.
+// Schema returns the schema in force at rev (zero: head; Exact(rev): rev), or nil.
 func (e *Engine) Schema(rev store.Revision) *schema.Schema {
 	e.mu.RLock()
 	defer e.mu.RUnlock()
-	if rev == 0 {
+	switch rev {
+	case 0:
 		rev = e.idx.head
+	case EmptyRevision:
+		return nil // revision zero has no schema
 	}
 	if p := e.idx.planAt(rev); p != nil {
 		return p.sch
@@ -106,6 +122,8 @@ func (e *Engine) Schema(rev store.Revision) *schema.Schema {
 // in revision order; a change at or below the head is ignored, so replaying
 // the stream is harmless.
 func (e *Engine) Apply(ch store.Change) error {
+	e.applyMu.Lock()
+	defer e.applyMu.Unlock()
 	defer e.notifyApplied()
 	if ch.Schema != nil {
 		sch, err := schema.Compile(context.Background(), *ch.Schema)
@@ -137,16 +155,24 @@ func (e *Engine) Apply(ch store.Change) error {
 	return nil
 }
 
+// applySchema compiles sch into a plan and puts it in force at rev. Only
+// interning the schema's names into the index takes the write lock; the plan
+// is compiled aside, so that checks go on meanwhile. Callers hold applyMu,
+// so no other change lands between the two.
 func (e *Engine) applySchema(rev store.Revision, sch *schema.Schema) error {
 	e.mu.Lock()
-	defer e.mu.Unlock()
 	if rev < e.idx.head {
-		return fmt.Errorf("schema at revision %d is older than head %d", rev, e.idx.head)
+		head := e.idx.head
+		e.mu.Unlock()
+		return fmt.Errorf("schema at revision %d is older than head %d", rev, head)
 	}
-	p, err := compilePlan(e.idx, sch)
-	if err != nil {
+	p := internPlan(e.idx, sch)
+	e.mu.Unlock()
+	if err := p.compile(); err != nil {
 		return fmt.Errorf("applying the schema of revision %d: %w", rev, err)
 	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
 	e.idx.setSchema(rev, p)
 	if rev > e.idx.head {
 		e.idx.head = rev
@@ -162,10 +188,29 @@ func (e *Engine) ForgetBefore(rev store.Revision) {
 	e.idx.compact(rev)
 }
 
+// EmptyRevision names revision zero, the empty store before any write, as
+// the Revision of a request. A request's zero Revision is not revision zero
+// but the latest revision applied (the zero value is what most callers
+// want); a revision token, which may name revision zero (a server issues
+// one for an empty store), is turned into a request's Revision by Exact.
+const EmptyRevision store.Revision = math.MaxUint64
+
+// Exact returns the request Revision that answers at exactly rev, zero
+// included.
+func Exact(rev store.Revision) store.Revision {
+	if rev == 0 {
+		return EmptyRevision
+	}
+	return rev
+}
+
 // resolveRevision picks the revision to answer at. Callers hold e.mu.
 func (e *Engine) resolveRevision(rev store.Revision) (store.Revision, error) {
-	if rev == 0 {
+	switch rev {
+	case 0:
 		return e.idx.head, nil
+	case EmptyRevision:
+		rev = 0
 	}
 	if rev > e.idx.head {
 		return 0, fmt.Errorf("%w: asked for %d, engine is at %d", ErrRevisionAhead, rev, e.idx.head)

@@ -83,7 +83,7 @@ func (c *checker) nameDirect(rp *relPlan, obj oid, t target, depth int, needWild
 			return notNamed, err
 		}
 	}
-	if res.done(needWild) || !rp.usersets || !slices.Contains(rp.usersetReach, kind) {
+	if res.done(needWild) || !rp.usersets || !rp.usersetReaches(kind) {
 		return res, nil
 	}
 	for i := firstUserset(edges); i < len(edges); i++ {

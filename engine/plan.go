@@ -56,12 +56,16 @@ type relPlan struct {
 	// reachable through its userset subjects. A subject of any other kind
 	// is answered false without walking the relationships: an agent never
 	// descends into group memberships that can hold only users.
-	reach        []uint64
-	usersetReach []uint64
+	reach        kindSet
+	usersetReach kindSet
 }
 
 // reaches reports whether a subject of kind k can hold rp.
-func (rp *relPlan) reaches(k uint64) bool { return slices.Contains(rp.reach, k) }
+func (rp *relPlan) reaches(k uint64) bool { return rp.reach.has(k) }
+
+// usersetReaches reports whether a subject of kind k can hold rp through one
+// of its userset subjects.
+func (rp *relPlan) usersetReaches(k uint64) bool { return rp.usersetReach.has(k) }
 
 // node is a compiled rewrite.
 type node struct {
@@ -111,6 +115,18 @@ func (p *plan) relByName(typ, relation string) *relPlan {
 // compilePlan compiles sch against idx, interning every name the schema uses
 // and creating the tables of its relations.
 func compilePlan(idx *index, sch *schema.Schema) (*plan, error) {
+	p := internPlan(idx, sch)
+	if err := p.compile(); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// internPlan is the part of compilePlan that writes to idx: it interns every
+// name and creates the relations' tables, in time linear in the schema. The
+// rest, compile, reads only the plan, so that it can run without the
+// engine's lock.
+func internPlan(idx *index, sch *schema.Schema) *plan {
 	p := &plan{sch: sch, types: make(map[string]*typePlan, len(sch.Definitions)), wildcardTypes: map[string]bool{}}
 	var nrels uint32
 	for _, name := range sch.DefinitionNames() {
@@ -145,85 +161,212 @@ func compilePlan(idx *index, sch *schema.Schema) (*plan, error) {
 	p.byType = make([]*typePlan, len(idx.types))
 	for _, tp := range p.types {
 		p.byType[tp.sym] = tp
-		tp.byRel = make([]*relPlan, len(idx.relNames))
+		// Sized by the type's own relations, not every name ever interned:
+		// many definitions times many names would be quadratic.
+		var top sym
+		for _, rp := range tp.rels {
+			top = max(top, rp.sym)
+		}
+		tp.byRel = make([]*relPlan, int(top)+1)
 		for _, rp := range tp.rels {
 			tp.byRel[rp.sym] = rp
 		}
 	}
+	return p
+}
+
+// compile compiles the permissions' rewrites and computes reachability.
+func (p *plan) compile() error {
 	for _, tp := range p.types {
 		for rn, r := range tp.def.Relations {
 			if !r.IsPermission {
 				continue
 			}
-			n, err := p.compileRewrite(idx, tp, r.Rewrite)
+			n, err := p.compileRewrite(tp, r.Rewrite)
 			if err != nil {
-				return nil, fmt.Errorf("compiling %s#%s: %w", tp.name, rn, err)
+				return fmt.Errorf("compiling %s#%s: %w", tp.name, rn, err)
 			}
 			tp.rels[rn].rewrite = n
 		}
 	}
 	p.computeReach()
-	return p, nil
+	return nil
 }
 
 // computeReach fills every relPlan's reach: its own kind (a userset is a
-// member of itself), its allowed subjects, and, to a fixed point, the reach
-// of every relation or permission it evaluates. Over-approximating is safe;
-// a missing kind would wrongly deny, so every path evaluation follows is
-// included.
+// member of itself), its allowed subjects, and the reach of every relation or
+// permission it evaluates. Over-approximating is safe; a missing kind would
+// wrongly deny, so every path evaluation follows is included.
+//
+// It runs in time linear in the schema: the relations are condensed into
+// strongly connected components (every member of a cycle reaches the same
+// kinds), which Tarjan's algorithm emits dependencies first, so one pass
+// unions each component's set from those already final. A set that would
+// exceed maxReachKinds becomes "any kind": long permission chains would
+// otherwise make the sets, and the time to build them, quadratic.
 func (p *plan) computeReach() {
 	var all []*relPlan
-	deps := map[*relPlan][]*relPlan{}
-	add := func(set []uint64, k uint64) ([]uint64, bool) {
-		if slices.Contains(set, k) {
-			return set, false
-		}
-		return append(set, k), true
-	}
-	for _, tp := range p.types {
-		for _, rp := range tp.rels {
-			all = append(all, rp)
-			rp.reach, _ = add(nil, subjectKind(rp.sym, tp.sym))
-			for _, k := range rp.kinds {
-				rp.reach, _ = add(rp.reach, k)
-			}
-			for _, w := range rp.wildcards {
-				rp.reach, _ = add(rp.reach, subjectKind(noSym, w))
-			}
-			if rp.rewrite != nil {
-				deps[rp] = p.rewriteDeps(rp.rewrite, nil)
-				if usesSelf(rp.rewrite) {
-					// `self` holds for the object itself as a plain subject.
-					rp.reach, _ = add(rp.reach, subjectKind(noSym, tp.sym))
-				}
-			} else {
-				deps[rp] = p.usersetDeps(rp)
-			}
+	for _, name := range p.sch.DefinitionNames() {
+		tp := p.types[name]
+		for _, rn := range tp.def.Order {
+			all = append(all, tp.rels[rn])
 		}
 	}
-	for changed := true; changed; {
-		changed = false
-		for _, rp := range all {
-			for _, d := range deps[rp] {
-				for _, k := range d.reach {
-					var grew bool
-					if rp.reach, grew = add(rp.reach, k); grew {
-						changed = true
-					}
-				}
+	num := make(map[*relPlan]int32, len(all))
+	for i, rp := range all {
+		num[rp] = int32(i)
+	}
+	deps := make([][]int32, len(all))
+	own := make([]kindSet, len(all))
+	for i, rp := range all {
+		tp := rp.typ
+		s := &own[i]
+		s.add(subjectKind(rp.sym, tp.sym))
+		for _, k := range rp.kinds {
+			s.add(k)
+		}
+		for _, w := range rp.wildcards {
+			s.add(subjectKind(noSym, w))
+		}
+		var ds []*relPlan
+		if rp.rewrite != nil {
+			ds = p.rewriteDeps(rp.rewrite, nil)
+			if usesSelf(rp.rewrite) {
+				// `self` holds for the object itself as a plain subject.
+				s.add(subjectKind(noSym, tp.sym))
 			}
+		} else {
+			ds = p.usersetDeps(rp)
+		}
+		for _, d := range ds {
+			deps[i] = append(deps[i], num[d])
+		}
+	}
+	for _, comp := range sccs(deps) {
+		var set kindSet
+		for _, v := range comp {
+			set.union(own[v])
+			for _, d := range deps[v] {
+				// Dependencies outside the component are final already;
+				// inside it, their own kinds are added by the loop above.
+				set.union(all[d].reach)
+			}
+		}
+		for _, v := range comp {
+			all[v].reach = set
 		}
 	}
 	for _, rp := range all {
 		if rp.rewrite != nil {
 			continue
 		}
-		for _, d := range deps[rp] {
-			for _, k := range d.reach {
-				rp.usersetReach, _ = add(rp.usersetReach, k)
+		var set kindSet
+		for _, d := range p.usersetDeps(rp) {
+			set.union(d.reach)
+		}
+		rp.usersetReach = set
+	}
+}
+
+// maxReachKinds bounds the kinds a reach set lists before it stands for any
+// kind, keeping both its size and a lookup in it small.
+const maxReachKinds = 64
+
+// kindSet is a set of subject kinds, or every kind. The zero value is empty.
+type kindSet struct {
+	kinds []uint64
+	any   bool
+}
+
+func (s *kindSet) has(k uint64) bool { return s.any || slices.Contains(s.kinds, k) }
+
+func (s *kindSet) add(k uint64) {
+	if s.any || slices.Contains(s.kinds, k) {
+		return
+	}
+	if len(s.kinds) == maxReachKinds {
+		s.kinds, s.any = nil, true
+		return
+	}
+	s.kinds = append(s.kinds, k)
+}
+
+func (s *kindSet) union(o kindSet) {
+	if o.any {
+		s.kinds, s.any = nil, true
+		return
+	}
+	for _, k := range o.kinds {
+		s.add(k)
+	}
+}
+
+// sccs returns the strongly connected components of the graph whose edges
+// from v are deps[v], each component after every component it depends on
+// (Tarjan's algorithm, iterative so that a chain of thousands of relations
+// needs no deep recursion).
+func sccs(deps [][]int32) [][]int32 {
+	n := len(deps)
+	const unvisited = -1
+	index := make([]int32, n)
+	low := make([]int32, n)
+	onStack := make([]bool, n)
+	for i := range index {
+		index[i] = unvisited
+	}
+	var stack []int32
+	var out [][]int32
+	type frame struct{ v, next int32 }
+	var work []frame
+	next := int32(0)
+	for root := range n {
+		if index[root] != unvisited {
+			continue
+		}
+		work = append(work[:0], frame{v: int32(root)})
+		index[root], low[root] = next, next
+		next++
+		stack = append(stack, int32(root))
+		onStack[root] = true
+		for len(work) > 0 {
+			f := &work[len(work)-1]
+			v := f.v
+			if int(f.next) < len(deps[v]) {
+				w := deps[v][f.next]
+				f.next++
+				switch {
+				case index[w] == unvisited:
+					index[w], low[w] = next, next
+					next++
+					stack = append(stack, w)
+					onStack[w] = true
+					work = append(work, frame{v: w})
+				case onStack[w]:
+					low[v] = min(low[v], index[w])
+				}
+				continue
+			}
+			work = work[:len(work)-1]
+			if len(work) > 0 {
+				u := work[len(work)-1].v
+				low[u] = min(low[u], low[v])
+			}
+			if low[v] == index[v] {
+				var comp []int32
+				for {
+					w := stack[len(stack)-1]
+					stack = stack[:len(stack)-1]
+					onStack[w] = false
+					comp = append(comp, w)
+					if w == v {
+						break
+					}
+				}
+				out = append(out, comp)
 			}
 		}
 	}
+	return out
 }
 
 // usesSelf reports whether a rewrite contains `self`.
@@ -272,7 +415,7 @@ func (p *plan) rewriteDeps(n *node, out []*relPlan) []*relPlan {
 	return out
 }
 
-func (p *plan) compileRewrite(idx *index, tp *typePlan, rw *schema.Rewrite) (*node, error) {
+func (p *plan) compileRewrite(tp *typePlan, rw *schema.Rewrite) (*node, error) {
 	n := &node{op: rw.Op}
 	switch rw.Op {
 	case schema.OpUnion, schema.OpIntersection, schema.OpExclusion:
@@ -280,7 +423,7 @@ func (p *plan) compileRewrite(idx *index, tp *typePlan, rw *schema.Rewrite) (*no
 			return nil, fmt.Errorf("%v without operands", rw.Op)
 		}
 		for _, c := range rw.Children {
-			cn, err := p.compileRewrite(idx, tp, c)
+			cn, err := p.compileRewrite(tp, c)
 			if err != nil {
 				return nil, err
 			}

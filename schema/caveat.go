@@ -1,6 +1,8 @@
 package schema
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -35,6 +37,7 @@ type Caveat struct {
 	env     *cel.Env
 	partial cel.Program
 	exact   cel.Program
+	maxCost uint64
 }
 
 // Outcome is a three-valued truth: the result of a caveat, a check, or any
@@ -67,7 +70,15 @@ type CaveatResult struct {
 	Missing []string
 }
 
-func newCaveat(cd *core.CaveatDefinition) (*Caveat, error) {
+// interruptEvery is how many comprehension iterations a caveat evaluation
+// runs between looks at its context's deadline.
+const interruptEvery = 100
+
+// ErrCaveatCost is the error of a caveat evaluation that exceeded
+// Limits.MaxCaveatCost.
+var ErrCaveatCost = errors.New("caveat evaluation exceeded its cost limit")
+
+func newCaveat(cd *core.CaveatDefinition, maxCost uint64) (*Caveat, error) {
 	ts := caveattypes.Default.TypeSet
 	vars, err := caveattypes.DecodeParameterTypes(ts, cd.ParameterTypes)
 	if err != nil {
@@ -92,16 +103,17 @@ func newCaveat(cd *core.CaveatDefinition) (*Caveat, error) {
 	// Partial evaluation with state tracking reports the parameters whose
 	// absence leaves the caveat undecided, as SpiceDB's evaluation does.
 	ast := cel.CheckedExprToAst(decoded.GetCel())
-	partial, err := env.Program(ast, cel.EvalOptions(cel.OptTrackState, cel.OptPartialEval))
+	bounds := []cel.ProgramOption{cel.CostLimit(maxCost), cel.InterruptCheckFrequency(interruptEvery)}
+	partial, err := env.Program(ast, append(bounds, cel.EvalOptions(cel.OptTrackState, cel.OptPartialEval))...)
 	if err != nil {
 		return nil, err
 	}
-	exact, err := env.Program(ast)
+	exact, err := env.Program(ast, bounds...)
 	if err != nil {
 		return nil, err
 	}
 	c := &Caveat{Name: cd.Name, Params: make(map[string]string, len(vars)), paramTypes: cd.ParameterTypes,
-		vars: vars, index: make(map[string]int, len(vars)), env: env, partial: partial, exact: exact}
+		vars: vars, index: make(map[string]int, len(vars)), env: env, partial: partial, exact: exact, maxCost: maxCost}
 	for name, ref := range cd.ParameterTypes {
 		c.Params[name] = caveats.ParameterTypeString(ref)
 	}
@@ -240,14 +252,16 @@ func (c *Caveat) paramList() string {
 // Evaluate runs the caveat. relationshipCtx is the context written on the
 // relationship; it overrides requestCtx key by key (SpiceDB's rule). supplied,
 // when non-nil, is set last and cannot be overridden by either: it carries the
-// parameters the engine itself provides.
-func (c *Caveat) Evaluate(requestCtx, relationshipCtx, supplied map[string]any) (CaveatResult, error) {
-	return c.EvaluateConverted(c.Convert(requestCtx), c.Convert(relationshipCtx), c.Convert(supplied))
+// parameters the engine itself provides. An evaluation stops with an error,
+// never a result, when ctx ends or its cost exceeds the schema's
+// Limits.MaxCaveatCost (ErrCaveatCost).
+func (c *Caveat) Evaluate(ctx context.Context, requestCtx, relationshipCtx, supplied map[string]any) (CaveatResult, error) {
+	return c.EvaluateConverted(ctx, c.Convert(requestCtx), c.Convert(relationshipCtx), c.Convert(supplied))
 }
 
 // EvaluateConverted is Evaluate on contexts already converted by Convert;
 // any of them may be nil.
-func (c *Caveat) EvaluateConverted(request, relationship, supplied *Converted) (CaveatResult, error) {
+func (c *Caveat) EvaluateConverted(ctx context.Context, request, relationship, supplied *Converted) (CaveatResult, error) {
 	act := &activation{c: c, vals: make([]convertedValue, len(c.names)), set: make([]bool, len(c.names))}
 	var missing []string
 	for i, name := range c.names {
@@ -268,9 +282,9 @@ func (c *Caveat) EvaluateConverted(request, relationship, supplied *Converted) (
 		act.vals[i], act.set[i] = v, true
 	}
 	if len(missing) == 0 {
-		val, _, err := c.exact.Eval(act)
+		val, _, err := c.exact.ContextEval(ctx, act)
 		if err != nil {
-			return CaveatResult{}, fmt.Errorf("evaluating caveat %q: %w", c.Name, err)
+			return CaveatResult{}, c.evalError(err)
 		}
 		return truth(val), nil
 	}
@@ -283,9 +297,9 @@ func (c *Caveat) EvaluateConverted(request, relationship, supplied *Converted) (
 	if err != nil {
 		return CaveatResult{}, fmt.Errorf("evaluating caveat %q: %w", c.Name, err)
 	}
-	val, _, err := c.partial.Eval(partial)
+	val, _, err := c.partial.ContextEval(ctx, partial)
 	if err != nil {
-		return CaveatResult{}, fmt.Errorf("evaluating caveat %q: %w", c.Name, err)
+		return CaveatResult{}, c.evalError(err)
 	}
 	if unknown, ok := val.(*celtypes.Unknown); ok {
 		var names []string
@@ -301,6 +315,15 @@ func (c *Caveat) EvaluateConverted(request, relationship, supplied *Converted) (
 		return CaveatResult{Outcome: Unknown, Missing: names}, nil
 	}
 	return truth(val), nil
+}
+
+// evalError wraps an evaluation error, telling a cost overrun apart.
+func (c *Caveat) evalError(err error) error {
+	var cancelled interpreter.EvalCancelledError
+	if errors.As(err, &cancelled) && cancelled.Cause == interpreter.CostLimitExceeded {
+		return fmt.Errorf("evaluating caveat %q: %w (%d)", c.Name, ErrCaveatCost, c.maxCost)
+	}
+	return fmt.Errorf("evaluating caveat %q: %w", c.Name, err)
 }
 
 func truth(val ref.Val) CaveatResult {

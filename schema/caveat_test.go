@@ -128,7 +128,7 @@ func TestCaveatEvaluationMatchesSpiceDB(t *testing.T) {
 			if wantErr == nil {
 				want, wantErr = caveats.EvaluateCaveat(theirs, converted)
 			}
-			got, err := ours.Evaluate(request, relationship, nil)
+			got, err := ours.Evaluate(context.Background(), request, relationship, nil)
 			if (err != nil) != (wantErr != nil) {
 				t.Fatalf("%s: error %v, SpiceDB's error %v", name, err, wantErr)
 			}
@@ -193,7 +193,7 @@ func TestConvertedContextIsReusable(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			for range 3 {
-				res, err := c.EvaluateConverted(c.Convert(tt.request), rel, c.Convert(tt.supplied))
+				res, err := c.EvaluateConverted(context.Background(), c.Convert(tt.request), rel, c.Convert(tt.supplied))
 				if tt.wantErr {
 					if err == nil {
 						t.Fatalf("want an error, got %v", res.Outcome)

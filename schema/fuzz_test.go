@@ -70,7 +70,7 @@ func FuzzCompile(f *testing.F) {
 		checkRelationships(t, sch)
 		for name, c := range sch.Caveats {
 			// Nothing supplied: the caveat is unknown or decided, never a panic.
-			if _, err := c.Evaluate(nil, nil, nil); err != nil {
+			if _, err := c.Evaluate(context.Background(), nil, nil, nil); err != nil {
 				t.Logf("caveat %s with no context: %v", name, err)
 			}
 		}

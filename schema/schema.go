@@ -29,6 +29,8 @@ type Schema struct {
 	Definitions map[string]*Definition
 	// Caveats by name.
 	Caveats map[string]*Caveat
+
+	limits Limits
 }
 
 // Definition is an object type: its relations and permissions.
@@ -175,6 +177,8 @@ type Error struct {
 	// Source is the snippet of schema text the error refers to, when known.
 	Source  string
 	Message string
+	// Limit names the field of Limits the schema exceeds, or "".
+	Limit string
 }
 
 func (e *Error) Error() string {
@@ -184,8 +188,20 @@ func (e *Error) Error() string {
 	return "schema: " + e.Message
 }
 
-// Compile parses, type-checks and translates schema text.
+// Compile parses, type-checks and translates schema text within
+// DefaultLimits.
 func Compile(ctx context.Context, text string) (*Schema, error) {
+	return CompileWithin(ctx, text, DefaultLimits())
+}
+
+// CompileWithin is Compile within limits l (zero fields: the defaults).
+// Text over a limit is refused before SpiceDB's compiler sees it, with an
+// *Error naming the limit; ctx is checked between the steps of compiling.
+func CompileWithin(ctx context.Context, text string, l Limits) (*Schema, error) {
+	l = l.withDefaults()
+	if err := checkLimits(ctx, text, l); err != nil {
+		return nil, err
+	}
 	compiled, err := compiler.Compile(compiler.InputSchema{
 		Source:       input.Source("schema"),
 		SchemaString: text,
@@ -193,13 +209,25 @@ func Compile(ctx context.Context, text string) (*Schema, error) {
 	if err != nil {
 		return nil, toError(err)
 	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	out := &Schema{
 		Text:        text,
 		Definitions: make(map[string]*Definition, len(compiled.ObjectDefinitions)),
 		Caveats:     make(map[string]*Caveat, len(compiled.CaveatDefinitions)),
+		limits:      l,
+	}
+	relations := 0
+	for _, nd := range compiled.ObjectDefinitions {
+		relations += len(nd.Relation)
+	}
+	if relations > l.MaxRelations {
+		// Partials expand to more than the text shows.
+		return nil, limitError(text, -1, "MaxRelations", relations, l.MaxRelations, "relations and permissions in the schema")
 	}
 	for _, cd := range compiled.CaveatDefinitions {
-		c, err := newCaveat(cd)
+		c, err := newCaveat(cd, l.MaxCaveatCost)
 		if err != nil {
 			return nil, &Error{Message: fmt.Sprintf("caveat %q: %v", cd.Name, err)}
 		}
@@ -208,6 +236,9 @@ func Compile(ctx context.Context, text string) (*Schema, error) {
 
 	ts := sdbschema.NewTypeSystem(sdbschema.ResolverForCompiledSchema(compiled))
 	for _, nd := range compiled.ObjectDefinitions {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
 		def, err := sdbschema.NewDefinition(nd)
 		if err != nil {
 			return nil, positioned(compiled, text, nd.Name, err)

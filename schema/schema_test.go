@@ -43,7 +43,7 @@ func TestCaveatMissingParamsAreUnique(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := sch.Caveats["weekday"].Evaluate(nil, nil, nil)
+	res, err := sch.Caveats["weekday"].Evaluate(context.Background(), nil, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,7 +58,7 @@ func TestEngineSuppliedParamsWin(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := sch.Caveats["scope"]
-	res, err := c.Evaluate(map[string]any{"action": "read"}, map[string]any{"action": "read"}, map[string]any{"action": "write"})
+	res, err := c.Evaluate(context.Background(), map[string]any{"action": "read"}, map[string]any{"action": "read"}, map[string]any{"action": "write"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,7 @@
 package schema
 
 import (
+	"encoding/json"
 	"fmt"
 	"strings"
 
@@ -52,6 +53,9 @@ func (s *Schema) ValidateRelationship(r rel.Relationship) error {
 			if c == nil {
 				return fmt.Errorf("caveat %q is not defined in the schema", r.Caveat.Name)
 			}
+			if err := s.checkContextSize(r.Caveat.Context); err != nil {
+				return err
+			}
 			if err := c.ValidateContext(r.Caveat.Context); err != nil {
 				return err
 			}
@@ -80,6 +84,22 @@ func (s *Schema) ValidateRelationship(r rel.Relationship) error {
 		}
 	}
 	return fmt.Errorf("%s is not allowed on %s#%s (allowed: %s)", written, r.Resource.Type, r.Relation, relation.allowedList())
+}
+
+// checkContextSize bounds a relationship's caveat context: it is evaluated
+// on every check that meets the relationship.
+func (s *Schema) checkContextSize(ctx map[string]any) error {
+	if len(ctx) == 0 {
+		return nil
+	}
+	b, err := json.Marshal(ctx)
+	if err != nil {
+		return fmt.Errorf("caveat context: %w", err)
+	}
+	if maxBytes := s.limits.withDefaults().MaxRelationshipContextBytes; len(b) > maxBytes {
+		return fmt.Errorf("caveat context is %d bytes as JSON, over the maximum of %d (limit MaxRelationshipContextBytes)", len(b), maxBytes)
+	}
+	return nil
 }
 
 func (a AllowedSubject) matchesSubject(s rel.Subject) bool {

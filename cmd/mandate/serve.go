@@ -33,8 +33,10 @@ type serveOptions struct {
 	dataDir    string
 	logLevel   string
 	maxMessage int
-	audit      auditOptions
-	sqlStore   sqlStoreFlags
+	// maxCaveatContext bounds a request's caveat context (engine).
+	maxCaveatContext int
+	audit            auditOptions
+	sqlStore         sqlStoreFlags
 }
 
 func newServeCommand() *cobra.Command {
@@ -94,6 +96,8 @@ in-flight requests get --grpc-shutdown-grace-period to finish.`,
 	f.IntVar(&opts.cfg.Limits.MaxReadLimit, "max-read-relationships-limit", opts.cfg.Limits.MaxReadLimit, "largest optional_limit (page size) of ReadRelationships")
 	f.IntVar(&opts.cfg.Limits.MaxDeleteLimit, "max-delete-relationships-limit", opts.cfg.Limits.MaxDeleteLimit, "most relationships one DeleteRelationships may delete")
 	f.IntVar(&opts.cfg.Limits.MaxBulkBatch, "max-bulk-relationships-batch", opts.cfg.Limits.MaxBulkBatch, "most relationships in one import message or export response")
+	f.IntVar(&opts.maxCaveatContext, "max-caveat-context-size", engine.DefaultMaxCaveatContextBytes, "largest caveat context of a check or lookup, in bytes as JSON (0: no limit)")
+	f.IntVar(&opts.cfg.Limits.MaxConcurrentSchemaCompiles, "schema-max-concurrent-compiles", opts.cfg.Limits.MaxConcurrentSchemaCompiles, "most schema writes and validations compiling at once; more wait within their deadline")
 	f.DurationVar(&opts.cfg.Limits.RequestTimeout, "request-timeout", opts.cfg.Limits.RequestTimeout, "longest a call may run (Watch, import and export excepted)")
 	f.DurationVar(&opts.cfg.RevisionRetention, "revision-retention", server.DefaultRevisionRetention, "how long a revision stays readable (exact-snapshot reads, cursors, watch from its token) after a later write supersedes it; older history is released")
 	f.DurationVar(&opts.cfg.MaxRevisionWait, "max-revision-wait", server.DefaultMaxRevisionWait, "longest a read waits for this server to apply the revision its consistency asks for (at_least_as_fresh, at_exact_snapshot, fully_consistent) before failing with Unavailable, e.g. while the datastore is unreachable")
@@ -163,7 +167,7 @@ func runServe(ctx context.Context, stderr io.Writer, opts *serveOptions) error {
 		opts.cfg.Audit = auditLog
 	}
 
-	srv, err := server.New(st, engine.New(), opts.cfg)
+	srv, err := server.New(st, engine.New(engine.WithMaxCaveatContextBytes(opts.maxCaveatContext)), opts.cfg)
 	if err != nil {
 		return err
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/mandate-authz/mandate/engine"
 	"github.com/mandate-authz/mandate/store"
 )
 
@@ -83,7 +84,8 @@ func (c *Core) engineRevision(ctx context.Context, cons Consistency) (store.Revi
 		if err := c.verifyToken(ctx, cons); err != nil {
 			return 0, err
 		}
-		return cons.Revision, c.WaitFor(ctx, cons.Revision)
+		// A token names exactly its revision, zero included.
+		return engine.Exact(cons.Revision), c.WaitFor(ctx, cons.Revision)
 	}
 	return 0, nil
 }

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/mandate-authz/mandate/engine"
+	"github.com/mandate-authz/mandate/schema"
 	"github.com/mandate-authz/mandate/server/audit"
 	"github.com/mandate-authz/mandate/store"
 )
@@ -55,6 +56,10 @@ type Limits struct {
 	// (Watch, import, export); enforced by the transport. A client's
 	// shorter deadline still applies.
 	RequestTimeout time.Duration
+	// MaxConcurrentSchemaCompiles bounds the schema writes and validations
+	// compiling at once; more wait, within their deadline. Each schema is
+	// also bounded on its own by schema.DefaultLimits.
+	MaxConcurrentSchemaCompiles int
 }
 
 // DefaultLimits are the limits `mandate serve` starts with.
@@ -69,6 +74,8 @@ func DefaultLimits() Limits {
 		MaxDeleteLimit:    1000,
 		MaxBulkBatch:      10_000,
 		RequestTimeout:    30 * time.Second,
+
+		MaxConcurrentSchemaCompiles: schema.DefaultConcurrentCompiles,
 	}
 }
 
@@ -89,6 +96,7 @@ func (l Limits) WithDefaults() Limits {
 	set(&l.MaxReadLimit, d.MaxReadLimit)
 	set(&l.MaxDeleteLimit, d.MaxDeleteLimit)
 	set(&l.MaxBulkBatch, d.MaxBulkBatch)
+	set(&l.MaxConcurrentSchemaCompiles, d.MaxConcurrentSchemaCompiles)
 	if l.MaxBulkBatch > store.MaxMutationsPerWrite {
 		l.MaxBulkBatch = store.MaxMutationsPerWrite
 	}
@@ -143,6 +151,8 @@ type Core struct {
 	// kinds remembers the store's schema at a revision the engine has not
 	// applied yet, for write events; see subjectKindsAt.
 	kinds schemaCache
+	// schemas compiles what callers send, within limits, a few at a time.
+	schemas *schema.Compiler
 }
 
 // New builds a Core.
@@ -154,6 +164,7 @@ func New(cfg Config) (*Core, error) {
 		eng: cfg.Engine, st: cfg.Store, aud: cfg.Auditor, lim: cfg.Limits.WithDefaults(),
 		wait: cfg.MaxRevisionWait, decided: cfg.Decided, classify: cfg.Classify, log: cfg.Log,
 	}
+	c.schemas = schema.NewCompiler(schema.Limits{}, c.lim.MaxConcurrentSchemaCompiles)
 	if c.wait <= 0 {
 		c.wait = DefaultMaxRevisionWait
 	}

@@ -94,7 +94,7 @@ func (c *Core) validateSchema(ctx context.Context, text string) (SchemaValidatio
 		return SchemaValidation{}, err
 	}
 	out := SchemaValidation{Revision: head}
-	if out.Candidate, err = schema.Compile(ctx, text); err != nil {
+	if out.Candidate, err = c.schemas.Compile(ctx, text); err != nil {
 		if !errors.As(err, &out.CompileError) {
 			return SchemaValidation{}, err
 		}

@@ -385,7 +385,14 @@ type WriteSchemaRequest struct {
 // WriteSchema writes the schema; the store compiles and validates it.
 func (c *Core) WriteSchema(ctx context.Context, req WriteSchemaRequest) (WriteResult, error) {
 	call := callFrom(ctx)
-	rev, err := c.st.WriteSchema(ctx, req.Text)
+	// Admit bounds the text before the store's compiler sees it and holds
+	// one of the core's compile slots while the store compiles.
+	var rev store.Revision
+	release, err := c.schemas.Admit(ctx, req.Text)
+	if err == nil {
+		rev, err = c.st.WriteSchema(ctx, req.Text)
+		release()
+	}
 	evs := req.events(call, err)
 	evs[0].Revision = uint64(rev)
 	c.recordWrite(ctx, call, evs...)
