@@ -100,7 +100,9 @@ func (h *recHarness) expectRecords(kind string, want ...string) {
 	}
 }
 
-func put(op store.Op, r store.Record) store.RecordMutation { return store.RecordMutation{Op: op, Record: r} }
+func put(op store.Op, r store.Record) store.RecordMutation {
+	return store.RecordMutation{Op: op, Record: r}
+}
 
 func testRecordsWriteRead(t *testing.T, h *recHarness) {
 	h.expectRecords("a.kind")
