@@ -153,8 +153,13 @@ func (f *fixture) attenuate(text string, n Narrowing) string {
 
 func (f *fixture) check(text, resourcePerm, subject string, atLeast store.Revision) Decision {
 	f.t.Helper()
+	return f.checkTask(text, resourcePerm, subject, "", atLeast)
+}
+
+func (f *fixture) checkTask(text, resourcePerm, subject, task string, atLeast store.Revision) Decision {
+	f.t.Helper()
 	res, perm, _ := strings.Cut(resourcePerm, "#")
-	d, err := f.c.Check(f.ctx, ForEngine(f.eng), CheckRequest{Token: text, Resource: obj(res), Permission: perm, Subject: obj(subject), AtLeast: atLeast})
+	d, err := f.c.Check(f.ctx, ForEngine(f.eng), CheckRequest{Token: text, Resource: obj(res), Permission: perm, Subject: obj(subject), Task: task, AtLeast: atLeast})
 	if err != nil {
 		f.t.Fatalf("Check: %v", err)
 	}
