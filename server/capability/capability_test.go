@@ -260,7 +260,9 @@ func TestMintRefusesWhatThePrincipalLacks(t *testing.T) {
 		edit func(g *Grant)
 		want string
 	}{
-		{"another's calendar", func(g *Grant) { g.Rights = append(g.Rights, Right{Type: "calendar", ID: "alice", Permissions: []string{"read"}}) }, "user:bob does not hold read on calendar:alice"},
+		{"another's calendar", func(g *Grant) {
+			g.Rights = append(g.Rights, Right{Type: "calendar", ID: "alice", Permissions: []string{"read"}})
+		}, "user:bob does not hold read on calendar:alice"},
 		{"undefined permission", func(g *Grant) { g.Rights = []Right{{Type: "calendar", ID: "bob", Permissions: []string{"delete"}}} }, `calendar defines no "delete"`},
 		{"undefined type", func(g *Grant) { g.Rights = []Right{{Type: "folder", ID: "x", Permissions: []string{"read"}}} }, `type "folder" is not defined`},
 		{"holder not an agent", func(g *Grant) { g.Holder = rel.Object{Type: "user", ID: "eve"} }, `"user" is not an agent type`},

@@ -150,4 +150,3 @@ func testKeys(t testing.TB) *KeySet {
 	}
 	return ks
 }
-
