@@ -86,7 +86,7 @@ contacts a server. TOKEN "-" reads the token from stdin.`,
 			n.TTL, n.Task, n.MaxUses = ttl, task, maxUses
 			next, err := capability.Attenuate(tok, n, time.Now())
 			if err != nil {
-				return fmt.Errorf("token attenuate: %w", err)
+				return fmt.Errorf("token %w", err) // "token attenuate: ..."
 			}
 			out, err := next.Encode()
 			if err != nil {
