@@ -156,23 +156,14 @@ func (c *Checker) Check(ctx context.Context, eng Engine, req CheckRequest) (Deci
 	}
 	d.Block = allowance.Block
 	principal, _ := parseObject(vt.Principal()) // validated by decodeToken
-	if err := checkTypes(eng, vt, req, principal); err != nil {
+	if err := checkTypes(eng, vt, req.Resource.Type, req.Permission, principal); err != nil {
 		return deny(d, err), nil
 	}
 	if r, block, revoked := c.Revocations.Revoked(&vt.Token); revoked {
 		return deny(d, &Error{Reason: ReasonRevoked, Block: block, Err: fmt.Errorf("revoked by %s %s at revision %d", r.By, r.Value, r.Revision)}), nil
 	}
-	// Token context overrides the request's: the caller cannot widen what
-	// the principal delegated.
-	qctx := req.Context
-	if tc := vt.Blocks[0].Context; len(tc) > 0 {
-		qctx = maps.Clone(req.Context)
-		if qctx == nil {
-			qctx = make(map[string]any, len(tc))
-		}
-		maps.Copy(qctx, tc)
-	}
-	ans, err := eng.CheckPrincipal(ctx, PrincipalQuery{Resource: req.Resource, Permission: req.Permission, Principal: principal, Context: qctx, AtLeast: req.AtLeast})
+	ans, err := eng.CheckPrincipal(ctx, PrincipalQuery{Resource: req.Resource, Permission: req.Permission, Principal: principal,
+		Context: mergeContext(req.Context, vt), AtLeast: req.AtLeast})
 	if err != nil {
 		return Decision{}, fmt.Errorf("checking the token's principal %s: %w", principal, err)
 	}
@@ -211,6 +202,21 @@ func (c *Checker) Check(ctx context.Context, eng Engine, req CheckRequest) (Deci
 	return d, nil
 }
 
+// mergeContext lets the token's context override the request's: the
+// caller cannot widen what the principal delegated.
+func mergeContext(reqCtx map[string]any, vt *Verified) map[string]any {
+	tc := vt.Blocks[0].Context
+	if len(tc) == 0 {
+		return reqCtx
+	}
+	out := maps.Clone(reqCtx)
+	if out == nil {
+		out = make(map[string]any, len(tc))
+	}
+	maps.Copy(out, tc)
+	return out
+}
+
 func (c *Checker) waitForRevocations(ctx context.Context, rev store.Revision) error {
 	if c.Revocations.Revision() >= rev {
 		return nil
@@ -226,10 +232,10 @@ func (c *Checker) waitForRevocations(ctx context.Context, rev store.Revision) er
 
 // checkTypes refuses a token or request naming types the schema no longer
 // defines (or no longer defines as needed).
-func checkTypes(eng Engine, vt *Verified, req CheckRequest, principal rel.Object) error {
-	res, ok := eng.Type(req.Resource.Type)
-	if !ok || !slices.Contains(res.Names, req.Permission) {
-		return &Error{Reason: ReasonUnknownType, Block: -1, Err: fmt.Errorf("the schema defines no %s#%s", req.Resource.Type, req.Permission)}
+func checkTypes(eng Engine, vt *Verified, resourceType, permission string, principal rel.Object) error {
+	res, ok := eng.Type(resourceType)
+	if !ok || !slices.Contains(res.Names, permission) {
+		return &Error{Reason: ReasonUnknownType, Block: -1, Err: fmt.Errorf("the schema defines no %s#%s", resourceType, permission)}
 	}
 	if _, ok := eng.Type(principal.Type); !ok {
 		return &Error{Reason: ReasonUnknownType, Block: 0, Err: fmt.Errorf("principal type %q is not defined in the schema", principal.Type)}
