@@ -159,7 +159,7 @@ func (f *fixture) check(text, resourcePerm, subject string, atLeast store.Revisi
 func (f *fixture) checkTask(text, resourcePerm, subject, task string, atLeast store.Revision) Decision {
 	f.t.Helper()
 	res, perm, _ := strings.Cut(resourcePerm, "#")
-	d, err := f.c.Check(f.ctx, ForEngine(f.eng), CheckRequest{Token: text, Resource: obj(res), Permission: perm, Subject: obj(subject), Task: task, AtLeast: atLeast})
+	d, err := f.c.Check(f.ctx, ForEngine(f.eng), CheckRequest{Token: text, Resource: obj(res), Permission: perm, Subject: obj(subject), Task: task, Revision: atLeast})
 	if err != nil {
 		f.t.Fatalf("Check: %v", err)
 	}

@@ -17,8 +17,9 @@ import (
 // adapts its engine (and schema) to it.
 type Engine interface {
 	// CheckPrincipal answers whether principal holds permission on
-	// resource now, through its own live delegation chain when it is an
-	// agent, at a revision at least atLeast.
+	// resource, through its own live delegation chain when it is an agent,
+	// at q.Revision (0: the latest revision applied), waiting until that
+	// revision is applied.
 	CheckPrincipal(ctx context.Context, q PrincipalQuery) (PrincipalAnswer, error)
 	// Type describes a type of the schema in force; false when the schema
 	// does not define it.
@@ -31,7 +32,8 @@ type PrincipalQuery struct {
 	Permission string
 	Principal  rel.Object
 	Context    map[string]any
-	AtLeast    store.Revision
+	// Revision to answer at; 0: the latest applied.
+	Revision store.Revision
 }
 
 // PrincipalAnswer is the engine's answer.
@@ -90,8 +92,10 @@ type CheckRequest struct {
 	Subject rel.Object
 	Task    string
 	Context map[string]any
-	// AtLeast is the revision the check must be at least as fresh as.
-	AtLeast store.Revision
+	// Revision is the revision to answer at, resolved from the request's
+	// consistency by the caller (0: the latest applied). Revocations up to
+	// the revision answered at are always seen.
+	Revision store.Revision
 }
 
 // Decision explains a check made with a token.
@@ -163,7 +167,7 @@ func (c *Checker) Check(ctx context.Context, eng Engine, req CheckRequest) (Deci
 		return deny(d, &Error{Reason: ReasonRevoked, Block: block, Err: fmt.Errorf("revoked by %s %s at revision %d", r.By, r.Value, r.Revision)}), nil
 	}
 	ans, err := eng.CheckPrincipal(ctx, PrincipalQuery{Resource: req.Resource, Permission: req.Permission, Principal: principal,
-		Context: mergeContext(req.Context, vt), AtLeast: req.AtLeast})
+		Context: mergeContext(req.Context, vt), Revision: req.Revision})
 	if err != nil {
 		return Decision{}, fmt.Errorf("checking the token's principal %s: %w", principal, err)
 	}
@@ -171,7 +175,7 @@ func (c *Checker) Check(ctx context.Context, eng Engine, req CheckRequest) (Deci
 	// No new enemy: the revocations applied here must be at least as fresh
 	// as the answer, else a revocation this replica has not seen yet could
 	// be ignored.
-	if err := c.waitForRevocations(ctx, max(ans.Revision, req.AtLeast)); err != nil {
+	if err := c.waitForRevocations(ctx, max(ans.Revision, req.Revision)); err != nil {
 		return deny(d, &Error{Reason: ReasonRevocationsBehind, Block: -1, Err: err}), nil
 	}
 	if r, block, revoked := c.Revocations.Revoked(&vt.Token); revoked {

@@ -8,15 +8,15 @@ import (
 )
 
 // ForEngine adapts an in-process engine to Engine: principal checks at the
-// engine's latest applied revision once it has reached AtLeast, with the
+// revision asked for (waiting until the engine has applied it), with the
 // delegation chain explained for agent principals.
 func ForEngine(e *engine.Engine) Engine { return engineAdapter{e} }
 
 type engineAdapter struct{ e *engine.Engine }
 
 func (a engineAdapter) CheckPrincipal(ctx context.Context, q PrincipalQuery) (PrincipalAnswer, error) {
-	if q.AtLeast > a.e.Head() {
-		if err := a.e.WaitForRevision(ctx, q.AtLeast); err != nil {
+	if q.Revision > a.e.Head() {
+		if err := a.e.WaitForRevision(ctx, q.Revision); err != nil {
 			return PrincipalAnswer{}, err
 		}
 	}
@@ -24,7 +24,7 @@ func (a engineAdapter) CheckPrincipal(ctx context.Context, q PrincipalQuery) (Pr
 	res, err := a.e.Check(ctx, engine.CheckRequest{
 		Resource: q.Resource, Permission: q.Permission,
 		Subject: rel.Subject{Type: q.Principal.Type, ID: q.Principal.ID},
-		Context: q.Context, Explain: t.Agent,
+		Context: q.Context, Revision: q.Revision, Explain: t.Agent,
 	})
 	if err != nil {
 		return PrincipalAnswer{}, err

@@ -74,7 +74,7 @@ func TestRevocationFreshnessOnAnotherReplica(t *testing.T) {
 	replica := &Checker{Keys: f.keys, Verifier: NewVerifier(f.keys, VerifierOptions{Now: f.clock.now}), Revocations: lagging,
 		RevocationWait: 50 * time.Millisecond, Now: f.clock.now}
 	check := func(atLeast store.Revision) Decision {
-		d, err := replica.Check(f.ctx, ForEngine(f.eng), CheckRequest{Token: tok, Resource: obj("calendar:bob"), Permission: "read", Subject: obj("agent:a"), AtLeast: atLeast})
+		d, err := replica.Check(f.ctx, ForEngine(f.eng), CheckRequest{Token: tok, Resource: obj("calendar:bob"), Permission: "read", Subject: obj("agent:a"), Revision: atLeast})
 		if err != nil {
 			t.Fatal(err)
 		}
