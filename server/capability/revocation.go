@@ -64,6 +64,9 @@ func (r Revocation) validate() error {
 	return nil
 }
 
+// ErrInvalidRevocation refuses a revocation that names nothing valid.
+var ErrInvalidRevocation = errors.New("invalid revocation")
+
 // RecordWriter is the part of a store that Revoke needs.
 type RecordWriter interface {
 	WriteRecords(ctx context.Context, mutations []store.RecordMutation) (store.Revision, error)
@@ -75,12 +78,15 @@ type RecordWriter interface {
 // reason but is still a new revision.
 func Revoke(ctx context.Context, w RecordWriter, revs ...Revocation) (store.Revision, error) {
 	if len(revs) == 0 {
-		return 0, errors.New("revoke: nothing to revoke")
+		return 0, fmt.Errorf("revoke: %w: nothing to revoke", ErrInvalidRevocation)
 	}
 	muts := make([]store.RecordMutation, len(revs))
 	for i, r := range revs {
 		if err := r.validate(); err != nil {
-			return 0, fmt.Errorf("revoke: %w", err)
+			return 0, fmt.Errorf("revoke: %w: %w", ErrInvalidRevocation, err)
+		}
+		if r.RevokedAt.IsZero() {
+			r.RevokedAt = time.Now().UTC()
 		}
 		data, err := json.Marshal(r)
 		if err != nil {
