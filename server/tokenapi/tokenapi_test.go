@@ -14,8 +14,8 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
-	pb "github.com/mandate-authz/mandate/proto/mandate/v1"
 	"github.com/mandate-authz/mandate/engine"
+	pb "github.com/mandate-authz/mandate/proto/mandate/v1"
 	"github.com/mandate-authz/mandate/server/capability"
 	"github.com/mandate-authz/mandate/store"
 	"github.com/mandate-authz/mandate/store/memory"
