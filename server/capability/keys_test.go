@@ -228,3 +228,37 @@ func TestInspect(t *testing.T) {
 		t.Fatalf("duplicate permissions kept: %v", perms)
 	}
 }
+
+// Concurrent Datalog evaluations of one shared, cached token are safe
+// (run with -race): requests differ, so the memo does not answer them.
+func TestConcurrentEvaluationOfASharedToken(t *testing.T) {
+	keys := testKeys(t)
+	g := bobRead
+	g.Rights = []Right{{Type: "calendar", Permissions: []string{"read"}}}
+	tok, _ := Mint(keys, g, time.Now())
+	text, _ := tok.Encode()
+	v := NewVerifier(keys, VerifierOptions{})
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for w := range 8 {
+		wg.Go(func() {
+			vt, err := v.Verify(text)
+			if err != nil {
+				errs <- err
+				return
+			}
+			for i := range 30 {
+				id := string(rune('a'+w)) + string(rune('a'+i%26))
+				if _, err := v.Allow(vt, Request{Resource: rel.Object{Type: "calendar", ID: id}, Permission: "read", Holder: rel.Object{Type: "agent", ID: "a"}}); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+}
