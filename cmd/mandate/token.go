@@ -20,9 +20,9 @@ func newTokenCommand() *cobra.Command {
 		Short: "Work with capability tokens",
 		Long: `Capability tokens are signed, time-bound, task-scoped delegation edges an agent
 carries instead of the store holding them. Attenuating and inspecting a token happen
-offline: they need no server and no key.`,
+offline: they need no server and no key. Minting and revoking ask the server.`,
 	}
-	cmd.AddCommand(newTokenAttenuateCommand(), newTokenInspectCommand())
+	cmd.AddCommand(newTokenAttenuateCommand(), newTokenInspectCommand(), newTokenMintCommand(), newTokenRevokeCommand())
 	return cmd
 }
 
