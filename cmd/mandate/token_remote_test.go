@@ -11,8 +11,8 @@ import (
 
 	"google.golang.org/grpc"
 
-	pb "github.com/mandate-authz/mandate/proto/mandate/v1"
 	"github.com/mandate-authz/mandate/engine"
+	pb "github.com/mandate-authz/mandate/proto/mandate/v1"
 	"github.com/mandate-authz/mandate/server/capability"
 	"github.com/mandate-authz/mandate/server/tokenapi"
 	"github.com/mandate-authz/mandate/store"
