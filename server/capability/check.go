@@ -149,12 +149,13 @@ func deny(d Decision, err error) Decision {
 // (the engine or ctx failing).
 func (c *Checker) Check(ctx context.Context, eng Engine, req CheckRequest) (Decision, error) {
 	d := Decision{Block: -1}
-	vt, err := c.Verifier.Verify(req.Token)
+	now := c.Verifier.opts.Now()
+	vt, err := c.Verifier.verifyAt(req.Token, now)
 	if err != nil {
 		return deny(d, err), nil
 	}
 	d.TokenID, d.RootID, d.Holders, d.Principal, d.Task = vt.ID(), vt.RootID(), vt.Holders(), vt.Principal(), vt.Task()
-	allowance, err := c.Verifier.Allow(vt, Request{Resource: req.Resource, Permission: req.Permission, Holder: req.Subject, Task: req.Task})
+	allowance, err := c.Verifier.allowAt(vt, Request{Resource: req.Resource, Permission: req.Permission, Holder: req.Subject, Task: req.Task}, now)
 	if err != nil {
 		return deny(d, err), nil
 	}
@@ -162,9 +163,6 @@ func (c *Checker) Check(ctx context.Context, eng Engine, req CheckRequest) (Deci
 	principal, _ := parseObject(vt.Principal()) // validated by decodeToken
 	if err := checkTypes(eng, vt, req.Resource.Type, req.Permission, principal); err != nil {
 		return deny(d, err), nil
-	}
-	if r, block, revoked := c.Revocations.Revoked(&vt.Token); revoked {
-		return deny(d, &Error{Reason: ReasonRevoked, Block: block, Err: fmt.Errorf("revoked by %s %s at revision %d", r.By, r.Value, r.Revision)}), nil
 	}
 	ans, err := eng.CheckPrincipal(ctx, PrincipalQuery{Resource: req.Resource, Permission: req.Permission, Principal: principal,
 		Context: mergeContext(req.Context, vt), Revision: req.Revision})

@@ -90,10 +90,13 @@ type memoResult struct {
 // verified before is served from the cache unless it has expired or its
 // key was retired since.
 func (v *Verifier) Verify(text string) (*Verified, error) {
+	return v.verifyAt(text, v.opts.Now())
+}
+
+func (v *Verifier) verifyAt(text string, now time.Time) (*Verified, error) {
 	if len(text) > MaxTokenLength {
 		return nil, &Error{Reason: ReasonTooLong, Block: -1, Err: fmt.Errorf("token is %d bytes, at most %d allowed", len(text), MaxTokenLength)}
 	}
-	now := v.opts.Now()
 	v.mu.Lock()
 	vt := v.cache[text]
 	v.mu.Unlock()
@@ -212,7 +215,10 @@ type Allowance struct {
 // request, both as the descriptors say and as the Datalog checks evaluate.
 // A refusal is an *Error naming the block and reason.
 func (v *Verifier) Allow(vt *Verified, req Request) (Allowance, error) {
-	now := v.opts.Now()
+	return v.allowAt(vt, req, v.opts.Now())
+}
+
+func (v *Verifier) allowAt(vt *Verified, req Request, now time.Time) (Allowance, error) {
 	if holder := vt.Holder(); holder != req.Holder.String() {
 		return Allowance{Block: vt.holderBlock()}, &Error{Reason: ReasonWrongHolder, Block: vt.holderBlock(),
 			Err: fmt.Errorf("token is held by %s, the request is made by %s", holder, req.Holder)}
