@@ -39,7 +39,9 @@ type CheckRequest struct {
 	Explain bool `protobuf:"varint,7,opt,name=explain,proto3" json:"explain,omitempty"`
 	// capability_token checks with a token: the subject must be its holder,
 	// and the token stands in for the subject's own grant and acts_for link
-	// (the token's principal must still hold the permission).
+	// (the token's principal must still hold the permission). A token
+	// restricted to a task allows only requests whose context has "task" set
+	// to that task.
 	CapabilityToken string `protobuf:"bytes,8,opt,name=capability_token,json=capabilityToken,proto3" json:"capability_token,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
