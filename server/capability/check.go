@@ -72,8 +72,9 @@ type Checker struct {
 	Keys        *KeySet
 	Verifier    *Verifier
 	Revocations *RevocationSet
-	// Uses counts uses of tokens with max_uses; nil uses a per-process
-	// counter.
+	// Uses counts uses of tokens with max_uses: StoreUses holds a limit
+	// across replicas; nil counts in this process only (one replica,
+	// tests).
 	Uses UseCounter
 	// RevocationWait bounds how long a check waits for this replica's
 	// revocations to catch up with the revision it answered at.
@@ -267,8 +268,7 @@ func useLimits(vt *Verified) map[string]int {
 	return limits
 }
 
-// memoryUses counts uses in this process only: a use limit holds per
-// replica until the counter is made durable.
+// memoryUses counts uses in this process only.
 type memoryUses struct {
 	mu   sync.Mutex
 	used map[string]int
