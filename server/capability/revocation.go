@@ -55,8 +55,8 @@ func (r Revocation) validate() error {
 			return fmt.Errorf("%s: %w", r.By, err)
 		}
 	case RevokeTask:
-		if r.Value == "" || len(r.Value) > 256 {
-			return errors.New("task: expected 1 to 256 bytes")
+		if r.Value == "" || len(r.Value) > MaxTaskLength {
+			return fmt.Errorf("task: expected 1 to %d bytes", MaxTaskLength)
 		}
 	default:
 		return fmt.Errorf("revoke by %q: expected token, holder, principal or task", r.By)

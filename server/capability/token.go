@@ -31,6 +31,8 @@ const (
 	MaxRights = 64
 	// MaxTTL is the longest lifetime a token may be minted with.
 	MaxTTL = 30 * 24 * time.Hour
+	// MaxTaskLength bounds a task id.
+	MaxTaskLength = 256
 )
 
 // descriptorVersion leads every block descriptor, so the format can evolve.
@@ -418,6 +420,9 @@ func checkBlockShape(b *Block, parents []Block) error {
 	}
 	if b.MaxUses < 0 {
 		return fmt.Errorf("max_uses %d: expected 0 or more", b.MaxUses)
+	}
+	if len(b.Task) > MaxTaskLength {
+		return fmt.Errorf("task is %d bytes, at most %d allowed", len(b.Task), MaxTaskLength)
 	}
 	if parents == nil {
 		switch {
