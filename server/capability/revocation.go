@@ -38,6 +38,9 @@ type Revocation struct {
 	// Reason is free text for the audit.
 	Reason    string    `json:"reason,omitempty"`
 	RevokedAt time.Time `json:"revoked_at"`
+	// Until, when set, is when the revocation stops mattering (the revoked
+	// token's expiry): PruneRevocations deletes it after then.
+	Until time.Time `json:"until,omitzero"`
 	// Revision is the store revision that wrote the revocation.
 	Revision store.Revision `json:"-"`
 }
@@ -279,4 +282,37 @@ func Follow(ctx context.Context, src RevocationSource, s *RevocationSet) error {
 		}
 	}
 	return nil
+}
+
+// PruneRevocations deletes the revocations whose Until has passed: the
+// tokens they revoked have expired, so no check needs them. It returns how
+// many it deleted (at one new revision; none: no write).
+func PruneRevocations(ctx context.Context, rs interface {
+	RecordWriter
+	ReadRecords(ctx context.Context, kind string) ([]store.Record, store.Revision, error)
+}, now time.Time) (int, error) {
+	recs, _, err := rs.ReadRecords(ctx, RevocationKind)
+	if err != nil {
+		return 0, fmt.Errorf("pruning revocations: %w", err)
+	}
+	var muts []store.RecordMutation
+	for _, rec := range recs {
+		r, err := decodeRevocation(rec)
+		if err != nil {
+			return 0, fmt.Errorf("pruning revocations: %w", err)
+		}
+		if !r.Until.IsZero() && now.After(r.Until) {
+			muts = append(muts, store.RecordMutation{Op: store.Delete, Record: store.Record{Kind: RevocationKind, ID: rec.ID}})
+		}
+		if len(muts) == store.MaxRecordMutations {
+			break
+		}
+	}
+	if len(muts) == 0 {
+		return 0, nil
+	}
+	if _, err := rs.WriteRecords(ctx, muts); err != nil {
+		return 0, fmt.Errorf("pruning revocations: %w", err)
+	}
+	return len(muts), nil
 }

@@ -2,6 +2,7 @@ package capability
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -113,5 +114,33 @@ func TestRevokeRefusesBadInput(t *testing.T) {
 	}
 	if head, _ := f.st.Head(f.ctx); head != 1 {
 		t.Fatalf("refused revocations moved the head to %d", head)
+	}
+}
+
+func TestPruneRevocations(t *testing.T) {
+	f := newFixture(t)
+	now := time.Now()
+	rev, err := Revoke(f.ctx, f.st,
+		Revocation{By: RevokeToken, Value: strings.Repeat("a", 32), Until: now.Add(-time.Minute)},
+		Revocation{By: RevokeToken, Value: strings.Repeat("b", 32), Until: now.Add(time.Hour)},
+		Revocation{By: RevokeHolder, Value: "agent:a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := PruneRevocations(f.ctx, f.st, now); err != nil || n != 1 {
+		t.Fatalf("PruneRevocations = %d, %v; want 1", n, err)
+	}
+	if err := f.c.Revocations.WaitFor(f.ctx, rev+1); err != nil {
+		t.Fatal(err)
+	}
+	var left []string
+	for _, r := range f.c.Revocations.List() {
+		left = append(left, r.Value)
+	}
+	if strings.Join(left, ",") != "agent:a,"+strings.Repeat("b", 32) && strings.Join(left, ",") != strings.Repeat("b", 32)+",agent:a" {
+		t.Fatalf("revocations after pruning: %v", left)
+	}
+	if n, err := PruneRevocations(f.ctx, f.st, now); err != nil || n != 0 {
+		t.Fatalf("second PruneRevocations = %d, %v; want 0", n, err)
 	}
 }

@@ -113,7 +113,8 @@ func (s *Service) Revoke(ctx context.Context, req *pb.RevokeRequest) (*pb.Revoke
 		if err != nil {
 			return nil, invalid("token", err)
 		}
-		r.By, r.Value = capability.RevokeToken, tok.ID()
+		// Once the token has expired the revocation no longer matters.
+		r.By, r.Value, r.Until = capability.RevokeToken, tok.ID(), tok.Expires()
 	case *pb.RevokeRequest_TokenId:
 		r.By, r.Value = capability.RevokeToken, t.TokenId
 	case *pb.RevokeRequest_Holder:
