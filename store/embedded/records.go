@@ -105,8 +105,10 @@ func (s *Store) WriteRecords(ctx context.Context, mutations []store.RecordMutati
 
 // pruneRecordChanges drops record changes no watch can ask for again.
 func pruneRecordChanges(b *bolt.Bucket, oldest store.Revision) error {
+	// Seek the first key again after each delete: a bbolt cursor's Next
+	// after Delete skips the key that followed the deleted one.
 	c := b.Cursor()
-	for k, _ := c.First(); k != nil && store.Revision(binaryU64(k)) <= oldest; k, _ = c.Next() {
+	for k, _ := c.First(); k != nil && store.Revision(binaryU64(k)) <= oldest; k, _ = c.First() {
 		if err := c.Delete(); err != nil {
 			return err
 		}
