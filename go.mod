@@ -7,6 +7,7 @@ require (
 	github.com/authzed/cel-go v0.32.0
 	github.com/authzed/grpcutil v0.0.0-20240123194739-2ea1e3d2d98b
 	github.com/authzed/spicedb v1.56.1
+	github.com/biscuit-auth/biscuit-go/v2 v2.2.0
 	github.com/cockroachdb/cockroach-go/v2 v2.4.2
 	github.com/dustin/go-humanize v1.0.1
 	github.com/grpc-ecosystem/grpc-gateway/v2 v2.32.0
@@ -66,7 +67,6 @@ require (
 	github.com/aws/smithy-go v1.27.8 // indirect
 	github.com/benbjohnson/clock v1.3.5 // indirect
 	github.com/beorn7/perks v1.0.1 // indirect
-	github.com/biscuit-auth/biscuit-go/v2 v2.2.0 // indirect
 	github.com/bits-and-blooms/bitset v1.24.4 // indirect
 	github.com/bits-and-blooms/bloom/v3 v3.7.1 // indirect
 	github.com/caio/go-tdigest/v4 v4.1.0 // indirect
