@@ -31,7 +31,9 @@ type PrincipalQuery struct {
 	Resource   rel.Object
 	Permission string
 	Principal  rel.Object
-	Context    map[string]any
+	// PrincipalIsAgent asks for the principal's delegation chain.
+	PrincipalIsAgent bool
+	Context          map[string]any
 	// Revision to answer at; 0: the latest applied.
 	Revision store.Revision
 }
@@ -162,10 +164,11 @@ func (c *Checker) Check(ctx context.Context, eng Engine, req CheckRequest) (Deci
 	}
 	d.Block = allowance.Block
 	principal, _ := parseObject(vt.Principal()) // validated by decodeToken
-	if err := checkTypes(eng, vt, req.Resource.Type, req.Permission, principal); err != nil {
+	agent, err := checkTypes(eng, vt, req.Resource.Type, req.Permission, principal)
+	if err != nil {
 		return deny(d, err), nil
 	}
-	ans, err := eng.CheckPrincipal(ctx, PrincipalQuery{Resource: req.Resource, Permission: req.Permission, Principal: principal,
+	ans, err := eng.CheckPrincipal(ctx, PrincipalQuery{Resource: req.Resource, Permission: req.Permission, Principal: principal, PrincipalIsAgent: agent,
 		Context: mergeContext(req.Context, vt), Revision: req.Revision})
 	if err != nil {
 		return Decision{}, fmt.Errorf("checking the token's principal %s: %w", principal, err)
@@ -234,25 +237,32 @@ func (c *Checker) waitForRevocations(ctx context.Context, rev store.Revision) er
 }
 
 // checkTypes refuses a token or request naming types the schema no longer
-// defines (or no longer defines as needed).
-func checkTypes(eng Engine, vt *Verified, resourceType, permission string, principal rel.Object) error {
+// defines (or no longer defines as needed), and reports whether the
+// principal is an agent.
+func checkTypes(eng Engine, vt *Verified, resourceType, permission string, principal rel.Object) (principalIsAgent bool, err error) {
 	res, ok := eng.Type(resourceType)
 	if !ok || !slices.Contains(res.Names, permission) {
-		return &Error{Reason: ReasonUnknownType, Block: -1, Err: fmt.Errorf("the schema defines no %s#%s", resourceType, permission)}
+		return false, &Error{Reason: ReasonUnknownType, Block: -1, Err: fmt.Errorf("the schema defines no %s#%s", resourceType, permission)}
 	}
-	if _, ok := eng.Type(principal.Type); !ok {
-		return &Error{Reason: ReasonUnknownType, Block: 0, Err: fmt.Errorf("principal type %q is not defined in the schema", principal.Type)}
+	p, ok := eng.Type(principal.Type)
+	if !ok {
+		return false, &Error{Reason: ReasonUnknownType, Block: 0, Err: fmt.Errorf("principal type %q is not defined in the schema", principal.Type)}
 	}
+	checked := ""
 	for i, b := range vt.Blocks {
 		if b.Holder == "" {
 			continue
 		}
 		h, _ := parseObject(b.Holder)
-		if t, ok := eng.Type(h.Type); !ok || !t.Agent {
-			return &Error{Reason: ReasonUnknownType, Block: i, Err: fmt.Errorf("holder %s: %q is not an agent type of the schema", b.Holder, h.Type)}
+		if h.Type == checked {
+			continue // holders are usually all of one agent type
 		}
+		if t, ok := eng.Type(h.Type); !ok || !t.Agent {
+			return false, &Error{Reason: ReasonUnknownType, Block: i, Err: fmt.Errorf("holder %s: %q is not an agent type of the schema", b.Holder, h.Type)}
+		}
+		checked = h.Type
 	}
-	return nil
+	return p.Agent, nil
 }
 
 func useLimits(vt *Verified) map[string]int {

@@ -15,16 +15,15 @@ func ForEngine(e *engine.Engine) Engine { return engineAdapter{e} }
 type engineAdapter struct{ e *engine.Engine }
 
 func (a engineAdapter) CheckPrincipal(ctx context.Context, q PrincipalQuery) (PrincipalAnswer, error) {
-	if q.Revision > a.e.Head() {
+	if q.Revision != 0 && q.Revision > a.e.Head() {
 		if err := a.e.WaitForRevision(ctx, q.Revision); err != nil {
 			return PrincipalAnswer{}, err
 		}
 	}
-	t, _ := a.Type(q.Principal.Type)
 	res, err := a.e.Check(ctx, engine.CheckRequest{
 		Resource: q.Resource, Permission: q.Permission,
 		Subject: rel.Subject{Type: q.Principal.Type, ID: q.Principal.ID},
-		Context: q.Context, Revision: q.Revision, Explain: t.Agent,
+		Context: q.Context, Revision: q.Revision, Explain: q.PrincipalIsAgent,
 	})
 	if err != nil {
 		return PrincipalAnswer{}, err

@@ -55,7 +55,7 @@ func (c *Checker) Lookup(eng Engine, req LookupRequest) (*LookupScope, Decision)
 		}
 	}
 	principal, _ := parseObject(vt.Principal())
-	if err := checkTypes(eng, vt, req.ResourceType, req.Permission, principal); err != nil {
+	if _, err := checkTypes(eng, vt, req.ResourceType, req.Permission, principal); err != nil {
 		return nil, deny(d, err)
 	}
 	if r, block, revoked := c.Revocations.Revoked(&vt.Token); revoked {
