@@ -47,7 +47,7 @@ definition calendar {
 	revs := capability.NewRevocationSet()
 	fctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	wg.Go(func() { _ = eng.Follow(fctx, st, nil) })
+	wg.Go(func() { followEngine(fctx, st, eng) })
 	wg.Go(func() { _ = capability.Follow(fctx, st, revs) })
 	t.Cleanup(func() { cancel(); wg.Wait() })
 	if err := eng.WaitForRevision(ctx, head); err != nil {
@@ -125,6 +125,16 @@ func TestTokenMintRevokeCommands(t *testing.T) {
 	} {
 		if out, errOut, code := runTokenCLI(t, "", append(tc.args, conn...)...); code == 0 || out != "" || !strings.Contains(errOut, tc.want) {
 			t.Errorf("%v: exit %d, stdout %q, stderr %q; want a failure mentioning %q", tc.args, code, out, errOut, tc.want)
+		}
+	}
+}
+
+// followEngine applies the store's change stream to eng from the start
+// (a memory store keeps its whole history) until ctx ends.
+func followEngine(ctx context.Context, st store.Store, eng *engine.Engine) {
+	for ch, err := range st.Watch(ctx, 0) {
+		if err != nil || eng.Apply(ch) != nil {
+			return
 		}
 	}
 }

@@ -98,7 +98,7 @@ func newFixture(t *testing.T, rels ...string) *fixture {
 	followCtx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	t.Cleanup(func() { cancel(); wg.Wait() })
-	wg.Go(func() { _ = eng.Follow(followCtx, st, nil) })
+	wg.Go(func() { followEngine(followCtx, st, eng) })
 	revs := NewRevocationSet()
 	wg.Go(func() { _ = Follow(followCtx, st, revs) })
 	key, err := GenerateKey("k1", clk.now())
@@ -310,4 +310,14 @@ func TestMaxUses(t *testing.T) {
 	f.expect(f.check(tok, "calendar:bob#read", "agent:a", 0), true, ReasonNone, 0)
 	f.expect(f.check(tok, "calendar:bob#read", "agent:a", 0), true, ReasonNone, 0)
 	f.expect(f.check(tok, "calendar:bob#read", "agent:a", 0), false, ReasonUsesExhausted, 0)
+}
+
+// followEngine applies the store's change stream to eng from the start
+// (a memory store keeps its whole history) until ctx ends.
+func followEngine(ctx context.Context, st store.Store, eng *engine.Engine) {
+	for ch, err := range st.Watch(ctx, 0) {
+		if err != nil || eng.Apply(ch) != nil {
+			return
+		}
+	}
 }

@@ -57,7 +57,7 @@ func setup(t *testing.T) *fixture {
 	revs := capability.NewRevocationSet()
 	fctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	wg.Go(func() { _ = eng.Follow(fctx, st, nil) })
+	wg.Go(func() { followEngine(fctx, st, eng) })
 	wg.Go(func() { _ = capability.Follow(fctx, st, revs) })
 	t.Cleanup(func() { cancel(); wg.Wait() })
 	if err := eng.WaitForRevision(ctx, head); err != nil {
@@ -153,6 +153,16 @@ func TestTokenServiceOverGRPC(t *testing.T) {
 	} {
 		if _, err := f.client.Revoke(ctx, bad); status.Code(err) != codes.InvalidArgument {
 			t.Errorf("Revoke(%v): %v, want InvalidArgument", bad, err)
+		}
+	}
+}
+
+// followEngine applies the store's change stream to eng from the start
+// (a memory store keeps its whole history) until ctx ends.
+func followEngine(ctx context.Context, st store.Store, eng *engine.Engine) {
+	for ch, err := range st.Watch(ctx, 0) {
+		if err != nil || eng.Apply(ch) != nil {
+			return
 		}
 	}
 }
