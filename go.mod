@@ -7,6 +7,7 @@ require (
 	github.com/authzed/cel-go v0.32.0
 	github.com/authzed/grpcutil v0.0.0-20240123194739-2ea1e3d2d98b
 	github.com/authzed/spicedb v1.56.1
+	github.com/biscuit-auth/biscuit-go/v2 v2.2.0
 	github.com/cockroachdb/cockroach-go/v2 v2.4.2
 	github.com/coreos/go-oidc/v3 v3.21.0
 	github.com/dustin/go-humanize v1.0.1

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
 
@@ -46,7 +47,15 @@ func checkFromProto(prefix string, resource *pb.ObjectReference, permission stri
 	return req, nil
 }
 
+// errTokensNotServed refuses capability_token until the operation core
+// answers it: ignoring it would check the bare subject instead, which is
+// not what the caller asked.
+var errTokensNotServed = status.Error(codes.Unimplemented, "capability_token: capability tokens are not served by this server yet")
+
 func (p *permissionService) Check(ctx context.Context, req *pb.CheckRequest) (*pb.CheckResponse, error) {
+	if req.GetCapabilityToken() != "" {
+		return nil, errTokensNotServed
+	}
 	creq, err := checkFromProto("", req.GetResource(), req.GetPermission(), req.GetSubject(), req.GetContext(), req.GetOnBehalfOf())
 	if err != nil {
 		return nil, err
@@ -68,6 +77,9 @@ func (p *permissionService) Check(ctx context.Context, req *pb.CheckRequest) (*p
 }
 
 func (p *permissionService) CheckBulk(ctx context.Context, req *pb.CheckBulkRequest) (*pb.CheckBulkResponse, error) {
+	if req.GetCapabilityToken() != "" {
+		return nil, errTokensNotServed
+	}
 	items := req.GetItems()
 	if len(items) == 0 {
 		return nil, invalid("items", "at least one check is required")
@@ -137,6 +149,9 @@ func (s *Server) sendLookupPage(results []engine.LookupResult, rev store.Revisio
 }
 
 func (p *permissionService) LookupResources(req *pb.LookupResourcesRequest, stream pb.PermissionService_LookupResourcesServer) error {
+	if req.GetCapabilityToken() != "" {
+		return errTokensNotServed
+	}
 	ctx := stream.Context()
 	if req.GetResourceObjectType() == "" {
 		return invalid("resource_object_type", "required")

@@ -69,6 +69,8 @@ type Change struct {
 	// Schema is the new schema text when this revision wrote the schema.
 	Schema  *string
 	Updates []Update
+	// Records are the record changes of this revision (see RecordStore).
+	Records []RecordUpdate
 }
 
 // Store is the durable truth. Every method is safe for concurrent use.

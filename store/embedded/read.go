@@ -320,6 +320,9 @@ func (s *Store) changesAfter(rev store.Revision, names namer) ([]store.Change, e
 			if err != nil {
 				return err
 			}
+			if ch.Records, err = recordChangesAt(tx, ch.Revision); err != nil {
+				return err
+			}
 			out = append(out, ch)
 			updates += len(ch.Updates)
 		}

@@ -51,6 +51,8 @@ type Store struct {
 	// wake is closed and replaced on every commit (and closed on Close) so
 	// that watchers block without polling.
 	wake chan struct{}
+	// records holds the current records (see records.go).
+	records map[recordKey]store.Record
 }
 
 type schemaVersion struct {
@@ -674,5 +676,6 @@ func cloneChange(ch store.Change) store.Change {
 			out.Updates[i] = store.Update{Op: u.Op, Rel: cloneRel(u.Rel)}
 		}
 	}
+	out.Records = cloneRecordUpdates(ch.Records)
 	return out
 }

@@ -50,6 +50,7 @@ const reset = `DELETE FROM mandate_relationships;
 DELETE FROM mandate_relationship_history;
 DELETE FROM mandate_revisions;
 DELETE FROM mandate_schemas;
+DELETE FROM mandate_records;
 UPDATE mandate_state SET head = 0, schema_revision = 0, oldest = 0;
 UPDATE mandate_metadata SET store_id = gen_random_uuid()`
 

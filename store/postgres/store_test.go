@@ -78,8 +78,8 @@ func TestOpenRefusesUnmigratedAndNewerDatabases(t *testing.T) {
 	}
 	pool := newPool(t, uri)
 	applied, err := postgres.Migrate(ctx, pool)
-	if err != nil || fmt.Sprint(applied) != "[0001_init]" {
-		t.Fatalf("Migrate = %v, %v; want [0001_init]", applied, err)
+	if err != nil || fmt.Sprint(applied) != "[0001_init 0002_records]" {
+		t.Fatalf("Migrate = %v, %v; want [0001_init 0002_records]", applied, err)
 	}
 	if applied, err := postgres.Migrate(ctx, pool); err != nil || len(applied) != 0 {
 		t.Fatalf("second Migrate = %v, %v; want nothing applied", applied, err)

@@ -118,6 +118,9 @@ func (s *Store) poll(ctx context.Context, next store.Revision) ([]store.Change, 
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("reading schema changes: %w", err)
 	}
+	if err := pollRecords(ctx, tx, next, last, at); err != nil {
+		return nil, err
+	}
 	if total == 0 {
 		return changes, nil
 	}

@@ -36,9 +36,15 @@ type CheckRequest struct {
 	// for several.
 	OnBehalfOf *ObjectReference `protobuf:"bytes,6,opt,name=on_behalf_of,json=onBehalfOf,proto3" json:"on_behalf_of,omitempty"`
 	// explain asks for the delegation chain and the reason for a denial.
-	Explain       bool `protobuf:"varint,7,opt,name=explain,proto3" json:"explain,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Explain bool `protobuf:"varint,7,opt,name=explain,proto3" json:"explain,omitempty"`
+	// capability_token checks with a token: the subject must be its holder,
+	// and the token stands in for the subject's own grant and acts_for link
+	// (the token's principal must still hold the permission). A token
+	// restricted to a task allows only requests whose context has "task" set
+	// to that task.
+	CapabilityToken string `protobuf:"bytes,8,opt,name=capability_token,json=capabilityToken,proto3" json:"capability_token,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *CheckRequest) Reset() {
@@ -120,6 +126,13 @@ func (x *CheckRequest) GetExplain() bool {
 	return false
 }
 
+func (x *CheckRequest) GetCapabilityToken() string {
+	if x != nil {
+		return x.CapabilityToken
+	}
+	return ""
+}
+
 // CheckResponse is the answer to a CheckRequest.
 type CheckResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -130,7 +143,9 @@ type CheckResponse struct {
 	// decision conditional, sorted.
 	MissingParameters []string `protobuf:"bytes,3,rep,name=missing_parameters,json=missingParameters,proto3" json:"missing_parameters,omitempty"`
 	// delegation explains a check whose subject is an agent, when asked.
-	Delegation    *DelegationExplanation `protobuf:"bytes,4,opt,name=delegation,proto3" json:"delegation,omitempty"`
+	Delegation *DelegationExplanation `protobuf:"bytes,4,opt,name=delegation,proto3" json:"delegation,omitempty"`
+	// token explains a check made with a capability token.
+	Token         *TokenExplanation `protobuf:"bytes,5,opt,name=token,proto3" json:"token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -189,6 +204,13 @@ func (x *CheckResponse) GetMissingParameters() []string {
 func (x *CheckResponse) GetDelegation() *DelegationExplanation {
 	if x != nil {
 		return x.Delegation
+	}
+	return nil
+}
+
+func (x *CheckResponse) GetToken() *TokenExplanation {
+	if x != nil {
+		return x.Token
 	}
 	return nil
 }
@@ -349,9 +371,11 @@ type CheckBulkRequest struct {
 	Consistency *Consistency            `protobuf:"bytes,1,opt,name=consistency,proto3" json:"consistency,omitempty"`
 	Items       []*CheckBulkRequestItem `protobuf:"bytes,2,rep,name=items,proto3" json:"items,omitempty"`
 	// explain asks for delegation explanations on every item.
-	Explain       bool `protobuf:"varint,3,opt,name=explain,proto3" json:"explain,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Explain bool `protobuf:"varint,3,opt,name=explain,proto3" json:"explain,omitempty"`
+	// capability_token checks every item with this token (see CheckRequest).
+	CapabilityToken string `protobuf:"bytes,4,opt,name=capability_token,json=capabilityToken,proto3" json:"capability_token,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *CheckBulkRequest) Reset() {
@@ -403,6 +427,13 @@ func (x *CheckBulkRequest) GetExplain() bool {
 		return x.Explain
 	}
 	return false
+}
+
+func (x *CheckBulkRequest) GetCapabilityToken() string {
+	if x != nil {
+		return x.CapabilityToken
+	}
+	return ""
 }
 
 // CheckBulkRequestItem is one check of a CheckBulkRequest.
@@ -632,8 +663,10 @@ type CheckBulkItemResult struct {
 	Decision          Decision               `protobuf:"varint,1,opt,name=decision,proto3,enum=mandate.v1.Decision" json:"decision,omitempty"`
 	MissingParameters []string               `protobuf:"bytes,2,rep,name=missing_parameters,json=missingParameters,proto3" json:"missing_parameters,omitempty"`
 	Delegation        *DelegationExplanation `protobuf:"bytes,3,opt,name=delegation,proto3" json:"delegation,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// token explains an item checked with a capability token.
+	Token         *TokenExplanation `protobuf:"bytes,4,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CheckBulkItemResult) Reset() {
@@ -683,6 +716,13 @@ func (x *CheckBulkItemResult) GetMissingParameters() []string {
 func (x *CheckBulkItemResult) GetDelegation() *DelegationExplanation {
 	if x != nil {
 		return x.Delegation
+	}
+	return nil
+}
+
+func (x *CheckBulkItemResult) GetToken() *TokenExplanation {
+	if x != nil {
+		return x.Token
 	}
 	return nil
 }
@@ -757,8 +797,11 @@ type LookupResourcesRequest struct {
 	// optional_cursor resumes after a previous call's last result, at the same
 	// revision.
 	OptionalCursor *Cursor `protobuf:"bytes,8,opt,name=optional_cursor,json=optionalCursor,proto3" json:"optional_cursor,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// capability_token lists only resources the token allows the subject
+	// (its holder) and its principal still holds.
+	CapabilityToken string `protobuf:"bytes,9,opt,name=capability_token,json=capabilityToken,proto3" json:"capability_token,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *LookupResourcesRequest) Reset() {
@@ -845,6 +888,13 @@ func (x *LookupResourcesRequest) GetOptionalCursor() *Cursor {
 		return x.OptionalCursor
 	}
 	return nil
+}
+
+func (x *LookupResourcesRequest) GetCapabilityToken() string {
+	if x != nil {
+		return x.CapabilityToken
+	}
+	return ""
 }
 
 // LookupResourcesResponse is one resource found.
@@ -1388,7 +1438,7 @@ var File_mandate_v1_permission_proto protoreflect.FileDescriptor
 const file_mandate_v1_permission_proto_rawDesc = "" +
 	"\n" +
 	"\x1bmandate/v1/permission.proto\x12\n" +
-	"mandate.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x15mandate/v1/core.proto\"\xe6\x02\n" +
+	"mandate.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x15mandate/v1/core.proto\x1a\x16mandate/v1/token.proto\"\x91\x03\n" +
 	"\fCheckRequest\x129\n" +
 	"\vconsistency\x18\x01 \x01(\v2\x17.mandate.v1.ConsistencyR\vconsistency\x127\n" +
 	"\bresource\x18\x02 \x01(\v2\x1b.mandate.v1.ObjectReferenceR\bresource\x12\x1e\n" +
@@ -1399,7 +1449,8 @@ const file_mandate_v1_permission_proto_rawDesc = "" +
 	"\acontext\x18\x05 \x01(\v2\x17.google.protobuf.StructR\acontext\x12=\n" +
 	"\fon_behalf_of\x18\x06 \x01(\v2\x1b.mandate.v1.ObjectReferenceR\n" +
 	"onBehalfOf\x12\x18\n" +
-	"\aexplain\x18\a \x01(\bR\aexplain\"\xed\x01\n" +
+	"\aexplain\x18\a \x01(\bR\aexplain\x12)\n" +
+	"\x10capability_token\x18\b \x01(\tR\x0fcapabilityToken\"\xa1\x02\n" +
 	"\rCheckResponse\x128\n" +
 	"\n" +
 	"checked_at\x18\x01 \x01(\v2\x19.mandate.v1.RevisionTokenR\tcheckedAt\x120\n" +
@@ -1407,7 +1458,8 @@ const file_mandate_v1_permission_proto_rawDesc = "" +
 	"\x12missing_parameters\x18\x03 \x03(\tR\x11missingParameters\x12A\n" +
 	"\n" +
 	"delegation\x18\x04 \x01(\v2!.mandate.v1.DelegationExplanationR\n" +
-	"delegation\"\xb2\x01\n" +
+	"delegation\x122\n" +
+	"\x05token\x18\x05 \x01(\v2\x1c.mandate.v1.TokenExplanationR\x05token\"\xb2\x01\n" +
 	"\x15DelegationExplanation\x12.\n" +
 	"\x05chain\x18\x01 \x03(\v2\x18.mandate.v1.ChainElementR\x05chain\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x1b\n" +
@@ -1417,11 +1469,12 @@ const file_mandate_v1_permission_proto_rawDesc = "" +
 	"\asubject\x18\x01 \x01(\v2\x1b.mandate.v1.ObjectReferenceR\asubject\x12*\n" +
 	"\x05grant\x18\x02 \x01(\x0e2\x14.mandate.v1.DecisionR\x05grant\x12(\n" +
 	"\x04link\x18\x03 \x01(\x0e2\x14.mandate.v1.DecisionR\x04link\x12-\n" +
-	"\x12missing_parameters\x18\x04 \x03(\tR\x11missingParameters\"\x9f\x01\n" +
+	"\x12missing_parameters\x18\x04 \x03(\tR\x11missingParameters\"\xca\x01\n" +
 	"\x10CheckBulkRequest\x129\n" +
 	"\vconsistency\x18\x01 \x01(\v2\x17.mandate.v1.ConsistencyR\vconsistency\x126\n" +
 	"\x05items\x18\x02 \x03(\v2 .mandate.v1.CheckBulkRequestItemR\x05items\x12\x18\n" +
-	"\aexplain\x18\x03 \x01(\bR\aexplain\"\x99\x02\n" +
+	"\aexplain\x18\x03 \x01(\bR\aexplain\x12)\n" +
+	"\x10capability_token\x18\x04 \x01(\tR\x0fcapabilityToken\"\x99\x02\n" +
 	"\x14CheckBulkRequestItem\x127\n" +
 	"\bresource\x18\x01 \x01(\v2\x1b.mandate.v1.ObjectReferenceR\bresource\x12\x1e\n" +
 	"\n" +
@@ -1440,16 +1493,17 @@ const file_mandate_v1_permission_proto_rawDesc = "" +
 	"\x04item\x18\x02 \x01(\v2\x1f.mandate.v1.CheckBulkItemResultH\x00R\x04item\x12-\n" +
 	"\x05error\x18\x03 \x01(\v2\x15.mandate.v1.ItemErrorH\x00R\x05errorB\n" +
 	"\n" +
-	"\bresponse\"\xb9\x01\n" +
+	"\bresponse\"\xed\x01\n" +
 	"\x13CheckBulkItemResult\x120\n" +
 	"\bdecision\x18\x01 \x01(\x0e2\x14.mandate.v1.DecisionR\bdecision\x12-\n" +
 	"\x12missing_parameters\x18\x02 \x03(\tR\x11missingParameters\x12A\n" +
 	"\n" +
 	"delegation\x18\x03 \x01(\v2!.mandate.v1.DelegationExplanationR\n" +
-	"delegation\"9\n" +
+	"delegation\x122\n" +
+	"\x05token\x18\x04 \x01(\v2\x1c.mandate.v1.TokenExplanationR\x05token\"9\n" +
 	"\tItemError\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage\"\xb3\x03\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"\xde\x03\n" +
 	"\x16LookupResourcesRequest\x129\n" +
 	"\vconsistency\x18\x01 \x01(\v2\x17.mandate.v1.ConsistencyR\vconsistency\x120\n" +
 	"\x14resource_object_type\x18\x02 \x01(\tR\x12resourceObjectType\x12\x1e\n" +
@@ -1461,7 +1515,8 @@ const file_mandate_v1_permission_proto_rawDesc = "" +
 	"\fon_behalf_of\x18\x06 \x01(\v2\x1b.mandate.v1.ObjectReferenceR\n" +
 	"onBehalfOf\x12%\n" +
 	"\x0eoptional_limit\x18\a \x01(\rR\roptionalLimit\x12;\n" +
-	"\x0foptional_cursor\x18\b \x01(\v2\x12.mandate.v1.CursorR\x0eoptionalCursor\"\xa9\x02\n" +
+	"\x0foptional_cursor\x18\b \x01(\v2\x12.mandate.v1.CursorR\x0eoptionalCursor\x12)\n" +
+	"\x10capability_token\x18\t \x01(\tR\x0fcapabilityToken\"\xa9\x02\n" +
 	"\x17LookupResourcesResponse\x12;\n" +
 	"\flooked_up_at\x18\x01 \x01(\v2\x19.mandate.v1.RevisionTokenR\n" +
 	"lookedUpAt\x12,\n" +
@@ -1555,8 +1610,9 @@ var file_mandate_v1_permission_proto_goTypes = []any{
 	(*structpb.Struct)(nil),         // 21: google.protobuf.Struct
 	(*RevisionToken)(nil),           // 22: mandate.v1.RevisionToken
 	(Decision)(0),                   // 23: mandate.v1.Decision
-	(*Cursor)(nil),                  // 24: mandate.v1.Cursor
-	(*Relationship)(nil),            // 25: mandate.v1.Relationship
+	(*TokenExplanation)(nil),        // 24: mandate.v1.TokenExplanation
+	(*Cursor)(nil),                  // 25: mandate.v1.Cursor
+	(*Relationship)(nil),            // 26: mandate.v1.Relationship
 }
 var file_mandate_v1_permission_proto_depIdxs = []int32{
 	18, // 0: mandate.v1.CheckRequest.consistency:type_name -> mandate.v1.Consistency
@@ -1567,62 +1623,64 @@ var file_mandate_v1_permission_proto_depIdxs = []int32{
 	22, // 5: mandate.v1.CheckResponse.checked_at:type_name -> mandate.v1.RevisionToken
 	23, // 6: mandate.v1.CheckResponse.decision:type_name -> mandate.v1.Decision
 	2,  // 7: mandate.v1.CheckResponse.delegation:type_name -> mandate.v1.DelegationExplanation
-	3,  // 8: mandate.v1.DelegationExplanation.chain:type_name -> mandate.v1.ChainElement
-	19, // 9: mandate.v1.ChainElement.subject:type_name -> mandate.v1.ObjectReference
-	23, // 10: mandate.v1.ChainElement.grant:type_name -> mandate.v1.Decision
-	23, // 11: mandate.v1.ChainElement.link:type_name -> mandate.v1.Decision
-	18, // 12: mandate.v1.CheckBulkRequest.consistency:type_name -> mandate.v1.Consistency
-	5,  // 13: mandate.v1.CheckBulkRequest.items:type_name -> mandate.v1.CheckBulkRequestItem
-	19, // 14: mandate.v1.CheckBulkRequestItem.resource:type_name -> mandate.v1.ObjectReference
-	20, // 15: mandate.v1.CheckBulkRequestItem.subject:type_name -> mandate.v1.SubjectReference
-	21, // 16: mandate.v1.CheckBulkRequestItem.context:type_name -> google.protobuf.Struct
-	19, // 17: mandate.v1.CheckBulkRequestItem.on_behalf_of:type_name -> mandate.v1.ObjectReference
-	22, // 18: mandate.v1.CheckBulkResponse.checked_at:type_name -> mandate.v1.RevisionToken
-	7,  // 19: mandate.v1.CheckBulkResponse.pairs:type_name -> mandate.v1.CheckBulkPair
-	5,  // 20: mandate.v1.CheckBulkPair.request:type_name -> mandate.v1.CheckBulkRequestItem
-	8,  // 21: mandate.v1.CheckBulkPair.item:type_name -> mandate.v1.CheckBulkItemResult
-	9,  // 22: mandate.v1.CheckBulkPair.error:type_name -> mandate.v1.ItemError
-	23, // 23: mandate.v1.CheckBulkItemResult.decision:type_name -> mandate.v1.Decision
-	2,  // 24: mandate.v1.CheckBulkItemResult.delegation:type_name -> mandate.v1.DelegationExplanation
-	18, // 25: mandate.v1.LookupResourcesRequest.consistency:type_name -> mandate.v1.Consistency
-	20, // 26: mandate.v1.LookupResourcesRequest.subject:type_name -> mandate.v1.SubjectReference
-	21, // 27: mandate.v1.LookupResourcesRequest.context:type_name -> google.protobuf.Struct
-	19, // 28: mandate.v1.LookupResourcesRequest.on_behalf_of:type_name -> mandate.v1.ObjectReference
-	24, // 29: mandate.v1.LookupResourcesRequest.optional_cursor:type_name -> mandate.v1.Cursor
-	22, // 30: mandate.v1.LookupResourcesResponse.looked_up_at:type_name -> mandate.v1.RevisionToken
-	23, // 31: mandate.v1.LookupResourcesResponse.decision:type_name -> mandate.v1.Decision
-	24, // 32: mandate.v1.LookupResourcesResponse.after_result_cursor:type_name -> mandate.v1.Cursor
-	18, // 33: mandate.v1.LookupSubjectsRequest.consistency:type_name -> mandate.v1.Consistency
-	19, // 34: mandate.v1.LookupSubjectsRequest.resource:type_name -> mandate.v1.ObjectReference
-	21, // 35: mandate.v1.LookupSubjectsRequest.context:type_name -> google.protobuf.Struct
-	24, // 36: mandate.v1.LookupSubjectsRequest.optional_cursor:type_name -> mandate.v1.Cursor
-	22, // 37: mandate.v1.LookupSubjectsResponse.looked_up_at:type_name -> mandate.v1.RevisionToken
-	23, // 38: mandate.v1.LookupSubjectsResponse.decision:type_name -> mandate.v1.Decision
-	14, // 39: mandate.v1.LookupSubjectsResponse.excluded_subjects:type_name -> mandate.v1.ExcludedSubject
-	24, // 40: mandate.v1.LookupSubjectsResponse.after_result_cursor:type_name -> mandate.v1.Cursor
-	23, // 41: mandate.v1.ExcludedSubject.decision:type_name -> mandate.v1.Decision
-	18, // 42: mandate.v1.ExpandRequest.consistency:type_name -> mandate.v1.Consistency
-	19, // 43: mandate.v1.ExpandRequest.resource:type_name -> mandate.v1.ObjectReference
-	22, // 44: mandate.v1.ExpandResponse.expanded_at:type_name -> mandate.v1.RevisionToken
-	17, // 45: mandate.v1.ExpandResponse.tree:type_name -> mandate.v1.ExpandNode
-	19, // 46: mandate.v1.ExpandNode.object:type_name -> mandate.v1.ObjectReference
-	17, // 47: mandate.v1.ExpandNode.children:type_name -> mandate.v1.ExpandNode
-	25, // 48: mandate.v1.ExpandNode.subjects:type_name -> mandate.v1.Relationship
-	0,  // 49: mandate.v1.PermissionService.Check:input_type -> mandate.v1.CheckRequest
-	4,  // 50: mandate.v1.PermissionService.CheckBulk:input_type -> mandate.v1.CheckBulkRequest
-	10, // 51: mandate.v1.PermissionService.LookupResources:input_type -> mandate.v1.LookupResourcesRequest
-	12, // 52: mandate.v1.PermissionService.LookupSubjects:input_type -> mandate.v1.LookupSubjectsRequest
-	15, // 53: mandate.v1.PermissionService.Expand:input_type -> mandate.v1.ExpandRequest
-	1,  // 54: mandate.v1.PermissionService.Check:output_type -> mandate.v1.CheckResponse
-	6,  // 55: mandate.v1.PermissionService.CheckBulk:output_type -> mandate.v1.CheckBulkResponse
-	11, // 56: mandate.v1.PermissionService.LookupResources:output_type -> mandate.v1.LookupResourcesResponse
-	13, // 57: mandate.v1.PermissionService.LookupSubjects:output_type -> mandate.v1.LookupSubjectsResponse
-	16, // 58: mandate.v1.PermissionService.Expand:output_type -> mandate.v1.ExpandResponse
-	54, // [54:59] is the sub-list for method output_type
-	49, // [49:54] is the sub-list for method input_type
-	49, // [49:49] is the sub-list for extension type_name
-	49, // [49:49] is the sub-list for extension extendee
-	0,  // [0:49] is the sub-list for field type_name
+	24, // 8: mandate.v1.CheckResponse.token:type_name -> mandate.v1.TokenExplanation
+	3,  // 9: mandate.v1.DelegationExplanation.chain:type_name -> mandate.v1.ChainElement
+	19, // 10: mandate.v1.ChainElement.subject:type_name -> mandate.v1.ObjectReference
+	23, // 11: mandate.v1.ChainElement.grant:type_name -> mandate.v1.Decision
+	23, // 12: mandate.v1.ChainElement.link:type_name -> mandate.v1.Decision
+	18, // 13: mandate.v1.CheckBulkRequest.consistency:type_name -> mandate.v1.Consistency
+	5,  // 14: mandate.v1.CheckBulkRequest.items:type_name -> mandate.v1.CheckBulkRequestItem
+	19, // 15: mandate.v1.CheckBulkRequestItem.resource:type_name -> mandate.v1.ObjectReference
+	20, // 16: mandate.v1.CheckBulkRequestItem.subject:type_name -> mandate.v1.SubjectReference
+	21, // 17: mandate.v1.CheckBulkRequestItem.context:type_name -> google.protobuf.Struct
+	19, // 18: mandate.v1.CheckBulkRequestItem.on_behalf_of:type_name -> mandate.v1.ObjectReference
+	22, // 19: mandate.v1.CheckBulkResponse.checked_at:type_name -> mandate.v1.RevisionToken
+	7,  // 20: mandate.v1.CheckBulkResponse.pairs:type_name -> mandate.v1.CheckBulkPair
+	5,  // 21: mandate.v1.CheckBulkPair.request:type_name -> mandate.v1.CheckBulkRequestItem
+	8,  // 22: mandate.v1.CheckBulkPair.item:type_name -> mandate.v1.CheckBulkItemResult
+	9,  // 23: mandate.v1.CheckBulkPair.error:type_name -> mandate.v1.ItemError
+	23, // 24: mandate.v1.CheckBulkItemResult.decision:type_name -> mandate.v1.Decision
+	2,  // 25: mandate.v1.CheckBulkItemResult.delegation:type_name -> mandate.v1.DelegationExplanation
+	24, // 26: mandate.v1.CheckBulkItemResult.token:type_name -> mandate.v1.TokenExplanation
+	18, // 27: mandate.v1.LookupResourcesRequest.consistency:type_name -> mandate.v1.Consistency
+	20, // 28: mandate.v1.LookupResourcesRequest.subject:type_name -> mandate.v1.SubjectReference
+	21, // 29: mandate.v1.LookupResourcesRequest.context:type_name -> google.protobuf.Struct
+	19, // 30: mandate.v1.LookupResourcesRequest.on_behalf_of:type_name -> mandate.v1.ObjectReference
+	25, // 31: mandate.v1.LookupResourcesRequest.optional_cursor:type_name -> mandate.v1.Cursor
+	22, // 32: mandate.v1.LookupResourcesResponse.looked_up_at:type_name -> mandate.v1.RevisionToken
+	23, // 33: mandate.v1.LookupResourcesResponse.decision:type_name -> mandate.v1.Decision
+	25, // 34: mandate.v1.LookupResourcesResponse.after_result_cursor:type_name -> mandate.v1.Cursor
+	18, // 35: mandate.v1.LookupSubjectsRequest.consistency:type_name -> mandate.v1.Consistency
+	19, // 36: mandate.v1.LookupSubjectsRequest.resource:type_name -> mandate.v1.ObjectReference
+	21, // 37: mandate.v1.LookupSubjectsRequest.context:type_name -> google.protobuf.Struct
+	25, // 38: mandate.v1.LookupSubjectsRequest.optional_cursor:type_name -> mandate.v1.Cursor
+	22, // 39: mandate.v1.LookupSubjectsResponse.looked_up_at:type_name -> mandate.v1.RevisionToken
+	23, // 40: mandate.v1.LookupSubjectsResponse.decision:type_name -> mandate.v1.Decision
+	14, // 41: mandate.v1.LookupSubjectsResponse.excluded_subjects:type_name -> mandate.v1.ExcludedSubject
+	25, // 42: mandate.v1.LookupSubjectsResponse.after_result_cursor:type_name -> mandate.v1.Cursor
+	23, // 43: mandate.v1.ExcludedSubject.decision:type_name -> mandate.v1.Decision
+	18, // 44: mandate.v1.ExpandRequest.consistency:type_name -> mandate.v1.Consistency
+	19, // 45: mandate.v1.ExpandRequest.resource:type_name -> mandate.v1.ObjectReference
+	22, // 46: mandate.v1.ExpandResponse.expanded_at:type_name -> mandate.v1.RevisionToken
+	17, // 47: mandate.v1.ExpandResponse.tree:type_name -> mandate.v1.ExpandNode
+	19, // 48: mandate.v1.ExpandNode.object:type_name -> mandate.v1.ObjectReference
+	17, // 49: mandate.v1.ExpandNode.children:type_name -> mandate.v1.ExpandNode
+	26, // 50: mandate.v1.ExpandNode.subjects:type_name -> mandate.v1.Relationship
+	0,  // 51: mandate.v1.PermissionService.Check:input_type -> mandate.v1.CheckRequest
+	4,  // 52: mandate.v1.PermissionService.CheckBulk:input_type -> mandate.v1.CheckBulkRequest
+	10, // 53: mandate.v1.PermissionService.LookupResources:input_type -> mandate.v1.LookupResourcesRequest
+	12, // 54: mandate.v1.PermissionService.LookupSubjects:input_type -> mandate.v1.LookupSubjectsRequest
+	15, // 55: mandate.v1.PermissionService.Expand:input_type -> mandate.v1.ExpandRequest
+	1,  // 56: mandate.v1.PermissionService.Check:output_type -> mandate.v1.CheckResponse
+	6,  // 57: mandate.v1.PermissionService.CheckBulk:output_type -> mandate.v1.CheckBulkResponse
+	11, // 58: mandate.v1.PermissionService.LookupResources:output_type -> mandate.v1.LookupResourcesResponse
+	13, // 59: mandate.v1.PermissionService.LookupSubjects:output_type -> mandate.v1.LookupSubjectsResponse
+	16, // 60: mandate.v1.PermissionService.Expand:output_type -> mandate.v1.ExpandResponse
+	56, // [56:61] is the sub-list for method output_type
+	51, // [51:56] is the sub-list for method input_type
+	51, // [51:51] is the sub-list for extension type_name
+	51, // [51:51] is the sub-list for extension extendee
+	0,  // [0:51] is the sub-list for field type_name
 }
 
 func init() { file_mandate_v1_permission_proto_init() }
@@ -1631,6 +1689,7 @@ func file_mandate_v1_permission_proto_init() {
 		return
 	}
 	file_mandate_v1_core_proto_init()
+	file_mandate_v1_token_proto_init()
 	file_mandate_v1_permission_proto_msgTypes[7].OneofWrappers = []any{
 		(*CheckBulkPair_Item)(nil),
 		(*CheckBulkPair_Error)(nil),
