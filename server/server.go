@@ -11,7 +11,6 @@ package server
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -99,8 +98,12 @@ type Config struct {
 	// AllowUnauthenticated serves without keys (tests and local tools only).
 	AllowUnauthenticated bool
 	// TLS certificate and key files for each listener; both or neither.
+	// They are reloaded when they change (see tlsconfig.go).
 	GRPCTLSCertPath, GRPCTLSKeyPath string
 	HTTPTLSCertPath, HTTPTLSKeyPath string
+	// GRPCTLSClientCAPath and HTTPTLSClientCAPath, when set, make the
+	// listener require client certificates signed by those CAs (mTLS).
+	GRPCTLSClientCAPath, HTTPTLSClientCAPath string
 	// ShutdownGracePeriod bounds how long shutdown waits for in-flight
 	// requests before cutting them off.
 	ShutdownGracePeriod time.Duration
@@ -232,20 +235,6 @@ func withDefaults(l Limits) Limits {
 	return l
 }
 
-func loadTLS(which, cert, key string) (*tls.Config, error) {
-	if cert == "" && key == "" {
-		return nil, nil
-	}
-	if cert == "" || key == "" {
-		return nil, fmt.Errorf("%s TLS: both a certificate and a key path are required (got cert %q, key %q)", which, cert, key)
-	}
-	pair, err := tls.LoadX509KeyPair(cert, key)
-	if err != nil {
-		return nil, fmt.Errorf("%s TLS: loading certificate %q and key %q: %w", which, cert, key, err)
-	}
-	return &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}, nil
-}
-
 func (s *Server) listen() error {
 	var err error
 	if s.grpcLis, err = net.Listen("tcp", s.cfg.GRPCAddr); err != nil {
@@ -281,7 +270,7 @@ func (s *Server) buildGRPC() error {
 		grpc.ChainUnaryInterceptor(s.unaryInterceptor, s.retentionUnary, s.auditUnary),
 		grpc.ChainStreamInterceptor(s.streamInterceptor, s.retentionStream, s.auditStream),
 	}
-	tlsCfg, err := loadTLS("gRPC", s.cfg.GRPCTLSCertPath, s.cfg.GRPCTLSKeyPath)
+	tlsCfg, err := NewTLSConfig("gRPC", TLSFiles{s.cfg.GRPCTLSCertPath, s.cfg.GRPCTLSKeyPath, s.cfg.GRPCTLSClientCAPath}, s.log)
 	if err != nil {
 		return err
 	}
@@ -476,7 +465,7 @@ func (s *Server) buildHTTP() error {
 	if s.httpLis == nil {
 		return nil
 	}
-	tlsCfg, err := loadTLS("HTTP", s.cfg.HTTPTLSCertPath, s.cfg.HTTPTLSKeyPath)
+	tlsCfg, err := NewTLSConfig("HTTP", TLSFiles{s.cfg.HTTPTLSCertPath, s.cfg.HTTPTLSKeyPath, s.cfg.HTTPTLSClientCAPath}, s.log)
 	if err != nil {
 		return err
 	}

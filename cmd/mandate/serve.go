@@ -35,6 +35,9 @@ type serveOptions struct {
 	maxMessage int
 	audit      auditOptions
 	sqlStore   sqlStoreFlags
+	// plaintextBeyondLoopback allows a listener on a non-loopback address
+	// without TLS.
+	plaintextBeyondLoopback bool
 }
 
 func newServeCommand() *cobra.Command {
@@ -71,8 +74,9 @@ in-flight requests get --grpc-shutdown-grace-period to finish.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&opts.cfg.GRPCAddr, "grpc-addr", ":50051", "address the gRPC API listens on")
-	f.StringVar(&opts.cfg.HTTPAddr, "http-addr", ":8443", `address the REST gateway, health, metrics and OpenAPI listen on ("" disables)`)
+	f.StringVar(&opts.cfg.GRPCAddr, "grpc-addr", "127.0.0.1:50051", "address the gRPC API listens on (loopback by default; another address needs TLS or --allow-plaintext-beyond-loopback)")
+	f.StringVar(&opts.cfg.HTTPAddr, "http-addr", "127.0.0.1:8443", `address the REST gateway, health, metrics and OpenAPI listen on ("" disables; loopback by default; another address needs TLS or --allow-plaintext-beyond-loopback)`)
+	f.BoolVar(&opts.plaintextBeyondLoopback, "allow-plaintext-beyond-loopback", false, "let a listener without TLS listen on an address other than loopback, sending keys and data in the clear (logged as a warning at startup)")
 	// A string array, not a slice: keys are taken verbatim (no CSV quoting
 	// rules whose errors would echo a key); the environment variable is
 	// comma-separated.
@@ -82,6 +86,8 @@ in-flight requests get --grpc-shutdown-grace-period to finish.`,
 	f.StringVar(&opts.cfg.GRPCTLSKeyPath, "grpc-tls-key-path", "", "TLS key file for the gRPC listener")
 	f.StringVar(&opts.cfg.HTTPTLSCertPath, "http-tls-cert-path", "", "TLS certificate file for the HTTP listener (with --http-tls-key-path)")
 	f.StringVar(&opts.cfg.HTTPTLSKeyPath, "http-tls-key-path", "", "TLS key file for the HTTP listener")
+	f.StringVar(&opts.cfg.GRPCTLSClientCAPath, "grpc-tls-client-ca-path", "", "CA certificates (PEM) the gRPC listener requires client certificates to be signed by (mTLS; needs --grpc-tls-cert-path)")
+	f.StringVar(&opts.cfg.HTTPTLSClientCAPath, "http-tls-client-ca-path", "", "CA certificates (PEM) the HTTP listener requires client certificates to be signed by (mTLS; needs --http-tls-cert-path)")
 	f.DurationVar(&opts.cfg.ShutdownGracePeriod, "grpc-shutdown-grace-period", 30*time.Second, "how long shutdown waits for in-flight requests")
 	f.StringVar(&opts.dsEngine, "datastore-engine", "embedded", "where relationships are stored: embedded (durable, in --data-dir), postgres or cockroachdb (at --datastore-conn-uri; see mandate migrate) or memory (nothing survives a restart)")
 	f.StringVar(&opts.dsConnURI, "datastore-conn-uri", "", "connection string of the postgres or cockroachdb datastore (unused by embedded and memory)")
@@ -147,6 +153,13 @@ func runServe(ctx context.Context, stderr io.Writer, opts *serveOptions) error {
 	opts.cfg.Logger = log
 	opts.cfg.Limits.MaxMessageBytes = opts.maxMessage
 
+	// Everything that can be refused is refused before the data directory
+	// or a database is touched: a refused serve leaves nothing behind.
+	if err := checkServeFlags(opts); err != nil {
+		return err
+	}
+	warnPlaintext(log, opts)
+
 	st, name, err := openStore(ctx, opts)
 	if err != nil {
 		return err
@@ -154,7 +167,7 @@ func runServe(ctx context.Context, stderr io.Writer, opts *serveOptions) error {
 	defer st.Close()
 	opts.cfg.StoreName = name
 
-	auditLog, err := openAudit(ctx, &opts.audit, opts.dataDir, st, log)
+	auditLog, err := openAudit(ctx, &opts.audit, opts.dsEngine, opts.dataDir, st, log)
 	if err != nil {
 		return err
 	}
