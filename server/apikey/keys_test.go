@@ -113,12 +113,12 @@ func TestKeysFile(t *testing.T) {
 func TestKeysFileErrors(t *testing.T) {
 	_, h, _ := Generate()
 	for body, want := range map[string]string{
-		"keys:\n  - {hash: " + h + ", scopes: [check]}\n":                                                          "entry 1: name",
-		"keys:\n  - {name: a, hash: sha256:abc, scopes: [check]}\n":                                                "entry 1 (a): hash",
-		"keys:\n  - {name: a, hash: " + h + "}\n":                                                                  "entry 1 (a): scopes",
+		"keys:\n  - {hash: " + h + ", scopes: [check]}\n":                                                           "entry 1: name",
+		"keys:\n  - {name: a, hash: sha256:abc, scopes: [check]}\n":                                                 "entry 1 (a): hash",
+		"keys:\n  - {name: a, hash: " + h + "}\n":                                                                   "entry 1 (a): scopes",
 		"keys:\n  - {name: a, hash: " + h + ", scopes: [check]}\n  - {name: a, hash: " + h + ", scopes: [check]}\n": "name is given twice",
-		"keys:\n  - {name: a, hash: " + h + ", scopes: [check], rate: -1}\n":                                       "no negative",
-		"keys:\n  - {name: a, hash: " + h + ", scopes: [check], secret: x}\n":                                      "field secret not found",
+		"keys:\n  - {name: a, hash: " + h + ", scopes: [check], rate: -1}\n":                                        "no negative",
+		"keys:\n  - {name: a, hash: " + h + ", scopes: [check], secret: x}\n":                                       "field secret not found",
 	} {
 		_, err := parse([]byte(body))
 		if err == nil || !strings.Contains(err.Error(), want) {

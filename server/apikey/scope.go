@@ -101,14 +101,14 @@ var methodScopes = map[string]Scope{
 
 	"/authzed.api.v1.WatchService/Watch": Check,
 
-	"/authzed.api.v1.ExperimentalService/BulkCheckPermission":                      Check,
-	"/authzed.api.v1.ExperimentalService/BulkExportRelationships":                  Check,
-	"/authzed.api.v1.ExperimentalService/ExperimentalReflectSchema":                Check,
-	"/authzed.api.v1.ExperimentalService/ExperimentalComputablePermissions":        Check,
-	"/authzed.api.v1.ExperimentalService/ExperimentalDependentRelations":           Check,
-	"/authzed.api.v1.ExperimentalService/ExperimentalDiffSchema":                   Check,
-	"/authzed.api.v1.ExperimentalService/ExperimentalCountRelationships":           Check,
-	"/authzed.api.v1.ExperimentalService/BulkImportRelationships":                  Write,
+	"/authzed.api.v1.ExperimentalService/BulkCheckPermission":                       Check,
+	"/authzed.api.v1.ExperimentalService/BulkExportRelationships":                   Check,
+	"/authzed.api.v1.ExperimentalService/ExperimentalReflectSchema":                 Check,
+	"/authzed.api.v1.ExperimentalService/ExperimentalComputablePermissions":         Check,
+	"/authzed.api.v1.ExperimentalService/ExperimentalDependentRelations":            Check,
+	"/authzed.api.v1.ExperimentalService/ExperimentalDiffSchema":                    Check,
+	"/authzed.api.v1.ExperimentalService/ExperimentalCountRelationships":            Check,
+	"/authzed.api.v1.ExperimentalService/BulkImportRelationships":                   Write,
 	"/authzed.api.v1.ExperimentalService/ExperimentalRegisterRelationshipCounter":   Admin,
 	"/authzed.api.v1.ExperimentalService/ExperimentalUnregisterRelationshipCounter": Admin,
 }
