@@ -54,19 +54,25 @@ func transportOf(ctx context.Context) string {
 // and applies the request timeout. The returned cancel must be called when
 // the call ends.
 func (s *Server) begin(ctx context.Context, fullMethod string) (context.Context, context.CancelFunc, error) {
-	id, err := s.auth.authenticate(ctx, fullMethod)
+	id, key, err := s.auth.authenticate(ctx, fullMethod)
 	if err != nil {
 		return ctx, func() {}, err
 	}
-	// This is the one place a per-method authorization of the identity
-	// (scoped API keys: may this key call fullMethod?) belongs: the caller
-	// is resolved and the method known, before any handler runs.
 	ctx = op.WithIdentity(ctx, id)
+	release := func() {}
+	if key != nil {
+		// A keys-file key: may it call fullMethod, within its limits? The
+		// identity is in the context already, so a refusal is audited with
+		// the key's name.
+		if release, err = authorize(key, fullMethod); err != nil {
+			return ctx, func() {}, err
+		}
+	}
 	if isPublic(fullMethod) || longRunning(fullMethod) {
-		return ctx, func() {}, nil
+		return ctx, release, nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.lim.RequestTimeout)
-	return ctx, cancel, nil
+	return ctx, func() { cancel(); release() }, nil
 }
 
 // finish turns a handler's error into a status with a clear message, logs

@@ -32,6 +32,7 @@ import (
 
 	"github.com/mandate-authz/mandate/engine"
 	pb "github.com/mandate-authz/mandate/proto/mandate/v1"
+	"github.com/mandate-authz/mandate/server/apikey"
 	"github.com/mandate-authz/mandate/server/op"
 	"github.com/mandate-authz/mandate/store"
 )
@@ -53,6 +54,10 @@ type Config struct {
 	// PresharedKeys are the bearer keys accepted; at least one is required
 	// unless AllowUnauthenticated is set.
 	PresharedKeys []string
+	// Keys, when set, admits the scoped keys of a keys file besides the
+	// preshared keys (which hold every scope); see server/apikey. Its
+	// owner reloads it.
+	Keys *apikey.Keyring
 	// PresharedKeyNames name the keys, by position, in the audit trail
 	// (default key-1, key-2, ...); see audit.go.
 	PresharedKeyNames []string
@@ -137,7 +142,7 @@ func New(st store.Store, eng *engine.Engine, cfg Config) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	auth, err := newAuthenticator(cfg.PresharedKeys, cfg.AllowUnauthenticated)
+	auth, err := newAuthenticator(cfg.PresharedKeys, cfg.Keys, cfg.AllowUnauthenticated)
 	if err != nil {
 		return nil, err
 	}
