@@ -16,6 +16,7 @@ import (
 
 	"github.com/mandate-authz/mandate/engine"
 	"github.com/mandate-authz/mandate/server"
+	"github.com/mandate-authz/mandate/server/apikey"
 	"github.com/mandate-authz/mandate/store"
 	"github.com/mandate-authz/mandate/store/embedded"
 	"github.com/mandate-authz/mandate/store/memory"
@@ -38,6 +39,8 @@ type serveOptions struct {
 	// plaintextBeyondLoopback allows a listener on a non-loopback address
 	// without TLS.
 	plaintextBeyondLoopback bool
+	// keysFile is the scoped API keys file (see server/apikey).
+	keysFile string
 }
 
 func newServeCommand() *cobra.Command {
@@ -81,6 +84,7 @@ in-flight requests get --grpc-shutdown-grace-period to finish.`,
 	// rules whose errors would echo a key); the environment variable is
 	// comma-separated.
 	f.StringArrayVar(&opts.cfg.PresharedKeys, "grpc-preshared-key", nil, "bearer key clients must present; repeat for several (at least one required)")
+	f.StringVar(&opts.keysFile, "keys-file", "", "YAML file of named, scoped API keys stored as hashes (mandate key generate makes entries); reloaded when it changes and on SIGHUP. Preshared keys keep every scope")
 	f.StringArrayVar(&opts.cfg.PresharedKeyNames, "grpc-preshared-key-name", nil, "name of each --grpc-preshared-key, in the same order, recorded in the audit trail as the calling service (default key-1, key-2, ...)")
 	f.StringVar(&opts.cfg.GRPCTLSCertPath, "grpc-tls-cert-path", "", "TLS certificate file for the gRPC listener (with --grpc-tls-key-path)")
 	f.StringVar(&opts.cfg.GRPCTLSKeyPath, "grpc-tls-key-path", "", "TLS key file for the gRPC listener")
@@ -155,6 +159,13 @@ func runServe(ctx context.Context, stderr io.Writer, opts *serveOptions) error {
 
 	// Everything that can be refused is refused before the data directory
 	// or a database is touched: a refused serve leaves nothing behind.
+	if opts.keysFile != "" {
+		ring, err := apikey.Open(opts.keysFile)
+		if err != nil {
+			return fmt.Errorf("--keys-file: %w", err)
+		}
+		opts.cfg.Keys = ring
+	}
 	if err := checkServeFlags(opts); err != nil {
 		return err
 	}
@@ -182,7 +193,34 @@ func runServe(ctx context.Context, stderr io.Writer, opts *serveOptions) error {
 	}
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, os.Interrupt)
 	defer stop()
+	if ring := opts.cfg.Keys; ring != nil {
+		// Registered before serving, so a SIGHUP never meets the default
+		// action (exit).
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+		go watchKeys(ctx, ring, hup, log)
+	}
 	return srv.Run(ctx)
+}
+
+// watchKeys reloads the keys file when it changes and on SIGHUP until ctx
+// ends. A file that fails to load leaves the keys in force, logged.
+func watchKeys(ctx context.Context, ring *apikey.Keyring, hup <-chan os.Signal, log *slog.Logger) {
+	onErr := func(err error) { log.Error("keys file not reloaded; the previous keys stay in force", "error", err) }
+	go ring.Watch(ctx, time.Second, onErr)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			if err := ring.Reload(); err != nil {
+				onErr(err)
+			} else {
+				log.Info("keys file reloaded on SIGHUP")
+			}
+		}
+	}
 }
 
 // openStore opens the datastore named by --datastore-engine. It returns the

@@ -17,8 +17,8 @@ import (
 // serve that cannot start.
 func checkServeFlags(opts *serveOptions) error {
 	cfg := &opts.cfg
-	if len(cfg.PresharedKeys) == 0 && !cfg.AllowUnauthenticated {
-		return errors.New("at least one preshared key is required (--grpc-preshared-key or MANDATE_GRPC_PRESHARED_KEY)")
+	if len(cfg.PresharedKeys) == 0 && cfg.Keys == nil && !cfg.AllowUnauthenticated {
+		return errors.New("at least one preshared key is required (--grpc-preshared-key or MANDATE_GRPC_PRESHARED_KEY, or a --keys-file)")
 	}
 	for i, k := range cfg.PresharedKeys {
 		if strings.TrimSpace(k) == "" {
