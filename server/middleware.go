@@ -261,3 +261,21 @@ func auditHeaderMatcher(key string) (string, bool) {
 
 // isAuthzed tells SpiceDB's authzed.api.v1 methods.
 func isAuthzed(method string) bool { return strings.HasPrefix(method, "/authzed.api.v1.") }
+
+// restRoutingError answers a request whose path exists under another HTTP
+// method with 405 and an Allow header (the gateway's default is 501, as if
+// the route did not exist). Every mandate.v1 REST route is a POST
+// (proto/mandate/v1/mandate.http.yaml; TestRESTWrongMethod checks the
+// OpenAPI document agrees).
+func restRoutingError(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, httpStatus int) {
+	if httpStatus != http.StatusMethodNotAllowed {
+		runtime.DefaultRoutingErrorHandler(ctx, mux, m, w, r, httpStatus)
+		return
+	}
+	w.Header().Set("Allow", http.MethodPost)
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusMethodNotAllowed)
+	body, _ := json.Marshal(map[string]any{"code": int(codes.InvalidArgument),
+		"message": fmt.Sprintf("%s %s: method not allowed; this route takes %s", r.Method, r.URL.Path, http.MethodPost)})
+	w.Write(body)
+}

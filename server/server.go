@@ -474,7 +474,8 @@ func newGateway(ctx context.Context, conn *grpc.ClientConn) (http.Handler, error
 	marshaler.UnmarshalOptions.DiscardUnknown = false
 	// The default error handler maps gRPC codes to HTTP statuses and sets
 	// WWW-Authenticate on Unauthenticated.
-	gw := runtime.NewServeMux(runtime.WithMarshalerOption(runtime.MIMEWildcard, marshaler), runtime.WithIncomingHeaderMatcher(auditHeaderMatcher))
+	gw := runtime.NewServeMux(runtime.WithMarshalerOption(runtime.MIMEWildcard, marshaler), runtime.WithIncomingHeaderMatcher(auditHeaderMatcher),
+		runtime.WithRoutingErrorHandler(restRoutingError))
 	for name, register := range map[string]func(context.Context, *runtime.ServeMux, *grpc.ClientConn) error{
 		"PermissionService":   pb.RegisterPermissionServiceHandler,
 		"RelationshipService": pb.RegisterRelationshipServiceHandler,
