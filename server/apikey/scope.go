@@ -2,9 +2,8 @@
 // stored only as SHA-256 hashes, each allowed a set of scopes, and the table
 // of which scope every gRPC method needs.
 //
-// It is not yet wired into the server's authenticator (see the hardening
-// report): the server still accepts --grpc-preshared-key keys, which are
-// all-scopes keys.
+// The server's authenticator admits these keys beside the preshared keys
+// (which hold every scope) and checks ScopeFor before any handler runs.
 package apikey
 
 import (
