@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/mandate-authz/mandate/server/apikey"
 	"github.com/mandate-authz/mandate/server/op"
 )
 
@@ -24,18 +25,21 @@ type authenticator struct {
 	disabled bool
 	// names[i] names digests[i] in the audit trail (never the key itself).
 	names []string
+	// scoped holds the keys file's scoped keys; nil without one. Preshared
+	// keys hold every scope.
+	scoped *apikey.Keyring
 }
 
-func newAuthenticator(keys []string, allowNone bool) (*authenticator, error) {
-	a := &authenticator{disabled: allowNone && len(keys) == 0}
+func newAuthenticator(keys []string, scoped *apikey.Keyring, allowNone bool) (*authenticator, error) {
+	a := &authenticator{disabled: allowNone && len(keys) == 0 && scoped == nil, scoped: scoped}
 	for i, k := range keys {
 		if strings.TrimSpace(k) == "" {
 			return nil, fmt.Errorf("preshared key %d of %d is empty", i+1, len(keys))
 		}
 		a.digests = append(a.digests, sha256.Sum256([]byte(k)))
 	}
-	if len(a.digests) == 0 && !a.disabled {
-		return nil, errors.New("at least one preshared key is required (--grpc-preshared-key or MANDATE_GRPC_PRESHARED_KEY)")
+	if len(a.digests) == 0 && !a.disabled && scoped == nil {
+		return nil, errors.New("at least one preshared key is required (--grpc-preshared-key or MANDATE_GRPC_PRESHARED_KEY, or a --keys-file)")
 	}
 	return a, nil
 }
@@ -47,24 +51,25 @@ func isPublic(fullMethod string) bool {
 		strings.HasPrefix(fullMethod, "/grpc.reflection.")
 }
 
-// authenticate resolves a call's caller from its "authorization: Bearer
+// authenticate resolves a call's caller (and, for a keys-file key, the
+// key, whose scopes and limits the caller must then check with authorize) from its "authorization: Bearer
 // <key>" metadata, once: the key is hashed and compared here and nowhere
 // else, and the identity (the key's name) travels in the context. Public
 // methods and a server without keys resolve to the anonymous identity. Its
 // errors never echo what was sent.
-func (a *authenticator) authenticate(ctx context.Context, fullMethod string) (op.Identity, error) {
+func (a *authenticator) authenticate(ctx context.Context, fullMethod string) (op.Identity, *apikey.Key, error) {
 	if a.disabled || isPublic(fullMethod) {
-		return op.Identity{Name: "anonymous"}, nil
+		return op.Identity{Name: "anonymous"}, nil, nil
 	}
 	// ValueFromIncomingContext reads the one key without copying the
 	// whole metadata map, once per call.
 	values := metadata.ValueFromIncomingContext(ctx, "authorization")
 	if len(values) == 0 {
-		return op.Identity{}, status.Error(codes.Unauthenticated, "missing credentials: send the header \"authorization: Bearer <preshared key>\"")
+		return op.Identity{}, nil, status.Error(codes.Unauthenticated, "missing credentials: send the header \"authorization: Bearer <preshared key>\"")
 	}
 	scheme, key, ok := strings.Cut(strings.TrimSpace(values[0]), " ")
 	if !ok || !strings.EqualFold(scheme, "bearer") {
-		return op.Identity{}, status.Error(codes.Unauthenticated, "malformed authorization header: expected \"Bearer <preshared key>\"")
+		return op.Identity{}, nil, status.Error(codes.Unauthenticated, "malformed authorization header: expected \"Bearer <preshared key>\"")
 	}
 	got := sha256.Sum256([]byte(strings.TrimSpace(key)))
 	match := -1
@@ -75,10 +80,25 @@ func (a *authenticator) authenticate(ctx context.Context, fullMethod string) (op
 			match = i
 		}
 	}
-	if match < 0 {
-		return op.Identity{}, status.Error(codes.Unauthenticated, "invalid preshared key")
+	if match >= 0 {
+		return op.Identity{Name: a.names[match]}, nil, nil
 	}
-	return op.Identity{Name: a.names[match]}, nil
+	if a.scoped != nil {
+		if k, ok := a.scoped.Lookup(strings.TrimSpace(key)); ok {
+			return op.Identity{Name: k.Name}, k, nil
+		}
+	}
+	return op.Identity{}, nil, status.Error(codes.Unauthenticated, "invalid preshared key")
+}
+
+// authorize admits a call of a scoped key to fullMethod: PERMISSION_DENIED
+// naming the scope it lacks, or RESOURCE_EXHAUSTED over its limits. The
+// returned release ends the call's share of the key's concurrency.
+func authorize(key *apikey.Key, fullMethod string) (release func(), err error) {
+	if err := key.Authorize(fullMethod); err != nil {
+		return func() {}, err
+	}
+	return key.Acquire()
 }
 
 // setNames names the keys for the audit trail, by position: names[i] is the

@@ -54,19 +54,25 @@ func transportOf(ctx context.Context) string {
 // and applies the request timeout. The returned cancel must be called when
 // the call ends.
 func (s *Server) begin(ctx context.Context, fullMethod string) (context.Context, context.CancelFunc, error) {
-	id, err := s.auth.authenticate(ctx, fullMethod)
+	id, key, err := s.auth.authenticate(ctx, fullMethod)
 	if err != nil {
 		return ctx, func() {}, err
 	}
-	// This is the one place a per-method authorization of the identity
-	// (scoped API keys: may this key call fullMethod?) belongs: the caller
-	// is resolved and the method known, before any handler runs.
 	ctx = op.WithIdentity(ctx, id)
+	release := func() {}
+	if key != nil {
+		// A keys-file key: may it call fullMethod, within its limits? The
+		// identity is in the context already, so a refusal is audited with
+		// the key's name.
+		if release, err = authorize(key, fullMethod); err != nil {
+			return ctx, func() {}, err
+		}
+	}
 	if isPublic(fullMethod) || longRunning(fullMethod) {
-		return ctx, func() {}, nil
+		return ctx, release, nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.lim.RequestTimeout)
-	return ctx, cancel, nil
+	return ctx, func() { cancel(); release() }, nil
 }
 
 // finish turns a handler's error into a status with a clear message, logs
@@ -255,3 +261,21 @@ func auditHeaderMatcher(key string) (string, bool) {
 
 // isAuthzed tells SpiceDB's authzed.api.v1 methods.
 func isAuthzed(method string) bool { return strings.HasPrefix(method, "/authzed.api.v1.") }
+
+// restRoutingError answers a request whose path exists under another HTTP
+// method with 405 and an Allow header (the gateway's default is 501, as if
+// the route did not exist). Every mandate.v1 REST route is a POST
+// (proto/mandate/v1/mandate.http.yaml; TestRESTWrongMethod checks the
+// OpenAPI document agrees).
+func restRoutingError(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, httpStatus int) {
+	if httpStatus != http.StatusMethodNotAllowed {
+		runtime.DefaultRoutingErrorHandler(ctx, mux, m, w, r, httpStatus)
+		return
+	}
+	w.Header().Set("Allow", http.MethodPost)
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusMethodNotAllowed)
+	body, _ := json.Marshal(map[string]any{"code": int(codes.InvalidArgument),
+		"message": fmt.Sprintf("%s %s: method not allowed; this route takes %s", r.Method, r.URL.Path, http.MethodPost)})
+	w.Write(body)
+}

@@ -11,7 +11,6 @@ package server
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -33,6 +32,7 @@ import (
 
 	"github.com/mandate-authz/mandate/engine"
 	pb "github.com/mandate-authz/mandate/proto/mandate/v1"
+	"github.com/mandate-authz/mandate/server/apikey"
 	"github.com/mandate-authz/mandate/server/op"
 	"github.com/mandate-authz/mandate/store"
 )
@@ -54,6 +54,10 @@ type Config struct {
 	// PresharedKeys are the bearer keys accepted; at least one is required
 	// unless AllowUnauthenticated is set.
 	PresharedKeys []string
+	// Keys, when set, admits the scoped keys of a keys file besides the
+	// preshared keys (which hold every scope); see server/apikey. Its
+	// owner reloads it.
+	Keys *apikey.Keyring
 	// PresharedKeyNames name the keys, by position, in the audit trail
 	// (default key-1, key-2, ...); see audit.go.
 	PresharedKeyNames []string
@@ -63,8 +67,12 @@ type Config struct {
 	// AllowUnauthenticated serves without keys (tests and local tools only).
 	AllowUnauthenticated bool
 	// TLS certificate and key files for each listener; both or neither.
+	// They are reloaded when they change (see tlsconfig.go).
 	GRPCTLSCertPath, GRPCTLSKeyPath string
 	HTTPTLSCertPath, HTTPTLSKeyPath string
+	// GRPCTLSClientCAPath and HTTPTLSClientCAPath, when set, make the
+	// listener require client certificates signed by those CAs (mTLS).
+	GRPCTLSClientCAPath, HTTPTLSClientCAPath string
 	// ShutdownGracePeriod bounds how long shutdown waits for in-flight
 	// requests before cutting them off.
 	ShutdownGracePeriod time.Duration
@@ -134,7 +142,7 @@ func New(st store.Store, eng *engine.Engine, cfg Config) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	auth, err := newAuthenticator(cfg.PresharedKeys, cfg.AllowUnauthenticated)
+	auth, err := newAuthenticator(cfg.PresharedKeys, cfg.Keys, cfg.AllowUnauthenticated)
 	if err != nil {
 		return nil, err
 	}
@@ -182,20 +190,6 @@ func New(st store.Store, eng *engine.Engine, cfg Config) (*Server, error) {
 	return s, nil
 }
 
-func loadTLS(which, cert, key string) (*tls.Config, error) {
-	if cert == "" && key == "" {
-		return nil, nil
-	}
-	if cert == "" || key == "" {
-		return nil, fmt.Errorf("%s TLS: both a certificate and a key path are required (got cert %q, key %q)", which, cert, key)
-	}
-	pair, err := tls.LoadX509KeyPair(cert, key)
-	if err != nil {
-		return nil, fmt.Errorf("%s TLS: loading certificate %q and key %q: %w", which, cert, key, err)
-	}
-	return &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}, nil
-}
-
 func (s *Server) listen() error {
 	var err error
 	if s.grpcLis, err = net.Listen("tcp", s.cfg.GRPCAddr); err != nil {
@@ -231,7 +225,7 @@ func (s *Server) buildGRPC() error {
 		grpc.ChainUnaryInterceptor(s.unaryInterceptor, s.retentionUnary),
 		grpc.ChainStreamInterceptor(s.streamInterceptor, s.retentionStream),
 	}
-	tlsCfg, err := loadTLS("gRPC", s.cfg.GRPCTLSCertPath, s.cfg.GRPCTLSKeyPath)
+	tlsCfg, err := NewTLSConfig("gRPC", TLSFiles{s.cfg.GRPCTLSCertPath, s.cfg.GRPCTLSKeyPath, s.cfg.GRPCTLSClientCAPath}, s.log)
 	if err != nil {
 		return err
 	}
@@ -426,7 +420,7 @@ func (s *Server) buildHTTP() error {
 	if s.httpLis == nil {
 		return nil
 	}
-	tlsCfg, err := loadTLS("HTTP", s.cfg.HTTPTLSCertPath, s.cfg.HTTPTLSKeyPath)
+	tlsCfg, err := NewTLSConfig("HTTP", TLSFiles{s.cfg.HTTPTLSCertPath, s.cfg.HTTPTLSKeyPath, s.cfg.HTTPTLSClientCAPath}, s.log)
 	if err != nil {
 		return err
 	}
@@ -480,7 +474,8 @@ func newGateway(ctx context.Context, conn *grpc.ClientConn) (http.Handler, error
 	marshaler.UnmarshalOptions.DiscardUnknown = false
 	// The default error handler maps gRPC codes to HTTP statuses and sets
 	// WWW-Authenticate on Unauthenticated.
-	gw := runtime.NewServeMux(runtime.WithMarshalerOption(runtime.MIMEWildcard, marshaler), runtime.WithIncomingHeaderMatcher(auditHeaderMatcher))
+	gw := runtime.NewServeMux(runtime.WithMarshalerOption(runtime.MIMEWildcard, marshaler), runtime.WithIncomingHeaderMatcher(auditHeaderMatcher),
+		runtime.WithRoutingErrorHandler(restRoutingError))
 	for name, register := range map[string]func(context.Context, *runtime.ServeMux, *grpc.ClientConn) error{
 		"PermissionService":   pb.RegisterPermissionServiceHandler,
 		"RelationshipService": pb.RegisterRelationshipServiceHandler,

@@ -68,39 +68,21 @@ type pooler interface {
 	Engine() string
 }
 
-// openAudit opens the audit trail serve's flags describe; nil when it is
-// off. The caller closes it after the server stops.
-func openAudit(ctx context.Context, o *auditOptions, dataDir string, st store.Store, log *slog.Logger) (*audit.Log, error) {
-	overflow, err := audit.ParseOverflow(o.overflow)
-	if err != nil {
-		return nil, fmt.Errorf("--audit-overflow: %w", err)
-	}
-	if o.buffer <= 0 {
-		return nil, fmt.Errorf("--audit-buffer %d: expected a positive number of events", o.buffer)
-	}
-	maxSize, err := parseSize("--audit-max-file-size", o.maxFileSize)
+// openAudit opens the audit trail serve's flags describe (see
+// resolveAudit) and logs where it goes; nil when it is off. The caller
+// closes it after the server stops.
+func openAudit(ctx context.Context, o *auditOptions, dsEngine, dataDir string, st store.Store, log *slog.Logger) (*audit.Log, error) {
+	plan, err := resolveAudit(o, dsEngine, dataDir)
 	if err != nil {
 		return nil, err
 	}
-	pg, _ := st.(pooler)
-	sinkName := o.sink
-	if sinkName == "auto" {
-		sinkName = "file"
-		if pg != nil && pg.Engine() == "postgres" {
-			sinkName = "postgres"
-		}
-	}
 	var sink audit.Sink
-	switch sinkName {
+	switch plan.sink {
 	case "none":
 		log.Warn("auditing is off (--audit-sink none): decisions and changes are not recorded")
 		return nil, nil
 	case "file":
-		dir := o.dir
-		if dir == "" {
-			dir = filepath.Join(dataDir, "audit")
-		}
-		if sink, err = audit.OpenFileSink(dir, maxSize, log); err != nil {
+		if sink, err = audit.OpenFileSink(plan.dir, plan.maxSize, log); err != nil {
 			return nil, fmt.Errorf("--audit-dir: %w", err)
 		}
 	case "stdout":
@@ -110,15 +92,15 @@ func openAudit(ctx context.Context, o *auditOptions, dataDir string, st store.St
 		}
 		sink = audit.NewWriterSink("stdout", os.Stdout, chain)
 	case "postgres":
-		if pg == nil || pg.Engine() != "postgres" {
+		pg, ok := st.(pooler)
+		if !ok || pg.Engine() != "postgres" {
 			return nil, fmt.Errorf("--audit-sink postgres needs --datastore-engine postgres (the trail goes to a table of that database)")
 		}
 		if sink, err = audit.OpenPostgresSink(ctx, pg.Pool(), audit.PostgresOptions{Table: o.table, ChainID: o.chainID}); err != nil {
 			return nil, fmt.Errorf("--audit-sink postgres: %w", err)
 		}
-	default:
-		return nil, fmt.Errorf("--audit-sink %q: expected auto, file, stdout, postgres or none", o.sink)
 	}
+	overflow := plan.overflow
 	var redactor *audit.Redactor
 	if len(o.redactKeys) > 0 {
 		path := o.redactSecret
@@ -140,6 +122,7 @@ func openAudit(ctx context.Context, o *auditOptions, dataDir string, st store.St
 		sink.Close()
 		return nil, err
 	}
+	log.Info("audit trail", "sink", sink.Describe())
 	return l, nil
 }
 

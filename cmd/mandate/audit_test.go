@@ -38,7 +38,7 @@ func startAuditServer(t *testing.T) *auditServer {
 	dataDir := t.TempDir()
 	st := memory.New()
 	opts := &auditOptions{sink: "auto", maxFileSize: "1MiB", overflow: "block", buffer: 1024, redactKeys: []string{"ticket"}}
-	l, err := openAudit(context.Background(), opts, dataDir, st, discardLogger())
+	l, err := openAudit(context.Background(), opts, "embedded", dataDir, st, discardLogger())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -334,7 +334,7 @@ func TestOpenAuditFromFlags(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			o := base
 			tc.edit(&o)
-			l, err := openAudit(ctx, &o, dataDir, st, discardLogger())
+			l, err := openAudit(ctx, &o, "embedded", dataDir, st, discardLogger())
 			if tc.want != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.want) {
 					t.Fatalf("got %v, want an error with %q", err, tc.want)
@@ -375,7 +375,7 @@ func TestOpenAuditFromFlags(t *testing.T) {
 	})
 	o := base
 	o.table = schema + ".trail"
-	l, err := openAudit(ctx, &o, dataDir, pgStore{st, pool}, discardLogger())
+	l, err := openAudit(ctx, &o, "postgres", dataDir, pgStore{st, pool}, discardLogger())
 	if err != nil {
 		t.Fatal(err)
 	}

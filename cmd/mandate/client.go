@@ -31,8 +31,10 @@ const defaultEndpoint = "127.0.0.1:50051"
 
 // clientFlags are the connection flags every client command shares. Each is
 // also read from MANDATE_<FLAG> (MANDATE_ENDPOINT, MANDATE_TOKEN,
-// MANDATE_INSECURE, MANDATE_TLS_CA_PATH, MANDATE_TIMEOUT) when not given.
-var clientFlags = []string{"endpoint", "token", "insecure", "tls-ca-path", "timeout"}
+// MANDATE_INSECURE, MANDATE_TLS_CA_PATH, MANDATE_TLS_CERT_PATH,
+// MANDATE_TLS_KEY_PATH, MANDATE_TLS_SERVER_NAME, MANDATE_TIMEOUT) when not
+// given.
+var clientFlags = []string{"endpoint", "token", "insecure", "tls-ca-path", "tls-cert-path", "tls-key-path", "tls-server-name", "timeout"}
 
 // clientOptions configure the connection to a Mandate server.
 type clientOptions struct {
@@ -40,7 +42,11 @@ type clientOptions struct {
 	token    string
 	insecure bool
 	caPath   string
-	timeout  time.Duration
+	// certPath and keyPath are the client certificate for a server that
+	// verifies clients (serve --grpc-tls-client-ca-path).
+	certPath, keyPath string
+	serverName        string
+	timeout           time.Duration
 }
 
 // addClientFlags registers the connection flags on a command tree's root
@@ -51,6 +57,9 @@ func addClientFlags(f *pflag.FlagSet, o *clientOptions) {
 	f.StringVar(&o.token, "token", "", "preshared key sent as \"authorization: Bearer <key>\" (prefer MANDATE_TOKEN: the command line is visible to other users)")
 	f.BoolVar(&o.insecure, "insecure", false, "connect in plaintext, for a server without --grpc-tls-cert-path (the serve default)")
 	f.StringVar(&o.caPath, "tls-ca-path", "", "PEM file of the CA that signed the server's certificate (default: the system roots)")
+	f.StringVar(&o.certPath, "tls-cert-path", "", "client certificate (PEM) presented to a server that verifies clients (serve --grpc-tls-client-ca-path); with --tls-key-path")
+	f.StringVar(&o.keyPath, "tls-key-path", "", "key of --tls-cert-path")
+	f.StringVar(&o.serverName, "tls-server-name", "", "name the server's certificate must carry (default the host of --endpoint)")
 	f.DurationVar(&o.timeout, "timeout", 30*time.Second, "longest the command waits for the server")
 }
 
@@ -112,12 +121,21 @@ func connect(cmd *cobra.Command, o *clientOptions) (*client, context.Context, co
 	}
 	var creds credentials.TransportCredentials
 	switch {
-	case o.insecure && o.caPath != "":
-		return nil, nil, nil, errors.New("--insecure and --tls-ca-path contradict each other: choose one")
+	case o.insecure && (o.caPath != "" || o.certPath != "" || o.keyPath != "" || o.serverName != ""):
+		return nil, nil, nil, errors.New("--insecure and the --tls-* flags contradict each other: choose one")
+	case (o.certPath == "") != (o.keyPath == ""):
+		return nil, nil, nil, errors.New("--tls-cert-path and --tls-key-path go together: give both or neither")
 	case o.insecure:
 		creds = insecure.NewCredentials()
 	default:
-		cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+		cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: o.serverName}
+		if o.certPath != "" {
+			pair, err := tls.LoadX509KeyPair(o.certPath, o.keyPath)
+			if err != nil {
+				return nil, nil, nil, fmt.Errorf("--tls-cert-path, --tls-key-path: %w", err)
+			}
+			cfg.Certificates = []tls.Certificate{pair}
+		}
 		if o.caPath != "" {
 			pem, err := os.ReadFile(o.caPath)
 			if err != nil {

@@ -24,11 +24,11 @@ type exportOptions struct {
 func newExportCommand() *cobra.Command {
 	o := &exportOptions{}
 	cmd := &cobra.Command{
-		Use:   "export [FILE]",
+		Use:   "export [FILE|-]",
 		Short: "Write every relationship (or those matching a filter) to a file or standard output",
 		Long: `Export streams the server's relationships at one revision through ExportRelationships
 and writes them one a line in validation-file text form, in key order, to FILE or
-standard output. The output is what mandate import reads, so
+standard output (also when FILE is -). The output is what mandate import reads, so
 
   mandate export backup.txt && mandate import --endpoint other:50051 backup.txt
 
@@ -45,8 +45,8 @@ and revision token go to standard output when writing FILE, else to standard err
 		Example: "  mandate export rels.txt\n  mandate export --filter resource_type=doc,relation=viewer\n  mandate export --exact-token TOKEN > at-token.txt",
 		Args:    cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			file := ""
-			if len(args) == 1 {
+			file := "" // standard output
+			if len(args) == 1 && args[0] != "-" {
 				file = args[0]
 			}
 			return runExport(cmd, o, file)

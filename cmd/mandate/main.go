@@ -49,6 +49,7 @@ func newRootCommand() *cobra.Command {
 	root.AddCommand(newMigrateCommand())
 	root.AddCommand(newCompactCommand())
 	root.AddCommand(newTokenCommand())
+	root.AddCommand(newKeyCommand())
 	root.AddCommand(newMCPGatewayCommand())
 	return root
 }

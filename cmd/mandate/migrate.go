@@ -45,14 +45,8 @@ func isSQLEngine(name string) bool {
 // revision tokens is the identity stored in the database, the same for
 // every replica.
 func openSQLStore(ctx context.Context, engineName, uri string, o sqlStoreFlags, log *slog.Logger) (store.Store, string, error) {
-	if uri == "" {
-		return nil, "", fmt.Errorf("--datastore-conn-uri is required by the %s datastore (e.g. postgres://user:password@host:5432/mandate?sslmode=require)", engineName)
-	}
-	if o.maxOpen < 2 || o.minOpen < 0 || o.minOpen > o.maxOpen {
-		return nil, "", fmt.Errorf("--datastore-conn-pool-min-open %d, --datastore-conn-pool-max-open %d: expected 0 <= min <= max and max at least 2", o.minOpen, o.maxOpen)
-	}
-	if o.maxLifetime < 0 || o.gcWindow <= 0 || o.gcInterval < 0 {
-		return nil, "", fmt.Errorf("--datastore-conn-max-lifetime %v, --datastore-gc-window %v, --datastore-gc-interval %v: expected a positive window and no negative duration", o.maxLifetime, o.gcWindow, o.gcInterval)
+	if err := checkSQLStoreFlags(engineName, uri, o); err != nil {
+		return nil, "", err
 	}
 	st, err := postgres.Open(ctx, uri, postgres.Options{
 		Engine:          engineName,
@@ -71,6 +65,21 @@ func openSQLStore(ctx context.Context, engineName, uri string, o sqlStoreFlags, 
 		log.Info("opened "+engineName+" datastore", "store_id", st.ID())
 	}
 	return st, engineName + ":" + st.ID(), nil
+}
+
+// checkSQLStoreFlags validates the flags of a postgres or cockroachdb
+// datastore without connecting.
+func checkSQLStoreFlags(engineName, uri string, o sqlStoreFlags) error {
+	if uri == "" {
+		return fmt.Errorf("--datastore-conn-uri is required by the %s datastore (e.g. postgres://user:password@host:5432/mandate?sslmode=require)", engineName)
+	}
+	if o.maxOpen < 2 || o.minOpen < 0 || o.minOpen > o.maxOpen {
+		return fmt.Errorf("--datastore-conn-pool-min-open %d, --datastore-conn-pool-max-open %d: expected 0 <= min <= max and max at least 2", o.minOpen, o.maxOpen)
+	}
+	if o.maxLifetime < 0 || o.gcWindow <= 0 || o.gcInterval < 0 {
+		return fmt.Errorf("--datastore-conn-max-lifetime %v, --datastore-gc-window %v, --datastore-gc-interval %v: expected a positive window and no negative duration", o.maxLifetime, o.gcWindow, o.gcInterval)
+	}
+	return nil
 }
 
 func newMigrateCommand() *cobra.Command {

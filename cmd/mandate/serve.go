@@ -16,6 +16,7 @@ import (
 
 	"github.com/mandate-authz/mandate/engine"
 	"github.com/mandate-authz/mandate/server"
+	"github.com/mandate-authz/mandate/server/apikey"
 	"github.com/mandate-authz/mandate/store"
 	"github.com/mandate-authz/mandate/store/embedded"
 	"github.com/mandate-authz/mandate/store/memory"
@@ -37,6 +38,11 @@ type serveOptions struct {
 	maxCaveatContext int
 	audit            auditOptions
 	sqlStore         sqlStoreFlags
+	// plaintextBeyondLoopback allows a listener on a non-loopback address
+	// without TLS.
+	plaintextBeyondLoopback bool
+	// keysFile is the scoped API keys file (see server/apikey).
+	keysFile string
 }
 
 func newServeCommand() *cobra.Command {
@@ -73,17 +79,21 @@ in-flight requests get --grpc-shutdown-grace-period to finish.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&opts.cfg.GRPCAddr, "grpc-addr", ":50051", "address the gRPC API listens on")
-	f.StringVar(&opts.cfg.HTTPAddr, "http-addr", ":8443", `address the REST gateway, health, metrics and OpenAPI listen on ("" disables)`)
+	f.StringVar(&opts.cfg.GRPCAddr, "grpc-addr", "127.0.0.1:50051", "address the gRPC API listens on (loopback by default; another address needs TLS or --allow-plaintext-beyond-loopback)")
+	f.StringVar(&opts.cfg.HTTPAddr, "http-addr", "127.0.0.1:8443", `address the REST gateway, health, metrics and OpenAPI listen on ("" disables; loopback by default; another address needs TLS or --allow-plaintext-beyond-loopback)`)
+	f.BoolVar(&opts.plaintextBeyondLoopback, "allow-plaintext-beyond-loopback", false, "let a listener without TLS listen on an address other than loopback, sending keys and data in the clear (logged as a warning at startup)")
 	// A string array, not a slice: keys are taken verbatim (no CSV quoting
 	// rules whose errors would echo a key); the environment variable is
 	// comma-separated.
 	f.StringArrayVar(&opts.cfg.PresharedKeys, "grpc-preshared-key", nil, "bearer key clients must present; repeat for several (at least one required)")
+	f.StringVar(&opts.keysFile, "keys-file", "", "YAML file of named, scoped API keys stored as hashes (mandate key generate makes entries); reloaded when it changes and on SIGHUP. Preshared keys keep every scope")
 	f.StringArrayVar(&opts.cfg.PresharedKeyNames, "grpc-preshared-key-name", nil, "name of each --grpc-preshared-key, in the same order, recorded in the audit trail as the calling service (default key-1, key-2, ...)")
 	f.StringVar(&opts.cfg.GRPCTLSCertPath, "grpc-tls-cert-path", "", "TLS certificate file for the gRPC listener (with --grpc-tls-key-path)")
 	f.StringVar(&opts.cfg.GRPCTLSKeyPath, "grpc-tls-key-path", "", "TLS key file for the gRPC listener")
 	f.StringVar(&opts.cfg.HTTPTLSCertPath, "http-tls-cert-path", "", "TLS certificate file for the HTTP listener (with --http-tls-key-path)")
 	f.StringVar(&opts.cfg.HTTPTLSKeyPath, "http-tls-key-path", "", "TLS key file for the HTTP listener")
+	f.StringVar(&opts.cfg.GRPCTLSClientCAPath, "grpc-tls-client-ca-path", "", "CA certificates (PEM) the gRPC listener requires client certificates to be signed by (mTLS; needs --grpc-tls-cert-path)")
+	f.StringVar(&opts.cfg.HTTPTLSClientCAPath, "http-tls-client-ca-path", "", "CA certificates (PEM) the HTTP listener requires client certificates to be signed by (mTLS; needs --http-tls-cert-path)")
 	f.DurationVar(&opts.cfg.ShutdownGracePeriod, "grpc-shutdown-grace-period", 30*time.Second, "how long shutdown waits for in-flight requests")
 	f.StringVar(&opts.dsEngine, "datastore-engine", "embedded", "where relationships are stored: embedded (durable, in --data-dir), postgres or cockroachdb (at --datastore-conn-uri; see mandate migrate) or memory (nothing survives a restart)")
 	f.StringVar(&opts.dsConnURI, "datastore-conn-uri", "", "connection string of the postgres or cockroachdb datastore (unused by embedded and memory)")
@@ -151,6 +161,20 @@ func runServe(ctx context.Context, stderr io.Writer, opts *serveOptions) error {
 	opts.cfg.Logger = log
 	opts.cfg.Limits.MaxMessageBytes = opts.maxMessage
 
+	// Everything that can be refused is refused before the data directory
+	// or a database is touched: a refused serve leaves nothing behind.
+	if opts.keysFile != "" {
+		ring, err := apikey.Open(opts.keysFile)
+		if err != nil {
+			return fmt.Errorf("--keys-file: %w", err)
+		}
+		opts.cfg.Keys = ring
+	}
+	if err := checkServeFlags(opts); err != nil {
+		return err
+	}
+	warnPlaintext(log, opts)
+
 	st, name, err := openStore(ctx, opts)
 	if err != nil {
 		return err
@@ -158,7 +182,7 @@ func runServe(ctx context.Context, stderr io.Writer, opts *serveOptions) error {
 	defer st.Close()
 	opts.cfg.StoreName = name
 
-	auditLog, err := openAudit(ctx, &opts.audit, opts.dataDir, st, log)
+	auditLog, err := openAudit(ctx, &opts.audit, opts.dsEngine, opts.dataDir, st, log)
 	if err != nil {
 		return err
 	}
@@ -173,7 +197,34 @@ func runServe(ctx context.Context, stderr io.Writer, opts *serveOptions) error {
 	}
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, os.Interrupt)
 	defer stop()
+	if ring := opts.cfg.Keys; ring != nil {
+		// Registered before serving, so a SIGHUP never meets the default
+		// action (exit).
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+		go watchKeys(ctx, ring, hup, log)
+	}
 	return srv.Run(ctx)
+}
+
+// watchKeys reloads the keys file when it changes and on SIGHUP until ctx
+// ends. A file that fails to load leaves the keys in force, logged.
+func watchKeys(ctx context.Context, ring *apikey.Keyring, hup <-chan os.Signal, log *slog.Logger) {
+	onErr := func(err error) { log.Error("keys file not reloaded; the previous keys stay in force", "error", err) }
+	go ring.Watch(ctx, time.Second, onErr)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			if err := ring.Reload(); err != nil {
+				onErr(err)
+			} else {
+				log.Info("keys file reloaded on SIGHUP")
+			}
+		}
+	}
 }
 
 // openStore opens the datastore named by --datastore-engine. It returns the

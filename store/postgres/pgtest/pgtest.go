@@ -26,10 +26,7 @@ const EnvVar = "MANDATE_TEST_POSTGRES_URL"
 // be called before opening anything that Cleanup should close first.
 func URL(t testing.TB) string {
 	t.Helper()
-	base := os.Getenv(EnvVar)
-	if base == "" {
-		t.Skipf("%s is not set; set it to a PostgreSQL URL such as postgres://postgres@127.0.0.1:5432/test?sslmode=disable to run this test", EnvVar)
-	}
+	base := Require(t)
 	var b [6]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		t.Fatal(err)
@@ -44,6 +41,19 @@ func URL(t testing.TB) string {
 		exec(ctx, t, base, "DROP SCHEMA "+pgx.Identifier{name}.Sanitize()+" CASCADE")
 	})
 	return WithSearchPath(t, base, name)
+}
+
+// Require returns the test database's URL, skipping t when EnvVar is unset.
+// A test that hands a parent *testing.T to URL from inside a subtest must
+// call Require on the parent first: a skip must come from the test it
+// stops, never from a subtest on its parent's behalf.
+func Require(t testing.TB) string {
+	t.Helper()
+	base := os.Getenv(EnvVar)
+	if base == "" {
+		t.Skipf("%s is not set; set it to a PostgreSQL URL such as postgres://postgres@127.0.0.1:5432/test?sslmode=disable to run this test", EnvVar)
+	}
+	return base
 }
 
 // WithSearchPath returns the connection string base with its search_path

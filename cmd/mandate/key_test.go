@@ -1,0 +1,45 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/mandate-authz/mandate/server/apikey"
+)
+
+// TestKeyGenerate: the printed entry, pasted into a keys file, admits the
+// printed key with exactly its scopes; the key itself is not in the entry.
+func TestKeyGenerate(t *testing.T) {
+	out := mustCLI(t, "key", "generate", "billing", "--scopes", "check,audit")
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 3 || !strings.HasPrefix(lines[0], "key: mandate_") {
+		t.Fatalf("output:\n%s", out)
+	}
+	key := strings.TrimPrefix(lines[0], "key: ")
+	if strings.Contains(lines[2], key) {
+		t.Fatal("the keys-file entry contains the key")
+	}
+	path := filepath.Join(t.TempDir(), "keys.yaml")
+	if err := os.WriteFile(path, []byte("keys:\n"+lines[2]+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ring, err := apikey.Open(path)
+	if err != nil {
+		t.Fatalf("the printed entry does not load: %v\n%s", err, lines[2])
+	}
+	k, ok := ring.Lookup(key)
+	if !ok || k.Name != "billing" || k.Authorize("/mandate.v1.AuditService/Query") != nil || k.Authorize("/mandate.v1.SchemaService/WriteSchema") == nil {
+		t.Errorf("the generated key: %+v, found %v", k, ok)
+	}
+	for _, args := range [][]string{
+		{"key", "generate", "x", "--scopes", "root"},
+		{"key", "generate", "x"},
+		{"key", "generate", "a b", "--scopes", "check"},
+	} {
+		if _, _, code := cli(t, "", args...); code == 0 {
+			t.Errorf("mandate %v succeeded", args)
+		}
+	}
+}

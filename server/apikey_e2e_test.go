@@ -1,0 +1,102 @@
+package server_test
+
+import (
+	"net/http"
+	"os"
+	"path/filepath"
+	"testing"
+
+	v1 "github.com/authzed/authzed-go/proto/authzed/api/v1"
+	"google.golang.org/grpc/codes"
+
+	pb "github.com/mandate-authz/mandate/proto/mandate/v1"
+	"github.com/mandate-authz/mandate/server"
+	"github.com/mandate-authz/mandate/server/apikey"
+)
+
+// TestCheckOnlyKey: a keys-file key with only the check scope may check,
+// and cannot write a relationship, write the schema or read the audit
+// trail, over mandate.v1 gRPC, REST and authzed.api.v1 alike; each refusal
+// is PERMISSION_DENIED naming the scope and is audited with the key's name.
+func TestCheckOnlyKey(t *testing.T) {
+	key, hash, err := apikey.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "keys.yaml")
+	if err := os.WriteFile(path, []byte("keys:\n  - {name: checker, hash: "+hash+", scopes: [check]}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ring, err := apikey.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &recorder{}
+	ts := startServer(t, func(c *server.Config) { c.Keys, c.Audit = ring, rec })
+	ts.writeSchema(testSchema)
+	rec.take()
+
+	conn := ts.dial(key)
+	doc := &pb.ObjectReference{ObjectType: "doc", ObjectId: "1"}
+	ann := &pb.SubjectReference{Object: &pb.ObjectReference{ObjectType: "user", ObjectId: "ann"}}
+	if _, err := pb.NewPermissionServiceClient(conn).Check(ts.ctx(), &pb.CheckRequest{Resource: doc, Permission: "view", Subject: ann,
+		Consistency: &pb.Consistency{Requirement: &pb.Consistency_FullyConsistent{FullyConsistent: true}}}); err != nil {
+		t.Fatalf("check-only key, Check: %v", err)
+	}
+	rec.take()
+
+	adoc := &v1.ObjectReference{ObjectType: "doc", ObjectId: "1"}
+	aann := &v1.SubjectReference{Object: &v1.ObjectReference{ObjectType: "user", ObjectId: "ann"}}
+	for _, c := range []struct {
+		name  string
+		scope string
+		call  func() error
+	}{
+		{"mandate.v1 WriteRelationships", "write", func() error {
+			_, err := pb.NewRelationshipServiceClient(conn).WriteRelationships(ts.ctx(), &pb.WriteRelationshipsRequest{Updates: []*pb.RelationshipUpdate{{
+				Operation: pb.RelationshipUpdate_OPERATION_TOUCH, Relationship: &pb.Relationship{Resource: doc, Relation: "viewer", Subject: ann}}}})
+			return err
+		}},
+		{"mandate.v1 WriteSchema", "schema", func() error {
+			_, err := pb.NewSchemaServiceClient(conn).WriteSchema(ts.ctx(), &pb.WriteSchemaRequest{Schema: testSchema})
+			return err
+		}},
+		{"mandate.v1 AuditService.Query", "audit", func() error {
+			_, err := pb.NewAuditServiceClient(conn).Query(ts.ctx(), &pb.AuditServiceQueryRequest{})
+			return err
+		}},
+		{"authzed WriteRelationships", "write", func() error {
+			_, err := v1.NewPermissionsServiceClient(conn).WriteRelationships(ts.ctx(), &v1.WriteRelationshipsRequest{Updates: []*v1.RelationshipUpdate{{
+				Operation: v1.RelationshipUpdate_OPERATION_TOUCH, Relationship: &v1.Relationship{Resource: adoc, Relation: "viewer", Subject: aann}}}})
+			return err
+		}},
+		{"authzed WriteSchema", "schema", func() error {
+			_, err := v1.NewSchemaServiceClient(conn).WriteSchema(ts.ctx(), &v1.WriteSchemaRequest{Schema: testSchema})
+			return err
+		}},
+	} {
+		wantCode(t, c.call(), codes.PermissionDenied, `"`+c.scope+`" scope`)
+		evs := rec.take()
+		if len(evs) != 1 || evs[0].Code != codes.PermissionDenied.String() || evs[0].Caller != "checker" {
+			t.Errorf("%s: refusal audited as %+v, want one PermissionDenied event from checker", c.name, evs)
+		}
+	}
+
+	for _, c := range []struct {
+		path string
+		body any
+	}{
+		{"/v1/relationships/write", map[string]any{"updates": []any{map[string]any{"operation": "OPERATION_TOUCH", "relationship": map[string]any{
+			"resource": map[string]any{"objectType": "doc", "objectId": "1"}, "relation": "viewer",
+			"subject": map[string]any{"object": map[string]any{"objectType": "user", "objectId": "ann"}}}}}}},
+		{"/v1/schema/write", map[string]any{"schema": testSchema}},
+		{"/v1/audit/query", map[string]any{}},
+	} {
+		if status, body := ts.restCall(c.path, key, c.body); status != http.StatusForbidden {
+			t.Errorf("REST %s with a check-only key: HTTP %d %v, want 403", c.path, status, body)
+		}
+	}
+	if got := ts.state(); len(got.rels) != 0 {
+		t.Errorf("a refused write reached the store: %+v", got)
+	}
+}
