@@ -433,3 +433,23 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+func TestAsynchronousRecordsAreSyncedWithinTheInterval(t *testing.T) {
+	s := &syncSink{gateSink: gateSink{gate: make(chan struct{})}}
+	close(s.gate)
+	l, err := audit.New(ctx(t), audit.Options{Sink: s, SyncInterval: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close(ctx(t))
+	ev := checkEvent(1)
+	if err := l.Record(ctx(t), ev); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return s.synced.Load() >= 1 })
+	n := s.syncs.Load()
+	time.Sleep(100 * time.Millisecond)
+	if s.syncs.Load() != n {
+		t.Errorf("an idle trail was synced again (%d syncs, then %d)", n, s.syncs.Load())
+	}
+}

@@ -96,6 +96,10 @@ type Options struct {
 	// SyncAll makes Record durable too (as RecordDurable), for checks and
 	// lookups: each waits for the sync of its batch.
 	SyncAll bool
+	// SyncInterval is how often the writer syncs a Syncer sink holding
+	// asynchronous records not yet synced (default 1s): what a machine
+	// crash can lose of them, besides the queue.
+	SyncInterval time.Duration
 	// AbortWait bounds how long Close waits, once its context has ended,
 	// for a writer stuck in the sink and then for the sink to close
 	// (default 1s). Close returns within its context's deadline plus
@@ -141,6 +145,9 @@ type Log struct {
 	seq  uint64 // writer goroutine only
 	prev string // writer goroutine only
 	buf  []byte // writer goroutine only: the encoded batch
+	// unsynced is set when records were written since the last sync
+	// (writer goroutine only).
+	unsynced bool
 
 	pendingDrops atomic.Int64 // dropped since the last dropped record
 	lastDropLog  atomic.Int64 // unix nanos of the last drop log line
@@ -171,6 +178,9 @@ func New(ctx context.Context, opts Options) (*Log, error) {
 	}
 	if opts.AbortWait <= 0 {
 		opts.AbortWait = time.Second
+	}
+	if opts.SyncInterval <= 0 {
+		opts.SyncInterval = time.Second
 	}
 	if _, err := ParseOverflow(string(opts.Overflow)); err != nil {
 		return nil, err
@@ -436,11 +446,26 @@ func (l *Log) run() {
 		linger = time.NewTimer(l.opts.Linger)
 		linger.Stop()
 	}
+	// Asynchronous records reach stable storage within SyncInterval: the
+	// loss window of a machine crash.
+	var syncTick <-chan time.Time
+	if _, ok := l.opts.Sink.(Syncer); ok {
+		t := time.NewTicker(l.opts.SyncInterval)
+		defer t.Stop()
+		syncTick = t.C
+	}
 	for {
 		batch = batch[:0]
 		select {
 		case it := <-l.ch:
 			batch = append(batch, it)
+		case <-syncTick:
+			if l.unsynced {
+				if err := l.sync(l.stop); err != nil {
+					l.log.Error("syncing the audit trail", "error", err)
+				}
+			}
+			continue
 		case <-l.stop:
 			l.drainAndExit(batch)
 			return
@@ -580,6 +605,7 @@ func (l *Log) writeBatch(batch []item, stop <-chan struct{}) {
 	if len(recs) > 0 {
 		err = l.persist(recs, stop)
 		l.seq, l.prev = seq, prev
+		l.unsynced = true
 	}
 	if len(durables) > 0 {
 		if err == nil {
@@ -604,6 +630,7 @@ func (l *Log) sync(stop <-chan struct{}) error {
 	for {
 		err := s.Sync()
 		if err == nil {
+			l.unsynced = false
 			return nil
 		}
 		l.writeErrs.Inc()
