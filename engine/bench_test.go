@@ -628,7 +628,7 @@ func BenchmarkFollowSnapshot(b *testing.B) {
 		fctx, cancel := context.WithCancel(ctx)
 		done := make(chan error, 1)
 		start := time.Now()
-		go func() { done <- e.Follow(fctx, st, nil) }()
+		go func() { done <- follow(fctx, e, st, nil) }()
 		if err := e.WaitForRevision(ctx, head); err != nil {
 			b.Fatal(err)
 		}

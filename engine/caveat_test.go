@@ -50,7 +50,7 @@ func TestCaveatOutcomesAreCachedSafely(t *testing.T) {
 	e := engine.New()
 	fctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	go func() { _ = e.Follow(fctx, st, nil) }()
+	go func() { _ = follow(fctx, e, st, nil) }()
 	if err := e.WaitForRevision(ctx, 1); err != nil {
 		t.Fatal(err)
 	}

@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"fmt"
+	"iter"
 
 	"github.com/mandate-authz/mandate/schema"
 	"github.com/mandate-authz/mandate/store"
@@ -13,63 +14,50 @@ import (
 // progress reports.
 const snapshotBatch = 50_000
 
-// Follow loads the store's state at its head into the engine and then
-// applies every later change from the store's change stream until ctx is
-// done. progress, when non-nil, is called as the snapshot loads with the
-// number of relationships loaded so far. It returns ctx's error on
-// cancellation, or the first store or apply error.
-func (e *Engine) Follow(ctx context.Context, st store.Store, progress func(loaded int)) error {
-	head, err := st.Head(ctx)
-	if err != nil {
-		return fmt.Errorf("reading store head: %w", err)
-	}
-	if head > e.Head() {
-		if err := e.loadSnapshot(ctx, st, head, progress); err != nil {
-			return err
-		}
-	}
-	for ch, err := range st.Watch(ctx, e.Head()) {
-		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			return fmt.Errorf("following store changes: %w", err)
-		}
-		if err := e.Apply(ch); err != nil {
-			return err
-		}
-	}
-	return ctx.Err()
+// Snapshot is a store's state at one revision, as LoadSnapshot takes it:
+// the engine reads no store itself, so its caller (the server's follower)
+// decides where a snapshot comes from and how failures are retried.
+type Snapshot struct {
+	// Revision is the revision the snapshot was taken at.
+	Revision store.Revision
+	// Schema is the schema text in force at Revision, "" for none.
+	Schema string
+	// Relationships yields every live relationship at Revision, each key
+	// once; the first error ends the load.
+	Relationships iter.Seq2[rel.Relationship, error]
 }
 
-// loadSnapshot loads the store's state at head into a new index built off
-// to the side, streaming relationships straight from the store, and then
-// publishes it at once: no reader ever sees a half-loaded revision, and the
-// relationships are never held in memory twice. History before head is not
-// loaded, so answers at earlier revisions fail with ErrRevisionGone.
-func (e *Engine) loadSnapshot(ctx context.Context, st store.Store, head store.Revision, progress func(int)) error {
-	text, _, err := st.ReadSchema(ctx, head)
-	if err != nil {
-		return fmt.Errorf("reading schema at revision %d: %w", head, err)
+// LoadSnapshot replaces the engine's state with snap when snap is ahead of
+// the engine's head; otherwise it reads nothing and returns nil. The new
+// index is built off to the side, streaming snap.Relationships, and then
+// published at once: no reader ever sees a half-loaded revision, and the
+// relationships are never held in memory twice. History before
+// snap.Revision is not loaded, so answers at earlier revisions fail with
+// ErrRevisionGone; later changes come through Apply. progress, when
+// non-nil, is called as the load goes with the number of relationships
+// loaded so far, and once at the end.
+func (e *Engine) LoadSnapshot(ctx context.Context, snap Snapshot, progress func(loaded int)) error {
+	if snap.Revision <= e.Head() {
+		return nil
 	}
 	idx := newIndex()
-	if text != "" {
-		sch, err := schema.Compile(ctx, text)
+	if snap.Schema != "" {
+		sch, err := schema.Compile(ctx, snap.Schema)
 		if err != nil {
-			return fmt.Errorf("loading the schema of revision %d: %w", head, err)
+			return fmt.Errorf("loading the schema of revision %d: %w", snap.Revision, err)
 		}
 		p, err := compilePlan(idx, sch)
 		if err != nil {
-			return fmt.Errorf("loading the schema of revision %d: %w", head, err)
+			return fmt.Errorf("loading the schema of revision %d: %w", snap.Revision, err)
 		}
-		idx.setSchema(head, p)
+		idx.setSchema(snap.Revision, p)
 	}
 	loaded := 0
-	for r, err := range st.Read(ctx, head, rel.Filter{}) {
+	for r, err := range snap.Relationships {
 		if err != nil {
-			return fmt.Errorf("loading snapshot at revision %d: %w", head, err)
+			return fmt.Errorf("loading snapshot at revision %d: %w", snap.Revision, err)
 		}
-		idx.touch(head, r)
+		idx.touch(snap.Revision, r)
 		loaded++
 		if loaded%snapshotBatch == 0 {
 			if progress != nil {
@@ -84,9 +72,9 @@ func (e *Engine) loadSnapshot(ctx context.Context, st store.Store, head store.Re
 	for _, t := range idx.types[1:] {
 		t.objects()
 	}
-	idx.head, idx.oldest = head, head
+	idx.head, idx.oldest = snap.Revision, snap.Revision
 	e.mu.Lock()
-	published := head > e.idx.head
+	published := snap.Revision > e.idx.head
 	if published {
 		e.idx = idx
 	}

@@ -47,7 +47,7 @@ func TestFollowPublishesSnapshotAtOnce(t *testing.T) {
 	var progress []int
 	followed := make(chan error, 1)
 	go func() {
-		followed <- e.Follow(fctx, st, func(loaded int) { progress = append(progress, loaded) })
+		followed <- follow(fctx, e, st, func(loaded int) { progress = append(progress, loaded) })
 	}()
 
 	var wg sync.WaitGroup
@@ -98,9 +98,95 @@ func TestFollowPublishesSnapshotAtOnce(t *testing.T) {
 	}
 	cancel()
 	if err := <-followed; !errors.Is(err, context.Canceled) {
-		t.Errorf("Follow returned %v", err)
+		t.Errorf("following returned %v", err)
 	}
 	if len(progress) == 0 || progress[len(progress)-1] != n {
 		t.Errorf("progress reports %v, want them to end at %d", progress, n)
+	}
+}
+
+// follow feeds e from st as the server's follower does, without its
+// retries: a snapshot of st's head, then st's changes, until ctx is done
+// or something fails.
+func follow(ctx context.Context, e *engine.Engine, st store.Store, progress func(int)) error {
+	head, err := st.Head(ctx)
+	if err != nil {
+		return err
+	}
+	text, _, err := st.ReadSchema(ctx, head)
+	if err != nil {
+		return err
+	}
+	if err := e.LoadSnapshot(ctx, engine.Snapshot{Revision: head, Schema: text, Relationships: st.Read(ctx, head, rel.Filter{}, nil)}, progress); err != nil {
+		return err
+	}
+	for ch, err := range st.Watch(ctx, e.Head()) {
+		if err != nil {
+			return err
+		}
+		if err := e.Apply(ch); err != nil {
+			return err
+		}
+	}
+	return ctx.Err()
+}
+
+// TestLoadSnapshot pins the loader's contract over a plain iterator: a load
+// that fails part way publishes nothing, a snapshot not ahead of the
+// engine is not read at all, and a later snapshot replaces the state.
+func TestLoadSnapshot(t *testing.T) {
+	ctx := context.Background()
+	ann := rel.Relationship{Resource: rel.Object{Type: "doc", ID: "1"}, Relation: "owner", Subject: rel.Subject{Type: "user", ID: "ann"}}
+	bob := rel.Relationship{Resource: rel.Object{Type: "doc", ID: "2"}, Relation: "owner", Subject: rel.Subject{Type: "user", ID: "bob"}}
+	of := func(rels ...rel.Relationship) func(func(rel.Relationship, error) bool) {
+		return func(yield func(rel.Relationship, error) bool) {
+			for _, r := range rels {
+				if !yield(r, nil) {
+					return
+				}
+			}
+		}
+	}
+	allowed := func(e *engine.Engine, r rel.Relationship) bool {
+		t.Helper()
+		res, err := e.Check(ctx, engine.CheckRequest{Resource: r.Resource, Permission: "view", Subject: r.Subject})
+		if err != nil {
+			t.Fatalf("check %s: %v", r, err)
+		}
+		return res.Decision == engine.Allowed
+	}
+
+	e := engine.New()
+	broken := errors.New("connection lost")
+	failing := func(yield func(rel.Relationship, error) bool) {
+		if yield(ann, nil) {
+			yield(rel.Relationship{}, broken)
+		}
+	}
+	if err := e.LoadSnapshot(ctx, engine.Snapshot{Revision: 5, Schema: docSchema, Relationships: failing}, nil); !errors.Is(err, broken) {
+		t.Fatalf("a failing load returned %v, want it to wrap %v", err, broken)
+	}
+	if h := e.Head(); h != 0 {
+		t.Fatalf("a failed load published revision %d", h)
+	}
+
+	if err := e.LoadSnapshot(ctx, engine.Snapshot{Revision: 5, Schema: docSchema, Relationships: of(ann)}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if e.Head() != 5 || !allowed(e, ann) || allowed(e, bob) {
+		t.Fatalf("after loading revision 5 with ann: head %d, ann %v, bob %v", e.Head(), allowed(e, ann), allowed(e, bob))
+	}
+
+	read := false
+	spy := func(yield func(rel.Relationship, error) bool) { read = true }
+	if err := e.LoadSnapshot(ctx, engine.Snapshot{Revision: 5, Schema: docSchema, Relationships: spy}, nil); err != nil || read {
+		t.Fatalf("a snapshot at the engine's head: error %v, read %v; want it ignored unread", err, read)
+	}
+
+	if err := e.LoadSnapshot(ctx, engine.Snapshot{Revision: 9, Schema: docSchema, Relationships: of(bob)}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if e.Head() != 9 || allowed(e, ann) || !allowed(e, bob) {
+		t.Fatalf("after loading revision 9 with bob: head %d, ann %v, bob %v", e.Head(), allowed(e, ann), allowed(e, bob))
 	}
 }

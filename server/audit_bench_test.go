@@ -216,7 +216,7 @@ func BenchmarkAuditCheckGRPC(b *testing.B) {
 	}
 }
 
-// BenchmarkAuditCheckHandler runs the audit interceptor and the Check
+// BenchmarkAuditCheckHandler runs the server interceptor (auth, audit) and the Check
 // handler directly: the request path without the transport.
 func BenchmarkAuditCheckHandler(b *testing.B) {
 	for _, mode := range []string{"off", "file"} {
@@ -233,7 +233,7 @@ func BenchmarkAuditCheckHandler(b *testing.B) {
 			b.RunParallel(func(pb *testing.PB) {
 				i := rand.IntN(len(checks))
 				for pb.Next() {
-					if _, err := srv.auditUnary(base, checks[i%len(checks)], info, handler); err != nil {
+					if _, err := srv.unaryInterceptor(base, checks[i%len(checks)], info, handler); err != nil {
 						b.Error(err)
 						return
 					}

@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"errors"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -11,6 +10,7 @@ import (
 
 	pb "github.com/mandate-authz/mandate/proto/mandate/v1"
 	"github.com/mandate-authz/mandate/server/audit"
+	"github.com/mandate-authz/mandate/server/op"
 )
 
 type auditService struct {
@@ -19,9 +19,6 @@ type auditService struct {
 }
 
 func (x *auditService) Query(ctx context.Context, req *pb.AuditServiceQueryRequest) (*pb.AuditServiceQueryResponse, error) {
-	if x.s.cfg.Audit == nil {
-		return nil, status.Error(codes.FailedPrecondition, "auditing is off on this server (--audit-sink none)")
-	}
 	q := audit.Query{
 		Agent: req.GetAgent(), Principal: req.GetPrincipal(), Subject: req.GetSubject(),
 		Resource: req.GetResource(), Caller: req.GetCaller(),
@@ -51,10 +48,7 @@ func (x *auditService) Query(ctx context.Context, req *pb.AuditServiceQueryReque
 	if err := q.Validate(); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	page, err := x.s.cfg.Audit.Query(ctx, q)
-	if errors.Is(err, audit.ErrNotQueryable) {
-		return nil, status.Error(codes.FailedPrecondition, err.Error())
-	}
+	page, err := x.s.core.QueryAudit(ctx, op.AuditQueryRequest{Query: q})
 	if err != nil {
 		return nil, err
 	}

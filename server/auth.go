@@ -12,6 +12,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/mandate-authz/mandate/server/op"
 )
 
 // authenticator checks bearer preshared keys. It keeps only SHA-256 digests
@@ -45,31 +47,38 @@ func isPublic(fullMethod string) bool {
 		strings.HasPrefix(fullMethod, "/grpc.reflection.")
 }
 
-// check authenticates a call from its "authorization: Bearer <key>"
-// metadata. Its errors never echo what was sent.
-func (a *authenticator) check(ctx context.Context, fullMethod string) error {
+// authenticate resolves a call's caller from its "authorization: Bearer
+// <key>" metadata, once: the key is hashed and compared here and nowhere
+// else, and the identity (the key's name) travels in the context. Public
+// methods and a server without keys resolve to the anonymous identity. Its
+// errors never echo what was sent.
+func (a *authenticator) authenticate(ctx context.Context, fullMethod string) (op.Identity, error) {
 	if a.disabled || isPublic(fullMethod) {
-		return nil
+		return op.Identity{Name: "anonymous"}, nil
 	}
 	// ValueFromIncomingContext reads the one key without copying the
 	// whole metadata map, once per call.
 	values := metadata.ValueFromIncomingContext(ctx, "authorization")
 	if len(values) == 0 {
-		return status.Error(codes.Unauthenticated, "missing credentials: send the header \"authorization: Bearer <preshared key>\"")
+		return op.Identity{}, status.Error(codes.Unauthenticated, "missing credentials: send the header \"authorization: Bearer <preshared key>\"")
 	}
 	scheme, key, ok := strings.Cut(strings.TrimSpace(values[0]), " ")
 	if !ok || !strings.EqualFold(scheme, "bearer") {
-		return status.Error(codes.Unauthenticated, "malformed authorization header: expected \"Bearer <preshared key>\"")
+		return op.Identity{}, status.Error(codes.Unauthenticated, "malformed authorization header: expected \"Bearer <preshared key>\"")
 	}
 	got := sha256.Sum256([]byte(strings.TrimSpace(key)))
-	match := 0
-	for _, d := range a.digests {
-		match |= subtle.ConstantTimeCompare(got[:], d[:])
+	match := -1
+	for i, d := range a.digests {
+		// Every digest is compared, so the time taken does not tell which
+		// key matched.
+		if subtle.ConstantTimeCompare(got[:], d[:]) == 1 {
+			match = i
+		}
 	}
-	if match != 1 {
-		return status.Error(codes.Unauthenticated, "invalid preshared key")
+	if match < 0 {
+		return op.Identity{}, status.Error(codes.Unauthenticated, "invalid preshared key")
 	}
-	return nil
+	return op.Identity{Name: a.names[match]}, nil
 }
 
 // setNames names the keys for the audit trail, by position: names[i] is the
@@ -100,23 +109,4 @@ func (a *authenticator) setNames(names []string) error {
 	}
 	a.names = append([]string(nil), names...)
 	return nil
-}
-
-// callerName names the key an authenticated call presented in its
-// authorization metadata values ("anonymous" on a server without keys).
-func (a *authenticator) callerName(values []string) string {
-	if a.disabled {
-		return "anonymous"
-	}
-	if len(values) == 0 {
-		return ""
-	}
-	_, key, _ := strings.Cut(strings.TrimSpace(values[0]), " ")
-	got := sha256.Sum256([]byte(strings.TrimSpace(key)))
-	for i, d := range a.digests {
-		if subtle.ConstantTimeCompare(got[:], d[:]) == 1 && i < len(a.names) {
-			return a.names[i]
-		}
-	}
-	return ""
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/mandate-authz/mandate/engine"
 	"github.com/mandate-authz/mandate/schema"
+	"github.com/mandate-authz/mandate/server/op"
 	"github.com/mandate-authz/mandate/store"
 	"github.com/mandate-authz/mandate/store/rel"
 )
@@ -19,28 +20,12 @@ import (
 // proto rules do not, naming the field.
 
 func objectFromV1(field string, o *v1.ObjectReference) (rel.Object, error) {
-	if o == nil {
-		return rel.Object{}, invalid(field, "required")
-	}
-	out := rel.Object{Type: o.GetObjectType(), ID: o.GetObjectId()}
-	if err := rel.ValidateObject(out); err != nil {
-		return rel.Object{}, invalid(field, "%v", err)
-	}
-	return out, nil
+	return objectOf(field, o != nil, o.GetObjectType(), o.GetObjectId())
 }
 
 func subjectFromV1(field string, s *v1.SubjectReference) (rel.Subject, error) {
-	if s == nil || s.GetObject() == nil {
-		return rel.Subject{}, invalid(field, "required")
-	}
-	out := rel.Subject{Type: s.GetObject().GetObjectType(), ID: s.GetObject().GetObjectId(), Relation: s.GetOptionalRelation()}
-	if out.Relation == "..." {
-		out.Relation = ""
-	}
-	if err := rel.ValidateSubject(out); err != nil {
-		return rel.Subject{}, invalid(field, "%v", err)
-	}
-	return out, nil
+	o := s.GetObject()
+	return subjectOf(field, o != nil, o.GetObjectType(), o.GetObjectId(), s.GetOptionalRelation())
 }
 
 func subjectToV1(s rel.Subject) *v1.SubjectReference {
@@ -83,27 +68,15 @@ func relationshipToV1(r rel.Relationship) (*v1.Relationship, error) {
 	return out, nil
 }
 
-// v1Filter is a SpiceDB relationship filter in Mandate's terms: the store
-// filter plus the resource ID prefix, which the store does not index and is
-// applied to what it yields.
-type v1Filter struct {
-	rel.Filter
-	prefix string
-}
-
-func (f v1Filter) matches(r rel.Relationship) bool {
-	return f.Filter.Matches(r) && strings.HasPrefix(r.Resource.ID, f.prefix)
-}
-
 // filterFromV1 converts a filter; a nil filter matches everything.
-func filterFromV1(field string, f *v1.RelationshipFilter) (v1Filter, error) {
+func filterFromV1(field string, f *v1.RelationshipFilter) (op.Filter, error) {
 	if f == nil {
-		return v1Filter{}, nil
+		return op.Filter{}, nil
 	}
-	out := v1Filter{Filter: rel.Filter{ResourceType: f.GetResourceType(), Relation: f.GetOptionalRelation()}, prefix: f.GetOptionalResourceIdPrefix()}
+	out := op.Filter{Filter: rel.Filter{ResourceType: f.GetResourceType(), Relation: f.GetOptionalRelation()}, ResourceIDPrefix: f.GetOptionalResourceIdPrefix()}
 	if id := f.GetOptionalResourceId(); id != "" {
-		if out.prefix != "" {
-			return v1Filter{}, authzedErr(codes.InvalidArgument, v1.ErrorReason_ERROR_REASON_INVALID_FILTER,
+		if out.ResourceIDPrefix != "" {
+			return op.Filter{}, authzedErr(codes.InvalidArgument, v1.ErrorReason_ERROR_REASON_INVALID_FILTER,
 				"the relationship filter provided is not valid: resource_id and resource_id_prefix cannot be set at the same time")
 		}
 		out.ResourceIDs = []string{id}
@@ -147,19 +120,8 @@ func checkFilter(sch *schema.Schema, f *v1.RelationshipFilter) error {
 	return nil
 }
 
-func checkPreconditionCount(n, max int) error {
-	if n > max {
-		return authzedErr(codes.InvalidArgument, v1.ErrorReason_ERROR_REASON_TOO_MANY_PRECONDITIONS_IN_REQUEST,
-			"precondition count of %d is greater than maximum allowed of %d (--update-relationships-max-preconditions-per-call)", n, max)
-	}
-	return nil
-}
-
 // preconditionsFromV1 converts and checks preconditions against the schema.
-func preconditionsFromV1(sch *schema.Schema, pre []*v1.Precondition, max int) ([]store.Precondition, error) {
-	if err := checkPreconditionCount(len(pre), max); err != nil {
-		return nil, err
-	}
+func preconditionsFromV1(sch *schema.Schema, pre []*v1.Precondition) ([]store.Precondition, error) {
 	out := make([]store.Precondition, 0, len(pre))
 	for i, p := range pre {
 		field := fmt.Sprintf("optional_preconditions[%d]", i)
@@ -173,7 +135,7 @@ func preconditionsFromV1(sch *schema.Schema, pre []*v1.Precondition, max int) ([
 		if err != nil {
 			return nil, err
 		}
-		if f.prefix != "" {
+		if f.ResourceIDPrefix != "" {
 			// The store checks preconditions atomically with the write
 			// only through filters it can evaluate itself.
 			return nil, status.Errorf(codes.Unimplemented, "%s.filter.optional_resource_id_prefix: preconditions by resource ID prefix are not supported by Mandate; name the resource IDs instead", field)

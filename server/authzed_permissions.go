@@ -11,7 +11,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/mandate-authz/mandate/engine"
-	"github.com/mandate-authz/mandate/store"
+	"github.com/mandate-authz/mandate/server/op"
 	"github.com/mandate-authz/mandate/store/rel"
 )
 
@@ -22,20 +22,20 @@ type authzedPermissions struct {
 	s *Server
 }
 
-// checkFromV1 builds an engine check; prefix names the message in errors.
-func checkFromV1(prefix string, resource *v1.ObjectReference, permission string, subject *v1.SubjectReference, ctx *structpb.Struct, obo *rel.Object) (engine.CheckRequest, error) {
+// checkFromV1 builds a check; prefix names the message in errors.
+func checkFromV1(prefix string, resource *v1.ObjectReference, permission string, subject *v1.SubjectReference, ctx *structpb.Struct, obo *rel.Object) (op.CheckRequest, error) {
 	res, err := objectFromV1(prefix+"resource", resource)
 	if err != nil {
-		return engine.CheckRequest{}, err
+		return op.CheckRequest{}, err
 	}
 	sub, err := subjectFromV1(prefix+"subject", subject)
 	if err != nil {
-		return engine.CheckRequest{}, err
+		return op.CheckRequest{}, err
 	}
 	if sub.IsWildcard() {
-		return engine.CheckRequest{}, authzedErr(codes.InvalidArgument, v1.ErrorReason_ERROR_REASON_WILDCARD_NOT_ALLOWED, "%ssubject: cannot perform check on wildcard subject", prefix)
+		return op.CheckRequest{}, authzedErr(codes.InvalidArgument, v1.ErrorReason_ERROR_REASON_WILDCARD_NOT_ALLOWED, "%ssubject: cannot perform check on wildcard subject", prefix)
 	}
-	return engine.CheckRequest{Resource: res, Permission: permission, Subject: sub, Context: contextFromProto(ctx), OnBehalfOf: obo}, nil
+	return op.CheckRequest{Resource: res, Permission: permission, Subject: sub, Context: contextFromProto(ctx), OnBehalfOf: obo}, nil
 }
 
 // engineError converts an engine error, saying where an on_behalf_of that
@@ -59,15 +59,13 @@ func (p *authzedPermissions) CheckPermission(ctx context.Context, req *v1.CheckP
 	if err != nil {
 		return nil, err
 	}
-	if creq.Revision, err = p.s.authzedEngineRevision(ctx, req.GetConsistency()); err != nil {
+	if creq.Consistency, err = p.s.consistencyFromV1(req.GetConsistency()); err != nil {
 		return nil, err
 	}
-	res, err := p.s.eng.Check(ctx, creq)
+	res, err := p.s.core.Check(ctx, creq)
 	if err != nil {
 		return nil, engineError(err, obo)
 	}
-	p.s.metrics.decision(res.Decision)
-	auditDelegation(ctx, 0, res.Delegation) // SpiceDB's response has no field for the chain
 	return &v1.CheckPermissionResponse{
 		CheckedAt:         p.s.zedToken(res.Revision),
 		Permissionship:    checkPermissionshipToV1(res.Decision),
@@ -80,71 +78,55 @@ func (p *authzedPermissions) CheckBulkPermissions(ctx context.Context, req *v1.C
 		return nil, err
 	}
 	items := req.GetItems()
-	if max := p.s.lim.MaxCheckBulkItems; len(items) > max {
-		return nil, authzedErr(codes.InvalidArgument, v1.ErrorReason_ERROR_REASON_TOO_MANY_CHECKS_IN_REQUEST,
-			"check count of %d is greater than maximum allowed of %d (--max-check-bulk-items)", len(items), max)
-	}
 	obo, err := onBehalfOf(ctx)
 	if err != nil {
 		return nil, err
 	}
-	rev, err := p.s.authzedEngineRevision(ctx, req.GetConsistency())
+	cons, err := p.s.consistencyFromV1(req.GetConsistency())
 	if err != nil {
 		return nil, err
 	}
-	if rev == 0 {
-		// Pin the revision so every item and the response token agree.
-		rev = p.s.eng.Head()
+	breq := op.CheckBulkRequest{Items: make([]op.CheckItem, len(items)), Consistency: cons}
+	for i, it := range items {
+		creq, err := checkFromV1(fmt.Sprintf("items[%d].", i), it.GetResource(), it.GetPermission(), it.GetSubject(), it.GetContext(), obo)
+		breq.Items[i] = op.CheckItem{CheckRequest: creq, Err: err}
+	}
+	out, err := p.s.core.CheckBulk(ctx, breq)
+	if err != nil {
+		return nil, authzedStatus(err)
 	}
 	pairs := make([]*v1.CheckBulkPermissionsPair, len(items))
-	var reqs []engine.CheckRequest
-	var at []int
-	for i, it := range items {
-		pairs[i] = &v1.CheckBulkPermissionsPair{Request: it}
-		creq, err := checkFromV1(fmt.Sprintf("items[%d].", i), it.GetResource(), it.GetPermission(), it.GetSubject(), it.GetContext(), obo)
-		if err != nil {
-			pairs[i].Response = &v1.CheckBulkPermissionsPair_Error{Error: status.Convert(err).Proto()}
+	for i, res := range out.Items {
+		pairs[i] = &v1.CheckBulkPermissionsPair{Request: items[i]}
+		if res.Err != nil {
+			if errors.Is(res.Err, context.Canceled) || errors.Is(res.Err, context.DeadlineExceeded) {
+				return nil, status.FromContextError(res.Err).Err()
+			}
+			pairs[i].Response = &v1.CheckBulkPermissionsPair_Error{Error: status.Convert(engineError(res.Err, obo)).Proto()}
 			continue
 		}
-		creq.Revision = rev
-		reqs = append(reqs, creq)
-		at = append(at, i)
+		pairs[i].Response = &v1.CheckBulkPermissionsPair_Item{Item: &v1.CheckBulkPermissionsResponseItem{
+			Permissionship:    checkPermissionshipToV1(res.Decision),
+			PartialCaveatInfo: partialCaveat(res.Decision, res.Missing),
+		}}
 	}
-	if len(reqs) > 0 {
-		results, errs := p.s.eng.CheckBulk(ctx, reqs)
-		for j, i := range at {
-			if errs[j] != nil {
-				if errors.Is(errs[j], context.Canceled) || errors.Is(errs[j], context.DeadlineExceeded) {
-					return nil, status.FromContextError(errs[j]).Err()
-				}
-				pairs[i].Response = &v1.CheckBulkPermissionsPair_Error{Error: status.Convert(engineError(errs[j], obo)).Proto()}
-				continue
-			}
-			res := results[j]
-			p.s.metrics.decision(res.Decision)
-			auditDelegation(ctx, i, res.Delegation)
-			pairs[i].Response = &v1.CheckBulkPermissionsPair_Item{Item: &v1.CheckBulkPermissionsResponseItem{
-				Permissionship:    checkPermissionshipToV1(res.Decision),
-				PartialCaveatInfo: partialCaveat(res.Decision, res.Missing),
-			}}
-		}
-	}
-	return &v1.CheckBulkPermissionsResponse{CheckedAt: p.s.zedToken(rev), Pairs: pairs}, nil
+	return &v1.CheckBulkPermissionsResponse{CheckedAt: p.s.zedToken(out.Revision), Pairs: pairs}, nil
 }
 
-// limitError is SpiceDB's answer to a limit over the server's maximum.
-func limitError(limit uint32, max int, flag string) error {
-	return authzedErr(codes.InvalidArgument, v1.ErrorReason_ERROR_REASON_EXCEEDS_MAXIMUM_ALLOWABLE_LIMIT,
-		"provided limit %d is greater than maximum allowed of %d (%s)", limit, max, flag)
+// resumeV1 parses a paged request's cursor (the page's exact revision and
+// the last key or ID returned) or, without one, its consistency.
+func (s *Server) resumeV1(c *v1.Cursor, consistency *v1.Consistency, reqHash uint64) (op.Consistency, string, error) {
+	if c == nil {
+		cons, err := s.consistencyFromV1(consistency)
+		return cons, "", err
+	}
+	return s.resumeCursor(c.GetToken(), reqHash)
 }
 
 func (p *authzedPermissions) LookupResources(req *v1.LookupResourcesRequest, stream v1.PermissionsService_LookupResourcesServer) error {
 	ctx := stream.Context()
 	if err := validateAuthzed(req); err != nil {
 		return err
-	}
-	if limit := req.GetOptionalLimit(); int64(limit) > int64(p.s.lim.MaxLookupLimit) {
-		return limitError(limit, p.s.lim.MaxLookupLimit, "--max-lookup-limit")
 	}
 	obo, err := onBehalfOf(ctx)
 	if err != nil {
@@ -161,55 +143,35 @@ func (p *authzedPermissions) LookupResources(req *v1.LookupResourcesRequest, str
 		return authzedErr(codes.InvalidArgument, v1.ErrorReason_ERROR_REASON_WILDCARD_NOT_ALLOWED, "subject: cannot perform lookup resources on wildcard")
 	}
 	hash := requestHash(req, func(r *v1.LookupResourcesRequest) { r.OptionalCursor, r.OptionalLimit, r.Consistency = nil, 0, nil })
-	var rev store.Revision
-	after := ""
-	if c := req.GetOptionalCursor(); c != nil {
-		cur, err := p.s.inst.decodeCursor("optional_cursor", c.GetToken(), hash)
-		if err != nil {
-			return err
-		}
-		if err := p.s.waitFor(ctx, cur.rev); err != nil {
-			return err
-		}
-		rev, after = cur.rev, cur.after
-	} else if rev, err = p.s.authzedEngineRevision(ctx, req.GetConsistency()); err != nil {
+	cons, after, err := p.s.resumeV1(req.GetOptionalCursor(), req.GetConsistency(), hash)
+	if err != nil {
 		return err
 	}
-	results, at, err := p.s.eng.LookupResources(ctx, engine.LookupResourcesRequest{
+	out, err := p.s.core.LookupResources(ctx, op.LookupResourcesRequest{
 		ResourceType: req.GetResourceObjectType(),
 		Permission:   req.GetPermission(),
 		Subject:      sub,
 		Context:      contextFromProto(req.GetContext()),
 		OnBehalfOf:   obo,
-		Revision:     rev,
+		Consistency:  cons,
 		After:        after,
 		Limit:        int(req.GetOptionalLimit()),
 	})
 	if err != nil {
 		return engineError(err, obo)
 	}
-	token := p.s.zedToken(at)
-	sent := uint32(0)
-	limit := req.GetOptionalLimit()
-	for _, r := range results {
-		// Results come sorted by ID, so the last ID sent resumes the stream.
-		if after != "" && r.ID <= after {
-			continue
-		}
-		if limit > 0 && sent >= limit {
-			break
-		}
+	token := p.s.zedToken(out.Revision)
+	for _, r := range out.Results {
 		err := stream.Send(&v1.LookupResourcesResponse{
 			LookedUpAt:        token,
 			ResourceObjectId:  r.ID,
 			Permissionship:    lookupPermissionshipToV1(r.Decision),
 			PartialCaveatInfo: partialCaveat(r.Decision, r.Missing),
-			AfterResultCursor: &v1.Cursor{Token: p.s.inst.encodeCursor(cursor{rev: at, req: hash, after: r.ID})},
+			AfterResultCursor: &v1.Cursor{Token: p.s.cursorAfter(out.Revision, hash, r.ID)},
 		})
 		if err != nil {
 			return err
 		}
-		sent++
 	}
 	return nil
 }
@@ -234,23 +196,23 @@ func (p *authzedPermissions) LookupSubjects(req *v1.LookupSubjectsRequest, strea
 	if err := rel.ValidateSubject(rel.Subject{Type: req.GetSubjectObjectType(), ID: "x", Relation: relation}); err != nil {
 		return invalid("subject_object_type", "%v", err)
 	}
-	rev, err := p.s.authzedEngineRevision(ctx, req.GetConsistency())
+	cons, err := p.s.consistencyFromV1(req.GetConsistency())
 	if err != nil {
 		return err
 	}
-	results, at, err := p.s.eng.LookupSubjects(ctx, engine.LookupSubjectsRequest{
+	out, err := p.s.core.LookupSubjects(ctx, op.LookupSubjectsRequest{
 		Resource:        res,
 		Permission:      req.GetPermission(),
 		SubjectType:     req.GetSubjectObjectType(),
 		SubjectRelation: relation,
 		Context:         contextFromProto(req.GetContext()),
-		Revision:        rev,
+		Consistency:     cons,
 	})
 	if err != nil {
 		return authzedStatus(err)
 	}
-	token := p.s.zedToken(at)
-	for _, r := range results {
+	token := p.s.zedToken(out.Revision)
+	for _, r := range out.Results {
 		if r.ID == rel.Wildcard && req.GetWildcardOption() == v1.LookupSubjectsRequest_WILDCARD_OPTION_EXCLUDE_WILDCARDS {
 			continue
 		}
@@ -259,7 +221,7 @@ func (p *authzedPermissions) LookupSubjects(req *v1.LookupSubjectsRequest, strea
 			Permissionship:    lookupPermissionshipToV1(r.Decision),
 			PartialCaveatInfo: partialCaveat(r.Decision, r.Missing),
 		}
-		out := &v1.LookupSubjectsResponse{
+		resp := &v1.LookupSubjectsResponse{
 			LookedUpAt: token,
 			Subject:    subject,
 			// The deprecated flat fields, for older clients.
@@ -268,14 +230,14 @@ func (p *authzedPermissions) LookupSubjects(req *v1.LookupSubjectsRequest, strea
 			PartialCaveatInfo: subject.PartialCaveatInfo,
 		}
 		for _, x := range r.Excluded {
-			out.ExcludedSubjects = append(out.ExcludedSubjects, &v1.ResolvedSubject{
+			resp.ExcludedSubjects = append(resp.ExcludedSubjects, &v1.ResolvedSubject{
 				SubjectObjectId:   x.ID,
 				Permissionship:    lookupPermissionshipToV1(x.Decision),
 				PartialCaveatInfo: partialCaveat(x.Decision, x.Missing),
 			})
-			out.ExcludedSubjectIds = append(out.ExcludedSubjectIds, x.ID)
+			resp.ExcludedSubjectIds = append(resp.ExcludedSubjectIds, x.ID)
 		}
-		if err := stream.Send(out); err != nil {
+		if err := stream.Send(resp); err != nil {
 			return err
 		}
 	}
@@ -290,19 +252,15 @@ func (p *authzedPermissions) ExpandPermissionTree(ctx context.Context, req *v1.E
 	if err != nil {
 		return nil, err
 	}
-	rev, err := p.s.authzedEngineRevision(ctx, req.GetConsistency())
+	cons, err := p.s.consistencyFromV1(req.GetConsistency())
 	if err != nil {
 		return nil, err
 	}
-	if rev == 0 {
-		// Expand reports no revision; pin one so the token is exact.
-		rev = p.s.eng.Head()
-	}
 	// SpiceDB's Expand is shallow: usersets stay subjects, arrows are
 	// followed.
-	tree, err := p.s.eng.Expand(ctx, res, req.GetPermission(), rev, false)
+	out, err := p.s.core.Expand(ctx, op.ExpandRequest{Resource: res, Permission: req.GetPermission(), Consistency: cons})
 	if err != nil {
 		return nil, authzedStatus(err)
 	}
-	return &v1.ExpandPermissionTreeResponse{ExpandedAt: p.s.zedToken(rev), TreeRoot: expandToV1(tree, "")}, nil
+	return &v1.ExpandPermissionTreeResponse{ExpandedAt: p.s.zedToken(out.Revision), TreeRoot: expandToV1(out.Tree, "")}, nil
 }

@@ -3,10 +3,10 @@ package server
 // This file and the other authzed_*.go files serve SpiceDB's authzed.api.v1
 // API (PermissionsService, SchemaService, WatchService) on the gRPC listener
 // beside mandate.v1, so that zed and the authzed client libraries work
-// against Mandate unchanged. They only translate: every call goes to the same
-// store, engine, consistency and token code, limits and interceptors (auth,
-// request timeout, metrics) as mandate.v1. What they add is SpiceDB's
-// request shapes, its error codes for the same mistakes, and two things
+// against Mandate unchanged. They only translate: every call goes to the
+// operation core (server/op) and the interceptors (auth, request timeout,
+// metrics) as mandate.v1's do. What they add is SpiceDB's request shapes,
+// its error codes for the same mistakes, and two things
 // SpiceDB's API has no field for: an agent's principal (the
 // mandate-on-behalf-of header) and the engine's delegation semantics, which
 // apply whenever a check's subject is an agent type.
@@ -27,6 +27,7 @@ import (
 
 	"github.com/mandate-authz/mandate/engine"
 	"github.com/mandate-authz/mandate/schema"
+	"github.com/mandate-authz/mandate/server/op"
 	"github.com/mandate-authz/mandate/store"
 	"github.com/mandate-authz/mandate/store/rel"
 )
@@ -112,7 +113,17 @@ func authzedStatus(err error) error {
 	}
 	msg := err.Error()
 	var se *schema.Error
+	var limit *op.LimitError
+	var ahead *op.TokenAheadError
 	switch {
+	case errors.As(err, &limit):
+		return authzedLimitStatus(limit)
+	case errors.As(err, &ahead):
+		return status.Errorf(codes.OutOfRange, "invalid revision: %s names revision %d but the store is at %d", ahead.Field, ahead.Revision, ahead.Head)
+	case is(op.ErrSchemaNotFound):
+		return status.Error(codes.NotFound, "No schema has been defined; please call WriteSchema to start")
+	case is(op.ErrUnavailable):
+		return status.Error(codes.Unavailable, msg)
 	case is(context.DeadlineExceeded, context.Canceled):
 		return status.FromContextError(err).Err()
 	case is(store.ErrAlreadyExists):
@@ -147,25 +158,41 @@ func authzedStatus(err error) error {
 	return toStatus(err)
 }
 
-// --- names against the schema ---
-
-// schemaAt returns the schema the engine has at rev (0: head), waiting for
-// the engine to reach rev first.
-func (s *Server) schemaAt(ctx context.Context, rev store.Revision) (*schema.Schema, error) {
-	if err := s.waitFor(ctx, rev); err != nil {
-		return nil, err
+// authzedLimitStatus words a limit error as SpiceDB does.
+func authzedLimitStatus(e *op.LimitError) error {
+	switch e.Limit {
+	case op.LimitCheckBulkItems:
+		return authzedErr(codes.InvalidArgument, v1.ErrorReason_ERROR_REASON_TOO_MANY_CHECKS_IN_REQUEST,
+			"check count of %d is greater than maximum allowed of %d (--max-check-bulk-items)", e.Got, e.Max)
+	case op.LimitWriteUpdates:
+		return authzedErr(codes.InvalidArgument, v1.ErrorReason_ERROR_REASON_TOO_MANY_UPDATES_IN_REQUEST,
+			"too many updates (%d) for WriteRelationships call (maximum: %d, --write-relationships-max-updates-per-call); consider using ImportBulkRelationships API instead", e.Got, e.Max)
+	case op.LimitPreconditions:
+		return authzedErr(codes.InvalidArgument, v1.ErrorReason_ERROR_REASON_TOO_MANY_PRECONDITIONS_IN_REQUEST,
+			"precondition count of %d is greater than maximum allowed of %d (--update-relationships-max-preconditions-per-call)", e.Got, e.Max)
+	case op.LimitLookup:
+		return limitError(e.Got, e.Max, "--max-lookup-limit")
+	case op.LimitRead:
+		return limitError(e.Got, e.Max, "--max-read-relationships-limit")
+	case op.LimitDelete:
+		return limitError(e.Got, e.Max, "--max-delete-relationships-limit")
+	case op.LimitBulkBatch:
+		return limitError(e.Got, e.Max, "--max-bulk-relationships-batch")
 	}
-	return s.eng.Schema(rev), nil
+	return status.Error(codes.InvalidArgument, e.Error())
 }
 
-// headSchema returns the schema at the store's head, once the engine has
-// caught up with it: writes are validated against the store's schema.
-func (s *Server) headSchema(ctx context.Context) (*schema.Schema, error) {
-	head, err := s.storeHead(ctx)
-	if err != nil {
-		return nil, authzedStatus(err)
-	}
-	return s.schemaAt(ctx, head)
+// limitError is SpiceDB's answer to a limit over the server's maximum.
+func limitError(limit, max int, flag string) error {
+	return authzedErr(codes.InvalidArgument, v1.ErrorReason_ERROR_REASON_EXCEEDS_MAXIMUM_ALLOWABLE_LIMIT,
+		"provided limit %d is greater than maximum allowed of %d (%s)", limit, max, flag)
+}
+
+// classifyAuthzed names an error's outcome as authzed.api.v1 returns it,
+// for audit events.
+func classifyAuthzed(err error) (string, string) {
+	st := status.Convert(authzedStatus(err))
+	return st.Code().String(), st.Message()
 }
 
 // classifyWriteError gives a write the store refused SpiceDB's code: a name
@@ -173,7 +200,7 @@ func (s *Server) headSchema(ctx context.Context) (*schema.Schema, error) {
 // InvalidArgument. Naming costs nothing on writes that succeed.
 func (s *Server) classifyWriteError(ctx context.Context, err error, muts []store.Mutation) error {
 	if errors.Is(err, store.ErrInvalidRelationship) || errors.Is(err, store.ErrNoSchema) {
-		if sch, serr := s.headSchema(ctx); serr == nil {
+		if sch, serr := s.core.HeadSchema(ctx); serr == nil {
 			for _, m := range muts {
 				if nerr := checkRelationshipNames(sch, m.Rel); nerr != nil {
 					return nerr
@@ -209,34 +236,40 @@ func checkRelationshipNames(sch *schema.Schema, r rel.Relationship) error {
 
 // --- consistency and tokens ---
 
-// authzedToken decodes a ZedToken. foreign reports a well-formed token
-// issued by a different Mandate store, which SpiceDB's default
-// (--mismatch-zed-token-behavior=full-consistency) treats as a request for
-// full consistency where it can.
-func (s *Server) authzedToken(ctx context.Context, field string, t *v1.ZedToken) (rev store.Revision, foreign bool, err error) {
-	rev, err = s.inst.decodeToken(field, t.GetToken())
+// consistencyFromV1 parses SpiceDB's consistency requirement. A
+// well-formed ZedToken issued by a different Mandate store is foreign: as
+// SpiceDB's default (--mismatch-zed-token-behavior=full-consistency),
+// at_least_as_fresh then reads fully consistent; an exact snapshot cannot
+// be served from it.
+func (s *Server) consistencyFromV1(c *v1.Consistency) (op.Consistency, error) {
+	switch r := c.GetRequirement().(type) {
+	case *v1.Consistency_FullyConsistent:
+		if r.FullyConsistent {
+			return op.Consistency{Mode: op.FullyConsistent}, nil
+		}
+	case *v1.Consistency_AtLeastAsFresh:
+		return s.zedTokenConsistency(op.AtLeastAsFresh, "consistency.at_least_as_fresh", r.AtLeastAsFresh)
+	case *v1.Consistency_AtExactSnapshot:
+		cons, err := s.zedTokenConsistency(op.AtExactSnapshot, "consistency.at_exact_snapshot", r.AtExactSnapshot)
+		if err == nil && cons.Foreign {
+			return op.Consistency{}, status.Error(codes.InvalidArgument, "consistency.at_exact_snapshot: the ZedToken was issued by a different Mandate store; an exact snapshot needs a token from this one")
+		}
+		return cons, err
+	}
+	return op.Consistency{}, nil
+}
+
+// zedTokenConsistency decodes a ZedToken; Foreign marks a well-formed token
+// of another store.
+func (s *Server) zedTokenConsistency(mode op.Mode, field string, t *v1.ZedToken) (op.Consistency, error) {
+	rev, err := s.inst.decodeToken(field, t.GetToken())
 	if err != nil {
 		if foreignToken(t.GetToken()) {
-			return 0, true, nil
+			return op.Consistency{Mode: mode, Field: field, Foreign: true}, nil
 		}
-		return 0, false, status.Errorf(codes.InvalidArgument, "invalid revision requested: %s", status.Convert(err).Message())
+		return op.Consistency{}, status.Errorf(codes.InvalidArgument, "invalid revision requested: %s", status.Convert(err).Message())
 	}
-	if rev <= s.eng.Head() {
-		return rev, false, nil
-	}
-	head, err := s.storeHead(ctx)
-	if status.Code(err) == codes.Unavailable {
-		// The store cannot vouch for the token now; the bounded wait for
-		// the engine decides, as in the native API's decodeRevision.
-		return rev, false, nil
-	}
-	if err != nil {
-		return 0, false, err
-	}
-	if rev > head {
-		return 0, false, status.Errorf(codes.OutOfRange, "invalid revision: %s names revision %d but the store is at %d", field, rev, head)
-	}
-	return rev, false, nil
+	return op.Consistency{Mode: mode, Revision: rev, Field: field}, nil
 }
 
 // foreignToken reports whether text is a well-formed revision token of some
@@ -250,70 +283,6 @@ func foreignToken(text string) bool {
 	copy(other[:], raw[2:headerLen])
 	_, err = other.decodeToken("token", text)
 	return err == nil
-}
-
-// authzedEngineRevision applies a consistency requirement to a read the
-// engine answers, with SpiceDB's meanings (see consistency.go), and returns
-// the revision to pass to the engine (0: its head).
-func (s *Server) authzedEngineRevision(ctx context.Context, c *v1.Consistency) (store.Revision, error) {
-	// One bound for reading the store's head and waiting for the engine.
-	ctx, cancel := s.boundRevisionWait(ctx)
-	defer cancel()
-	switch r := c.GetRequirement().(type) {
-	case *v1.Consistency_FullyConsistent:
-		if r.FullyConsistent {
-			return 0, s.waitForStoreHead(ctx)
-		}
-	case *v1.Consistency_AtLeastAsFresh:
-		rev, foreign, err := s.authzedToken(ctx, "consistency.at_least_as_fresh", r.AtLeastAsFresh)
-		if err != nil {
-			return 0, err
-		}
-		if foreign {
-			return 0, s.waitForStoreHead(ctx)
-		}
-		return 0, s.waitFor(ctx, rev)
-	case *v1.Consistency_AtExactSnapshot:
-		rev, err := s.exactSnapshot(ctx, r.AtExactSnapshot)
-		if err != nil {
-			return 0, err
-		}
-		return rev, s.waitFor(ctx, rev)
-	}
-	return 0, nil
-}
-
-func (s *Server) exactSnapshot(ctx context.Context, t *v1.ZedToken) (store.Revision, error) {
-	rev, foreign, err := s.authzedToken(ctx, "consistency.at_exact_snapshot", t)
-	if err != nil {
-		return 0, err
-	}
-	if foreign {
-		return 0, status.Error(codes.InvalidArgument, "consistency.at_exact_snapshot: the ZedToken was issued by a different Mandate store; an exact snapshot needs a token from this one")
-	}
-	return rev, nil
-}
-
-func (s *Server) waitForStoreHead(ctx context.Context) error {
-	head, err := s.storeHead(ctx)
-	if err != nil {
-		return err
-	}
-	return s.waitFor(ctx, head)
-}
-
-// authzedStoreRevision applies a consistency requirement to a read the store
-// answers: exactly at the token for at_exact_snapshot, else at the head.
-func (s *Server) authzedStoreRevision(ctx context.Context, c *v1.Consistency) (store.Revision, error) {
-	switch r := c.GetRequirement().(type) {
-	case *v1.Consistency_AtExactSnapshot:
-		return s.exactSnapshot(ctx, r.AtExactSnapshot)
-	case *v1.Consistency_AtLeastAsFresh:
-		if _, _, err := s.authzedToken(ctx, "consistency.at_least_as_fresh", r.AtLeastAsFresh); err != nil {
-			return 0, err
-		}
-	}
-	return s.storeHead(ctx)
 }
 
 func (s *Server) zedToken(rev store.Revision) *v1.ZedToken {

@@ -20,10 +20,16 @@ func invalid(field, format string, args ...any) error {
 }
 
 func objectFromProto(field string, o *pb.ObjectReference) (rel.Object, error) {
-	if o == nil {
+	return objectOf(field, o != nil, o.GetObjectType(), o.GetObjectId())
+}
+
+// objectOf validates an object reference of either API (present: the
+// message was sent), naming the field in errors.
+func objectOf(field string, present bool, typ, id string) (rel.Object, error) {
+	if !present {
 		return rel.Object{}, invalid(field, "required")
 	}
-	out := rel.Object{Type: o.GetObjectType(), ID: o.GetObjectId()}
+	out := rel.Object{Type: typ, ID: id}
 	if err := rel.ValidateObject(out); err != nil {
 		return rel.Object{}, invalid(field, "%v", err)
 	}
@@ -35,10 +41,17 @@ func objectToProto(o rel.Object) *pb.ObjectReference {
 }
 
 func subjectFromProto(field string, s *pb.SubjectReference) (rel.Subject, error) {
-	if s == nil || s.GetObject() == nil {
+	o := s.GetObject()
+	return subjectOf(field, o != nil, o.GetObjectType(), o.GetObjectId(), s.GetOptionalRelation())
+}
+
+// subjectOf validates a subject reference of either API (present: its
+// object was sent); SpiceDB's "..." relation means none.
+func subjectOf(field string, present bool, typ, id, relation string) (rel.Subject, error) {
+	if !present {
 		return rel.Subject{}, invalid(field, "required")
 	}
-	out := rel.Subject{Type: s.GetObject().GetObjectType(), ID: s.GetObject().GetObjectId(), Relation: s.GetOptionalRelation()}
+	out := rel.Subject{Type: typ, ID: id, Relation: relation}
 	if out.Relation == "..." {
 		out.Relation = ""
 	}
@@ -188,10 +201,9 @@ func filterFromProto(field string, f *pb.RelationshipFilter) (rel.Filter, error)
 	return out, nil
 }
 
-func preconditionsFromProto(pre []*pb.Precondition, max int) ([]store.Precondition, error) {
-	if len(pre) > max {
-		return nil, status.Errorf(codes.InvalidArgument, "optional_preconditions: %d preconditions, at most %d per call", len(pre), max)
-	}
+// preconditionsFromProto converts preconditions; the core bounds their
+// number.
+func preconditionsFromProto(pre []*pb.Precondition) ([]store.Precondition, error) {
 	out := make([]store.Precondition, 0, len(pre))
 	for i, p := range pre {
 		field := fmt.Sprintf("optional_preconditions[%d]", i)

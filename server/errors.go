@@ -3,21 +3,21 @@ package server
 import (
 	"context"
 	"errors"
-	"io"
-	"net"
-	"strings"
-	"syscall"
+	"fmt"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/mandate-authz/mandate/engine"
 	"github.com/mandate-authz/mandate/schema"
+	"github.com/mandate-authz/mandate/server/audit"
+	"github.com/mandate-authz/mandate/server/op"
 	"github.com/mandate-authz/mandate/store"
 )
 
-// toStatus converts any error a handler meets into a gRPC status error whose
-// message says what went wrong. Status errors pass through unchanged.
+// toStatus converts any error a mandate.v1 handler meets into a gRPC status
+// error whose message says what went wrong. Status errors pass through
+// unchanged.
 func toStatus(err error) error {
 	if err == nil {
 		return nil
@@ -25,12 +25,51 @@ func toStatus(err error) error {
 	if _, ok := status.FromError(err); ok {
 		return err
 	}
+	var limit *op.LimitError
+	var ahead *op.TokenAheadError
+	var imp *op.ImportError
+	switch {
+	case errors.As(err, &limit):
+		return limitStatus(limit)
+	case errors.As(err, &ahead):
+		return status.Error(codes.InvalidArgument, ahead.Error())
+	case errors.As(err, &imp):
+		committed := fmt.Sprintf("; %d relationships from %d earlier batches were committed", imp.Committed, imp.Batches)
+		return status.Errorf(codeOf(imp.Err), "batch %d: %v%s", imp.Batch, imp.Err, committed)
+	case errors.Is(err, op.ErrSchemaNotFound):
+		return status.Error(codes.NotFound, "no schema has been written")
+	}
 	return status.Error(codeOf(err), err.Error())
 }
 
-// codeOf maps the engine's and the store's sentinel errors to gRPC codes.
-// Naming something the schema does not define is the caller's mistake
-// (InvalidArgument); a request the current state cannot serve is
+// limitStatus words a limit error in mandate.v1's terms, naming the field
+// and the flag that sets the limit.
+func limitStatus(e *op.LimitError) error {
+	over := func(field, flag string) error {
+		return invalid(field, "%d is over the server's maximum of %d (%s)", e.Got, e.Max, flag)
+	}
+	switch e.Limit {
+	case op.LimitCheckBulkItems:
+		return invalid("items", "%d checks, at most %d per CheckBulk (--max-check-bulk-items)", e.Got, e.Max)
+	case op.LimitWriteUpdates:
+		return invalid("updates", "%d updates, at most %d per call (--write-relationships-max-updates-per-call)", e.Got, e.Max)
+	case op.LimitPreconditions:
+		return status.Errorf(codes.InvalidArgument, "optional_preconditions: %d preconditions, at most %d per call", e.Got, e.Max)
+	case op.LimitLookup:
+		return over("optional_limit", "--max-lookup-limit")
+	case op.LimitRead:
+		return over("optional_limit", "--max-read-relationships-limit")
+	case op.LimitDelete:
+		return over("optional_limit", "--max-delete-relationships-limit")
+	case op.LimitBulkBatch:
+		return over("optional_batch_size", "--max-bulk-relationships-batch")
+	}
+	return status.Error(codes.InvalidArgument, e.Error())
+}
+
+// codeOf maps the engine's, the store's and the core's sentinel errors to
+// gRPC codes. Naming something the schema does not define is the caller's
+// mistake (InvalidArgument); a request the current state cannot serve is
 // FailedPrecondition.
 func codeOf(err error) codes.Code {
 	if s, ok := status.FromError(err); ok {
@@ -50,14 +89,14 @@ func codeOf(err error) codes.Code {
 		return codes.DeadlineExceeded
 	case is(context.Canceled):
 		return codes.Canceled
+	case is(op.ErrUnavailable, engine.ErrRevisionAhead):
+		return codes.Unavailable
 	case is(store.ErrAlreadyExists):
 		return codes.AlreadyExists
 	case is(engine.ErrMaxDepth):
 		return codes.ResourceExhausted
-	case is(engine.ErrRevisionAhead):
-		return codes.Unavailable
 	case is(engine.ErrNoSchema, store.ErrNoSchema, store.ErrSchemaOrphans, store.ErrPreconditionFailed,
-		store.ErrLimitExceeded, engine.ErrRevisionGone, store.ErrRevisionGone):
+		store.ErrLimitExceeded, engine.ErrRevisionGone, store.ErrRevisionGone, op.ErrAuditOff, audit.ErrNotQueryable):
 		return codes.FailedPrecondition
 	case is(engine.ErrUnknownType, engine.ErrUnknownRelation, engine.ErrInvalidContext,
 		engine.ErrInvalidOnBehalfOf, engine.ErrAmbiguousAgent, store.ErrInvalidSchema,
@@ -65,32 +104,15 @@ func codeOf(err error) codes.Code {
 		return codes.InvalidArgument
 	case errors.As(err, &se):
 		return codes.InvalidArgument
-	case storeUnreachable(err):
+	case op.StoreUnreachable(err):
 		return codes.Unavailable
 	}
 	return codes.Internal
 }
 
-// storeUnreachable reports an error from losing the store's database rather
-// than from the request: a network error, a connection cut mid-reply, a
-// driver error raised before anything was sent (SafeToRetry, as pgx reports
-// a closed connection), or the database refusing work while it shuts down
-// or starts (SQLSTATE class 08 and 57P01-57P03). Clients may retry these;
-// a write cut off mid-commit may or may not have committed.
-func storeUnreachable(err error) bool {
-	var netErr net.Error
-	if errors.As(err, &netErr) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) ||
-		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) {
-		return true
-	}
-	var retry interface{ SafeToRetry() bool }
-	if errors.As(err, &retry) && retry.SafeToRetry() {
-		return true
-	}
-	var sql interface{ SQLState() string }
-	if errors.As(err, &sql) {
-		code := sql.SQLState()
-		return strings.HasPrefix(code, "08") || code == "57P01" || code == "57P02" || code == "57P03"
-	}
-	return false
+// classifyMandate names an error's outcome as mandate.v1 returns it, for
+// audit events.
+func classifyMandate(err error) (string, string) {
+	st := status.Convert(toStatus(err))
+	return st.Code().String(), st.Message()
 }

@@ -8,11 +8,15 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/mandate-authz/mandate/engine"
 	"github.com/mandate-authz/mandate/store"
+	"github.com/mandate-authz/mandate/store/rel"
 )
 
-// Following the store through outages. The engine answers from its index,
-// fed by the store's change stream; when the stream fails (the database
+// Following the store: this is the one loop that feeds the engine (which
+// reads no store itself). It loads a snapshot of the store's head through
+// Engine.LoadSnapshot at first, then applies the store's change stream
+// through Engine.Apply. When the stream fails (the database
 // goes away, a network partition) the server does not stop. It turns not
 // ready (health NOT_SERVING, /readyz 503), logs the error, and retries with
 // capped, jittered exponential backoff. When the store answers again it
@@ -99,9 +103,10 @@ func jitter(d time.Duration) time.Duration {
 	return d/2 + rand.N(d/2+1)
 }
 
-// followOnce follows the store until that fails or ctx is done, turning
-// the server ready once the engine has applied the store's head as of the
-// start. It reports whether it got that far.
+// followOnce follows the store until that fails or ctx is done: it loads
+// a snapshot first when resync is set, then resumes the change stream from
+// the engine's head. It turns the server ready once the engine has applied
+// the store's head as of the start, and reports whether it got that far.
 func (s *Server) followOnce(ctx context.Context, resync bool) (caughtUp bool, err error) {
 	head, err := s.st.Head(ctx)
 	if err != nil {
@@ -130,15 +135,12 @@ func (s *Server) followOnce(ctx context.Context, resync bool) (caughtUp bool, er
 		if s.eng.Head() > 0 {
 			s.log.Warn("reloading a snapshot of the store", "engine_revision", uint64(s.eng.Head()), "store_revision", uint64(head))
 		}
-		// Follow loads a snapshot when the store is ahead of the engine,
-		// then follows the stream from there.
-		return false, s.eng.Follow(actx, s.st, func(n int) {
-			s.log.Info("loading relationships", "loaded", n)
-		})
+		if err := s.loadSnapshot(actx, head); err != nil {
+			return false, err
+		}
 	}
-	// Resume from the engine's head. (Engine.Follow would reload a whole
-	// snapshot whenever the store has moved ahead, dropping the engine's
-	// history, so it serves only for loading.)
+	// Resume from the engine's head: nothing applied is loaded twice, and
+	// the engine keeps its history.
 	for ch, err := range s.st.Watch(actx, s.eng.Head()) {
 		if err != nil {
 			return false, fmt.Errorf("following the store's changes after revision %d: %w", s.eng.Head(), err)
@@ -148,4 +150,20 @@ func (s *Server) followOnce(ctx context.Context, resync bool) (caughtUp bool, er
 		}
 	}
 	return false, actx.Err()
+}
+
+// loadSnapshot loads the store's state at head into the engine, unless the
+// engine is there already.
+func (s *Server) loadSnapshot(ctx context.Context, head store.Revision) error {
+	if head <= s.eng.Head() {
+		return nil
+	}
+	text, _, err := s.st.ReadSchema(ctx, head)
+	if err != nil {
+		return fmt.Errorf("reading the schema at revision %d: %w", head, err)
+	}
+	snap := engine.Snapshot{Revision: head, Schema: text, Relationships: s.st.Read(ctx, head, rel.Filter{}, nil)}
+	return s.eng.LoadSnapshot(ctx, snap, func(n int) {
+		s.log.Info("loading relationships", "loaded", n)
+	})
 }

@@ -96,13 +96,13 @@ func (f *flakyStore) DeleteMatching(ctx context.Context, pre []store.Preconditio
 	return f.Store.DeleteMatching(ctx, pre, filter, limit)
 }
 
-func (f *flakyStore) Read(ctx context.Context, rev store.Revision, filter rel.Filter) iter.Seq2[rel.Relationship, error] {
+func (f *flakyStore) Read(ctx context.Context, rev store.Revision, filter rel.Filter, after *rel.Key) iter.Seq2[rel.Relationship, error] {
 	return func(yield func(rel.Relationship, error) bool) {
 		if err, _ := f.state(); err != nil {
 			yield(rel.Relationship{}, fmt.Errorf("read: %w", err))
 			return
 		}
-		for r, err := range f.Store.Read(ctx, rev, filter) {
+		for r, err := range f.Store.Read(ctx, rev, filter, after) {
 			if !yield(r, err) {
 				return
 			}

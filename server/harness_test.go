@@ -308,7 +308,7 @@ func (ts *testServer) state() storeState {
 		ts.t.Fatal(err)
 	}
 	s := storeState{head: head, schema: text}
-	for r, err := range ts.st.Read(ctx, head, rel.Filter{}) {
+	for r, err := range ts.st.Read(ctx, head, rel.Filter{}, nil) {
 		if err != nil {
 			ts.t.Fatal(err)
 		}

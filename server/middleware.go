@@ -2,21 +2,28 @@ package server
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"runtime/debug"
+	"strconv"
+	"strings"
+	"sync/atomic"
 	"time"
 
 	authzedv1 "github.com/authzed/authzed-go/proto/authzed/api/v1"
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	pb "github.com/mandate-authz/mandate/proto/mandate/v1"
-	"github.com/mandate-authz/mandate/server/audit"
+	"github.com/mandate-authz/mandate/server/op"
 )
 
 // longRunning methods are exempt from the request timeout: they last as long
@@ -43,12 +50,18 @@ func transportOf(ctx context.Context) string {
 	return "grpc"
 }
 
-// begin authenticates a call and applies the request timeout. The returned
-// cancel must be called when the call ends.
+// begin authenticates a call, puts the caller's identity in its context
+// and applies the request timeout. The returned cancel must be called when
+// the call ends.
 func (s *Server) begin(ctx context.Context, fullMethod string) (context.Context, context.CancelFunc, error) {
-	if err := s.auth.check(ctx, fullMethod); err != nil {
+	id, err := s.auth.authenticate(ctx, fullMethod)
+	if err != nil {
 		return ctx, func() {}, err
 	}
+	// This is the one place a per-method authorization of the identity
+	// (scoped API keys: may this key call fullMethod?) belongs: the caller
+	// is resolved and the method known, before any handler runs.
+	ctx = op.WithIdentity(ctx, id)
 	if isPublic(fullMethod) || longRunning(fullMethod) {
 		return ctx, func() {}, nil
 	}
@@ -91,25 +104,31 @@ func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.Unary
 	}()
 	ctx, cancel, err := s.begin(ctx, info.FullMethod)
 	defer cancel()
-	if err != nil {
-		s.auditRefused(ctx, info.FullMethod, func(a *auditCall) []*audit.Event {
-			if build := unaryAuditors[info.FullMethod]; build != nil {
-				return build(a, req, nil)
-			}
-			return nil
-		}, err)
-		return nil, err
+	ctx, call := s.beginCall(ctx, info.FullMethod)
+	if err == nil {
+		resp, err = handler(ctx, req)
 	}
-	return handler(ctx, req)
+	s.core.End(ctx, call, func() op.Request { return refusedRequest(ctx, info.FullMethod, req) }, err)
+	return resp, err
 }
 
-// ctxStream overrides a stream's context.
+// ctxStream overrides a stream's context and keeps its first message,
+// which describes the call if it is refused.
 type ctxStream struct {
 	grpc.ServerStream
-	ctx context.Context
+	ctx   context.Context
+	first any
 }
 
-func (c ctxStream) Context() context.Context { return c.ctx }
+func (c *ctxStream) Context() context.Context { return c.ctx }
+
+func (c *ctxStream) RecvMsg(m any) error {
+	err := c.ServerStream.RecvMsg(m)
+	if err == nil && c.first == nil {
+		c.first = m
+	}
+	return err
+}
 
 func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
 	start := time.Now()
@@ -117,16 +136,13 @@ func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.Str
 	defer func() { err = s.finish(ctx, info.FullMethod, start, recover(), err) }()
 	ctx, cancel, err := s.begin(ctx, info.FullMethod)
 	defer cancel()
-	if err != nil {
-		s.auditRefused(ctx, info.FullMethod, func(a *auditCall) []*audit.Event {
-			if build := streamAuditors[info.FullMethod]; build != nil {
-				return []*audit.Event{build(a, &auditedStream{ServerStream: ss})}
-			}
-			return nil
-		}, err)
-		return err
+	ctx, call := s.beginCall(ctx, info.FullMethod)
+	w := &ctxStream{ServerStream: ss, ctx: ctx}
+	if err == nil {
+		err = handler(srv, w)
 	}
-	return handler(srv, ctxStream{ServerStream: ss, ctx: ctx})
+	s.core.End(ctx, call, func() op.Request { return refusedRequest(ctx, info.FullMethod, w.first) }, err)
+	return err
 }
 
 // limitBody bounds REST request bodies by the message size limit, answering
@@ -155,3 +171,87 @@ func writeHTTPError(w http.ResponseWriter, httpStatus int, code codes.Code, msg 
 	w.WriteHeader(httpStatus)
 	json.NewEncoder(w).Encode(map[string]any{"code": int(code), "message": msg, "details": []any{}})
 }
+
+// requestIDs draws request IDs: a random per-process prefix and a counter,
+// unique without a random draw per request.
+type requestIDs struct {
+	prefix string
+	n      atomic.Uint64
+}
+
+func newRequestIDs() *requestIDs {
+	var b [6]byte
+	rand.Read(b[:])
+	return &requestIDs{prefix: hex.EncodeToString(b[:])}
+}
+
+func (r *requestIDs) next() string {
+	var b strings.Builder
+	b.Grow(len(r.prefix) + 14)
+	b.WriteString(r.prefix)
+	b.WriteByte('-')
+	var num [13]byte
+	b.Write(strconv.AppendUint(num[:0], r.n.Add(1), 36))
+	return b.String()
+}
+
+// validRequestID accepts a client's ID: short printable ASCII, so that it
+// cannot forge log or trail structure.
+func validRequestID(s string) bool {
+	if s == "" || len(s) > 128 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x21 || s[i] > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
+// beginCall starts a call in the core with its request ID, source and
+// transport, and the error wording of the API it came through (nothing to
+// start when nothing is audited). It reads
+// single metadata keys rather than copying the whole metadata: it runs on
+// every call.
+func (s *Server) beginCall(ctx context.Context, method string) (context.Context, *op.Call) {
+	if s.cfg.Audit == nil {
+		return ctx, nil
+	}
+	info := op.CallInfo{Transport: transportOf(ctx), Classify: classifyMandate}
+	if v := metadata.ValueFromIncomingContext(ctx, RequestIDHeader); len(v) > 0 && validRequestID(v[0]) {
+		info.RequestID = v[0]
+	} else {
+		info.RequestID = s.reqIDs.next()
+	}
+	if info.Transport == "rest" {
+		// The gateway appends the HTTP client's address to X-Forwarded-For;
+		// earlier entries are the client's own claims.
+		if v := metadata.ValueFromIncomingContext(ctx, "x-forwarded-for"); len(v) > 0 {
+			last := v[len(v)-1]
+			if i := strings.LastIndexByte(last, ','); i >= 0 {
+				last = last[i+1:]
+			}
+			info.Source = strings.TrimSpace(last)
+		}
+	} else if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		info.Source = p.Addr.String()
+	}
+	if isAuthzed(method) {
+		info.Transport += "-authzed"
+		info.Classify = classifyAuthzed
+	}
+	return s.core.Begin(ctx, info)
+}
+
+// auditHeaderMatcher forwards a REST client's X-Request-Id to the gRPC
+// server, besides grpc-gateway's defaults.
+func auditHeaderMatcher(key string) (string, bool) {
+	if strings.EqualFold(key, RequestIDHeader) {
+		return RequestIDHeader, true
+	}
+	return runtime.DefaultHeaderMatcher(key)
+}
+
+// isAuthzed tells SpiceDB's authzed.api.v1 methods.
+func isAuthzed(method string) bool { return strings.HasPrefix(method, "/authzed.api.v1.") }

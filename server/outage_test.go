@@ -336,7 +336,7 @@ func TestPostgresOutageUnderLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	held := map[string]bool{} // "doc:x user:y"
-	for r, err := range direct.Read(context.Background(), head, rel.Filter{}) {
+	for r, err := range direct.Read(context.Background(), head, rel.Filter{}, nil) {
 		if err != nil {
 			t.Fatal(err)
 		}

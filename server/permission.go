@@ -9,10 +9,13 @@ import (
 
 	"github.com/mandate-authz/mandate/engine"
 	pb "github.com/mandate-authz/mandate/proto/mandate/v1"
+	"github.com/mandate-authz/mandate/server/op"
 	"github.com/mandate-authz/mandate/store"
 	"github.com/mandate-authz/mandate/store/rel"
 )
 
+// permissionService serves mandate.v1.PermissionService: conversion to and
+// from the core's requests, and mandate.v1's error wording (toStatus).
 type permissionService struct {
 	pb.UnimplementedPermissionServiceServer
 	s *Server
@@ -20,23 +23,23 @@ type permissionService struct {
 
 // checkFromProto parses the parts of a check; prefix names the message for
 // errors ("" or "items[3].").
-func checkFromProto(prefix string, resource *pb.ObjectReference, permission string, subject *pb.SubjectReference, ctx *structpb.Struct, onBehalfOf *pb.ObjectReference) (engine.CheckRequest, error) {
+func checkFromProto(prefix string, resource *pb.ObjectReference, permission string, subject *pb.SubjectReference, ctx *structpb.Struct, onBehalfOf *pb.ObjectReference) (op.CheckRequest, error) {
 	res, err := objectFromProto(prefix+"resource", resource)
 	if err != nil {
-		return engine.CheckRequest{}, err
+		return op.CheckRequest{}, err
 	}
 	if permission == "" {
-		return engine.CheckRequest{}, invalid(prefix+"permission", "required")
+		return op.CheckRequest{}, invalid(prefix+"permission", "required")
 	}
 	sub, err := subjectFromProto(prefix+"subject", subject)
 	if err != nil {
-		return engine.CheckRequest{}, err
+		return op.CheckRequest{}, err
 	}
-	req := engine.CheckRequest{Resource: res, Permission: permission, Subject: sub, Context: contextFromProto(ctx)}
+	req := op.CheckRequest{Resource: res, Permission: permission, Subject: sub, Context: contextFromProto(ctx)}
 	if onBehalfOf != nil {
 		obo, err := objectFromProto(prefix+"on_behalf_of", onBehalfOf)
 		if err != nil {
-			return engine.CheckRequest{}, err
+			return op.CheckRequest{}, err
 		}
 		req.OnBehalfOf = &obo
 	}
@@ -48,15 +51,14 @@ func (p *permissionService) Check(ctx context.Context, req *pb.CheckRequest) (*p
 	if err != nil {
 		return nil, err
 	}
-	if creq.Revision, err = p.s.engineRevision(ctx, req.GetConsistency()); err != nil {
+	if creq.Consistency, err = p.s.consistencyFromProto(req.GetConsistency()); err != nil {
 		return nil, err
 	}
 	creq.Explain = req.GetExplain()
-	res, err := p.s.eng.Check(ctx, creq)
+	res, err := p.s.core.Check(ctx, creq)
 	if err != nil {
 		return nil, err
 	}
-	p.s.metrics.decision(res.Decision)
 	return &pb.CheckResponse{
 		CheckedAt:         p.s.token(res.Revision),
 		Decision:          decisionToProto(res.Decision),
@@ -70,94 +72,55 @@ func (p *permissionService) CheckBulk(ctx context.Context, req *pb.CheckBulkRequ
 	if len(items) == 0 {
 		return nil, invalid("items", "at least one check is required")
 	}
-	if max := p.s.lim.MaxCheckBulkItems; len(items) > max {
-		return nil, invalid("items", "%d checks, at most %d per CheckBulk (--max-check-bulk-items)", len(items), max)
-	}
-	rev, err := p.s.engineRevision(ctx, req.GetConsistency())
+	cons, err := p.s.consistencyFromProto(req.GetConsistency())
 	if err != nil {
 		return nil, err
 	}
-	if rev == 0 {
-		// Pin the revision so every item and the response token agree.
-		rev = p.s.eng.Head()
+	breq := op.CheckBulkRequest{Items: make([]op.CheckItem, len(items)), Consistency: cons, Explain: req.GetExplain()}
+	for i, it := range items {
+		// Field names are built only for an item that fails: building the
+		// "items[i]." prefix for every item was a measurable cost per check.
+		creq, err := checkFromProto("", it.GetResource(), it.GetPermission(), it.GetSubject(), it.GetContext(), it.GetOnBehalfOf())
+		if err != nil {
+			_, err = checkFromProto(fmt.Sprintf("items[%d].", i), it.GetResource(), it.GetPermission(), it.GetSubject(), it.GetContext(), it.GetOnBehalfOf())
+		}
+		breq.Items[i] = op.CheckItem{CheckRequest: creq, Err: err}
+	}
+	out, err := p.s.core.CheckBulk(ctx, breq)
+	if err != nil {
+		return nil, err
 	}
 	// The response's messages are allocated in three slices rather than
 	// three objects per item: at 100 items a call, allocation and the
 	// garbage collector's scanning were a large share of CheckBulk's cost.
 	pairs := make([]*pb.CheckBulkPair, len(items))
 	pairStore := make([]pb.CheckBulkPair, len(items))
-	reqs := make([]engine.CheckRequest, 0, len(items))
-	at := make([]int, 0, len(items))
-	for i, it := range items {
+	itemStore := make([]pb.CheckBulkItemResult, len(items))
+	oneofStore := make([]pb.CheckBulkPair_Item, len(items))
+	for i, res := range out.Items {
 		pairs[i] = &pairStore[i]
-		pairs[i].Request = it
-		// Field names are built only for an item that fails: building the
-		// "items[i]." prefix for every item was a measurable cost per check.
-		creq, err := checkFromProto("", it.GetResource(), it.GetPermission(), it.GetSubject(), it.GetContext(), it.GetOnBehalfOf())
-		if err != nil {
-			_, err = checkFromProto(fmt.Sprintf("items[%d].", i), it.GetResource(), it.GetPermission(), it.GetSubject(), it.GetContext(), it.GetOnBehalfOf())
+		pairs[i].Request = items[i]
+		if res.Err != nil {
+			err := res.Err
+			if breq.Items[i].Err == nil {
+				err = fmt.Errorf("items[%d]: %w", i, err) // the engine's, not the parser's
+			}
 			pairs[i].Response = itemError(err)
 			continue
 		}
-		creq.Revision = rev
-		creq.Explain = req.GetExplain()
-		reqs = append(reqs, creq)
-		at = append(at, i)
+		item := &itemStore[i]
+		item.Decision = decisionToProto(res.Decision)
+		item.MissingParameters = res.Missing
+		item.Delegation = delegationToProto(res.Delegation)
+		oneofStore[i].Item = item
+		pairs[i].Response = &oneofStore[i]
 	}
-	if len(reqs) > 0 {
-		results, errs := p.s.eng.CheckBulk(ctx, reqs)
-		itemStore := make([]pb.CheckBulkItemResult, len(reqs))
-		oneofStore := make([]pb.CheckBulkPair_Item, len(reqs))
-		for j, i := range at {
-			if errs[j] != nil {
-				pairs[i].Response = itemError(fmt.Errorf("items[%d]: %w", i, errs[j]))
-				continue
-			}
-			res := results[j]
-			p.s.metrics.decision(res.Decision)
-			item := &itemStore[j]
-			item.Decision = decisionToProto(res.Decision)
-			item.MissingParameters = res.Missing
-			item.Delegation = delegationToProto(res.Delegation)
-			oneofStore[j].Item = item
-			pairs[i].Response = &oneofStore[j]
-		}
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	return &pb.CheckBulkResponse{CheckedAt: p.s.token(rev), Pairs: pairs}, nil
+	return &pb.CheckBulkResponse{CheckedAt: p.s.token(out.Revision), Pairs: pairs}, nil
 }
 
 func itemError(err error) *pb.CheckBulkPair_Error {
 	st := status.Convert(toStatus(err))
 	return &pb.CheckBulkPair_Error{Error: &pb.ItemError{Code: int32(st.Code()), Message: st.Message()}}
-}
-
-// checkLimit validates a lookup or read limit against the server's maximum.
-func checkLimit(field string, limit uint32, max int, flag string) error {
-	if int64(limit) > int64(max) {
-		return invalid(field, "%d is over the server's maximum of %d (%s)", limit, max, flag)
-	}
-	return nil
-}
-
-// resumeLookup decodes a lookup cursor, returning the revision to answer at
-// (the cursor's, so that every page sees the same data) and the last ID
-// already returned.
-func (s *Server) resumeLookup(ctx context.Context, c *pb.Cursor, consistency *pb.Consistency, reqHash uint64) (store.Revision, string, error) {
-	if c == nil {
-		rev, err := s.engineRevision(ctx, consistency)
-		return rev, "", err
-	}
-	cur, err := s.inst.decodeCursor("optional_cursor", c.GetToken(), reqHash)
-	if err != nil {
-		return 0, "", err
-	}
-	if err := s.waitFor(ctx, cur.rev); err != nil {
-		return 0, "", err
-	}
-	return cur.rev, cur.after, nil
 }
 
 // sendLookupPage streams a page of lookup results, each with the cursor that
@@ -166,7 +129,7 @@ func (s *Server) resumeLookup(ctx context.Context, c *pb.Cursor, consistency *pb
 func (s *Server) sendLookupPage(results []engine.LookupResult, rev store.Revision, hash uint64, send func(r engine.LookupResult, token *pb.RevisionToken, next *pb.Cursor) error) error {
 	token := s.token(rev)
 	for _, r := range results {
-		if err := send(r, token, &pb.Cursor{Token: s.inst.encodeCursor(cursor{rev: rev, req: hash, after: r.ID})}); err != nil {
+		if err := send(r, token, &pb.Cursor{Token: s.cursorAfter(rev, hash, r.ID)}); err != nil {
 			return err
 		}
 	}
@@ -185,28 +148,25 @@ func (p *permissionService) LookupResources(req *pb.LookupResourcesRequest, stre
 	if err != nil {
 		return err
 	}
-	if err := checkLimit("optional_limit", req.GetOptionalLimit(), p.s.lim.MaxLookupLimit, "--max-lookup-limit"); err != nil {
-		return err
-	}
 	hash := requestHash(req, func(r *pb.LookupResourcesRequest) { r.OptionalCursor, r.OptionalLimit, r.Consistency = nil, 0, nil })
-	rev, after, err := p.s.resumeLookup(ctx, req.GetOptionalCursor(), req.GetConsistency(), hash)
+	cons, after, err := p.s.resume(req.GetOptionalCursor(), req.GetConsistency(), hash)
 	if err != nil {
 		return err
 	}
-	results, rev, err := p.s.eng.LookupResources(ctx, engine.LookupResourcesRequest{
+	out, err := p.s.core.LookupResources(ctx, op.LookupResourcesRequest{
 		ResourceType: req.GetResourceObjectType(),
 		Permission:   creq.Permission,
 		Subject:      creq.Subject,
 		Context:      creq.Context,
 		OnBehalfOf:   creq.OnBehalfOf,
-		Revision:     rev,
+		Consistency:  cons,
 		After:        after,
 		Limit:        int(req.GetOptionalLimit()),
 	})
 	if err != nil {
 		return err
 	}
-	return p.s.sendLookupPage(results, rev, hash, func(r engine.LookupResult, token *pb.RevisionToken, next *pb.Cursor) error {
+	return p.s.sendLookupPage(out.Results, out.Revision, hash, func(r engine.LookupResult, token *pb.RevisionToken, next *pb.Cursor) error {
 		return stream.Send(&pb.LookupResourcesResponse{
 			LookedUpAt:        token,
 			ResourceObjectId:  r.ID,
@@ -236,29 +196,26 @@ func (p *permissionService) LookupSubjects(req *pb.LookupSubjectsRequest, stream
 	if err := rel.ValidateSubject(probe); err != nil {
 		return invalid("subject_object_type", "%v", err)
 	}
-	if err := checkLimit("optional_limit", req.GetOptionalLimit(), p.s.lim.MaxLookupLimit, "--max-lookup-limit"); err != nil {
-		return err
-	}
 	hash := requestHash(req, func(r *pb.LookupSubjectsRequest) { r.OptionalCursor, r.OptionalLimit, r.Consistency = nil, 0, nil })
-	rev, after, err := p.s.resumeLookup(ctx, req.GetOptionalCursor(), req.GetConsistency(), hash)
+	cons, after, err := p.s.resume(req.GetOptionalCursor(), req.GetConsistency(), hash)
 	if err != nil {
 		return err
 	}
-	results, rev, err := p.s.eng.LookupSubjects(ctx, engine.LookupSubjectsRequest{
+	out, err := p.s.core.LookupSubjects(ctx, op.LookupSubjectsRequest{
 		Resource:        res,
 		Permission:      req.GetPermission(),
 		SubjectType:     probe.Type,
 		SubjectRelation: probe.Relation,
 		Context:         contextFromProto(req.GetContext()),
-		Revision:        rev,
+		Consistency:     cons,
 		After:           after,
 		Limit:           int(req.GetOptionalLimit()),
 	})
 	if err != nil {
 		return err
 	}
-	return p.s.sendLookupPage(results, rev, hash, func(r engine.LookupResult, token *pb.RevisionToken, next *pb.Cursor) error {
-		out := &pb.LookupSubjectsResponse{
+	return p.s.sendLookupPage(out.Results, out.Revision, hash, func(r engine.LookupResult, token *pb.RevisionToken, next *pb.Cursor) error {
+		resp := &pb.LookupSubjectsResponse{
 			LookedUpAt:        token,
 			SubjectObjectId:   r.ID,
 			Decision:          decisionToProto(r.Decision),
@@ -266,13 +223,13 @@ func (p *permissionService) LookupSubjects(req *pb.LookupSubjectsRequest, stream
 			AfterResultCursor: next,
 		}
 		for _, x := range r.Excluded {
-			out.ExcludedSubjects = append(out.ExcludedSubjects, &pb.ExcludedSubject{
+			resp.ExcludedSubjects = append(resp.ExcludedSubjects, &pb.ExcludedSubject{
 				SubjectObjectId:   x.ID,
 				Decision:          decisionToProto(x.Decision),
 				MissingParameters: x.Missing,
 			})
 		}
-		return stream.Send(out)
+		return stream.Send(resp)
 	})
 }
 
@@ -284,21 +241,17 @@ func (p *permissionService) Expand(ctx context.Context, req *pb.ExpandRequest) (
 	if req.GetPermission() == "" {
 		return nil, invalid("permission", "required")
 	}
-	rev, err := p.s.engineRevision(ctx, req.GetConsistency())
+	cons, err := p.s.consistencyFromProto(req.GetConsistency())
 	if err != nil {
 		return nil, err
 	}
-	if rev == 0 {
-		// Expand reports no revision; pin one so the token is exact.
-		rev = p.s.eng.Head()
-	}
-	tree, err := p.s.eng.Expand(ctx, res, req.GetPermission(), rev, req.GetRecursive())
+	out, err := p.s.core.Expand(ctx, op.ExpandRequest{Resource: res, Permission: req.GetPermission(), Consistency: cons, Recursive: req.GetRecursive()})
 	if err != nil {
 		return nil, err
 	}
-	out, err := expandToProto(tree)
+	tree, err := expandToProto(out.Tree)
 	if err != nil {
 		return nil, err
 	}
-	return &pb.ExpandResponse{ExpandedAt: p.s.token(rev), Tree: out}, nil
+	return &pb.ExpandResponse{ExpandedAt: p.s.token(out.Revision), Tree: tree}, nil
 }

@@ -5,15 +5,18 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"iter"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	pb "github.com/mandate-authz/mandate/proto/mandate/v1"
+	"github.com/mandate-authz/mandate/server/op"
 	"github.com/mandate-authz/mandate/store"
 	"github.com/mandate-authz/mandate/store/rel"
 )
 
+// relationshipService serves mandate.v1.RelationshipService over the core.
 type relationshipService struct {
 	pb.UnimplementedRelationshipServiceServer
 	s *Server
@@ -24,10 +27,7 @@ func (r *relationshipService) WriteRelationships(ctx context.Context, req *pb.Wr
 	if len(updates) == 0 {
 		return nil, invalid("updates", "at least one update is required")
 	}
-	if max := r.s.lim.MaxWriteUpdates; len(updates) > max {
-		return nil, invalid("updates", "%d updates, at most %d per call (--write-relationships-max-updates-per-call)", len(updates), max)
-	}
-	pre, err := preconditionsFromProto(req.GetOptionalPreconditions(), r.s.lim.MaxPreconditions)
+	pre, err := preconditionsFromProto(req.GetOptionalPreconditions())
 	if err != nil {
 		return nil, err
 	}
@@ -44,11 +44,11 @@ func (r *relationshipService) WriteRelationships(ctx context.Context, req *pb.Wr
 		}
 		muts[i] = store.Mutation{Op: op, Rel: rl}
 	}
-	rev, err := r.s.st.Write(ctx, pre, muts)
+	out, err := r.s.core.Write(ctx, op.WriteRequest{Preconditions: pre, Mutations: muts})
 	if err != nil {
 		return nil, err
 	}
-	return &pb.WriteRelationshipsResponse{WrittenAt: r.s.token(rev)}, nil
+	return &pb.WriteRelationshipsResponse{WrittenAt: r.s.token(out.Revision)}, nil
 }
 
 func (r *relationshipService) DeleteRelationships(ctx context.Context, req *pb.DeleteRelationshipsRequest) (*pb.DeleteRelationshipsResponse, error) {
@@ -62,7 +62,7 @@ func (r *relationshipService) DeleteRelationships(ctx context.Context, req *pb.D
 	if filter.ResourceType == "" {
 		return nil, invalid("filter.resource_type", "required, so that a delete cannot remove everything by accident")
 	}
-	pre, err := preconditionsFromProto(req.GetOptionalPreconditions(), r.s.lim.MaxPreconditions)
+	pre, err := preconditionsFromProto(req.GetOptionalPreconditions())
 	if err != nil {
 		return nil, err
 	}
@@ -71,31 +71,35 @@ func (r *relationshipService) DeleteRelationships(ctx context.Context, req *pb.D
 	if limit == 0 {
 		limit = max
 	}
-	if limit > max {
-		return nil, invalid("optional_limit", "%d is over the server's maximum of %d (--max-delete-relationships-limit)", limit, max)
-	}
-	rev, n, err := r.s.st.DeleteMatching(ctx, pre, filter, limit)
+	out, err := r.s.core.DeleteMatching(ctx, op.DeleteRequest{Filter: op.Filter{Filter: filter}, Preconditions: pre, Limit: limit})
 	if errors.Is(err, store.ErrLimitExceeded) {
 		return nil, status.Errorf(codes.FailedPrecondition, "more than %d relationships match the filter; nothing was deleted (raise optional_limit up to %d, or narrow the filter): %v", limit, max, err)
 	}
 	if err != nil {
 		return nil, err
 	}
-	return &pb.DeleteRelationshipsResponse{DeletedAt: r.s.token(rev), DeletedCount: uint64(n)}, nil
+	return &pb.DeleteRelationshipsResponse{DeletedAt: r.s.token(out.Revision), DeletedCount: uint64(out.Deleted)}, nil
 }
 
-// resumeRead decodes a read or export cursor: the revision to read at and the
-// last key already returned.
-func (s *Server) resumeRead(ctx context.Context, c *pb.Cursor, consistency *pb.Consistency, reqHash uint64) (store.Revision, string, error) {
-	if c == nil {
-		rev, err := s.storeRevision(ctx, consistency)
-		return rev, "", err
+// resumeRead parses a read or export request's cursor: the consistency to
+// read at and the key to resume after (nil: from the start).
+func (s *Server) resumeRead(c *pb.Cursor, consistency *pb.Consistency, reqHash uint64) (op.Consistency, *rel.Key, error) {
+	cons, after, err := s.resume(c, consistency, reqHash)
+	if err != nil || after == "" {
+		return cons, nil, err
 	}
-	cur, err := s.inst.decodeCursor("optional_cursor", c.GetToken(), reqHash)
+	key, err := parseKey(after)
+	return cons, key, err
+}
+
+// parseKey reads the key a read cursor resumes after.
+func parseKey(text string) (*rel.Key, error) {
+	r, err := rel.Parse(text)
 	if err != nil {
-		return 0, "", err
+		return nil, status.Errorf(codes.InvalidArgument, "optional_cursor is malformed: %v", err)
 	}
-	return cur.rev, cur.after, nil
+	k := r.Key()
+	return &k, nil
 }
 
 func (r *relationshipService) ReadRelationships(req *pb.ReadRelationshipsRequest, stream pb.RelationshipService_ReadRelationshipsServer) error {
@@ -104,43 +108,55 @@ func (r *relationshipService) ReadRelationships(req *pb.ReadRelationshipsRequest
 	if err != nil {
 		return err
 	}
-	if err := checkLimit("optional_limit", req.GetOptionalLimit(), r.s.lim.MaxReadLimit, "--max-read-relationships-limit"); err != nil {
-		return err
-	}
 	hash := requestHash(req, func(r *pb.ReadRelationshipsRequest) { r.OptionalCursor, r.OptionalLimit, r.Consistency = nil, 0, nil })
-	rev, after, err := r.s.resumeRead(ctx, req.GetOptionalCursor(), req.GetConsistency(), hash)
+	cons, after, err := r.s.resumeRead(req.GetOptionalCursor(), req.GetConsistency(), hash)
 	if err != nil {
 		return err
 	}
-	token := r.s.token(rev)
-	sent := uint32(0)
-	limit := req.GetOptionalLimit()
-	// The store yields relationships in the order of their text keys, so a
-	// cursor holding the last key resumes exactly after it.
-	for rl, err := range r.s.st.Read(ctx, rev, filter) {
-		if err != nil {
-			return err
-		}
-		key := rl.Key().String()
-		if after != "" && key <= after {
-			continue
-		}
-		if limit > 0 && sent >= limit {
-			break
-		}
+	page, err := r.s.core.Read(ctx, op.ReadRequest{Filter: op.Filter{Filter: filter}, Consistency: cons, After: after, Limit: int(req.GetOptionalLimit())})
+	if err != nil {
+		return err
+	}
+	token := r.s.token(page.Revision)
+	return r.s.sendReadPage(page, hash, func(err error) error { return err }, func(rl rel.Relationship, cursor string) error {
 		prl, err := relationshipToProto(rl)
 		if err != nil {
 			return err
 		}
-		err = stream.Send(&pb.ReadRelationshipsResponse{
-			ReadAt:            token,
-			Relationship:      prl,
-			AfterResultCursor: &pb.Cursor{Token: r.s.inst.encodeCursor(cursor{rev: rev, req: hash, after: key})},
-		})
+		return stream.Send(&pb.ReadRelationshipsResponse{ReadAt: token, Relationship: prl, AfterResultCursor: &pb.Cursor{Token: cursor}})
+	})
+}
+
+// sendReadPage streams a page of a read, each relationship with the cursor
+// that resumes after it; fail maps a store error in the API's terms.
+func (s *Server) sendReadPage(page op.ReadResult, hash uint64, fail func(error) error, send func(r rel.Relationship, cursor string) error) error {
+	for rl, err := range page.Relationships {
 		if err != nil {
+			return fail(err)
+		}
+		if err := send(rl, s.cursorAfter(page.Revision, hash, rl.Key().String())); err != nil {
 			return err
 		}
-		sent++
+	}
+	return nil
+}
+
+// sendExport streams an export's batches, converted by conv, each with the
+// cursor that resumes after it; fail maps a store error in the API's terms.
+func sendExport[M any](s *Server, exp op.ExportResult, hash uint64, fail func(error) error, conv func(rel.Relationship) (M, error), send func(batch []M, cursor string) error) error {
+	for batch, err := range exp.Batches {
+		if err != nil {
+			return fail(err)
+		}
+		out := make([]M, len(batch))
+		for i, rl := range batch {
+			if out[i], err = conv(rl); err != nil {
+				return err
+			}
+		}
+		if err := send(out, s.cursorAfter(exp.Revision, hash, batch[len(batch)-1].Key().String())); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -156,26 +172,20 @@ func (r *relationshipService) Watch(req *pb.WatchRequest, stream pb.Relationship
 		}
 		filters = append(filters, rf)
 	}
-	var after store.Revision
-	var err error
+	wreq := op.WatchRequest{Field: "optional_start_cursor"}
 	if t := req.GetOptionalStartCursor(); t != nil {
-		after, err = r.s.decodeRevision(ctx, "optional_start_cursor", t)
-	} else {
-		after, err = r.s.st.Head(ctx)
+		rev, err := r.s.inst.decodeToken("optional_start_cursor", t.GetToken())
+		if err != nil {
+			return err
+		}
+		wreq.After = &rev
 	}
+	w, err := r.s.core.Watch(ctx, wreq)
 	if err != nil {
 		return err
 	}
-	// Shutdown ends watches so that graceful stop need not wait for clients
-	// to hang up.
-	go func() {
-		select {
-		case <-r.s.stopping:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
-	for ch, err := range r.s.st.Watch(ctx, after) {
+	r.s.endOnShutdown(ctx, cancel)
+	for ch, err := range w.Changes {
 		if err != nil {
 			return err
 		}
@@ -197,12 +207,32 @@ func (r *relationshipService) Watch(req *pb.WatchRequest, stream pb.Relationship
 			return err
 		}
 	}
+	if err := r.s.shutdownWatchError(); err != nil {
+		return err
+	}
+	return stream.Context().Err()
+}
+
+// endOnShutdown cancels a watch when the server shuts down, so that
+// graceful stop need not wait for clients to hang up.
+func (s *Server) endOnShutdown(ctx context.Context, cancel context.CancelFunc) {
+	go func() {
+		select {
+		case <-s.stopping:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+}
+
+// shutdownWatchError is a watch's answer when shutdown ended it.
+func (s *Server) shutdownWatchError() error {
 	select {
-	case <-r.s.stopping:
+	case <-s.stopping:
 		return status.Error(codes.Unavailable, "the server is shutting down; resume the watch from the last changes_through token")
 	default:
 	}
-	return stream.Context().Err()
+	return nil
 }
 
 func matchesAny(filters []rel.Filter, r rel.Relationship) bool {
@@ -219,49 +249,46 @@ func matchesAny(filters []rel.Filter, r rel.Relationship) bool {
 
 func (r *relationshipService) ImportRelationships(stream pb.RelationshipService_ImportRelationshipsServer) error {
 	ctx := stream.Context()
-	var loaded uint64
-	var last store.Revision
-	for batch := 0; ; batch++ {
-		req, err := stream.Recv()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return err
-		}
-		// committed says what an error leaves behind: earlier batches stay.
-		committed := fmt.Sprintf("; %d relationships from %d earlier batches were committed", loaded, batch)
-		rels := req.GetRelationships()
-		if max := r.s.lim.MaxBulkBatch; len(rels) > max {
-			return invalid(fmt.Sprintf("batch %d: relationships", batch), "%d relationships, at most %d per message (--max-bulk-relationships-batch)%s", len(rels), max, committed)
-		}
-		if len(rels) == 0 {
-			continue
-		}
-		muts := make([]store.Mutation, len(rels))
-		for i, pr := range rels {
-			rl, err := relationshipFromProto(fmt.Sprintf("batch %d: relationships[%d]", batch, i), pr)
-			if err != nil {
-				st := status.Convert(err)
-				return status.Error(st.Code(), st.Message()+committed)
+	loaded, max := 0, r.s.lim.MaxBulkBatch
+	batches := func(yield func([]store.Mutation, error) bool) {
+		for batch := 0; ; batch++ {
+			req, err := stream.Recv()
+			if err == io.EOF {
+				return
 			}
-			muts[i] = store.Mutation{Op: store.Create, Rel: rl}
+			if err != nil {
+				yield(nil, err)
+				return
+			}
+			// committed says what an error leaves behind: earlier batches
+			// stay.
+			committed := fmt.Sprintf("; %d relationships from %d earlier batches were committed", loaded, batch)
+			rels := req.GetRelationships()
+			if len(rels) > max {
+				yield(nil, invalid(fmt.Sprintf("batch %d: relationships", batch), "%d relationships, at most %d per message (--max-bulk-relationships-batch)%s", len(rels), max, committed))
+				return
+			}
+			muts := make([]store.Mutation, len(rels))
+			for i, pr := range rels {
+				rl, err := relationshipFromProto(fmt.Sprintf("batch %d: relationships[%d]", batch, i), pr)
+				if err != nil {
+					st := status.Convert(err)
+					yield(nil, status.Error(st.Code(), st.Message()+committed))
+					return
+				}
+				muts[i] = store.Mutation{Op: store.Create, Rel: rl}
+			}
+			if !yield(muts, nil) {
+				return
+			}
+			loaded += len(muts)
 		}
-		rev, err := r.s.st.Write(ctx, nil, muts)
-		if err != nil {
-			return status.Errorf(codeOf(err), "batch %d: %v%s", batch, err, committed)
-		}
-		loaded += uint64(len(rels))
-		last = rev
 	}
-	if last == 0 {
-		head, err := r.s.st.Head(ctx)
-		if err != nil {
-			return err
-		}
-		last = head
+	out, err := r.s.core.Import(ctx, op.ImportRequest{Batches: iter.Seq2[[]store.Mutation, error](batches)})
+	if err != nil {
+		return err
 	}
-	return stream.SendAndClose(&pb.ImportRelationshipsResponse{NumLoaded: loaded, WrittenAt: r.s.token(last)})
+	return stream.SendAndClose(&pb.ImportRelationshipsResponse{NumLoaded: uint64(out.Loaded), WrittenAt: r.s.token(out.Revision)})
 }
 
 func (r *relationshipService) ExportRelationships(req *pb.ExportRelationshipsRequest, stream pb.RelationshipService_ExportRelationshipsServer) error {
@@ -270,55 +297,19 @@ func (r *relationshipService) ExportRelationships(req *pb.ExportRelationshipsReq
 	if err != nil {
 		return err
 	}
-	max := r.s.lim.MaxBulkBatch
-	size := int(req.GetOptionalBatchSize())
-	if size == 0 {
-		size = max
-	}
-	if size > max {
-		return invalid("optional_batch_size", "%d is over the server's maximum of %d (--max-bulk-relationships-batch)", size, max)
-	}
 	hash := requestHash(req, func(r *pb.ExportRelationshipsRequest) {
 		r.OptionalCursor, r.OptionalBatchSize, r.Consistency = nil, 0, nil
 	})
-	rev, after, err := r.s.resumeRead(ctx, req.GetOptionalCursor(), req.GetConsistency(), hash)
+	cons, after, err := r.s.resumeRead(req.GetOptionalCursor(), req.GetConsistency(), hash)
 	if err != nil {
 		return err
 	}
-	token := r.s.token(rev)
-	batch := make([]*pb.Relationship, 0, size)
-	lastKey := ""
-	flush := func() error {
-		if len(batch) == 0 {
-			return nil
-		}
-		err := stream.Send(&pb.ExportRelationshipsResponse{
-			Relationships:     batch,
-			ExportedAt:        token,
-			AfterResultCursor: &pb.Cursor{Token: r.s.inst.encodeCursor(cursor{rev: rev, req: hash, after: lastKey})},
-		})
-		batch = make([]*pb.Relationship, 0, size)
+	exp, err := r.s.core.Export(ctx, op.ExportRequest{Filter: op.Filter{Filter: filter}, Consistency: cons, After: after, BatchSize: int(req.GetOptionalBatchSize())})
+	if err != nil {
 		return err
 	}
-	for rl, err := range r.s.st.Read(ctx, rev, filter) {
-		if err != nil {
-			return err
-		}
-		key := rl.Key().String()
-		if after != "" && key <= after {
-			continue
-		}
-		prl, err := relationshipToProto(rl)
-		if err != nil {
-			return err
-		}
-		batch = append(batch, prl)
-		lastKey = key
-		if len(batch) == size {
-			if err := flush(); err != nil {
-				return err
-			}
-		}
-	}
-	return flush()
+	token := r.s.token(exp.Revision)
+	return sendExport(r.s, exp, hash, func(err error) error { return err }, relationshipToProto, func(batch []*pb.Relationship, cursor string) error {
+		return stream.Send(&pb.ExportRelationshipsResponse{Relationships: batch, ExportedAt: token, AfterResultCursor: &pb.Cursor{Token: cursor}})
+	})
 }

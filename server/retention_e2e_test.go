@@ -51,7 +51,7 @@ func TestRevisionRetention(t *testing.T) {
 	wantCode(t, released, codes.FailedPrecondition, "no longer retained", "--revision-retention", window.String(), "at_least_as_fresh")
 
 	// The store released the same history.
-	for _, err := range ts.st.Read(ctx, oldRev, rel.Filter{}) {
+	for _, err := range ts.st.Read(ctx, oldRev, rel.Filter{}, nil) {
 		if !errors.Is(err, store.ErrRevisionGone) {
 			t.Errorf("store read at the released revision: %v, want ErrRevisionGone", err)
 		}

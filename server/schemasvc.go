@@ -2,24 +2,16 @@ package server
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"maps"
 	"slices"
 	"sort"
 	"strings"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
 	pb "github.com/mandate-authz/mandate/proto/mandate/v1"
 	"github.com/mandate-authz/mandate/schema"
-	"github.com/mandate-authz/mandate/store"
-	"github.com/mandate-authz/mandate/store/rel"
+	"github.com/mandate-authz/mandate/server/op"
 )
-
-// maxOrphansListed bounds the orphaned relationships ValidateSchema lists.
-const maxOrphansListed = 100
 
 type schemaService struct {
 	pb.UnimplementedSchemaServiceServer
@@ -30,66 +22,41 @@ func (x *schemaService) WriteSchema(ctx context.Context, req *pb.WriteSchemaRequ
 	if strings.TrimSpace(req.GetSchema()) == "" {
 		return nil, invalid("schema", "required")
 	}
-	rev, err := x.s.st.WriteSchema(ctx, req.GetSchema())
+	out, err := x.s.core.WriteSchema(ctx, op.WriteSchemaRequest{Text: req.GetSchema()})
 	if err != nil {
 		return nil, err
 	}
-	return &pb.WriteSchemaResponse{WrittenAt: x.s.token(rev)}, nil
+	return &pb.WriteSchemaResponse{WrittenAt: x.s.token(out.Revision)}, nil
 }
 
 func (x *schemaService) ReadSchema(ctx context.Context, req *pb.ReadSchemaRequest) (*pb.ReadSchemaResponse, error) {
-	rev, err := x.s.storeRevision(ctx, req.GetConsistency())
+	cons, err := x.s.consistencyFromProto(req.GetConsistency())
 	if err != nil {
 		return nil, err
 	}
-	text, _, err := x.s.st.ReadSchema(ctx, rev)
+	out, err := x.s.core.ReadSchema(ctx, op.ReadSchemaRequest{Consistency: cons})
 	if err != nil {
 		return nil, err
 	}
-	if text == "" {
-		return nil, status.Error(codes.NotFound, "no schema has been written")
-	}
-	return &pb.ReadSchemaResponse{SchemaText: text, ReadAt: x.s.token(rev)}, nil
+	return &pb.ReadSchemaResponse{SchemaText: out.Text, ReadAt: x.s.token(out.Revision)}, nil
 }
 
 func (x *schemaService) ValidateSchema(ctx context.Context, req *pb.ValidateSchemaRequest) (*pb.ValidateSchemaResponse, error) {
 	if strings.TrimSpace(req.GetSchema()) == "" {
 		return nil, invalid("schema", "required")
 	}
-	head, err := x.s.st.Head(ctx)
+	v, err := x.s.core.ValidateSchema(ctx, op.ValidateSchemaRequest{Text: req.GetSchema()})
 	if err != nil {
 		return nil, err
 	}
-	out := &pb.ValidateSchemaResponse{ComparedAt: x.s.token(head)}
-	candidate, err := schema.Compile(ctx, req.GetSchema())
-	if err != nil {
-		var se *schema.Error
-		if !errors.As(err, &se) {
-			return nil, err
-		}
+	out := &pb.ValidateSchemaResponse{ComparedAt: x.s.token(v.Revision)}
+	if se := v.CompileError; se != nil {
 		out.Error = &pb.SchemaError{Message: se.Message, Line: uint32(max(se.Line, 0)), Column: uint32(max(se.Column, 0)), Source: se.Source}
 		return out, nil
 	}
-	liveText, _, err := x.s.st.ReadSchema(ctx, head)
-	if err != nil {
-		return nil, err
-	}
-	var live *schema.Schema
-	if liveText != "" {
-		if live, err = schema.Compile(ctx, liveText); err != nil {
-			return nil, status.Errorf(codes.Internal, "the live schema at revision %d no longer compiles: %v", head, err)
-		}
-	}
-	out.Diffs = diffSchemas(live, candidate)
-	orphans, err := store.OrphansUnder(candidate, x.s.st.Read(ctx, head, rel.Filter{}), maxOrphansListed+1)
-	if err != nil {
-		return nil, err
-	}
-	if len(orphans) > maxOrphansListed {
-		orphans, out.OrphansTruncated = orphans[:maxOrphansListed], true
-	}
-	out.OrphanedRelationships = orphans
-	out.Valid = len(orphans) == 0
+	out.Diffs = diffSchemas(v.Live, v.Candidate)
+	out.OrphanedRelationships, out.OrphansTruncated = v.Orphans, v.Truncated
+	out.Valid = len(v.Orphans) == 0
 	return out, nil
 }
 

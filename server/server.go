@@ -33,53 +33,17 @@ import (
 
 	"github.com/mandate-authz/mandate/engine"
 	pb "github.com/mandate-authz/mandate/proto/mandate/v1"
+	"github.com/mandate-authz/mandate/server/op"
 	"github.com/mandate-authz/mandate/store"
 )
 
-// Limits bound what one request may ask for. Requests over a limit fail with
-// InvalidArgument (ResourceExhausted for message size; 413 on REST) and a
-// message naming the limit.
-type Limits struct {
-	// MaxMessageBytes bounds one gRPC message and one REST request body.
-	MaxMessageBytes int
-	// MaxCheckBulkItems bounds the items of one CheckBulk.
-	MaxCheckBulkItems int
-	// MaxWriteUpdates bounds the updates of one WriteRelationships.
-	MaxWriteUpdates int
-	// MaxPreconditions bounds the preconditions of one write or delete.
-	MaxPreconditions int
-	// MaxLookupLimit bounds optional_limit of LookupResources and
-	// LookupSubjects (a limit of 0 streams every result).
-	MaxLookupLimit int
-	// MaxReadLimit bounds optional_limit of ReadRelationships (0 streams
-	// every result).
-	MaxReadLimit int
-	// MaxDeleteLimit bounds optional_limit of DeleteRelationships and is the
-	// limit when none is given.
-	MaxDeleteLimit int
-	// MaxBulkBatch bounds the relationships of one ImportRelationships
-	// message and one ExportRelationships response.
-	MaxBulkBatch int
-	// RequestTimeout bounds every call except the long-running streams
-	// (Watch, ImportRelationships, ExportRelationships). A client's shorter
-	// deadline still applies.
-	RequestTimeout time.Duration
-}
+// Limits bound what one request may ask for (see op.Limits). Requests over
+// a limit fail with InvalidArgument (ResourceExhausted for message size; 413
+// on REST) and a message naming the limit.
+type Limits = op.Limits
 
 // DefaultLimits are the limits `mandate serve` starts with.
-func DefaultLimits() Limits {
-	return Limits{
-		MaxMessageBytes:   4 << 20,
-		MaxCheckBulkItems: 1000,
-		MaxWriteUpdates:   1000,
-		MaxPreconditions:  1000,
-		MaxLookupLimit:    1000,
-		MaxReadLimit:      1000,
-		MaxDeleteLimit:    1000,
-		MaxBulkBatch:      10_000,
-		RequestTimeout:    30 * time.Second,
-	}
-}
+func DefaultLimits() Limits { return op.DefaultLimits() }
 
 // Config configures a Server.
 type Config struct {
@@ -136,8 +100,8 @@ type Server struct {
 	metrics *metrics
 	auth    *authenticator
 	reqIDs  *requestIDs
-	// lastToken caches the audit hooks' last decoded revision token.
-	lastToken atomic.Pointer[decodedToken]
+	// core runs every operation of every API; see server/op.
+	core *op.Core
 	// retention decides which history to release; see retention.go.
 	retention *retention
 
@@ -162,7 +126,7 @@ func New(st store.Store, eng *engine.Engine, cfg Config) (*Server, error) {
 	if st == nil || eng == nil {
 		return nil, errors.New("server: a store and an engine are required")
 	}
-	lim := withDefaults(cfg.Limits)
+	lim := cfg.Limits.WithDefaults()
 	if cfg.ShutdownGracePeriod <= 0 {
 		cfg.ShutdownGracePeriod = 30 * time.Second
 	}
@@ -193,6 +157,16 @@ func New(st store.Store, eng *engine.Engine, cfg Config) (*Server, error) {
 	if err := s.setupAudit(); err != nil {
 		return nil, err
 	}
+	var auditor op.Auditor
+	if cfg.Audit != nil {
+		auditor = cfg.Audit
+	}
+	if s.core, err = op.New(op.Config{
+		Engine: eng, Store: st, Auditor: auditor, Limits: lim, MaxRevisionWait: cfg.MaxRevisionWait,
+		Decided: s.metrics.decision, Classify: classifyMandate, Log: log,
+	}); err != nil {
+		return nil, err
+	}
 	if err := s.listen(); err != nil {
 		s.closeListeners()
 		return nil, err
@@ -206,30 +180,6 @@ func New(st store.Store, eng *engine.Engine, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	return s, nil
-}
-
-func withDefaults(l Limits) Limits {
-	d := DefaultLimits()
-	set := func(v *int, def int) {
-		if *v <= 0 {
-			*v = def
-		}
-	}
-	set(&l.MaxMessageBytes, d.MaxMessageBytes)
-	set(&l.MaxCheckBulkItems, d.MaxCheckBulkItems)
-	set(&l.MaxWriteUpdates, d.MaxWriteUpdates)
-	set(&l.MaxPreconditions, d.MaxPreconditions)
-	set(&l.MaxLookupLimit, d.MaxLookupLimit)
-	set(&l.MaxReadLimit, d.MaxReadLimit)
-	set(&l.MaxDeleteLimit, d.MaxDeleteLimit)
-	set(&l.MaxBulkBatch, d.MaxBulkBatch)
-	if l.MaxBulkBatch > store.MaxMutationsPerWrite {
-		l.MaxBulkBatch = store.MaxMutationsPerWrite
-	}
-	if l.RequestTimeout <= 0 {
-		l.RequestTimeout = d.RequestTimeout
-	}
-	return l
 }
 
 func loadTLS(which, cert, key string) (*tls.Config, error) {
@@ -278,8 +228,8 @@ func (s *Server) buildGRPC() error {
 	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(s.lim.MaxMessageBytes),
 		grpc.ForceServerCodecV2(newCodec()),
-		grpc.ChainUnaryInterceptor(s.unaryInterceptor, s.retentionUnary, s.auditUnary),
-		grpc.ChainStreamInterceptor(s.streamInterceptor, s.retentionStream, s.auditStream),
+		grpc.ChainUnaryInterceptor(s.unaryInterceptor, s.retentionUnary),
+		grpc.ChainStreamInterceptor(s.streamInterceptor, s.retentionStream),
 	}
 	tlsCfg, err := loadTLS("gRPC", s.cfg.GRPCTLSCertPath, s.cfg.GRPCTLSKeyPath)
 	if err != nil {

@@ -91,9 +91,13 @@ type Store interface {
 	// deleted; when more than limit match, it deletes none and returns
 	// ErrLimitExceeded.
 	DeleteMatching(ctx context.Context, preconditions []Precondition, filter rel.Filter, limit int) (Revision, int, error)
-	// Read yields the relationships matching filter as of rev, in key order,
-	// leaving out those expired at the time of the call.
-	Read(ctx context.Context, rev Revision, filter rel.Filter) iter.Seq2[rel.Relationship, error]
+	// Read yields the relationships matching filter as of rev, in key order
+	// (rel.Key.Compare), leaving out those expired at the time of the call.
+	// With a nil after it starts at the first key; otherwise it yields only
+	// keys strictly after *after, which need not be stored, so a page ends
+	// at its last key and the next page resumes from it at the same rev
+	// without reading what came before.
+	Read(ctx context.Context, rev Revision, filter rel.Filter, after *rel.Key) iter.Seq2[rel.Relationship, error]
 	// Watch yields every change after rev in revision order, waiting for new
 	// ones until ctx is done. It fails with ErrRevisionGone when changes
 	// after rev are no longer retained.

@@ -15,6 +15,7 @@ import (
 	"github.com/mandate-authz/mandate/store"
 	"github.com/mandate-authz/mandate/store/embedded"
 	"github.com/mandate-authz/mandate/store/rel"
+	"github.com/mandate-authz/mandate/store/storetest"
 )
 
 // benchLoadRels sizes BenchmarkLoad; issue 6's startup goal is stated at
@@ -160,7 +161,7 @@ func BenchmarkSmallWrites(b *testing.B) {
 
 // BenchmarkLoad measures startup: -embedded.load-rels relationships stored
 // in 10,000-mutation writes, then (timed) opening the store and loading it
-// into a new engine through Follow, as `mandate serve` does. It reports the
+// into a new engine through Engine.LoadSnapshot, as `mandate serve` does. It reports the
 // load time and the engine's heap in use per relationship after GC.
 func BenchmarkLoad(b *testing.B) {
 	n := *benchLoadRels
@@ -179,19 +180,10 @@ func BenchmarkLoad(b *testing.B) {
 		start := time.Now()
 		s := openBench(b, dir)
 		e := engine.New()
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- e.Follow(ctx, s, nil) }()
-		head, err := s.Head(ctx)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := e.WaitForRevision(ctx, head); err != nil {
+		if err := loadEngine(context.Background(), e, s); err != nil {
 			b.Fatal(err)
 		}
 		elapsed := time.Since(start)
-		cancel()
-		<-done
 		if err := s.Close(); err != nil {
 			b.Fatal(err)
 		}
@@ -209,4 +201,26 @@ func heapInUse() uint64 {
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
 	return m.HeapAlloc
+}
+
+// BenchmarkPaging pages through 100,000 relationships with a read cursor
+// (see storetest.BenchmarkPaging).
+func BenchmarkPaging(b *testing.B) {
+	s := openBench(b, b.TempDir())
+	defer s.Close()
+	storetest.BenchmarkPaging(b, s)
+}
+
+// loadEngine loads a snapshot of s's head into e, as the server's follower
+// does at startup.
+func loadEngine(ctx context.Context, e *engine.Engine, s store.Store) error {
+	head, err := s.Head(ctx)
+	if err != nil {
+		return err
+	}
+	text, _, err := s.ReadSchema(ctx, head)
+	if err != nil {
+		return err
+	}
+	return e.LoadSnapshot(ctx, engine.Snapshot{Revision: head, Schema: text, Relationships: s.Read(ctx, head, rel.Filter{}, nil)}, nil)
 }

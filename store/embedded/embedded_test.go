@@ -77,7 +77,7 @@ func mustWrite(t *testing.T, s store.Store, op store.Op, texts ...string) store.
 func readAll(t *testing.T, s store.Store, rev store.Revision, f rel.Filter) ([]string, error) {
 	t.Helper()
 	var out []string
-	for r, err := range s.Read(t.Context(), rev, f) {
+	for r, err := range s.Read(t.Context(), rev, f, nil) {
 		if err != nil {
 			return out, err
 		}
@@ -480,7 +480,7 @@ func TestPagedReads(t *testing.T) {
 			// Writing (a new revision per page) while iterating must not
 			// change what the iteration yields.
 			var got []string
-			for r, err := range s.Read(t.Context(), rev, c.filter) {
+			for r, err := range s.Read(t.Context(), rev, c.filter, nil) {
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -499,7 +499,7 @@ func TestPagedReads(t *testing.T) {
 		head, _ := s.Head(t.Context())
 		var err error
 		count := 0
-		for _, err = range s.Read(t.Context(), rev, rel.Filter{}) {
+		for _, err = range s.Read(t.Context(), rev, rel.Filter{}, nil) {
 			if err != nil {
 				break
 			}

@@ -20,11 +20,17 @@ import (
 // the file, even the caller's own (the store promises that iterating never
 // blocks writers). A page that finds its revision collected in the meantime
 // fails with store.ErrRevisionGone rather than yield a mixed view.
+//
+// Pages grow from firstReadPage to readPageSize: a caller that reads one
+// short page through a cursor and stops (a paged API) decodes little more
+// than it takes, and a long read soon reaches the full page size.
 const (
-	readPageSize = 1024
-	// readPageScan bounds the versions one page inspects, so a selective
-	// filter over a large store does not hold a transaction for long.
-	readPageScan = 16 * readPageSize
+	firstReadPage = 128
+	readPageSize  = 1024
+	// readPageScan bounds the versions one page inspects per relationship
+	// it may hold, so a selective filter over a large store does not hold
+	// a transaction for long.
+	readPageScan = 16
 	// watchPageUpdates bounds the updates one watch page decodes (at least
 	// one change is always taken).
 	watchPageUpdates = 16_384
@@ -72,8 +78,9 @@ func schemaAt(tx *bolt.Tx, rev store.Revision) (store.Revision, string) {
 }
 
 // Read yields the relationships matching filter as of rev, in key order,
-// leaving out those expired at the time of the call.
-func (s *Store) Read(ctx context.Context, rev store.Revision, filter rel.Filter) iter.Seq2[rel.Relationship, error] {
+// leaving out those expired at the time of the call; with a non-nil after,
+// only keys after it, found by seeking rather than scanning.
+func (s *Store) Read(ctx context.Context, rev store.Revision, filter rel.Filter, after *rel.Key) iter.Seq2[rel.Relationship, error] {
 	return func(yield func(rel.Relationship, error) bool) {
 		if err := ctx.Err(); err != nil {
 			yield(rel.Relationship{}, err)
@@ -83,8 +90,11 @@ func (s *Store) Read(ctx context.Context, rev store.Revision, filter rel.Filter)
 		prefixes := candidatePrefixes(filter)
 		names := namer{}
 		var pos scanPos
-		for {
-			page, done, err := s.readPage(rev, filter, prefixes, &pos, now, names)
+		if after != nil {
+			pos.from = afterKeyText(*after)
+		}
+		for size := firstReadPage; ; size = min(2*size, readPageSize) {
+			page, done, err := s.readPage(rev, filter, prefixes, &pos, size, now, names)
 			if err != nil {
 				yield(rel.Relationship{}, fmt.Errorf("read: %w", err))
 				return
@@ -105,7 +115,7 @@ func (s *Store) Read(ctx context.Context, rev store.Revision, filter rel.Filter)
 	}
 }
 
-func (s *Store) readPage(rev store.Revision, f rel.Filter, prefixes [][]byte, pos *scanPos, now time.Time, names namer) ([]rel.Relationship, bool, error) {
+func (s *Store) readPage(rev store.Revision, f rel.Filter, prefixes [][]byte, pos *scanPos, size int, now time.Time, names namer) ([]rel.Relationship, bool, error) {
 	var page []rel.Relationship
 	done := false
 	err := s.view(func(tx *bolt.Tx) error {
@@ -126,7 +136,7 @@ func (s *Store) readPage(rev store.Revision, f rel.Filter, prefixes [][]byte, po
 			} else if ok {
 				page = append(page, r)
 			}
-			return len(page) < readPageSize && scanned < readPageScan
+			return len(page) < size && scanned < readPageScan*size
 		})
 		return decodeErr
 	})
@@ -163,10 +173,19 @@ func visible(k, v []byte, rev store.Revision, f rel.Filter, now time.Time, names
 }
 
 // scanPos is where a paged scan resumes: the prefix being walked and the
-// last key consumed in it.
+// last key consumed in it; from, when set, is where every prefix's walk
+// starts at the earliest.
 type scanPos struct {
 	prefix int
 	after  []byte
+	from   []byte
+}
+
+// afterKeyText is the least rels key after every version of k: versions
+// are k's text, 0x00 and a revision, and every longer key text continues
+// k's with a byte above 0x00.
+func afterKeyText(k rel.Key) []byte {
+	return append([]byte(k.String()), 1)
 }
 
 // scan walks the entries under each prefix in order (prefixes ascend and do
@@ -183,7 +202,11 @@ func scan(c *bolt.Cursor, prefixes [][]byte, pos *scanPos, fn func(k, v []byte) 
 				k, v = c.Next()
 			}
 		} else {
-			k, v = c.Seek(p)
+			start := p
+			if bytes.Compare(pos.from, start) > 0 {
+				start = pos.from
+			}
+			k, v = c.Seek(start)
 		}
 		for ; k != nil && bytes.HasPrefix(k, p); k, v = c.Next() {
 			if !fn(k, v) {

@@ -236,7 +236,7 @@ func (s *Store) DeleteMatching(ctx context.Context, preconditions []store.Precon
 	}
 	s.ensureSorted()
 	var live, expired []*entry
-	for _, e := range s.candidates(filter) {
+	for _, e := range slices.Concat(s.candidates(filter)...) {
 		v := e.current()
 		if v == nil || !filter.Matches(v.rel) {
 			continue
@@ -261,36 +261,55 @@ func (s *Store) DeleteMatching(ctx context.Context, preconditions []store.Precon
 	return rev, len(live), nil
 }
 
+// A Read copies relationships in chunks, one per lock: the lock is
+// released between chunks, so a long read does not block writers. Chunks
+// grow from firstReadChunk to readChunk, so a caller that takes one short
+// page through a cursor copies little more than it takes.
+const (
+	firstReadChunk = 128
+	readChunk      = 1024
+)
+
 // Read yields the relationships matching filter as of rev in key order,
-// leaving out those expired now. The matching set is taken under the lock;
-// yielding happens after it is released, so the caller may use the store
-// while iterating.
-func (s *Store) Read(ctx context.Context, rev store.Revision, filter rel.Filter) iter.Seq2[rel.Relationship, error] {
+// leaving out those expired at the start of the call, from the first key
+// after after (when given). It copies a chunk of them under the lock,
+// finding where to start by binary search, and yields it after releasing
+// the lock, so the caller may use the store while iterating.
+func (s *Store) Read(ctx context.Context, rev store.Revision, filter rel.Filter, after *rel.Key) iter.Seq2[rel.Relationship, error] {
 	return func(yield func(rel.Relationship, error) bool) {
-		if err := ctx.Err(); err != nil {
-			yield(rel.Relationship{}, err)
-			return
+		now := s.now()
+		var from string
+		if after != nil {
+			from = after.String()
 		}
-		rels, err := s.snapshot(rev, filter)
-		if err != nil {
-			yield(rel.Relationship{}, fmt.Errorf("read: %w", err))
-			return
-		}
-		for i, r := range rels {
-			if i%1024 == 1023 {
-				if err := ctx.Err(); err != nil {
-					yield(rel.Relationship{}, err)
+		started := after != nil
+		for size := firstReadChunk; ; size = min(2*size, readChunk) {
+			if err := ctx.Err(); err != nil {
+				yield(rel.Relationship{}, err)
+				return
+			}
+			rels, more, err := s.chunk(rev, filter, from, started, size, now)
+			if err != nil {
+				yield(rel.Relationship{}, fmt.Errorf("read: %w", err))
+				return
+			}
+			for _, r := range rels {
+				if !yield(cloneRel(r), nil) {
 					return
 				}
 			}
-			if !yield(cloneRel(r), nil) {
+			if !more {
 				return
 			}
+			from, started = rels[len(rels)-1].Key().String(), true
 		}
 	}
 }
 
-func (s *Store) snapshot(rev store.Revision, filter rel.Filter) ([]rel.Relationship, error) {
+// chunk returns up to size relationships visible at rev that match
+// filter, in key order after the key text from (from the first key when
+// !after), and whether more may follow.
+func (s *Store) chunk(rev store.Revision, filter rel.Filter, from string, after bool, size int, now time.Time) ([]rel.Relationship, bool, error) {
 	s.mu.RLock()
 	if len(s.pending) > 0 {
 		// Merging new keys into the order needs the write lock; reading
@@ -303,18 +322,25 @@ func (s *Store) snapshot(rev store.Revision, filter rel.Filter) ([]rel.Relations
 		defer s.mu.RUnlock()
 	}
 	if err := s.checkReadable(rev); err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	now := s.now()
 	var out []rel.Relationship
-	for _, e := range s.candidates(filter) {
-		v := e.at(rev)
-		if v == nil || v.rel.ExpiredAt(now) || !filter.Matches(v.rel) {
-			continue
+	for _, entries := range s.candidates(filter) {
+		if after {
+			entries = entries[sort.Search(len(entries), func(i int) bool { return entries[i].text > from }):]
 		}
-		out = append(out, v.rel)
+		for _, e := range entries {
+			if len(out) == size {
+				return out, true, nil
+			}
+			v := e.at(rev)
+			if v == nil || v.rel.ExpiredAt(now) || !filter.Matches(v.rel) {
+				continue
+			}
+			out = append(out, v.rel)
+		}
 	}
-	return out, nil
+	return out, false, nil
 }
 
 // Watch yields every change after `after` in revision order, then waits for
@@ -458,9 +484,11 @@ func (s *Store) checkPreconditions(pre []store.Precondition, now time.Time) erro
 }
 
 func (s *Store) anyLive(f rel.Filter, now time.Time) bool {
-	for _, e := range s.candidates(f) {
-		if v := e.current(); v != nil && !v.rel.ExpiredAt(now) && f.Matches(v.rel) {
-			return true
+	for _, entries := range s.candidates(f) {
+		for _, e := range entries {
+			if v := e.current(); v != nil && !v.rel.ExpiredAt(now) && f.Matches(v.rel) {
+				return true
+			}
 		}
 	}
 	return false
@@ -480,32 +508,28 @@ func (s *Store) live(now time.Time) iter.Seq2[rel.Relationship, error] {
 	}
 }
 
-// candidates returns, in key order, the entries that can match f: a range
-// per resource ID when the filter names a type and IDs, a range for the type
-// when it names only a type, else everything. Callers hold the lock and
-// have called ensureSorted; matching is still up to them.
-func (s *Store) candidates(f rel.Filter) []*entry {
+// candidates returns, in key order, the ranges of entries that can match
+// f: one per resource ID when the filter names a type and IDs, one for the
+// type when it names only a type, else everything. Callers hold the lock
+// and have called ensureSorted; matching is still up to them.
+func (s *Store) candidates(f rel.Filter) [][]*entry {
 	if f.ResourceType == "" {
-		return s.sorted
+		return [][]*entry{s.sorted}
 	}
-	var prefixes []string
 	if len(f.ResourceIDs) == 0 {
-		prefixes = []string{f.ResourceType + ":"}
-	} else {
-		for _, id := range f.ResourceIDs {
-			prefixes = append(prefixes, f.ResourceType+":"+id+"#")
-		}
-		// Types and IDs cannot contain ':' or '#', so these prefixes are
-		// never nested: their ranges are disjoint and sort like the prefixes.
-		slices.Sort(prefixes)
-		prefixes = slices.Compact(prefixes)
+		return [][]*entry{s.prefixRange(f.ResourceType + ":")}
 	}
-	if len(prefixes) == 1 {
-		return s.prefixRange(prefixes[0])
+	prefixes := make([]string, 0, len(f.ResourceIDs))
+	for _, id := range f.ResourceIDs {
+		prefixes = append(prefixes, f.ResourceType+":"+id+"#")
 	}
-	var out []*entry
-	for _, p := range prefixes {
-		out = append(out, s.prefixRange(p)...)
+	// Types and IDs cannot contain ':' or '#', so these prefixes are never
+	// nested: their ranges are disjoint and sort like the prefixes.
+	slices.Sort(prefixes)
+	prefixes = slices.Compact(prefixes)
+	out := make([][]*entry, len(prefixes))
+	for i, p := range prefixes {
+		out[i] = s.prefixRange(p)
 	}
 	return out
 }

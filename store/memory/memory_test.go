@@ -50,7 +50,7 @@ func touch(t testing.TB, texts ...string) []store.Mutation {
 func readAll(t *testing.T, s *memory.Store, rev store.Revision) ([]string, error) {
 	t.Helper()
 	var out []string
-	for r, err := range s.Read(t.Context(), rev, rel.Filter{}) {
+	for r, err := range s.Read(t.Context(), rev, rel.Filter{}, nil) {
 		if err != nil {
 			return nil, err
 		}
@@ -296,3 +296,5 @@ func BenchmarkWrite(b *testing.B) {
 		})
 	}
 }
+
+func BenchmarkPaging(b *testing.B) { storetest.BenchmarkPaging(b, memory.New()) }

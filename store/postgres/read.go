@@ -14,8 +14,14 @@ import (
 	"github.com/mandate-authz/mandate/store/rel"
 )
 
-// readBatch is how many rows a Read fetches per round trip.
-const readBatch = 10_000
+// A Read fetches rows in batches growing from firstReadBatch to readBatch
+// per round trip: a caller that takes one short page through a cursor
+// fetches little more than it takes, and a long read (a snapshot load)
+// soon fetches in large batches.
+const (
+	firstReadBatch = 128
+	readBatch      = 10_000
+)
 
 // rollback ends a read transaction even when ctx is done, so that the
 // connection goes back to the pool clean.
@@ -52,23 +58,25 @@ func (s *Store) ReadSchema(ctx context.Context, rev store.Revision) (string, sto
 }
 
 // Read yields the relationships matching filter as of rev in key order,
-// leaving out those expired at the time of the call. It streams through a
+// leaving out those expired at the time of the call, from the first key
+// after after when it is given (a keyset condition the key indexes serve,
+// so resuming reads nothing before it). It streams through a
 // cursor in one repeatable-read transaction, readBatch rows per round trip,
 // so memory stays bounded however many match; the transaction holds one
 // pooled connection until the iteration ends.
-func (s *Store) Read(ctx context.Context, rev store.Revision, filter rel.Filter) iter.Seq2[rel.Relationship, error] {
+func (s *Store) Read(ctx context.Context, rev store.Revision, filter rel.Filter, after *rel.Key) iter.Seq2[rel.Relationship, error] {
 	return func(yield func(rel.Relationship, error) bool) {
 		if s.closed.Load() {
 			yield(rel.Relationship{}, ErrClosed)
 			return
 		}
-		if err := s.read(ctx, rev, filter, yield); err != nil {
+		if err := s.read(ctx, rev, filter, after, yield); err != nil {
 			yield(rel.Relationship{}, fmt.Errorf("read: %w", err))
 		}
 	}
 }
 
-func (s *Store) read(ctx context.Context, rev store.Revision, filter rel.Filter, yield func(rel.Relationship, error) bool) error {
+func (s *Store) read(ctx context.Context, rev store.Revision, filter rel.Filter, after *rel.Key, yield func(rel.Relationship, error) bool) error {
 	tx, err := s.readTx(ctx)
 	if err != nil {
 		return err
@@ -81,6 +89,9 @@ func (s *Store) read(ctx context.Context, rev store.Revision, filter rel.Filter,
 	var p params
 	nowArg := p.add(s.now())
 	cond := filterSQL(filter, "r", &p) + " AND " + liveSQL("r", nowArg)
+	if after != nil {
+		cond += " AND " + afterSQL(*after, "r", &p)
+	}
 	var q string
 	if rev == head {
 		// In this snapshot the current table is exactly the state at
@@ -98,12 +109,11 @@ func (s *Store) read(ctx context.Context, rev store.Revision, filter rel.Filter,
 	if _, err := tx.Exec(ctx, "DECLARE mandate_read NO SCROLL CURSOR FOR "+q, p.list...); err != nil {
 		return err
 	}
-	fetch := "FETCH " + strconv.Itoa(readBatch) + " FROM mandate_read"
 	dec := newDecoder()
-	batch := make([]rel.Relationship, 0, readBatch)
-	for {
+	var batch []rel.Relationship
+	for size := firstReadBatch; ; size = min(2*size, readBatch) {
 		batch = batch[:0]
-		rows, err := tx.Query(ctx, fetch)
+		rows, err := tx.Query(ctx, "FETCH "+strconv.Itoa(size)+" FROM mandate_read")
 		if err != nil {
 			return err
 		}
@@ -124,11 +134,18 @@ func (s *Store) read(ctx context.Context, rev store.Revision, filter rel.Filter,
 				return nil
 			}
 		}
-		if len(batch) < readBatch {
+		if len(batch) < size {
 			return nil
 		}
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 	}
+}
+
+// afterSQL is the condition that a row of alias has a key after k: a row
+// comparison on the key index's expressions, so the index seeks to it.
+func afterSQL(k rel.Key, alias string, p *params) string {
+	return "(" + keyExprs(alias) + ") > (" + p.add(k.Resource.Type+":") + ", " + p.add(k.Resource.ID+"#") + ", " +
+		p.add(k.Relation+"@") + ", " + p.add(k.Subject.Type+":") + ", " + p.add(k.Subject.ID) + ", " + p.add(k.Subject.Relation) + ")"
 }

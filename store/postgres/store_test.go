@@ -50,7 +50,7 @@ func touch(t testing.TB, texts ...string) []store.Mutation {
 
 func readAll(ctx context.Context, s store.Store, rev store.Revision) ([]string, error) {
 	var out []string
-	for r, err := range s.Read(ctx, rev, rel.Filter{}) {
+	for r, err := range s.Read(ctx, rev, rel.Filter{}, nil) {
 		if err != nil {
 			return nil, err
 		}
@@ -307,7 +307,7 @@ func TestReadIsASnapshot(t *testing.T) {
 		t.Fatal(err)
 	}
 	seen := 0
-	for _, err := range s.Read(ctx, old, rel.Filter{}) {
+	for _, err := range s.Read(ctx, old, rel.Filter{}, nil) {
 		if err != nil {
 			t.Fatalf("Read(%d) after %d: %v", old, seen, err)
 		}
@@ -370,7 +370,7 @@ func TestExpirationPrecision(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for got, err := range s.Read(ctx, rev, rel.Filter{}) {
+	for got, err := range s.Read(ctx, rev, rel.Filter{}, nil) {
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -62,3 +62,63 @@ func TestParseErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestKeyCompareIsTextOrder pins Key.Compare to the bytewise order of the
+// keys' text forms, including the cases where that differs from comparing
+// field by field.
+func TestKeyCompareIsTextOrder(t *testing.T) {
+	keys := []string{
+		"doc:1#viewer@user:ann",
+		"doc:1#viewer@user:ann1",
+		"doc:1#viewer@user:ann+",
+		"doc:1#viewer@user:*",
+		"doc:1#viewer@group:eng#member",
+		"doc:1#viewer@group:eng#member2",
+		"doc:1#viewer@group:eng-x#member",
+		"doc:1#viewer2@user:ann",
+		"doc:10#viewer@user:ann",
+		"doc:1-2#viewer@user:ann",
+		"doc2:1#viewer@user:ann",
+		"doc/xyz:1#viewer@user:ann",
+		"docs:1#viewer@user:ann",
+	}
+	for _, a := range keys {
+		for _, b := range keys {
+			ka, kb := mustKey(t, a), mustKey(t, b)
+			if got, want := ka.Compare(kb), strings.Compare(a, b); got != want {
+				t.Errorf("Compare(%s, %s) = %d, want %d (text order)", a, b, got, want)
+			}
+		}
+	}
+	// Field-by-field order would put doc before doc2 and viewer before
+	// viewer2; text order puts them after, since ':' and '@' follow digits.
+	if c := mustKey(t, "doc:1#viewer@user:a").Compare(mustKey(t, "doc2:1#viewer@user:a")); c != 1 {
+		t.Errorf("doc:1 vs doc2:1: Compare = %d, want 1", c)
+	}
+	if c := mustKey(t, "doc:1#viewer@user:a").Compare(mustKey(t, "doc:1#viewer2@user:a")); c != 1 {
+		t.Errorf("viewer vs viewer2: Compare = %d, want 1", c)
+	}
+}
+
+func mustKey(t *testing.T, text string) Key {
+	t.Helper()
+	r, err := Parse(text)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r.Key()
+}
+
+// FuzzKeyCompare checks Compare against comparing String() for arbitrary
+// field contents, valid or not.
+func FuzzKeyCompare(f *testing.F) {
+	f.Add("doc", "1", "viewer", "user", "ann", "", "doc2", "1", "viewer", "group", "eng", "member")
+	f.Add("a", "", "", "", "", "", "", "a", "", "", "", "")
+	f.Fuzz(func(t *testing.T, rt1, rid1, rl1, st1, sid1, sr1, rt2, rid2, rl2, st2, sid2, sr2 string) {
+		a := Key{Resource: Object{Type: rt1, ID: rid1}, Relation: rl1, Subject: Subject{Type: st1, ID: sid1, Relation: sr1}}
+		b := Key{Resource: Object{Type: rt2, ID: rid2}, Relation: rl2, Subject: Subject{Type: st2, ID: sid2, Relation: sr2}}
+		if got, want := a.Compare(b), strings.Compare(a.String(), b.String()); got != want {
+			t.Fatalf("Compare(%q, %q) = %d, want %d", a, b, got, want)
+		}
+	})
+}

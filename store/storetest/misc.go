@@ -155,7 +155,7 @@ func testConcurrentWriters(t *testing.T, newStore func(t *testing.T) store.Store
 				return
 			}
 			n := 0
-			for _, err := range h.s.Read(h.ctx, rev, rel.Filter{}) {
+			for _, err := range h.s.Read(h.ctx, rev, rel.Filter{}, nil) {
 				if err != nil {
 					errs <- fmt.Errorf("Read(%d): %w", rev, err)
 					return

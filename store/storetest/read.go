@@ -54,7 +54,7 @@ func testReadFilters(t *testing.T, newStore func(t *testing.T) store.Store) {
 	}
 
 	t.Run("stopping early releases the store", func(t *testing.T) {
-		for _, err := range h.s.Read(h.ctx, h.head(), rel.Filter{}) {
+		for _, err := range h.s.Read(h.ctx, h.head(), rel.Filter{}, nil) {
 			if err != nil {
 				t.Fatalf("Read: %v", err)
 			}
@@ -83,7 +83,7 @@ func testReadWhileWriting(t *testing.T, newStore func(t *testing.T) store.Store)
 	h := openWithSchema(t, newStore, initial...)
 	rev := h.head()
 	var got []rel.Relationship
-	for r, err := range h.s.Read(h.ctx, rev, rel.Filter{}) {
+	for r, err := range h.s.Read(h.ctx, rev, rel.Filter{}, nil) {
 		if err != nil {
 			t.Fatalf("Read: %v", err)
 		}

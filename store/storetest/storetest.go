@@ -19,6 +19,9 @@
 //   - revision order is visibility order: once Head returns a revision, a
 //     Read at it sees every write at or below it, even under concurrency;
 //   - iterating a Read does not block writers, even from the same goroutine;
+//   - a Read after a key yields exactly the suffix of the full Read at the
+//     same revision that follows the key (rel.Key.Compare order), whether
+//     or not the key is stored;
 //   - stored values are isolated from the maps and lists callers pass in or
 //     get back.
 package storetest
@@ -66,6 +69,8 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"RevisionGone", testRevisionGone},
 		{"LargeWrite", testLargeWrite},
 		{"KeyOrder", testKeyOrder},
+		{"ReadCursor", testReadCursor},
+		{"ReadCursorPages", testReadCursorPages},
 		{"ConcurrentConflicts", testConcurrentConflicts},
 		{"ReadsAgreeWithWatch", testReadsAgreeWithWatch},
 	}
@@ -212,7 +217,7 @@ func (h *harness) failsWith(what string, err, want error, headBefore store.Revis
 func (h *harness) read(rev store.Revision, f rel.Filter) []rel.Relationship {
 	h.t.Helper()
 	var out []rel.Relationship
-	for r, err := range h.s.Read(h.ctx, rev, f) {
+	for r, err := range h.s.Read(h.ctx, rev, f, nil) {
 		if err != nil {
 			h.t.Fatalf("Read(%d, %+v): %v", rev, f, err)
 		}
@@ -224,7 +229,7 @@ func (h *harness) read(rev store.Revision, f rel.Filter) []rel.Relationship {
 
 func (h *harness) readErr(rev store.Revision, f rel.Filter) error {
 	h.t.Helper()
-	for _, err := range h.s.Read(h.ctx, rev, f) {
+	for _, err := range h.s.Read(h.ctx, rev, f, nil) {
 		if err != nil {
 			return err
 		}
@@ -256,7 +261,7 @@ func (h *harness) expectAt(rev store.Revision, f rel.Filter, want ...string) {
 func checkKeyOrder(t *testing.T, rels []rel.Relationship) {
 	t.Helper()
 	for i := 1; i < len(rels); i++ {
-		if a, b := rels[i-1].Key().String(), rels[i].Key().String(); a >= b {
+		if a, b := rels[i-1].Key(), rels[i].Key(); a.Compare(b) >= 0 || a.String() >= b.String() {
 			t.Fatalf("Read out of key order: %q before %q", a, b)
 		}
 	}

@@ -1,0 +1,173 @@
+// Package op is Mandate's operation core: every API the server speaks
+// (mandate.v1 over gRPC and REST, SpiceDB's authzed.api.v1, and the facades
+// to come: AuthZEN, capability tokens, approvals, the MCP gateway) is a thin
+// layer that converts its wire shapes into this package's requests, calls a
+// Core method, and maps the result and the error back into its own contract.
+//
+// A Core resolves a request's consistency once (one Consistency value every
+// API parses into), calls the engine (checks, lookups, expand) or the store
+// (writes, reads, schema, watch), enforces the server's limits, counts
+// decisions, and records the audit event of the operation from the engine's
+// and the store's own results. Its types are Mandate's domain types
+// (store/rel, engine, store): no protobuf or SpiceDB types.
+//
+// Requests leave room for what the next facades add per request, such as
+// contextual relationships, a capability token or an approval id: fields on
+// the request structs, resolved here, so that every facade gets them alike.
+package op
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/mandate-authz/mandate/engine"
+	"github.com/mandate-authz/mandate/server/audit"
+	"github.com/mandate-authz/mandate/store"
+)
+
+// Limits bound what one request may ask for. A request over a limit fails
+// with a *LimitError naming it, which each API words in its own contract.
+type Limits struct {
+	// MaxMessageBytes bounds one gRPC message and one REST request body
+	// (enforced by the transport, not the core).
+	MaxMessageBytes int
+	// MaxCheckBulkItems bounds the items of one CheckBulk.
+	MaxCheckBulkItems int
+	// MaxWriteUpdates bounds the updates of one WriteRelationships.
+	MaxWriteUpdates int
+	// MaxPreconditions bounds the preconditions of one write or delete.
+	MaxPreconditions int
+	// MaxLookupLimit bounds the limit of LookupResources and
+	// LookupSubjects (a limit of 0 streams every result).
+	MaxLookupLimit int
+	// MaxReadLimit bounds the limit of ReadRelationships (0 streams every
+	// result).
+	MaxReadLimit int
+	// MaxDeleteLimit bounds the limit of DeleteRelationships.
+	MaxDeleteLimit int
+	// MaxBulkBatch bounds the relationships of one import message and one
+	// export batch.
+	MaxBulkBatch int
+	// RequestTimeout bounds every call except the long-running streams
+	// (Watch, import, export); enforced by the transport. A client's
+	// shorter deadline still applies.
+	RequestTimeout time.Duration
+}
+
+// DefaultLimits are the limits `mandate serve` starts with.
+func DefaultLimits() Limits {
+	return Limits{
+		MaxMessageBytes:   4 << 20,
+		MaxCheckBulkItems: 1000,
+		MaxWriteUpdates:   1000,
+		MaxPreconditions:  1000,
+		MaxLookupLimit:    1000,
+		MaxReadLimit:      1000,
+		MaxDeleteLimit:    1000,
+		MaxBulkBatch:      10_000,
+		RequestTimeout:    30 * time.Second,
+	}
+}
+
+// WithDefaults returns l with its zero fields set to DefaultLimits' values
+// and MaxBulkBatch bounded by the store's limit on one write.
+func (l Limits) WithDefaults() Limits {
+	d := DefaultLimits()
+	set := func(v *int, def int) {
+		if *v <= 0 {
+			*v = def
+		}
+	}
+	set(&l.MaxMessageBytes, d.MaxMessageBytes)
+	set(&l.MaxCheckBulkItems, d.MaxCheckBulkItems)
+	set(&l.MaxWriteUpdates, d.MaxWriteUpdates)
+	set(&l.MaxPreconditions, d.MaxPreconditions)
+	set(&l.MaxLookupLimit, d.MaxLookupLimit)
+	set(&l.MaxReadLimit, d.MaxReadLimit)
+	set(&l.MaxDeleteLimit, d.MaxDeleteLimit)
+	set(&l.MaxBulkBatch, d.MaxBulkBatch)
+	if l.MaxBulkBatch > store.MaxMutationsPerWrite {
+		l.MaxBulkBatch = store.MaxMutationsPerWrite
+	}
+	if l.RequestTimeout <= 0 {
+		l.RequestTimeout = d.RequestTimeout
+	}
+	return l
+}
+
+// Auditor receives the core's audit events. Record is called on the
+// request path: it must be quick, and returns an error only when the event
+// could not be accepted. *audit.Log implements it.
+type Auditor interface {
+	Record(ctx context.Context, ev *audit.Event) error
+}
+
+// DefaultMaxRevisionWait is the revision wait when Config leaves it zero.
+const DefaultMaxRevisionWait = 5 * time.Second
+
+// Config builds a Core.
+type Config struct {
+	Engine *engine.Engine
+	Store  store.Store
+	// Auditor receives an event for every operation; nil audits nothing.
+	Auditor Auditor
+	// Limits; zero fields take DefaultLimits' values.
+	Limits Limits
+	// MaxRevisionWait bounds how long a read waits for the engine to apply
+	// the revision its consistency needs (and for the store's head); past
+	// it the read fails with ErrUnavailable. Zero: DefaultMaxRevisionWait.
+	MaxRevisionWait time.Duration
+	// Decided, when set, is told every check decision (metrics).
+	Decided func(engine.Decision)
+	// Classify names an error's outcome in audit events of calls made
+	// without a Call (see Begin); nil: "Internal" and the error's text.
+	Classify func(error) (code, message string)
+	// Log receives what an operator must see (an audit event lost after a
+	// write); nil discards it.
+	Log *slog.Logger
+}
+
+// Core runs operations. It is safe for concurrent use.
+type Core struct {
+	eng      *engine.Engine
+	st       store.Store
+	aud      Auditor
+	lim      Limits
+	wait     time.Duration
+	decided  func(engine.Decision)
+	classify func(error) (string, string)
+	log      *slog.Logger
+	// kinds remembers the store's schema at a revision the engine has not
+	// applied yet, for write events; see subjectKindsAt.
+	kinds schemaCache
+}
+
+// New builds a Core.
+func New(cfg Config) (*Core, error) {
+	if cfg.Engine == nil || cfg.Store == nil {
+		return nil, errors.New("op: an engine and a store are required")
+	}
+	c := &Core{
+		eng: cfg.Engine, st: cfg.Store, aud: cfg.Auditor, lim: cfg.Limits.WithDefaults(),
+		wait: cfg.MaxRevisionWait, decided: cfg.Decided, classify: cfg.Classify, log: cfg.Log,
+	}
+	if c.wait <= 0 {
+		c.wait = DefaultMaxRevisionWait
+	}
+	if c.decided == nil {
+		c.decided = func(engine.Decision) {}
+	}
+	if c.classify == nil {
+		c.classify = func(err error) (string, string) { return "Internal", err.Error() }
+	}
+	if c.log == nil {
+		c.log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return c, nil
+}
+
+// Limits returns the limits the core enforces.
+func (c *Core) Limits() Limits { return c.lim }
