@@ -278,39 +278,52 @@ func (l *Log) Record(ctx context.Context, ev *Event) error {
 	}
 }
 
-// RecordDurable queues ev like Record and returns once the batch holding it
-// is written and synced to the sink, so that a caller acknowledging a write
-// after it knows the write's record survives a crash. Concurrent callers
-// share batches and so share each sync (group commit). The queue's
-// overflow policy does not apply: a full queue always blocks. An error
-// (ctx ended, or the sink failed through shutdown) means the event may not
-// be durable; the caller should fail its call rather than acknowledge it.
-func (l *Log) RecordDurable(ctx context.Context, ev *Event) error {
-	if ev.Time.IsZero() {
-		ev.Time = time.Now().UTC()
+// RecordDurable queues evs like Record and returns once the batch holding
+// the last of them is written and synced to the sink (and with it every
+// record before it), so that a caller acknowledging a write after it knows
+// the write's records survive a crash. Concurrent callers share batches and
+// so share each sync (group commit). The queue's overflow policy does not
+// apply: a full queue always blocks. An error (ctx ended, or the sink
+// failed through shutdown) means the events may not be durable; the caller
+// should fail its call rather than acknowledge it.
+func (l *Log) RecordDurable(ctx context.Context, evs ...*Event) error {
+	if len(evs) == 0 {
+		return nil
+	}
+	now := time.Now().UTC()
+	for _, ev := range evs {
+		if ev.Time.IsZero() {
+			ev.Time = now
+		}
 	}
 	done := make(chan error, 1)
 	l.mu.RLock()
 	if l.closed {
 		l.mu.RUnlock()
-		l.lose("closed", 1)
+		l.lose("closed", len(evs))
 		return ErrClosed
 	}
-	select {
-	case l.ch <- item{ev: ev, durable: done}:
-	case <-ctx.Done():
-		l.mu.RUnlock()
-		l.lose("deadline", 1)
-		return fmt.Errorf("audit trail full (%d events queued) and the request ended waiting for room: %w", cap(l.ch), ctx.Err())
+	for i, ev := range evs {
+		it := item{ev: ev}
+		if i == len(evs)-1 {
+			it.durable = done
+		}
+		select {
+		case l.ch <- it:
+		case <-ctx.Done():
+			l.mu.RUnlock()
+			l.lose("deadline", len(evs)-i)
+			return fmt.Errorf("audit trail full (%d events queued) and the request ended waiting for room: %w", cap(l.ch), ctx.Err())
+		}
 	}
 	l.mu.RUnlock()
 	select {
 	case err := <-done:
 		return err
 	case <-ctx.Done():
-		// The event stays queued and will be written; only its
+		// The events stay queued and will be written; only their
 		// durability before the answer is unknown.
-		return fmt.Errorf("waiting for the audit record to be synced: %w", ctx.Err())
+		return fmt.Errorf("waiting for the audit records to be synced: %w", ctx.Err())
 	}
 }
 
