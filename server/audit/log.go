@@ -96,6 +96,10 @@ type Options struct {
 	// SyncAll makes Record durable too (as RecordDurable), for checks and
 	// lookups: each waits for the sync of its batch.
 	SyncAll bool
+	// StuckWrite is how long one sink write may take before Flush treats
+	// the sink as failing (default 5s): a hung sink fails a flush at once
+	// rather than at the flush's deadline.
+	StuckWrite time.Duration
 	// SyncInterval is how often the writer syncs a Syncer sink holding
 	// asynchronous records not yet synced (default 1s): what a machine
 	// crash can lose of them, besides the queue.
@@ -141,6 +145,9 @@ type Log struct {
 	// failing is set while the writer retries a failing sink: Flush then
 	// fails at once instead of waiting out the outage.
 	failing atomic.Bool
+	// writingSince is when the sink write in progress began (unix nanos;
+	// 0: none).
+	writingSince atomic.Int64
 
 	seq  uint64 // writer goroutine only
 	prev string // writer goroutine only
@@ -181,6 +188,9 @@ func New(ctx context.Context, opts Options) (*Log, error) {
 	}
 	if opts.SyncInterval <= 0 {
 		opts.SyncInterval = time.Second
+	}
+	if opts.StuckWrite <= 0 {
+		opts.StuckWrite = 5 * time.Second
 	}
 	if _, err := ParseOverflow(string(opts.Overflow)); err != nil {
 		return nil, err
@@ -346,9 +356,11 @@ func (l *Log) lose(reason string, n int) {
 var ErrSinkFailing = errors.New("the audit sink is failing; its writer is retrying")
 
 // Flush waits until every event recorded before it is written, or ctx ends.
-// It fails at once with ErrSinkFailing while the sink is failing.
+// It fails at once with ErrSinkFailing while the sink is failing or stuck
+// in a write for longer than Options.StuckWrite.
 func (l *Log) Flush(ctx context.Context) error {
-	if l.failing.Load() {
+	since := l.writingSince.Load()
+	if l.failing.Load() || (since != 0 && time.Since(time.Unix(0, since)) > l.opts.StuckWrite) {
 		return fmt.Errorf("flushing the audit trail (%s): %w", l.opts.Sink.Describe(), ErrSinkFailing)
 	}
 	l.mu.RLock()
@@ -666,7 +678,9 @@ func (l *Log) persist(recs []Record, stop <-chan struct{}) error {
 	backoff := 50 * time.Millisecond
 	defer l.failing.Store(false)
 	for attempt := 1; ; attempt++ {
+		l.writingSince.Store(time.Now().UnixNano())
 		err := l.opts.Sink.Write(l.abortCtx, recs)
+		l.writingSince.Store(0)
 		if err == nil {
 			l.written.Add(float64(len(recs)))
 			if attempt > 1 {
