@@ -479,6 +479,7 @@ func (l *Log) run() {
 		defer t.Stop()
 		syncTick = t.C
 	}
+	l.prune() // what was due while the server was down
 	for {
 		batch = batch[:0]
 		select {
@@ -490,6 +491,7 @@ func (l *Log) run() {
 					l.log.Error("syncing the audit trail", "error", err)
 				}
 			}
+			l.prune() // files age on an idle trail too
 			continue
 		case <-l.stop:
 			l.drainAndExit(batch)
@@ -558,6 +560,7 @@ func (l *Log) drainAndExit(batch []item) {
 	for {
 		batch = l.fill(batch[:0])
 		if len(batch) == 0 && l.pendingDrops.Load() == 0 {
+			l.prune()
 			return
 		}
 		l.writeBatch(batch, nil) // an empty batch still records a loss
