@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/mandate-authz/mandate/engine"
+	"github.com/mandate-authz/mandate/feed"
 	"github.com/mandate-authz/mandate/store"
 	"github.com/mandate-authz/mandate/store/memory"
 	"github.com/mandate-authz/mandate/store/rel"
@@ -628,7 +629,7 @@ func BenchmarkFollowSnapshot(b *testing.B) {
 		fctx, cancel := context.WithCancel(ctx)
 		done := make(chan error, 1)
 		start := time.Now()
-		go func() { done <- follow(fctx, e, st, nil) }()
+		go func() { done <- feed.Follow(fctx, e, st, nil) }()
 		if err := e.WaitForRevision(ctx, head); err != nil {
 			b.Fatal(err)
 		}

@@ -7,12 +7,13 @@ import (
 	"runtime"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/mandate-authz/mandate/engine"
+	"github.com/mandate-authz/mandate/feed"
 	"github.com/mandate-authz/mandate/store"
 	"github.com/mandate-authz/mandate/store/postgres"
 	"github.com/mandate-authz/mandate/store/rel"
-	"github.com/mandate-authz/mandate/store/storetest"
 )
 
 // loadN sizes BenchmarkLoad; the figure is -load-n=1000000.
@@ -92,7 +93,7 @@ func BenchmarkImport(b *testing.B) {
 
 // BenchmarkLoad stores -load-n relationships, then measures what a server
 // does at startup: a new engine loading a snapshot of the head
-// (Engine.LoadSnapshot over store.Read). It reports
+// (feed.LoadSnapshot: Engine.LoadSnapshot over store.Read). It reports
 // the load time and the engine's heap per relationship (HeapInuse after GC,
 // minus the same before loading).
 func BenchmarkLoad(b *testing.B) {
@@ -116,13 +117,11 @@ func BenchmarkLoad(b *testing.B) {
 		b.StartTimer()
 
 		eng := engine.New()
-		text, _, err := s.ReadSchema(ctx, head)
-		if err != nil {
+		lctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+		if err := feed.LoadSnapshot(lctx, eng, s, head, nil); err != nil {
 			b.Fatal(err)
 		}
-		if err := eng.LoadSnapshot(ctx, engine.Snapshot{Revision: head, Schema: text, Relationships: s.Read(ctx, head, rel.Filter{}, nil)}, nil); err != nil {
-			b.Fatal(err)
-		}
+		cancel()
 
 		b.StopTimer()
 		var after runtime.MemStats
@@ -159,10 +158,4 @@ func BenchmarkWriteParallel(b *testing.B) {
 		}
 	})
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "writes/s")
-}
-
-// BenchmarkPaging pages through 100,000 relationships with a read cursor
-// (see storetest.BenchmarkPaging).
-func BenchmarkPaging(b *testing.B) {
-	storetest.BenchmarkPaging(b, open(b, postgres.Options{MaxConns: 4}))
 }

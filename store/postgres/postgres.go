@@ -7,7 +7,9 @@
 // mandate_relationship_history the versions that were replaced or deleted,
 // with the revision that ended them. A read at the head touches only the
 // current table, in key order straight off its key index, streamed through
-// a cursor; reads at older revisions add the history rows alive then. The
+// a cursor; reads at older revisions add the history rows alive then; a
+// read resuming after a key adds a row comparison on the key index's
+// expressions (keyset paging), so it starts there. The
 // change stream is derived from the created and deleted revisions of those
 // rows plus mandate_revisions (one row per write, so that writes changing
 // nothing are changes too) and mandate_schemas. Migrate creates the tables;
@@ -179,7 +181,10 @@ type cachedSchema struct {
 	compiled *schema.Schema
 }
 
-var _ store.Store = (*Store)(nil)
+var (
+	_ store.Store           = (*Store)(nil)
+	_ store.HistoryReleaser = (*Store)(nil)
+)
 
 // Open connects to the database at uri (a PostgreSQL connection string or
 // URL, "postgres://user@host:5432/db?sslmode=disable"), checks that it is
