@@ -10,7 +10,8 @@ import (
 // large, makes a large record: a caller without a key could otherwise fill
 // the disk with the requests it sends. A value over its cap is cut (at a
 // UTF-8 boundary) and ends in a marker giving its original size. Caps count
-// bytes before JSON escaping.
+// bytes as stored, after JSON escaping, so a record is never larger than
+// MaxRecordBytes.
 const (
 	// CapShort bounds identifiers: request ID, caller, source, transport,
 	// chain ID, code, update, subject kind, decision, each missing
@@ -26,38 +27,72 @@ const (
 	// PermissionDenied before its handler ran) records no context at all.
 	CapContext = 8 << 10
 	// CapChain bounds the delegation chain members recorded (the first
-	// CapChain-1 and the last), and CapList each list of missing
-	// parameters (the last entry kept counts those cut).
-	CapChain = 32
-	CapList  = 32
+	// CapChain-1 and the last; the engine follows at most 8 acts_for
+	// links), CapList the event's list of missing parameters and
+	// CapLinkList each member's (the last entry kept counts those cut).
+	CapChain    = 16
+	CapList     = 32
+	CapLinkList = 8
+	// MaxRecordBytes bounds a stored record: every field at its cap, plus
+	// field names and the hash.
+	MaxRecordBytes = 128 << 10
 )
 
 // refusedCodes are the codes of calls refused before their handler ran: their
 // requests come from anyone and are recorded without context.
 var refusedCodes = map[string]bool{"Unauthenticated": true, "PermissionDenied": true}
 
-// capString cuts s to at most limit bytes, marker included.
+// capString cuts s so that its JSON encoding (quotes aside) is at most
+// limit bytes, marker included.
 func capString(s string, limit int) string {
-	if len(s) <= limit {
+	if len(s) <= limit/6 { // fits however it escapes
 		return s
 	}
 	marker := fmt.Sprintf("…[%d bytes cut]", len(s))
-	cut := max(limit-len(marker), 0)
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
+	width, cut := 0, -1
+	for i := 0; i < len(s); {
+		w, size := escapedWidth(s[i:])
+		if cut < 0 && width+w > limit-len(marker) {
+			cut = i
+		}
+		width += w
+		if width > limit {
+			return s[:cut] + marker
+		}
+		i += size
 	}
-	return s[:cut] + marker
+	return s
 }
 
-func capList(vs []string, limit int) []string {
+// escapedWidth returns the bytes the first character of s takes once
+// encoded as appendString does, and its size in s.
+func escapedWidth(s string) (width, size int) {
+	c := s[0]
+	if c < utf8.RuneSelf {
+		switch {
+		case c == '"' || c == '\\' || c == '\n' || c == '\r' || c == '\t' || c == '\b' || c == '\f':
+			return 2, 1
+		case c < 0x20 || c == '<' || c == '>' || c == '&':
+			return 6, 1
+		}
+		return 1, 1
+	}
+	r, size := utf8.DecodeRuneInString(s)
+	if (r == utf8.RuneError && size == 1) || r == '\u2028' || r == '\u2029' {
+		return 6, size
+	}
+	return size, size
+}
+
+func capList(vs []string, limit, entries int) []string {
 	if len(vs) == 0 {
 		return vs
 	}
 	// Over the cap, the last entry kept counts the rest (so capping twice
 	// changes nothing).
 	n := len(vs)
-	if n > CapList {
-		n = CapList - 1
+	if n > entries {
+		n = entries - 1
 	}
 	out := make([]string, 0, n+1)
 	for _, v := range vs[:n] {
@@ -82,7 +117,7 @@ func applyCaps(ev *Event) {
 	}
 	ev.Error = capString(ev.Error, CapText)
 	ev.Detail = capString(ev.Detail, CapText)
-	ev.Missing = capList(ev.Missing, CapShort)
+	ev.Missing = capList(ev.Missing, CapShort, CapList)
 	if len(ev.Chain) > 0 {
 		chain := ev.Chain
 		if len(chain) > CapChain {
@@ -92,7 +127,7 @@ func applyCaps(ev *Event) {
 		out := make([]Link, len(chain))
 		for i, l := range chain {
 			out[i] = Link{Subject: capString(l.Subject, CapObject), Grant: Decision(capString(string(l.Grant), CapShort)),
-				Link: Decision(capString(string(l.Link), CapShort)), Missing: capList(l.Missing, CapShort), Failed: l.Failed}
+				Link: Decision(capString(string(l.Link), CapShort)), Missing: capList(l.Missing, CapShort, CapLinkList), Failed: l.Failed}
 		}
 		ev.Chain = out
 	}

@@ -2,6 +2,7 @@ package audit_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -15,18 +16,26 @@ import (
 	"github.com/mandate-authz/mandate/server/audit"
 )
 
-// hugeEvent is what a caller without a key could send: every field 1 MiB.
+// hugeEvent is the worst a caller could send: every field 1 MiB of a
+// character JSON escapes to 6 bytes, long lists and a long chain.
 func hugeEvent(code string) *audit.Event {
-	big := strings.Repeat("x", 1<<20)
+	big := strings.Repeat("<", 1<<20)
 	chain := make([]audit.Link, 1000)
 	for i := range chain {
-		chain[i] = audit.Link{Subject: "agent:" + big[:4096], Missing: []string{big[:1000], big[:1000]}}
+		chain[i] = audit.Link{Subject: "agent:" + big[:4096], Grant: audit.Decision(big), Link: audit.Decision(big), Missing: make([]string, 100)}
+		for j := range chain[i].Missing {
+			chain[i].Missing[j] = big[:1000]
+		}
+	}
+	missing := make([]string, 10000)
+	for i := range missing {
+		missing[i] = big[:1000]
 	}
 	return &audit.Event{
 		RequestID: big, Caller: big, Source: big, Transport: big, Operation: audit.OpCheck,
 		Resource: big, Permission: big, Subject: big, OnBehalfOf: big, Principal: big, Chain: chain,
 		Context:  map[string]any{"blob": big, "list": []any{big, big}},
-		Decision: audit.Error, Reason: big, Missing: make([]string, 10000), Code: code, Error: big,
+		Decision: audit.Error, Reason: big, Missing: missing, Code: code, Error: big,
 		Update: big, Caveat: big, Detail: big,
 	}
 }
@@ -44,10 +53,11 @@ func TestFieldCapsBoundEveryRecord(t *testing.T) {
 		t.Fatalf("%d records, want 3", len(lines))
 	}
 	for i, line := range lines[:2] {
-		// 12 MiB in, well under 128 KiB out.
-		if len(line) > 128<<10 {
-			t.Errorf("record %d is %d bytes: the caps did not bound it", i+1, len(line))
+		// Over 100 MiB in, at most MaxRecordBytes out.
+		if len(line) > audit.MaxRecordBytes {
+			t.Errorf("record %d is %d bytes, over MaxRecordBytes (%d): the caps did not bound it", i+1, len(line), audit.MaxRecordBytes)
 		}
+		t.Logf("record %d: %d bytes", i+1, len(line))
 	}
 	p, err := audit.QueryDir(ctx(t), dir, audit.Query{})
 	if err != nil {
@@ -68,8 +78,9 @@ func TestFieldCapsBoundEveryRecord(t *testing.T) {
 		"resource": {failed.Resource, audit.CapObject}, "subject": {failed.Subject, audit.CapObject},
 		"error": {failed.Error, audit.CapText}, "detail": {failed.Detail, audit.CapText},
 	} {
-		if len(f.v) > f.cap || !strings.HasSuffix(f.v, fmt.Sprintf("…[%d bytes cut]", 1<<20)) {
-			t.Errorf("%s: %d bytes ending %q, want at most %d ending in the cut marker", name, len(f.v), f.v[max(len(f.v)-24, 0):], f.cap)
+		stored, _ := json.Marshal(f.v) // the encoder escapes as encoding/json does
+		if len(stored)-2 > f.cap || !strings.HasSuffix(f.v, fmt.Sprintf("…[%d bytes cut]", 1<<20)) {
+			t.Errorf("%s: %d bytes stored ending %q, want at most %d ending in the cut marker", name, len(stored)-2, f.v[max(len(f.v)-24, 0):], f.cap)
 		}
 	}
 	if len(failed.Chain) != audit.CapChain {
