@@ -28,6 +28,8 @@ type auditOptions struct {
 	buffer       int
 	table        string
 	chainID      string
+	retention    string
+	sync         bool
 }
 
 func addAuditFlags(f *pflag.FlagSet, o *auditOptions) {
@@ -39,6 +41,8 @@ func addAuditFlags(f *pflag.FlagSet, o *auditOptions) {
 	f.StringVar(&o.overflow, "audit-overflow", string(audit.Block), "when the audit sink falls behind: block (calls wait for room; a check or lookup still unrecorded at its deadline fails rather than go unaudited) or drop (events are discarded, counted in mandate_audit_events_dropped_total, logged, and noted in the trail)")
 	f.IntVar(&o.buffer, "audit-buffer", 8192, "audit events queued for the sink before --audit-overflow applies")
 	f.StringVar(&o.table, "audit-table", audit.DefaultTable, "table (or schema.table) of the postgres audit sink")
+	f.StringVar(&o.retention, "audit-retention", "", "how much of the file audit trail to keep: an age (720h), a total size (10GiB) or both (720h,10GiB); the oldest rotated files beyond it are deleted, recorded in the trail first so that `mandate audit verify` still passes (default keep everything)")
+	f.BoolVar(&o.sync, "audit-sync", false, "make every audit event durable (fsynced) before the call is answered, checks and lookups included; writes, deletes, imports and schema changes always are")
 	f.StringVar(&o.chainID, "audit-chain-id", "", "this server's hash chain in the postgres audit table (default the host name); each server sharing the table needs its own")
 }
 
@@ -62,6 +66,31 @@ func parseSize(flag, s string) (int64, error) {
 	return n * mult, nil
 }
 
+// parseRetention reads --audit-retention: an age, a size, or both,
+// comma-separated.
+func parseRetention(s string) (audit.Retention, error) {
+	var r audit.Retention
+	if strings.TrimSpace(s) == "" {
+		return r, nil
+	}
+	for part := range strings.SplitSeq(s, ",") {
+		part = strings.TrimSpace(part)
+		if d, err := time.ParseDuration(part); err == nil {
+			if d <= 0 || r.MaxAge != 0 {
+				return r, fmt.Errorf("--audit-retention %q: expected one positive age such as 720h", s)
+			}
+			r.MaxAge = d
+			continue
+		}
+		n, err := parseSize("--audit-retention", part)
+		if err != nil || r.MaxBytes != 0 {
+			return r, fmt.Errorf("--audit-retention %q: expected an age (720h), a size (10GiB) or both, comma-separated", s)
+		}
+		r.MaxBytes = n
+	}
+	return r, nil
+}
+
 // pooler is a datastore with a PostgreSQL connection pool (store/postgres).
 type pooler interface {
 	Pool() *pgxpool.Pool
@@ -82,9 +111,12 @@ func openAudit(ctx context.Context, o *auditOptions, dsEngine, dataDir string, s
 		log.Warn("auditing is off (--audit-sink none): decisions and changes are not recorded")
 		return nil, nil
 	case "file":
-		if sink, err = audit.OpenFileSink(plan.dir, plan.maxSize, log); err != nil {
+		fs, err := audit.OpenFileSink(plan.dir, plan.maxSize, log)
+		if err != nil {
 			return nil, fmt.Errorf("--audit-dir: %w", err)
 		}
+		fs.SetRetention(plan.retention)
+		sink = fs
 	case "stdout":
 		chain, err := audit.NewChainID()
 		if err != nil {
@@ -117,7 +149,7 @@ func openAudit(ctx context.Context, o *auditOptions, dsEngine, dataDir string, s
 			return nil, fmt.Errorf("--audit-redact-keys: %w", err)
 		}
 	}
-	l, err := audit.New(ctx, audit.Options{Sink: sink, Buffer: o.buffer, Overflow: overflow, Redactor: redactor, Logger: log})
+	l, err := audit.New(ctx, audit.Options{Sink: sink, Buffer: o.buffer, Overflow: overflow, Redactor: redactor, Logger: log, SyncAll: o.sync})
 	if err != nil {
 		sink.Close()
 		return nil, err
@@ -126,9 +158,14 @@ func openAudit(ctx context.Context, o *auditOptions, dsEngine, dataDir string, s
 	return l, nil
 }
 
+// auditCloseTimeout bounds closing the trail after the server stopped (its
+// grace period already passed): shutdown takes at most the grace period,
+// this, and the Log's one-second abort wait, even when the sink fails.
+const auditCloseTimeout = 5 * time.Second
+
 // closeAudit writes out what is queued and closes the trail.
 func closeAudit(l *audit.Log, log *slog.Logger) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), auditCloseTimeout)
 	defer cancel()
 	if err := l.Close(ctx); err != nil {
 		log.Error("closing the audit trail", "error", err)

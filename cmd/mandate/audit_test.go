@@ -35,9 +35,16 @@ type auditServer struct {
 // wiring as serve, and points the client environment at it.
 func startAuditServer(t *testing.T) *auditServer {
 	t.Helper()
+	return startAuditServerWith(t, func(*auditOptions) {})
+}
+
+// startAuditServerWith is startAuditServer with its audit flags edited.
+func startAuditServerWith(t *testing.T, edit func(*auditOptions)) *auditServer {
+	t.Helper()
 	dataDir := t.TempDir()
 	st := memory.New()
 	opts := &auditOptions{sink: "auto", maxFileSize: "1MiB", overflow: "block", buffer: 1024, redactKeys: []string{"ticket"}}
+	edit(opts)
 	l, err := openAudit(context.Background(), opts, "embedded", dataDir, st, discardLogger())
 	if err != nil {
 		t.Fatal(err)
@@ -330,6 +337,11 @@ func TestOpenAuditFromFlags(t *testing.T) {
 		{"size", func(o *auditOptions) { o.maxFileSize = "lots" }, `--audit-max-file-size "lots"`, "", false},
 		{"size units", func(o *auditOptions) { o.maxFileSize = "5 KiB"; o.dir = filepath.Join(dataDir, "small") }, "", "file", true},
 		{"redaction", func(o *auditOptions) { o.redactKeys = []string{"email"}; o.dir = filepath.Join(dataDir, "r") }, "", "file", true},
+		{"retention", func(o *auditOptions) { o.retention = "720h, 10GiB"; o.dir = filepath.Join(dataDir, "ret") }, "", "file", true},
+		{"retention sync", func(o *auditOptions) { o.retention = "1GiB"; o.sync = true; o.dir = filepath.Join(dataDir, "ret2") }, "", "file", true},
+		{"retention garbage", func(o *auditOptions) { o.retention = "forever" }, `--audit-retention "forever": expected an age (720h), a size (10GiB) or both`, "", false},
+		{"retention twice", func(o *auditOptions) { o.retention = "1h,2h" }, `--audit-retention "1h,2h": expected one positive age`, "", false},
+		{"retention on stdout", func(o *auditOptions) { o.sink, o.retention = "stdout", "1h" }, "--audit-retention applies to the file audit sink only, not stdout", "", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			o := base

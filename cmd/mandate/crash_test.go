@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	pb "github.com/mandate-authz/mandate/proto/mandate/v1"
+	"github.com/mandate-authz/mandate/server/audit"
 	"github.com/mandate-authz/mandate/store"
 	"github.com/mandate-authz/mandate/store/embedded"
 	"github.com/mandate-authz/mandate/store/rel"
@@ -54,7 +55,9 @@ type crashDatastore struct {
 // each time: every acknowledged batch must be there after the restart, no
 // batch may be half applied (one whose acknowledgement was lost may be
 // entirely there or entirely absent, and stays so), and revision tokens
-// issued before a crash stay valid after it.
+// issued before a crash stay valid after it. Every acknowledged batch is in
+// the audit trail too (a write's records are durable before its answer),
+// and `mandate audit verify` passes on the trail after each crash.
 func TestCrashRecovery(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary and restarts it several times; skipped with -short")
@@ -127,6 +130,10 @@ type crashLedger struct {
 	// absent batches were in doubt and found absent: they must stay so.
 	absent    map[int]bool
 	lastToken *pb.RevisionToken
+	// answered batches were acknowledged by the server itself (acked also
+	// holds in-doubt batches found applied): their audit records must be
+	// in the trail.
+	answered map[int]bool
 }
 
 func (l *crashLedger) ackedCount() int {
@@ -146,7 +153,7 @@ func (l *crashLedger) take() int {
 func runCrashRounds(t *testing.T, bin string, dsArgs []string, folders int, rng *rand.Rand) {
 	args := append([]string{"--grpc-preshared-key", crashKey, "--grpc-addr", "127.0.0.1:0", "--http-addr", "",
 		"--grpc-shutdown-grace-period", "5s"}, dsArgs...)
-	ledger := &crashLedger{acked: map[int]bool{}, inDoubt: map[int]bool{}, absent: map[int]bool{}}
+	ledger := &crashLedger{acked: map[int]bool{}, inDoubt: map[int]bool{}, absent: map[int]bool{}, answered: map[int]bool{}}
 	killedWriting := 0
 	schemaWritten := false
 	// One round, at random, kills the server while it starts up.
@@ -177,6 +184,7 @@ func runCrashRounds(t *testing.T, bin string, dsArgs []string, folders int, rng 
 			}
 		}
 		verifyCrashState(t, round, rels, ledger, folders)
+		verifyCrashAudit(t, round, pb.NewAuditServiceClient(conn), ledger, auditVerifyArgs(dsArgs))
 		if round == crashRounds {
 			p.stop(t)
 			break
@@ -250,6 +258,7 @@ func streamBatches(t *testing.T, rels pb.RelationshipServiceClient, l *crashLedg
 		l.mu.Lock()
 		if err == nil {
 			l.acked[n] = true
+			l.answered[n] = true
 			l.lastToken = resp.GetWrittenAt()
 			l.mu.Unlock()
 			continue
@@ -331,4 +340,57 @@ func verifyCrashState(t *testing.T, round int, rels pb.RelationshipServiceClient
 		}
 	}
 	clear(l.inDoubt)
+}
+
+// auditVerifyArgs are the `mandate audit verify` arguments of the trail a
+// server with these datastore flags keeps (--audit-sink auto).
+func auditVerifyArgs(dsArgs []string) []string {
+	for i, a := range dsArgs {
+		switch a {
+		case "--data-dir":
+			return []string{filepath.Join(dsArgs[i+1], "audit")}
+		case "--datastore-conn-uri":
+			return []string{dsArgs[i+1], "--table", audit.DefaultTable}
+		}
+	}
+	panic("no datastore location in the serve arguments")
+}
+
+// verifyCrashAudit checks, after a restart, that every write the server
+// acknowledged before the crash has its records (one per relationship) in
+// the audit trail, and that the trail verifies.
+func verifyCrashAudit(t *testing.T, round int, auditc pb.AuditServiceClient, l *crashLedger, verifyArgs []string) {
+	t.Helper()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	counts := map[int]int{}
+	var cursor *pb.Cursor
+	for {
+		resp, err := auditc.Query(ctx, &pb.AuditServiceQueryRequest{Operations: []string{"write_relationships"}, Resource: "doc",
+			Decisions: []string{"ok"}, Limit: 1000, OptionalCursor: cursor})
+		if err != nil {
+			t.Fatalf("round %d: audit query: %v", round, err)
+		}
+		for _, ev := range resp.GetEvents() {
+			_, id, _ := strings.Cut(ev.GetResource(), ":")
+			if m := batchID.FindStringSubmatch(id); m != nil {
+				n, _ := strconv.Atoi(m[1])
+				counts[n]++
+			}
+		}
+		if cursor = resp.GetNextCursor(); cursor == nil {
+			break
+		}
+	}
+	for n := range l.answered {
+		if counts[n] != batchSize {
+			t.Fatalf("round %d: acknowledged batch %d has %d of its %d write records in the audit trail after the crash", round, n, counts[n], batchSize)
+		}
+	}
+	out, errOut, code := cli(t, "", append([]string{"audit", "verify"}, verifyArgs...)...)
+	if code != 0 {
+		t.Fatalf("round %d: mandate audit verify after the crash: exit %d\n%s%s", round, code, out, errOut)
+	}
 }

@@ -99,10 +99,11 @@ func warnPlaintext(log *slog.Logger, opts *serveOptions) {
 
 // auditPlan is where the trail goes, decided from the flags alone.
 type auditPlan struct {
-	sink     string // file, stdout, postgres or none
-	dir      string // of the file sink
-	maxSize  int64
-	overflow audit.Overflow
+	sink      string // file, stdout, postgres or none
+	dir       string // of the file sink
+	maxSize   int64
+	overflow  audit.Overflow
+	retention audit.Retention // of the file sink
 }
 
 // resolveAudit validates the --audit-* flags and decides the sink without
@@ -149,6 +150,12 @@ func resolveAudit(o *auditOptions, dsEngine, dataDir string) (auditPlan, error) 
 		}
 	default:
 		return p, fmt.Errorf("--audit-sink %q: expected auto, file, stdout, postgres or none", o.sink)
+	}
+	if p.retention, err = parseRetention(o.retention); err != nil {
+		return p, err
+	}
+	if p.retention.Active() && p.sink != "file" {
+		return p, fmt.Errorf("--audit-retention applies to the file audit sink only, not %s (keep a PostgreSQL table's size with the database's own tools)", p.sink)
 	}
 	return p, nil
 }

@@ -50,6 +50,12 @@ const (
 	// OpEventsDropped is written by the Log itself when the drop policy
 	// discarded events: Count says how many, since the previous record.
 	OpEventsDropped Operation = "audit_events_dropped"
+	// OpRetention is written by the Log before retention deletes the
+	// oldest files of a trail: Count is the last record deleted (the
+	// first kept follows it), Detail that record's hash, Reason age or
+	// size. Verify accepts a trail starting after seq 1 only when such a
+	// record, later in the chain, accounts for the missing prefix.
+	OpRetention Operation = "audit_retention"
 )
 
 // Decision is an event's outcome: allowed, denied or conditional for a

@@ -14,6 +14,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // DefaultMaxFileSize is the size at which a trail file is rotated.
@@ -77,6 +78,12 @@ type FileSink struct {
 	hash    string
 	buf     []byte
 	current string
+
+	retention Retention
+	// pruneDue is set when retention should look at the files again: at
+	// open and after each rotation (size), and by lastAgeCheck (age).
+	pruneDue     bool
+	lastAgeCheck time.Time
 }
 
 // OpenFileSink opens (creating) a trail directory and locks it against a
@@ -98,7 +105,7 @@ func OpenFileSink(dir string, maxSize int64, log *slog.Logger) (*FileSink, error
 	if err != nil {
 		return nil, err
 	}
-	s := &FileSink{dir: dir, max: maxSize, log: log, unlock: unlock}
+	s := &FileSink{dir: dir, max: maxSize, log: log, unlock: unlock, pruneDue: true}
 	if err := s.resume(); err != nil {
 		unlock()
 		return nil, err
@@ -257,7 +264,39 @@ func (s *FileSink) openNext(firstSeq uint64, need int64) error {
 		f.Close()
 		return fmt.Errorf("audit file %s already holds data but the chain head is seq %d: check the trail with `mandate audit verify %s`", path, s.seq, s.dir)
 	}
+	if err := syncDir(s.dir); err != nil {
+		f.Close()
+		return err
+	}
 	s.f, s.size, s.rotate, s.current = f, 0, false, path
+	s.pruneDue = true
+	return nil
+}
+
+// syncDir makes a directory's entries (a new or deleted file) durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("syncing the audit directory: %w", err)
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("syncing the audit directory: %w", err)
+	}
+	return nil
+}
+
+// Sync implements Syncer: it flushes the current file to stable storage.
+func (s *FileSink) Sync() error {
+	if s.f == nil {
+		return nil
+	}
+	if err := s.f.Sync(); err != nil {
+		return fmt.Errorf("syncing %s: %w", s.current, err)
+	}
 	return nil
 }
 
@@ -312,7 +351,8 @@ func QueryDir(ctx context.Context, path string, q Query) (Page, error) {
 	}
 	needles := q.needles()
 	var matched []*Event
-	more := false
+	var sizes []int // stored bytes of each matched record
+	more, pageBytes := false, 0
 	err = scanFiles(ctx, files, func(_ string, _ int, line []byte) (bool, error) {
 		for _, n := range needles {
 			if !bytes.Contains(line, n) {
@@ -329,21 +369,30 @@ func QueryDir(ctx context.Context, path string, q Query) (Page, error) {
 		if !q.Match(&ev) {
 			return true, nil
 		}
+		applyCaps(&ev) // a record written before the caps existed
 		if !q.Descending {
-			if len(matched) == q.Limit {
+			if len(matched) == q.Limit || (len(matched) > 0 && pageBytes+len(line) > MaxPageBytes) {
 				more = true
 				return false, nil
 			}
 			matched = append(matched, &ev)
+			sizes = append(sizes, len(line))
+			pageBytes += len(line)
 			return true, nil
 		}
-		// Newest first: keep the last Limit matches seen.
-		if len(matched) == q.Limit {
-			copy(matched, matched[1:])
-			matched[len(matched)-1] = &ev
+		// Newest first: keep the last matches seen that fit the page.
+		matched = append(matched, &ev)
+		sizes = append(sizes, len(line))
+		pageBytes += len(line)
+		drop := 0
+		for len(matched)-drop > q.Limit || (len(matched)-drop > 1 && pageBytes > MaxPageBytes) {
+			pageBytes -= sizes[drop]
+			drop++
 			more = true
-		} else {
-			matched = append(matched, &ev)
+		}
+		if drop > 0 {
+			matched = append(matched[:0], matched[drop:]...)
+			sizes = append(sizes[:0], sizes[drop:]...)
 		}
 		return true, nil
 	})

@@ -28,6 +28,14 @@ type Sink interface {
 	Describe() string
 }
 
+// Syncer is a sink whose writes reach stable storage only when synced (a
+// file). RecordDurable syncs it after the batch holding its event is
+// written; a sink without Sync is durable once Write returns (a committed
+// PostgreSQL transaction) or never more durable than that (a writer).
+type Syncer interface {
+	Sync() error
+}
+
 // Querier is a sink that can answer queries over what it holds.
 type Querier interface {
 	Query(ctx context.Context, q Query) (Page, error)
@@ -85,16 +93,35 @@ type Options struct {
 	// own (a PostgreSQL table holds one chain per server, stdout one per
 	// run).
 	ChainID string
+	// SyncAll makes Record durable too (as RecordDurable), for checks and
+	// lookups: each waits for the sync of its batch.
+	SyncAll bool
+	// StuckWrite is how long one sink write may take before Flush treats
+	// the sink as failing (default 5s): a hung sink fails a flush at once
+	// rather than at the flush's deadline.
+	StuckWrite time.Duration
+	// SyncInterval is how often the writer syncs a Syncer sink holding
+	// asynchronous records not yet synced (default 1s): what a machine
+	// crash can lose of them, besides the queue.
+	SyncInterval time.Duration
+	// AbortWait bounds how long Close waits, once its context has ended,
+	// for a writer stuck in the sink and then for the sink to close
+	// (default 1s). Close returns within its context's deadline plus
+	// AbortWait even when the sink hangs.
+	AbortWait time.Duration
 }
 
 // ErrClosed is returned by Record after Close.
 var ErrClosed = errors.New("audit log closed")
 
 // item is a queued event or a flush request (which, queued behind the
-// events recorded before it, is answered once they are written).
+// events recorded before it, is answered once they are written). durable,
+// when set, receives the outcome once the event's batch is written and
+// synced.
 type item struct {
-	ev    *Event
-	flush chan struct{}
+	ev      *Event
+	flush   chan struct{}
+	durable chan error
 }
 
 // Log writes events to a sink asynchronously, in batches, continuing the
@@ -111,10 +138,23 @@ type Log struct {
 	done   chan struct{} // writer exited
 	stop   chan struct{} // Close asks the writer to drain and exit
 	abort  chan struct{} // Close's deadline passed: stop retrying
+	// abortCtx is the context of sink writes, cancelled with abort.
+	abortCtx    context.Context
+	cancelWrite context.CancelFunc
+
+	// failing is set while the writer retries a failing sink: Flush then
+	// fails at once instead of waiting out the outage.
+	failing atomic.Bool
+	// writingSince is when the sink write in progress began (unix nanos;
+	// 0: none).
+	writingSince atomic.Int64
 
 	seq  uint64 // writer goroutine only
 	prev string // writer goroutine only
 	buf  []byte // writer goroutine only: the encoded batch
+	// unsynced is set when records were written since the last sync
+	// (writer goroutine only).
+	unsynced bool
 
 	pendingDrops atomic.Int64 // dropped since the last dropped record
 	lastDropLog  atomic.Int64 // unix nanos of the last drop log line
@@ -142,6 +182,15 @@ func New(ctx context.Context, opts Options) (*Log, error) {
 	}
 	if opts.Linger == 0 {
 		opts.Linger = time.Millisecond
+	}
+	if opts.AbortWait <= 0 {
+		opts.AbortWait = time.Second
+	}
+	if opts.SyncInterval <= 0 {
+		opts.SyncInterval = time.Second
+	}
+	if opts.StuckWrite <= 0 {
+		opts.StuckWrite = 5 * time.Second
 	}
 	if _, err := ParseOverflow(string(opts.Overflow)); err != nil {
 		return nil, err
@@ -181,6 +230,7 @@ func New(ctx context.Context, opts Options) (*Log, error) {
 		Namespace: "mandate", Subsystem: "audit", Name: "queue_length",
 		Help: "Audit events waiting to be written.",
 	}, func() float64 { return float64(len(l.ch)) })
+	l.abortCtx, l.cancelWrite = context.WithCancel(context.Background())
 	go l.run()
 	lg.Info("audit trail", "sink", opts.Sink.Describe(), "overflow", string(opts.Overflow), "buffer", opts.Buffer, "head_seq", seq)
 	return l, nil
@@ -208,6 +258,9 @@ func (l *Log) Collect(ch chan<- prometheus.Metric) {
 // can refuse to answer unaudited); Drop discards it, counted. It returns
 // ErrClosed after Close.
 func (l *Log) Record(ctx context.Context, ev *Event) error {
+	if l.opts.SyncAll {
+		return l.RecordDurable(ctx, ev)
+	}
 	if ev.Time.IsZero() {
 		ev.Time = time.Now().UTC()
 	}
@@ -235,6 +288,55 @@ func (l *Log) Record(ctx context.Context, ev *Event) error {
 	}
 }
 
+// RecordDurable queues evs like Record and returns once the batch holding
+// the last of them is written and synced to the sink (and with it every
+// record before it), so that a caller acknowledging a write after it knows
+// the write's records survive a crash. Concurrent callers share batches and
+// so share each sync (group commit). The queue's overflow policy does not
+// apply: a full queue always blocks. An error (ctx ended, or the sink
+// failed through shutdown) means the events may not be durable; the caller
+// should fail its call rather than acknowledge it.
+func (l *Log) RecordDurable(ctx context.Context, evs ...*Event) error {
+	if len(evs) == 0 {
+		return nil
+	}
+	now := time.Now().UTC()
+	for _, ev := range evs {
+		if ev.Time.IsZero() {
+			ev.Time = now
+		}
+	}
+	done := make(chan error, 1)
+	l.mu.RLock()
+	if l.closed {
+		l.mu.RUnlock()
+		l.lose("closed", len(evs))
+		return ErrClosed
+	}
+	for i, ev := range evs {
+		it := item{ev: ev}
+		if i == len(evs)-1 {
+			it.durable = done
+		}
+		select {
+		case l.ch <- it:
+		case <-ctx.Done():
+			l.mu.RUnlock()
+			l.lose("deadline", len(evs)-i)
+			return fmt.Errorf("audit trail full (%d events queued) and the request ended waiting for room: %w", cap(l.ch), ctx.Err())
+		}
+	}
+	l.mu.RUnlock()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		// The events stay queued and will be written; only their
+		// durability before the answer is unknown.
+		return fmt.Errorf("waiting for the audit records to be synced: %w", ctx.Err())
+	}
+}
+
 // lose counts lost events, logs at most one line a second about them, and
 // (except for losses at close) has the writer record the loss in the trail.
 func (l *Log) lose(reason string, n int) {
@@ -249,8 +351,18 @@ func (l *Log) lose(reason string, n int) {
 	}
 }
 
+// ErrSinkFailing is returned by Flush while the sink is failing: the writer
+// is retrying, and waiting for it could last as long as the outage.
+var ErrSinkFailing = errors.New("the audit sink is failing; its writer is retrying")
+
 // Flush waits until every event recorded before it is written, or ctx ends.
+// It fails at once with ErrSinkFailing while the sink is failing or stuck
+// in a write for longer than Options.StuckWrite.
 func (l *Log) Flush(ctx context.Context) error {
+	since := l.writingSince.Load()
+	if l.failing.Load() || (since != 0 && time.Since(time.Unix(0, since)) > l.opts.StuckWrite) {
+		return fmt.Errorf("flushing the audit trail (%s): %w", l.opts.Sink.Describe(), ErrSinkFailing)
+	}
 	l.mu.RLock()
 	if l.closed {
 		l.mu.RUnlock()
@@ -274,7 +386,9 @@ func (l *Log) Flush(ctx context.Context) error {
 
 // Close writes what is queued (retrying a failing sink until ctx ends, then
 // counting and logging what could not be written), stops the writer and
-// closes the sink.
+// closes the sink. It returns by ctx's deadline plus Options.AbortWait
+// however the sink behaves: a sink still stuck in a write by then is left
+// open (the process is exiting), and the error says so.
 func (l *Log) Close(ctx context.Context) error {
 	l.mu.Lock()
 	if l.closed {
@@ -285,20 +399,50 @@ func (l *Log) Close(ctx context.Context) error {
 	l.mu.Unlock()
 	close(l.stop)
 	var err error
+	var hard <-chan time.Time
 	select {
 	case <-l.done:
 	case <-ctx.Done():
 		// Let the writer give up on a failing sink (counting and logging
-		// what it could not write) and wait for it.
+		// what it could not write) and wait a little for it.
 		err = fmt.Errorf("closing the audit trail: %w", ctx.Err())
 		close(l.abort)
-		<-l.done
+		l.cancelWrite()
+		hard = time.After(l.opts.AbortWait)
+		select {
+		case <-l.done:
+		case <-hard:
+			l.log.Error("audit sink still stuck in a write after the shutdown deadline; leaving it open", "sink", l.opts.Sink.Describe(),
+				"lost_queued_events", len(l.ch))
+			return fmt.Errorf("closing the audit trail: the %s sink is stuck in a write: %w", l.opts.Sink.Describe(), ctx.Err())
+		}
 	}
-	if cerr := l.opts.Sink.Close(); cerr != nil && err == nil {
-		err = fmt.Errorf("closing the audit sink: %w", cerr)
+	l.cancelWrite()
+	if hard == nil {
+		hard = time.After(l.opts.AbortWait + time.Until(deadlineOr(ctx, time.Now())))
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- l.opts.Sink.Close() }()
+	select {
+	case cerr := <-closed:
+		if cerr != nil && err == nil {
+			err = fmt.Errorf("closing the audit sink: %w", cerr)
+		}
+	case <-hard:
+		if err == nil {
+			err = fmt.Errorf("closing the audit sink %s: did not return in time", l.opts.Sink.Describe())
+		}
 	}
 	l.log.Info("audit trail closed", "sink", l.opts.Sink.Describe(), "head_seq", l.seq, "head_hash", l.prev)
 	return err
+}
+
+// deadlineOr returns ctx's deadline, or def when it has none.
+func deadlineOr(ctx context.Context, def time.Time) time.Time {
+	if d, ok := ctx.Deadline(); ok {
+		return d
+	}
+	return def
 }
 
 // Query flushes what was recorded so far and asks the sink.
@@ -327,17 +471,35 @@ func (l *Log) run() {
 		linger = time.NewTimer(l.opts.Linger)
 		linger.Stop()
 	}
+	// Asynchronous records reach stable storage within SyncInterval: the
+	// loss window of a machine crash.
+	var syncTick <-chan time.Time
+	if _, ok := l.opts.Sink.(Syncer); ok {
+		t := time.NewTicker(l.opts.SyncInterval)
+		defer t.Stop()
+		syncTick = t.C
+	}
+	l.prune() // what was due while the server was down
 	for {
 		batch = batch[:0]
 		select {
 		case it := <-l.ch:
 			batch = append(batch, it)
+		case <-syncTick:
+			if l.unsynced {
+				if err := l.sync(l.stop); err != nil {
+					l.log.Error("syncing the audit trail", "error", err)
+				}
+			}
+			l.prune() // files age on an idle trail too
+			continue
 		case <-l.stop:
 			l.drainAndExit(batch)
 			return
 		}
 		batch = l.fill(batch)
 		l.writeBatch(batch, l.stop)
+		l.prune()
 		if linger != nil && len(batch) < cap(batch) {
 			linger.Reset(l.opts.Linger)
 			select {
@@ -346,6 +508,36 @@ func (l *Log) run() {
 				linger.Stop()
 			}
 		}
+	}
+}
+
+// prune applies a Pruner sink's retention: it records the plan in the
+// trail, durably, and only then deletes, so that a crash in between leaves
+// a record claiming a deletion that did not happen (harmless), never a
+// deletion without its record.
+func (l *Log) prune() {
+	p, ok := l.opts.Sink.(Pruner)
+	if !ok {
+		return
+	}
+	plan, ok, err := p.PlanPrune(time.Now())
+	if err != nil {
+		l.log.Error("audit retention", "sink", l.opts.Sink.Describe(), "error", err)
+		return
+	}
+	if !ok {
+		return
+	}
+	done := make(chan error, 1)
+	ev := &Event{Time: time.Now().UTC(), Operation: OpRetention, Decision: OK, Count: int64(plan.ThroughSeq),
+		Detail: plan.ThroughHash, Reason: plan.Reason}
+	l.writeBatch([]item{{ev: ev, durable: done}}, l.stop)
+	if err := <-done; err != nil {
+		l.log.Error("audit retention postponed: its record could not be written", "error", err)
+		return
+	}
+	if err := p.Prune(plan); err != nil {
+		l.log.Error("audit retention", "sink", l.opts.Sink.Describe(), "error", err)
 	}
 }
 
@@ -368,6 +560,7 @@ func (l *Log) drainAndExit(batch []item) {
 	for {
 		batch = l.fill(batch[:0])
 		if len(batch) == 0 && l.pendingDrops.Load() == 0 {
+			l.prune()
 			return
 		}
 		l.writeBatch(batch, nil) // an empty batch still records a loss
@@ -387,6 +580,7 @@ func (l *Log) writeBatch(batch []item, stop <-chan struct{}) {
 			ev.ChainID = l.opts.ChainID
 		}
 		ev.Context = l.opts.Redactor.Apply(ev.Context)
+		applyCaps(ev)
 		var err error
 		buf, err = encode(buf, ev, seq+1, prev)
 		if err != nil {
@@ -408,9 +602,20 @@ func (l *Log) writeBatch(batch []item, stop <-chan struct{}) {
 			Error: fmt.Sprintf("%d audit events were dropped by the %q overflow policy before this record", n, l.opts.Overflow)})
 	}
 	var flushes []chan struct{}
+	var durables []chan error
 	for _, it := range batch {
 		if it.flush != nil {
 			flushes = append(flushes, it.flush)
+			continue
+		}
+		if it.durable != nil {
+			n := len(recs)
+			add(it.ev)
+			if len(recs) == n {
+				it.durable <- errors.New("the audit event could not be encoded")
+				continue
+			}
+			durables = append(durables, it.durable)
 			continue
 		}
 		add(it.ev)
@@ -424,26 +629,69 @@ func (l *Log) writeBatch(batch []item, stop <-chan struct{}) {
 		recs[i].Line = buf[begin:ends[i]:ends[i]]
 	}
 	l.buf = buf
+	var err error
 	if len(recs) > 0 {
-		l.persist(recs, stop)
+		err = l.persist(recs, stop)
 		l.seq, l.prev = seq, prev
+		l.unsynced = true
+	}
+	if len(durables) > 0 {
+		if err == nil {
+			err = l.sync(stop)
+		}
+		for _, d := range durables {
+			d <- err
+		}
 	}
 	for _, f := range flushes {
 		close(f)
 	}
 }
 
-func (l *Log) persist(recs []Record, stop <-chan struct{}) {
+// sync syncs a Syncer sink, retrying like persist.
+func (l *Log) sync(stop <-chan struct{}) error {
+	s, ok := l.opts.Sink.(Syncer)
+	if !ok {
+		return nil
+	}
 	backoff := 50 * time.Millisecond
+	for {
+		err := s.Sync()
+		if err == nil {
+			l.unsynced = false
+			return nil
+		}
+		l.writeErrs.Inc()
+		l.log.Error("syncing the audit trail failed; retrying", "sink", l.opts.Sink.Describe(), "error", err)
+		select {
+		case <-time.After(backoff):
+		case <-stop:
+			stop = nil
+		case <-l.abort:
+			return fmt.Errorf("syncing the audit trail (%s) failed through shutdown: %w", l.opts.Sink.Describe(), err)
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+// persist writes recs, retrying a failing sink with backoff until it
+// succeeds or Close's deadline passes (then the records are counted lost
+// and it returns the error).
+func (l *Log) persist(recs []Record, stop <-chan struct{}) error {
+	backoff := 50 * time.Millisecond
+	defer l.failing.Store(false)
 	for attempt := 1; ; attempt++ {
-		err := l.opts.Sink.Write(context.Background(), recs)
+		l.writingSince.Store(time.Now().UnixNano())
+		err := l.opts.Sink.Write(l.abortCtx, recs)
+		l.writingSince.Store(0)
 		if err == nil {
 			l.written.Add(float64(len(recs)))
 			if attempt > 1 {
 				l.log.Info("audit trail writable again", "sink", l.opts.Sink.Describe(), "attempts", attempt)
 			}
-			return
+			return nil
 		}
+		l.failing.Store(true)
 		l.writeErrs.Inc()
 		l.log.Error("writing audit events failed; retrying", "sink", l.opts.Sink.Describe(), "events", len(recs), "attempt", attempt, "error", err)
 		select {
@@ -456,7 +704,7 @@ func (l *Log) persist(recs []Record, stop <-chan struct{}) {
 			l.lose("write_failed", len(recs))
 			l.log.Error("audit events lost: the sink failed through shutdown", "sink", l.opts.Sink.Describe(), "events", len(recs),
 				"first_seq", recs[0].Event.Seq, "last_seq", recs[len(recs)-1].Event.Seq)
-			return
+			return fmt.Errorf("writing the audit trail (%s) failed through shutdown: %w", l.opts.Sink.Describe(), err)
 		}
 		if backoff < 5*time.Second {
 			backoff *= 2

@@ -334,14 +334,14 @@ func QueryTable(ctx context.Context, pool DB, table string, q Query) (Page, erro
 	defer rows.Close()
 	var p Page
 	var lastID int64
-	more := false
+	more, pageBytes := false, 0
 	for rows.Next() {
 		var id int64
 		var record string
 		if err := rows.Scan(&id, &record); err != nil {
 			return Page{}, fmt.Errorf("querying audit table %s: %w", table, err)
 		}
-		if len(p.Events) == q.Limit {
+		if len(p.Events) == q.Limit || (len(p.Events) > 0 && pageBytes+len(record) > MaxPageBytes) {
 			more = true
 			break
 		}
@@ -351,6 +351,8 @@ func QueryTable(ctx context.Context, pool DB, table string, q Query) (Page, erro
 		}
 		lastID = id
 		if q.Match(ev) {
+			applyCaps(ev)
+			pageBytes += len(record)
 			p.Events = append(p.Events, ev)
 		}
 	}

@@ -46,10 +46,13 @@ type Page struct {
 	Next string
 }
 
-// Query limits.
+// Query limits. A page holds at most Limit events and, past its first
+// event, at most MaxPageBytes of stored records; Next resumes after the
+// last event returned either way.
 const (
 	DefaultLimit = 100
 	MaxLimit     = 1000
+	MaxPageBytes = 1 << 20
 )
 
 // Validate checks the query and applies the default limit. Errors name the

@@ -69,16 +69,41 @@ type chainVerifier struct {
 	// file of a rotated trail).
 	partialStart bool
 	heads        map[string]*Head
+	// starts are chains that begin after seq 1, until an audit_retention
+	// record accounts for the deleted prefix.
+	starts map[string]*retainedStart
+}
+
+// retainedStart is where a chain with a deleted prefix begins.
+type retainedStart struct {
+	at       Place
+	seq      uint64
+	prevHash string
+	// by is the retention record that accounts for it (nil until seen).
+	by *Place
 }
 
 func newChainVerifier(partialStart bool) *chainVerifier {
-	return &chainVerifier{report: &Report{Heads: map[string]Head{}}, partialStart: partialStart, heads: map[string]*Head{}}
+	return &chainVerifier{report: &Report{Heads: map[string]Head{}}, partialStart: partialStart, heads: map[string]*Head{},
+		starts: map[string]*retainedStart{}}
 }
 
-// fail records the first failure; it returns false to stop.
+// fail records the first failure; it returns false to stop. A chain start
+// no retention record has accounted for yet comes first: the records after
+// a break cannot account for it.
 func (v *chainVerifier) fail(at Place, format string, args ...any) bool {
+	for _, st := range v.starts {
+		if st.by == nil {
+			v.report.Failure = &Problem{At: st.at, Msg: st.missing()}
+			return false
+		}
+	}
 	v.report.Failure = &Problem{At: at, Msg: fmt.Sprintf(format, args...)}
 	return false
+}
+
+func (st *retainedStart) missing() string {
+	return fmt.Sprintf("records missing before this line: the trail starts at seq %d, expected seq 1, and no audit_retention record accounts for records 1 to %d (an earlier file or its first records were removed)", st.seq, st.seq-1)
 }
 
 // check verifies one record (decoded with Decode, err its result); it
@@ -103,7 +128,9 @@ func (v *chainVerifier) check(at Place, ev *Event, err error) bool {
 		v.report.Warnings = append(v.report.Warnings, Problem{At: at, Msg: fmt.Sprintf(
 			"the chain starts at seq %d here; records 1 to %d are in earlier files, not checked (verify the directory to check them)", ev.Seq, ev.Seq-1)})
 	case !seen:
-		return v.fail(at, "records missing before this line: the trail starts at seq %d, expected seq 1 (an earlier file or its first records were removed)", ev.Seq)
+		// Retention may have deleted the records before it; a later
+		// audit_retention record must say so (checked at the end).
+		v.starts[ev.ChainID] = &retainedStart{at: at, seq: ev.Seq, prevHash: ev.PrevHash}
 	case ev.Seq > h.Seq+1:
 		if ev.Seq == h.Seq+2 {
 			return v.fail(at, "record missing before this line: expected seq %d, found seq %d (record seq %d, after %s, was removed)", h.Seq+1, ev.Seq, h.Seq+1, h.At)
@@ -119,10 +146,30 @@ func (v *chainVerifier) check(at Place, ev *Event, err error) bool {
 		v.heads[ev.ChainID] = h
 	}
 	*h = Head{Seq: ev.Seq, Hash: ev.Hash, At: at}
+	if st := v.starts[ev.ChainID]; st != nil && st.by == nil && ev.Operation == OpRetention && ev.Count >= 0 {
+		// The record names the last record deleted and its hash; when that
+		// is the record just before the start, the hashes must agree. (A
+		// crash between the record and the deletion leaves more records
+		// than it names deleted: harmless.)
+		through := uint64(ev.Count)
+		if through+1 > st.seq || (through+1 == st.seq && ev.Detail == st.prevHash) {
+			st.by = &at
+		}
+	}
 	return true
 }
 
 func (v *chainVerifier) finish() Report {
+	if v.report.Failure == nil {
+		for _, st := range v.starts {
+			if st.by == nil {
+				v.report.Failure = &Problem{At: st.at, Msg: st.missing()}
+				break
+			}
+			v.report.Warnings = append(v.report.Warnings, Problem{At: st.at, Msg: fmt.Sprintf(
+				"the trail starts at seq %d, following hash %s: records 1 to %d were deleted by retention (%s)", st.seq, st.prevHash, st.seq-1, st.by)})
+		}
+	}
 	for id, h := range v.heads {
 		v.report.Heads[id] = *h
 	}

@@ -166,20 +166,30 @@ func (c *Core) recordRead(ctx context.Context, call *Call, evs ...*audit.Event) 
 // recordWrite records a write's events. The write has happened, so a lost
 // event does not change its answer: the loss is logged (and counted by the
 // Auditor). Recording outlasts the client's cancellation, up to the
-// request timeout.
-func (c *Core) recordWrite(ctx context.Context, call *Call, evs ...*audit.Event) {
+// request timeout. With a DurableAuditor, the events are durable in the
+// trail before the write is acknowledged: when they cannot be made so, the
+// error returned (ErrUnavailable) replaces the write's success.
+func (c *Core) recordWrite(ctx context.Context, call *Call, evs ...*audit.Event) error {
 	call.recorded.Store(true)
 	if c.aud == nil {
-		return
+		return nil
 	}
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.lim.RequestTimeout)
 	defer cancel()
+	if d, ok := c.aud.(DurableAuditor); ok {
+		if err := d.RecordDurable(rctx, evs...); err != nil {
+			c.log.Error("a write's audit records are not durable", "request_id", call.info.RequestID, "events", len(evs), "error", err)
+			return unavailable("the change was applied, but its audit record could not be made durable, so it is not acknowledged: %v", err)
+		}
+		return nil
+	}
 	for _, ev := range evs {
 		if err := c.aud.Record(rctx, ev); err != nil {
 			c.log.Error("a write was not audited", "operation", ev.Operation, "request_id", ev.RequestID, "error", err)
-			return
+			return nil
 		}
 	}
+	return nil
 }
 
 // kindIn tells a subject's kind from a schema (nil: not an agent).

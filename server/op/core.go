@@ -113,6 +113,15 @@ type Auditor interface {
 	Record(ctx context.Context, ev *audit.Event) error
 }
 
+// DurableAuditor is an Auditor that can make events durable before a call
+// is acknowledged (group commit); *audit.Log implements it. The core uses
+// it, when the Auditor has it, for writes, deletes, imports and schema
+// changes.
+type DurableAuditor interface {
+	Auditor
+	RecordDurable(ctx context.Context, evs ...*audit.Event) error
+}
+
 // DefaultMaxRevisionWait is the revision wait when Config leaves it zero.
 const DefaultMaxRevisionWait = 5 * time.Second
 

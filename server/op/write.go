@@ -39,7 +39,9 @@ func (c *Core) Write(ctx context.Context, req WriteRequest) (WriteResult, error)
 	if err == nil {
 		rev, err = c.st.Write(ctx, req.Preconditions, req.Mutations)
 	}
-	c.recordWrite(ctx, call, c.writeEvents(ctx, call, req.Mutations, rev, err)...)
+	if aerr := c.recordWrite(ctx, call, c.writeEvents(ctx, call, req.Mutations, rev, err)...); err == nil && aerr != nil {
+		return WriteResult{}, aerr
+	}
 	return WriteResult{Revision: rev}, err
 }
 
@@ -195,7 +197,9 @@ func (c *Core) DeleteMatching(ctx context.Context, req DeleteRequest) (DeleteRes
 	out, err := c.deleteMatching(ctx, req)
 	ev := deleteEvent(call, req, err)
 	ev.Count, ev.Revision = int64(out.Deleted), uint64(out.Revision)
-	c.recordWrite(ctx, call, ev)
+	if aerr := c.recordWrite(ctx, call, ev); err == nil && aerr != nil {
+		return DeleteResult{}, aerr
+	}
 	return out, err
 }
 
@@ -369,7 +373,9 @@ func (c *Core) Import(ctx context.Context, req ImportRequest) (ImportResult, err
 		ev.Count = int64(out.Loaded)
 	}
 	ev.Detail = fmt.Sprintf("%d relationships received in %d messages", received, messages)
-	c.recordWrite(ctx, call, ev)
+	if aerr := c.recordWrite(ctx, call, ev); err == nil && aerr != nil {
+		return ImportResult{}, aerr
+	}
 	return out, err
 }
 
@@ -395,7 +401,9 @@ func (c *Core) WriteSchema(ctx context.Context, req WriteSchemaRequest) (WriteRe
 	}
 	evs := req.events(call, err)
 	evs[0].Revision = uint64(rev)
-	c.recordWrite(ctx, call, evs...)
+	if aerr := c.recordWrite(ctx, call, evs...); err == nil && aerr != nil {
+		return WriteResult{}, aerr
+	}
 	return WriteResult{Revision: rev}, err
 }
 
