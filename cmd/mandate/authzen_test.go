@@ -30,6 +30,14 @@ type authzenPDP struct {
 	key  string
 }
 
+// authzenProbes are allowed checks of each example, asked fully
+// consistent after loading so that the engine has applied the import
+// before the AuthZEN calls (which answer at the engine's latest revision).
+var authzenProbes = map[string][2]string{
+	"todo":   {"todo_list:shared#can_read_todos", "user:anyone"},
+	"search": {"record:101#view", "user:alice"},
+}
+
 func startAuthZEN(t *testing.T, example string) *authzenPDP {
 	t.Helper()
 	dir := filepath.Join("..", "..", "examples", "authzen", example)
@@ -75,6 +83,8 @@ func startAuthZEN(t *testing.T, example string) *authzenPDP {
 	t.Setenv("MANDATE_INSECURE", "true")
 	mustCLI(t, "schema", "write", filepath.Join(dir, "schema.zed"))
 	mustCLI(t, "import", "--no-progress", filepath.Join(dir, "relationships.txt"))
+	probe := authzenProbes[example]
+	mustCLI(t, "check", "--fully-consistent", probe[0], probe[1])
 	return &authzenPDP{base: "http://" + httpAddr, key: authzenKey}
 }
 
@@ -438,4 +448,127 @@ func TestAuthZENSearch(t *testing.T) {
 			}
 		}
 	})
+}
+
+// errorOf reads an AuthZEN error answer: {"error": {"status", "code",
+// "message"}}.
+func errorOf(t *testing.T, body []byte) (int, string) {
+	t.Helper()
+	var e struct {
+		Error struct {
+			Status  int
+			Code    string
+			Message string
+		}
+	}
+	if err := json.Unmarshal(body, &e); err != nil || e.Error.Message == "" {
+		t.Fatalf("error answer %s is not {\"error\": {...}}: %v", body, err)
+	}
+	if bytes.Contains(body, []byte(`"decision"`)) {
+		t.Errorf("an error answer carries a decision: %s", body)
+	}
+	return e.Error.Status, e.Error.Message
+}
+
+func TestAuthZENBadInput(t *testing.T) {
+	pdp := startAuthZEN(t, "todo")
+	morty := todoUsers[1].pid
+	sub := fmt.Sprintf(`{"type":"user","id":%q}`, morty)
+	for _, tc := range []struct {
+		name, path, body string
+		status           int
+		member           string // the message must start with it
+	}{
+		{"malformed JSON", "/access/v1/evaluation", `{"subject":`, 400, "malformed JSON"},
+		{"empty body", "/access/v1/evaluation", ``, 400, "the request body is empty"},
+		{"not an object", "/access/v1/evaluation", `[1]`, 400, "expected a JSON object"},
+		{"numeric id", "/access/v1/evaluation", `{"subject":{"type":"user","id":101},"action":{"name":"can_read_todos"},"resource":{"type":"todo","id":"todo-1"}}`, 400, "subject.id: expected a string"},
+		{"string decision-ish action", "/access/v1/evaluation", `{"subject":` + sub + `,"action":"can_read_todos","resource":{"type":"todo","id":"todo-1"}}`, 400, "action: expected an object"},
+		{"no subject", "/access/v1/evaluation", `{"action":{"name":"can_read_todos"},"resource":{"type":"todo","id":"todo-1"}}`, 400, "subject: missing"},
+		{"no subject id", "/access/v1/evaluation", `{"subject":{"type":"user"},"action":{"name":"can_read_todos"},"resource":{"type":"todo","id":"todo-1"}}`, 400, "subject.id: missing"},
+		{"unknown subject type", "/access/v1/evaluation", `{"subject":{"type":"robot","id":"r2"},"action":{"name":"can_read_todos"},"resource":{"type":"todo","id":"todo-1"}}`, 400, "subject.type: \"robot\""},
+		{"unknown resource type", "/access/v1/evaluation", `{"subject":` + sub + `,"action":{"name":"can_read_todos"},"resource":{"type":"spaceship","id":"1"}}`, 400, "resource.type: \"spaceship\""},
+		{"no action", "/access/v1/evaluation", `{"subject":` + sub + `,"resource":{"type":"todo","id":"todo-1"}}`, 400, "action.name: missing"},
+		{"ownerID not a string", "/access/v1/evaluation", `{"subject":` + sub + `,"action":{"name":"can_update_todo"},"resource":{"type":"todo","id":"t","properties":{"ownerID":42}}}`, 400, "resource.properties.ownerID"},
+		{"bad on_behalf_of", "/access/v1/evaluation", `{"subject":{"type":"user","id":"x","properties":{"on_behalf_of":"alice"}},"action":{"name":"can_read_todos"},"resource":{"type":"todo","id":"todo-1"}}`, 400, "subject.properties.on_behalf_of"},
+		{"unknown semantic", "/access/v1/evaluations", `{"subject":` + sub + `,"action":{"name":"can_read_todos"},"options":{"evaluations_semantic":"first_wins"},"evaluations":[{"resource":{"type":"todo","id":"1"}}]}`, 400, "options.evaluations_semantic"},
+		{"evaluations not an array", "/access/v1/evaluations", `{"evaluations":{}}`, 400, "evaluations: expected an array"},
+		{"bad item", "/access/v1/evaluations", `{"subject":` + sub + `,"action":{"name":"can_read_todos"},"evaluations":[{"resource":{"type":"todo","id":"1"}},{"resource":{"type":"spaceship","id":"1"}}]}`, 400, "evaluations[1].resource.type"},
+		{"bad item context", "/access/v1/evaluations", `{"subject":` + sub + `,"action":{"name":"can_update_todo"},"evaluations":[{"resource":{"type":"todo","id":"1","properties":{"ownerID":"morty@the-citadel.com"}}},{"resource":{"type":"todo","id":"2","properties":{"ownerID":true}}}]}`, 400, "evaluations[1].resource.properties.ownerID"},
+		{"item without a resource", "/access/v1/evaluations", `{"subject":` + sub + `,"action":{"name":"can_read_todos"},"evaluations":[{}]}`, 400, "evaluations[0].resource: missing"},
+		{"search a fixed object", "/access/v1/search/resource", `{"subject":` + sub + `,"action":{"name":"can_read_todos"},"resource":{"type":"todo"}}`, 400, "resource.type"},
+		{"subject search without resource id", "/access/v1/search/subject", `{"subject":{"type":"user"},"action":{"name":"can_read_todos"},"resource":{"type":"todo"}}`, 400, "resource.id: missing"},
+		{"action search without subject", "/access/v1/search/action", `{"resource":{"type":"todo","id":"1"}}`, 400, "subject: missing"},
+		{"unknown endpoint", "/access/v1/evaluate", `{}`, 404, "/access/v1/evaluate is not an AuthZEN 1.0 endpoint"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			status, msg := errorOf(t, pdp.post(t, tc.path, tc.body, tc.status))
+			if status != tc.status {
+				t.Errorf("error.status %d, want %d", status, tc.status)
+			}
+			if !strings.HasPrefix(msg, tc.member) {
+				t.Errorf("message %q does not start with %q", msg, tc.member)
+			}
+		})
+	}
+	t.Run("body over the limit", func(t *testing.T) {
+		big := `{"subject":` + sub + `,"context":{"pad":"` + strings.Repeat("x", 5<<20) + `"}}`
+		status, msg := errorOf(t, pdp.post(t, "/access/v1/evaluation", big, http.StatusRequestEntityTooLarge))
+		if status != http.StatusRequestEntityTooLarge || !strings.Contains(msg, "--max-message-size") {
+			t.Errorf("%d %q", status, msg)
+		}
+	})
+}
+
+// TestAuthZENAuth: the AuthZEN API takes the server's preshared keys; a
+// server without keys ignores whatever Authorization header arrives (the
+// interop runner sends "Authorization: undefined").
+func TestAuthZENAuth(t *testing.T) {
+	pdp := startAuthZEN(t, "todo")
+	body := fmt.Sprintf(`{"subject":{"type":"user","id":%q},"action":{"name":"can_read_todos"},"resource":{"type":"todo","id":"todo-1"}}`, todoUsers[0].pid)
+	send := func(base, auth string) (int, []byte) {
+		req, _ := http.NewRequest(http.MethodPost, base+"/access/v1/evaluation", strings.NewReader(body))
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		out, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, out
+	}
+	for _, auth := range []string{"", "undefined", "Bearer wrong-key", "Basic " + authzenKey} {
+		status, out := send(pdp.base, auth)
+		if status != http.StatusUnauthorized {
+			t.Errorf("Authorization %q: status %d, want 401; %s", auth, status, out)
+			continue
+		}
+		if code, _ := errorOf(t, out); code != http.StatusUnauthorized {
+			t.Errorf("Authorization %q: error.status %d", auth, code)
+		}
+	}
+	if status, out := send(pdp.base, "Bearer "+authzenKey); status != http.StatusOK || !decisionOf(t, out) {
+		t.Errorf("with the key: %d %s", status, out)
+	}
+	// The metadata is public and names every endpoint on this address.
+	resp, err := http.Get(pdp.base + "/.well-known/authzen-configuration")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var meta map[string]string
+	json.NewDecoder(resp.Body).Decode(&meta)
+	resp.Body.Close()
+	for k, path := range map[string]string{
+		"policy_decision_point": "", "access_evaluation_endpoint": "/access/v1/evaluation", "access_evaluations_endpoint": "/access/v1/evaluations",
+		"search_subject_endpoint": "/access/v1/search/subject", "search_resource_endpoint": "/access/v1/search/resource", "search_action_endpoint": "/access/v1/search/action",
+	} {
+		if meta[k] != pdp.base+path {
+			t.Errorf("metadata %s = %q, want %q", k, meta[k], pdp.base+path)
+		}
+	}
+	if resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") {
+		t.Errorf("metadata: %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
 }

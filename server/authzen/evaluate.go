@@ -2,7 +2,10 @@ package authzen
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"sort"
+	"strings"
 
 	"github.com/mandate-authz/mandate/engine"
 	"github.com/mandate-authz/mandate/schema"
@@ -14,6 +17,21 @@ import (
 type converted struct {
 	req     op.CheckRequest
 	unknown bool
+	// sources names the members the caveat context came from, for an
+	// error about it.
+	sources []string
+}
+
+// contextError names where bad caveat context came from.
+func (c converted) contextError(at string, err error) error {
+	if !errors.Is(err, engine.ErrInvalidContext) {
+		return err
+	}
+	member := at + "context"
+	if len(c.sources) > 0 {
+		member = strings.Join(c.sources, ", ")
+	}
+	return badRequest(member, "%v", err)
 }
 
 // schemaNow is the schema checks are validated against: the engine's head.
@@ -86,10 +104,22 @@ func (h *Handler) resourceOf(sch *schema.Schema, r *entity, at string, needID bo
 
 // copyProps copies the mapped properties into the caveat context.
 func copyProps(ctx map[string]any, props map[string]any, mapped map[string]string) {
+	copyNamed(ctx, props, mapped, "", nil)
+}
+
+// copyNamed copies the mapped members into the caveat context, adding the
+// name of each copied one (prefix + member) to *sources.
+func copyNamed(ctx map[string]any, props map[string]any, mapped map[string]string, prefix string, sources *[]string) {
 	for prop, param := range mapped {
 		if v, ok := props[prop]; ok {
 			ctx[param] = v
+			if sources != nil {
+				*sources = append(*sources, prefix+prop)
+			}
 		}
+	}
+	if sources != nil {
+		sort.Strings(*sources)
 	}
 }
 
@@ -107,7 +137,8 @@ func (h *Handler) permissionOf(sch *schema.Schema, obj rel.Object, rm ResourceMa
 // convert turns one evaluation into a core check.
 func (h *Handler) convert(sch *schema.Schema, e evaluationRequest, at string) (converted, error) {
 	ctx := map[string]any{}
-	copyProps(ctx, e.Context, h.m.Context)
+	var sources []string
+	copyNamed(ctx, e.Context, h.m.Context, at+"context.", &sources)
 	sub, obo, err := h.subjectOf(sch, e.Subject, at, true, ctx)
 	if err != nil {
 		return converted{}, err
@@ -116,6 +147,11 @@ func (h *Handler) convert(sch *schema.Schema, e evaluationRequest, at string) (c
 	if err != nil {
 		return converted{}, err
 	}
+	if e.Subject != nil {
+		_, sm := h.m.subject(e.Subject.Type)
+		copyNamed(map[string]any{}, e.Subject.Properties, sm.Properties, at+"subject.properties.", &sources)
+	}
+	copyNamed(map[string]any{}, e.Resource.Properties, rm.Properties, at+"resource.properties.", &sources)
 	perm, ok, err := h.permissionOf(sch, obj, rm, e.Action, at)
 	if err != nil {
 		return converted{}, err
@@ -126,6 +162,7 @@ func (h *Handler) convert(sch *schema.Schema, e evaluationRequest, at string) (c
 	return converted{
 		req:     op.CheckRequest{Resource: obj, Permission: perm, Subject: sub, Context: ctx, OnBehalfOf: obo},
 		unknown: !ok,
+		sources: sources,
 	}, nil
 }
 
@@ -153,7 +190,7 @@ func (h *Handler) evaluateOne(ctx context.Context, req evaluationRequest, parsed
 	c.req.Explain = true
 	res, err := h.cfg.Core.Check(ctx, c.req)
 	if err != nil {
-		return nil, err
+		return nil, c.contextError("", err)
 	}
 	d := decision{Decision: res.Decision == engine.Allowed}
 	d.Context = explain(res)
@@ -211,6 +248,7 @@ func (h *Handler) evaluations(ctx context.Context, body []byte, parsed *op.Reque
 		return nil, err
 	}
 	bulk := op.CheckBulkRequest{Items: make([]op.CheckItem, len(req.Evaluations))}
+	convs := make([]converted, len(req.Evaluations))
 	*parsed = bulk
 	for i, e := range req.Evaluations {
 		// Top-level members are the defaults of every item's missing ones.
@@ -230,6 +268,7 @@ func (h *Handler) evaluations(ctx context.Context, body []byte, parsed *op.Reque
 		if err != nil {
 			return nil, err
 		}
+		convs[i] = c
 		bulk.Items[i].CheckRequest = c.req
 		if c.unknown {
 			bulk.Items[i].Err = errUnknownAction
@@ -243,8 +282,8 @@ func (h *Handler) evaluations(ctx context.Context, body []byte, parsed *op.Reque
 	out := evaluationsResponse{Evaluations: make([]decision, 0, len(res.Items))}
 	for i, it := range res.Items {
 		if it.Err != nil && it.Err != errUnknownAction {
-			e := toError(ctx, it.Err)
-			if e.Status == 400 {
+			e := toError(ctx, convs[i].contextError(fmt.Sprintf("evaluations[%d].", i), it.Err))
+			if e.Status == 400 && !strings.HasPrefix(e.Message, "evaluations[") {
 				e.Message = fmt.Sprintf("evaluations[%d]: %s", i, e.Message)
 			}
 			return nil, e

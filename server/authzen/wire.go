@@ -16,9 +16,9 @@ type action struct {
 }
 
 type evaluationRequest struct {
-	Subject  *entity       `json:"subject"`
-	Action   *action       `json:"action"`
-	Resource *entity       `json:"resource"`
+	Subject  *entity        `json:"subject"`
+	Action   *action        `json:"action"`
+	Resource *entity        `json:"resource"`
 	Context  map[string]any `json:"context"`
 }
 
