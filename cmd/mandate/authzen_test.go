@@ -288,6 +288,20 @@ func TestAuthZENTodo(t *testing.T) {
 			}
 		}
 	})
+	t.Run("pinned resources need no id", func(t *testing.T) {
+		for _, u := range todoUsers {
+			body := fmt.Sprintf(`{"subject":{"type":"user","id":%q},"action":{"name":"can_create_todo"},"resource":{"type":"todo"}}`, u.pid)
+			if got := decisionOf(t, pdp.post(t, "/access/v1/evaluation", body, http.StatusOK)); got != todoRule(u, "can_create_todo", "") {
+				t.Errorf("%s can_create_todo without a todo id: %v", u.name, got)
+			}
+		}
+	})
+	t.Run("evaluations without items is one evaluation", func(t *testing.T) {
+		body := fmt.Sprintf(`{"subject":{"type":"user","id":%q},"action":{"name":"can_delete_todo"},"resource":{"type":"todo","id":"t","properties":{"ownerID":"nobody@example.com"}}}`, rick.pid)
+		if !decisionOf(t, pdp.post(t, "/access/v1/evaluations", body, http.StatusOK)) {
+			t.Error("rick may delete any todo")
+		}
+	})
 	t.Run("unknown action denies", func(t *testing.T) {
 		body := fmt.Sprintf(`{"subject":{"type":"user","id":%q},"action":{"name":"can_launch_rockets"},"resource":{"type":"todo","id":"todo-1"}}`, rick.pid)
 		if decisionOf(t, pdp.post(t, "/access/v1/evaluation", body, http.StatusOK)) {
@@ -433,6 +447,20 @@ func TestAuthZENSearch(t *testing.T) {
 			t.Error("no empty action search was tried")
 		}
 	})
+	t.Run("bad input", func(t *testing.T) {
+		for _, tc := range []struct{ path, body, member string }{
+			{"/access/v1/search/subject", `{"subject":{"type":"user"},"action":{"name":"view"},"resource":{"type":"record"}}`, "resource.id: missing"},
+			{"/access/v1/search/resource", `{"subject":{"type":"user"},"action":{"name":"view"},"resource":{"type":"record"}}`, "subject.id: missing"},
+			{"/access/v1/search/resource", `{"subject":{"type":"user","id":"alice"},"resource":{"type":"record"}}`, "action.name: missing"},
+			{"/access/v1/search/action", `{"subject":{"type":"user","id":"alice"},"resource":{"type":"folder","id":"1"}}`, "resource.type: \"folder\""},
+			{"/access/v1/search/subject", `{"subject":{"type":"user"},"action":{"name":"view"},"resource":{"type":"record","id":101}}`, "resource.id: expected a string"},
+		} {
+			_, msg := errorOf(t, pdp.post(t, tc.path, tc.body, http.StatusBadRequest))
+			if !strings.HasPrefix(msg, tc.member) {
+				t.Errorf("%s %s: message %q does not start with %q", tc.path, tc.body, msg, tc.member)
+			}
+		}
+	})
 	t.Run("unknown names give empty results", func(t *testing.T) {
 		for _, tc := range []struct{ path, body string }{
 			{"/access/v1/search/subject", `{"subject":{"type":"user"},"action":{"name":"view"},"resource":{"type":"record","id":"999"}}`},
@@ -497,7 +525,8 @@ func TestAuthZENBadInput(t *testing.T) {
 		{"bad item context", "/access/v1/evaluations", `{"subject":` + sub + `,"action":{"name":"can_update_todo"},"evaluations":[{"resource":{"type":"todo","id":"1","properties":{"ownerID":"morty@the-citadel.com"}}},{"resource":{"type":"todo","id":"2","properties":{"ownerID":true}}}]}`, 400, "evaluations[1].resource.properties.ownerID"},
 		{"item without a resource", "/access/v1/evaluations", `{"subject":` + sub + `,"action":{"name":"can_read_todos"},"evaluations":[{}]}`, 400, "evaluations[0].resource: missing"},
 		{"search a fixed object", "/access/v1/search/resource", `{"subject":` + sub + `,"action":{"name":"can_read_todos"},"resource":{"type":"todo"}}`, 400, "resource.type"},
-		{"subject search without resource id", "/access/v1/search/subject", `{"subject":{"type":"user"},"action":{"name":"can_read_todos"},"resource":{"type":"todo"}}`, 400, "resource.id: missing"},
+		{"subject search without a resource", "/access/v1/search/subject", `{"subject":{"type":"user"},"action":{"name":"can_read_todos"}}`, 400, "resource: missing"},
+		{"subject search without a subject type", "/access/v1/search/subject", `{"subject":{},"action":{"name":"can_read_todos"},"resource":{"type":"todo","id":"1"}}`, 400, "subject.type: missing"},
 		{"action search without subject", "/access/v1/search/action", `{"resource":{"type":"todo","id":"1"}}`, 400, "subject: missing"},
 		{"unknown endpoint", "/access/v1/evaluate", `{}`, 404, "/access/v1/evaluate is not an AuthZEN 1.0 endpoint"},
 	} {

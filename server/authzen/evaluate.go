@@ -87,10 +87,11 @@ func (h *Handler) resourceOf(sch *schema.Schema, r *entity, at string, needID bo
 	if r.Type == "" {
 		return rel.Object{}, ResourceMapping{}, badRequest(at+"resource.type", "missing")
 	}
-	if needID && r.ID == "" {
+	rm := h.m.resource(r.Type)
+	// A type the mapping pins onto one object needs no id of its own.
+	if needID && r.ID == "" && rm.ID == "" {
 		return rel.Object{}, ResourceMapping{}, badRequest(at+"resource.id", "missing")
 	}
-	rm := h.m.resource(r.Type)
 	if sch.Definitions[rm.Type] == nil {
 		return rel.Object{}, rm, badRequest(at+"resource.type", "%q names schema type %q, which the schema does not define", r.Type, rm.Type)
 	}
@@ -274,7 +275,6 @@ func (h *Handler) evaluations(ctx context.Context, body []byte, parsed *op.Reque
 			bulk.Items[i].Err = errUnknownAction
 		}
 	}
-	*parsed = bulk
 	res, err := h.cfg.Core.CheckBulk(ctx, bulk)
 	if err != nil {
 		return nil, err
