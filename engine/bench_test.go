@@ -5,13 +5,16 @@ import (
 	"flag"
 	"math/rand/v2"
 	"runtime"
+	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/mandate-authz/mandate/engine"
+	"github.com/mandate-authz/mandate/feed"
 	"github.com/mandate-authz/mandate/store"
 	"github.com/mandate-authz/mandate/store/memory"
 	"github.com/mandate-authz/mandate/store/rel"
@@ -441,6 +444,97 @@ func benchLookupResources(b *testing.B, after string, limit int) {
 	m.report(b, 1, "lookups")
 }
 
+// benchCallers is the concurrency of the parallel lookup benchmarks, the
+// bench harness's 16 callers.
+const benchCallers = 16
+
+// BenchmarkLookupResourcesParallel measures whole LookupResources calls from
+// 16 concurrent callers, as the bench harness makes them.
+func BenchmarkLookupResourcesParallel(b *testing.B) {
+	e, w := loadBench(b, flagShape())
+	ctx := context.Background()
+	var next atomic.Int64
+	var found atomic.Int64
+	m := startCPU(b)
+	b.SetParallelism(max(1, benchCallers/runtime.GOMAXPROCS(0)))
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			c := w.checks[int(next.Add(1))%len(w.checks)]
+			res, _, err := e.LookupResources(ctx, engine.LookupResourcesRequest{ResourceType: "document", Permission: "view", Subject: c.Subject})
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			found.Add(int64(len(res)))
+		}
+	})
+	b.ReportMetric(float64(found.Load())/float64(b.N), "results/op")
+	b.ReportMetric(float64(found.Load())/b.Elapsed().Seconds(), "results/s")
+	m.report(b, 1, "lookups")
+}
+
+// BenchmarkStreamLookupResourcesFirstResult measures, from 16 concurrent
+// callers streaming whole lookups, the time from the call to its first
+// batch of results (p50 and p99 over every lookup that found one).
+func BenchmarkStreamLookupResourcesFirstResult(b *testing.B) {
+	e, w := loadBench(b, flagShape())
+	ctx := context.Background()
+	var next atomic.Int64
+	var mu sync.Mutex
+	var firsts []time.Duration
+	m := startCPU(b)
+	b.SetParallelism(max(1, benchCallers/runtime.GOMAXPROCS(0)))
+	b.RunParallel(func(pb *testing.PB) {
+		var mine []time.Duration
+		for pb.Next() {
+			c := w.checks[int(next.Add(1))%len(w.checks)]
+			start := time.Now()
+			seen := false
+			err := e.StreamLookupResources(ctx, engine.LookupResourcesRequest{ResourceType: "document", Permission: "view", Subject: c.Subject}, func(_ store.Revision, batch []engine.LookupResult) error {
+				if !seen {
+					seen = true
+					mine = append(mine, time.Since(start))
+				}
+				return nil
+			})
+			if err != nil {
+				b.Error(err)
+				return
+			}
+		}
+		mu.Lock()
+		firsts = append(firsts, mine...)
+		mu.Unlock()
+	})
+	m.report(b, 1, "lookups")
+	if len(firsts) == 0 {
+		return
+	}
+	slices.Sort(firsts)
+	quantile := func(q float64) float64 { return float64(firsts[int(q*float64(len(firsts)-1))].Microseconds()) / 1000 }
+	b.ReportMetric(quantile(0.5), "first-p50-ms")
+	b.ReportMetric(quantile(0.99), "first-p99-ms")
+}
+
+// BenchmarkLookupSubjects measures LookupSubjects of the users who may view
+// a document (through its folder tree and groups).
+func BenchmarkLookupSubjects(b *testing.B) {
+	e, w := loadBench(b, flagShape())
+	ctx := context.Background()
+	m := startCPU(b)
+	found := 0
+	for i := 0; i < b.N; i++ {
+		c := w.checks[i%len(w.checks)]
+		res, _, err := e.LookupSubjects(ctx, engine.LookupSubjectsRequest{Resource: c.Resource, Permission: "view", SubjectType: "user"})
+		if err != nil {
+			b.Fatal(err)
+		}
+		found += len(res)
+	}
+	b.ReportMetric(float64(found)/float64(b.N), "results/op")
+	m.report(b, 1, "lookups")
+}
+
 // heapInUse returns the heap in use after a full collection.
 func heapInUse() uint64 {
 	runtime.GC()
@@ -535,7 +629,7 @@ func BenchmarkFollowSnapshot(b *testing.B) {
 		fctx, cancel := context.WithCancel(ctx)
 		done := make(chan error, 1)
 		start := time.Now()
-		go func() { done <- follow(fctx, e, st, nil) }()
+		go func() { done <- feed.Follow(fctx, e, st, nil) }()
 		if err := e.WaitForRevision(ctx, head); err != nil {
 			b.Fatal(err)
 		}

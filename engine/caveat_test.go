@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/mandate-authz/mandate/engine"
+	"github.com/mandate-authz/mandate/feed"
 	"github.com/mandate-authz/mandate/store"
 	"github.com/mandate-authz/mandate/store/memory"
 	"github.com/mandate-authz/mandate/store/rel"
@@ -50,7 +51,7 @@ func TestCaveatOutcomesAreCachedSafely(t *testing.T) {
 	e := engine.New()
 	fctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	go func() { _ = follow(fctx, e, st, nil) }()
+	go func() { _ = feed.Follow(fctx, e, st, nil) }()
 	if err := e.WaitForRevision(ctx, 1); err != nil {
 		t.Fatal(err)
 	}

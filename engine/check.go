@@ -147,6 +147,9 @@ type checker struct {
 	// reach is the deepest depth reached so far, for memo heights.
 	reach int
 
+	// walk is a lookup's reverse walk (walk.go), reused between requests.
+	walk lookupWalk
+
 	// chain resolution buffers, reused between requests.
 	pathBuf []chainMember
 	linkBuf []outcome

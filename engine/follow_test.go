@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/mandate-authz/mandate/engine"
+	"github.com/mandate-authz/mandate/feed"
 	"github.com/mandate-authz/mandate/store"
 	"github.com/mandate-authz/mandate/store/memory"
 	"github.com/mandate-authz/mandate/store/rel"
@@ -47,7 +48,7 @@ func TestFollowPublishesSnapshotAtOnce(t *testing.T) {
 	var progress []int
 	followed := make(chan error, 1)
 	go func() {
-		followed <- follow(fctx, e, st, func(loaded int) { progress = append(progress, loaded) })
+		followed <- feed.Follow(fctx, e, st, func(loaded int) { progress = append(progress, loaded) })
 	}()
 
 	var wg sync.WaitGroup
@@ -103,32 +104,6 @@ func TestFollowPublishesSnapshotAtOnce(t *testing.T) {
 	if len(progress) == 0 || progress[len(progress)-1] != n {
 		t.Errorf("progress reports %v, want them to end at %d", progress, n)
 	}
-}
-
-// follow feeds e from st as the server's follower does, without its
-// retries: a snapshot of st's head, then st's changes, until ctx is done
-// or something fails.
-func follow(ctx context.Context, e *engine.Engine, st store.Store, progress func(int)) error {
-	head, err := st.Head(ctx)
-	if err != nil {
-		return err
-	}
-	text, _, err := st.ReadSchema(ctx, head)
-	if err != nil {
-		return err
-	}
-	if err := e.LoadSnapshot(ctx, engine.Snapshot{Revision: head, Schema: text, Relationships: st.Read(ctx, head, rel.Filter{}, nil)}, progress); err != nil {
-		return err
-	}
-	for ch, err := range st.Watch(ctx, e.Head()) {
-		if err != nil {
-			return err
-		}
-		if err := e.Apply(ch); err != nil {
-			return err
-		}
-	}
-	return ctx.Err()
 }
 
 // TestLoadSnapshot pins the loader's contract over a plain iterator: a load

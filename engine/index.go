@@ -79,6 +79,11 @@ type edgeCaveat struct {
 // relTable holds the edges of one relation of one type, by object.
 type relTable struct {
 	slots [][]edge
+	// id is the table's position in index.tables.
+	id uint32
+	// vias[r]-1 is the index.vias position of (this table, subject
+	// relation r); 0 when none is interned yet.
+	vias []uint32
 }
 
 func (t *relTable) edges(obj oid) []edge {
@@ -96,6 +101,9 @@ type typeTable struct {
 	names []string
 	// rels is indexed by relation symbol.
 	rels []*relTable
+	// reverse[id] lists the relationships naming object id as their
+	// subject (reverse.go).
+	reverse [][]revEdge
 
 	// sortMu guards sorted, which lists every object (not "*") in ID order
 	// for lookups. It is rebuilt lazily, never modified in place, so a
@@ -156,6 +164,8 @@ func (t *typeTable) objects() []oid {
 type schemaVersion struct {
 	rev  store.Revision
 	plan *plan
+	// reverse is what lookups walking from a subject need of plan.
+	reverse *reversePlan
 }
 
 // index holds every retained version of every relationship, addressed by
@@ -168,6 +178,12 @@ type index struct {
 	types    []*typeTable // by type symbol; types[0] is nil
 	relSyms  map[string]sym
 	relNames []string // by relation symbol; relNames[0] is ""
+
+	// tables names every relTable's type and relation, by relTable.id;
+	// vias every (table, subject relation) a reverse edge names
+	// (reverse.go).
+	tables []tableRef
+	vias   []revVia
 
 	extras []edgeExtra // extras[0] is unused
 	// freeExtras lists extras released by compaction, for reuse.
@@ -220,7 +236,8 @@ func (idx *index) table(t, r sym) *relTable {
 		tt.rels = append(tt.rels, make([]*relTable, int(r)+1-len(tt.rels))...)
 	}
 	if tt.rels[r] == nil {
-		tt.rels[r] = &relTable{}
+		tt.rels[r] = &relTable{id: uint32(len(idx.tables))}
+		idx.tables = append(idx.tables, tableRef{typ: t, rel: r})
 	}
 	return tt.rels[r]
 }
@@ -236,11 +253,22 @@ func (idx *index) existingTable(t, r sym) *relTable {
 
 func (idx *index) setSchema(rev store.Revision, p *plan) {
 	n := len(idx.schemas)
+	v := schemaVersion{rev: rev, plan: p, reverse: newReversePlan(p)}
 	if n > 0 && idx.schemas[n-1].rev == rev {
-		idx.schemas[n-1].plan = p
+		idx.schemas[n-1] = v
 		return
 	}
-	idx.schemas = append(idx.schemas, schemaVersion{rev: rev, plan: p})
+	idx.schemas = append(idx.schemas, v)
+}
+
+// reverseFor returns the reverse plan of a plan the index holds.
+func (idx *index) reverseFor(p *plan) *reversePlan {
+	for i := len(idx.schemas) - 1; i >= 0; i-- {
+		if idx.schemas[i].plan == p {
+			return idx.schemas[i].reverse
+		}
+	}
+	return newReversePlan(p)
 }
 
 func (idx *index) planAt(rev store.Revision) *plan {
@@ -332,6 +360,10 @@ func (idx *index) touch(rev store.Revision, r rel.Relationship) {
 	}
 	edges := t.slots[obj]
 	i := find(edges, kind, sid)
+	if i == len(edges) || subjectCmp(&edges[i], kind, sid) != 0 {
+		// The relationship's first version: the subject learns of it.
+		idx.addReverse(st, sid, srel, t, obj)
+	}
 	// Close the live version, if any, among the versions of this subject.
 	j := i
 	for ; j < len(edges) && subjectCmp(&edges[j], kind, sid) == 0; j++ {
@@ -427,6 +459,7 @@ func (idx *index) compact(rev store.Revision) {
 			}
 		}
 	}
+	idx.compactReverse()
 	// Keep the schema in force at rev and later ones.
 	i := sort.Search(len(idx.schemas), func(i int) bool { return idx.schemas[i].rev > rev })
 	if i > 1 {

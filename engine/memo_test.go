@@ -217,10 +217,10 @@ func TestSharedEvaluationMatchesUnaryChecks(t *testing.T) {
 				continue
 			}
 			found, _, err := e.LookupResources(ctx, engine.LookupResourcesRequest{ResourceType: "doc", Permission: req.Permission, Subject: req.Subject, Context: req.Context})
-			if failing[q] {
-				if err == nil {
-					t.Fatalf("case %d (depth %d): LookupResources %+v succeeded where a check fails", seed, depth, q)
-				}
+			if failing[q] && err != nil {
+				// A candidate's check failed, as a check of it does. (The
+				// walk may also never reach the documents whose checks
+				// fail: then it answers, as for the others, below.)
 				continue
 			}
 			if err != nil {

@@ -233,6 +233,12 @@ func (c *checker) nameArrow(obj oid, n *node, t target, depth int, needWild, all
 		if st := e.subjType(); int(st) < len(n.targets) {
 			rp = n.targets[st]
 		}
+		if rp == nil && all {
+			// SpiceDB's LookupSubjects leaves out of an all() the subjects
+			// whose type lacks the relation (its check counts them as
+			// failing, as Check does: the decision stays the check's).
+			continue
+		}
 		x, err := c.nameOf(rp, e.subjID, t, depth+1, needWild || all)
 		if err != nil {
 			return notNamed, err

@@ -1,5 +1,7 @@
 package server_test
 
+//lint:file-ignore SA1019 the test checks that LookupSubjects still fills the deprecated fields older clients read.
+
 import (
 	"fmt"
 	"io"

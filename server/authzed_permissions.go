@@ -1,5 +1,7 @@
 package server
 
+//lint:file-ignore SA1019 LookupSubjects fills the deprecated flat fields too, as SpiceDB does, for older clients.
+
 import (
 	"context"
 	"errors"

@@ -8,15 +8,14 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/mandate-authz/mandate/engine"
+	"github.com/mandate-authz/mandate/feed"
 	"github.com/mandate-authz/mandate/store"
-	"github.com/mandate-authz/mandate/store/rel"
 )
 
-// Following the store: this is the one loop that feeds the engine (which
-// reads no store itself). It loads a snapshot of the store's head through
-// Engine.LoadSnapshot at first, then applies the store's change stream
-// through Engine.Apply. When the stream fails (the database
+// Following the store: this is the one loop that keeps the engine (which
+// reads no store itself) fed. It loads a snapshot of the store's head at
+// first (feed.LoadSnapshot), then applies the store's change stream
+// (feed.ApplyChanges). When the stream fails (the database
 // goes away, a network partition) the server does not stop. It turns not
 // ready (health NOT_SERVING, /readyz 503), logs the error, and retries with
 // capped, jittered exponential backoff. When the store answers again it
@@ -52,13 +51,6 @@ func maxRevisionWait(d time.Duration) (time.Duration, error) {
 	return d, nil
 }
 
-// applyError is an error applying a change the store delivered; the
-// store's stream itself was fine.
-type applyError struct{ err error }
-
-func (e *applyError) Error() string { return "applying a change from the store: " + e.err.Error() }
-func (e *applyError) Unwrap() error { return e.err }
-
 // follow keeps the engine following the store until ctx is done. It never
 // gives up: every failure is logged and retried.
 func (s *Server) follow(ctx context.Context) {
@@ -75,7 +67,7 @@ func (s *Server) follow(ctx context.Context) {
 		if err == nil {
 			err = errors.New("the store's change stream ended")
 		}
-		var ae *applyError
+		var ae *feed.ApplyError
 		needReload := errors.Is(err, store.ErrRevisionGone) || errors.As(err, &ae)
 		if caughtUp {
 			delay = followRetryMin
@@ -135,35 +127,14 @@ func (s *Server) followOnce(ctx context.Context, resync bool) (caughtUp bool, er
 		if s.eng.Head() > 0 {
 			s.log.Warn("reloading a snapshot of the store", "engine_revision", uint64(s.eng.Head()), "store_revision", uint64(head))
 		}
-		if err := s.loadSnapshot(actx, head); err != nil {
+		err := feed.LoadSnapshot(actx, s.eng, s.st, head, func(n int) {
+			s.log.Info("loading relationships", "loaded", n)
+		})
+		if err != nil {
 			return false, err
 		}
 	}
 	// Resume from the engine's head: nothing applied is loaded twice, and
 	// the engine keeps its history.
-	for ch, err := range s.st.Watch(actx, s.eng.Head()) {
-		if err != nil {
-			return false, fmt.Errorf("following the store's changes after revision %d: %w", s.eng.Head(), err)
-		}
-		if err := s.eng.Apply(ch); err != nil {
-			return false, &applyError{err}
-		}
-	}
-	return false, actx.Err()
-}
-
-// loadSnapshot loads the store's state at head into the engine, unless the
-// engine is there already.
-func (s *Server) loadSnapshot(ctx context.Context, head store.Revision) error {
-	if head <= s.eng.Head() {
-		return nil
-	}
-	text, _, err := s.st.ReadSchema(ctx, head)
-	if err != nil {
-		return fmt.Errorf("reading the schema at revision %d: %w", head, err)
-	}
-	snap := engine.Snapshot{Revision: head, Schema: text, Relationships: s.st.Read(ctx, head, rel.Filter{}, nil)}
-	return s.eng.LoadSnapshot(ctx, snap, func(n int) {
-		s.log.Info("loading relationships", "loaded", n)
-	})
+	return false, feed.ApplyChanges(actx, s.eng, s.st)
 }

@@ -50,47 +50,47 @@ func (f *flakyStore) setDown(down bool) {
 	f.down = down
 }
 
-// state returns the error calls fail with now (nil when up) and the
-// channel closed when the store next goes down.
-func (f *flakyStore) state() (error, <-chan struct{}) {
+// state returns the channel closed when the store next goes down and the
+// error calls fail with now (nil when up).
+func (f *flakyStore) state() (<-chan struct{}, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.down {
-		return &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}, f.cut
+		return f.cut, &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}
 	}
-	return nil, f.cut
+	return f.cut, nil
 }
 
 func (f *flakyStore) Head(ctx context.Context) (store.Revision, error) {
-	if err, _ := f.state(); err != nil {
+	if _, err := f.state(); err != nil {
 		return 0, fmt.Errorf("head: %w", err)
 	}
 	return f.Store.Head(ctx)
 }
 
 func (f *flakyStore) WriteSchema(ctx context.Context, text string) (store.Revision, error) {
-	if err, _ := f.state(); err != nil {
+	if _, err := f.state(); err != nil {
 		return 0, fmt.Errorf("write schema: %w", err)
 	}
 	return f.Store.WriteSchema(ctx, text)
 }
 
 func (f *flakyStore) ReadSchema(ctx context.Context, rev store.Revision) (string, store.Revision, error) {
-	if err, _ := f.state(); err != nil {
+	if _, err := f.state(); err != nil {
 		return "", 0, fmt.Errorf("read schema: %w", err)
 	}
 	return f.Store.ReadSchema(ctx, rev)
 }
 
 func (f *flakyStore) Write(ctx context.Context, pre []store.Precondition, muts []store.Mutation) (store.Revision, error) {
-	if err, _ := f.state(); err != nil {
+	if _, err := f.state(); err != nil {
 		return 0, fmt.Errorf("write: %w", err)
 	}
 	return f.Store.Write(ctx, pre, muts)
 }
 
 func (f *flakyStore) DeleteMatching(ctx context.Context, pre []store.Precondition, filter rel.Filter, limit int) (store.Revision, int, error) {
-	if err, _ := f.state(); err != nil {
+	if _, err := f.state(); err != nil {
 		return 0, 0, fmt.Errorf("delete: %w", err)
 	}
 	return f.Store.DeleteMatching(ctx, pre, filter, limit)
@@ -98,7 +98,7 @@ func (f *flakyStore) DeleteMatching(ctx context.Context, pre []store.Preconditio
 
 func (f *flakyStore) Read(ctx context.Context, rev store.Revision, filter rel.Filter, after *rel.Key) iter.Seq2[rel.Relationship, error] {
 	return func(yield func(rel.Relationship, error) bool) {
-		if err, _ := f.state(); err != nil {
+		if _, err := f.state(); err != nil {
 			yield(rel.Relationship{}, fmt.Errorf("read: %w", err))
 			return
 		}
@@ -112,7 +112,7 @@ func (f *flakyStore) Read(ctx context.Context, rev store.Revision, filter rel.Fi
 
 func (f *flakyStore) Watch(ctx context.Context, after store.Revision) iter.Seq2[store.Change, error] {
 	return func(yield func(store.Change, error) bool) {
-		err, cut := f.state()
+		cut, err := f.state()
 		if err != nil {
 			yield(store.Change{}, fmt.Errorf("watch: %w", err))
 			return
@@ -135,7 +135,7 @@ func (f *flakyStore) Watch(ctx context.Context, after store.Revision) iter.Seq2[
 			}
 		}
 		if ctx.Err() == nil {
-			err, _ := f.state()
+			_, err := f.state()
 			yield(store.Change{}, fmt.Errorf("watch: %w", err))
 		}
 	}
@@ -264,7 +264,9 @@ func TestFollowReloadsSnapshotWhenHistoryIsGone(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mem.ForgetBefore(head)
+	if err := mem.ForgetBefore(context.Background(), head); err != nil {
+		t.Fatal(err)
+	}
 
 	link.setDown(false)
 	a.waitReady(true, 30*time.Second)

@@ -90,17 +90,6 @@ func (r *retention) observe(now time.Time, head store.Revision) (before store.Re
 	return before, true
 }
 
-// historyForgetter is a store that can release history, as the memory store
-// does; stores that collect their own garbage need not be one.
-type historyForgetter interface {
-	ForgetBefore(store.Revision)
-}
-
-// historyForgetterCtx is the same for stores whose release does I/O.
-type historyForgetterCtx interface {
-	ForgetBefore(context.Context, store.Revision) error
-}
-
 // releaseHistory samples the engine's head every interval and releases
 // history older than the retention window until ctx is done.
 func (s *Server) releaseHistory(ctx context.Context) {
@@ -123,10 +112,7 @@ func (s *Server) releaseHistory(ctx context.Context) {
 func (s *Server) forgetBefore(ctx context.Context, rev store.Revision) {
 	start := time.Now()
 	s.eng.ForgetBefore(rev)
-	switch st := s.st.(type) {
-	case historyForgetter:
-		st.ForgetBefore(rev)
-	case historyForgetterCtx:
+	if st, ok := s.st.(store.HistoryReleaser); ok {
 		if err := st.ForgetBefore(ctx, rev); err != nil && ctx.Err() == nil {
 			// The next release retries; reads of that history keep working
 			// meanwhile, so a warning is enough.

@@ -106,6 +106,21 @@ type Store interface {
 	Close() error
 }
 
+// Optional capabilities. A store may implement any of these beside Store;
+// callers find them with a type assertion, as database/sql finds
+// driver.Pinger, and do without when a store lacks one.
+
+// HistoryReleaser is a store that releases history on request, so that the
+// server's revision retention bounds the store's as well as the engine's.
+// Stores that collect their own garbage on a schedule may offer it too.
+type HistoryReleaser interface {
+	// ForgetBefore releases history older than rev (at most the head):
+	// reads at earlier revisions and watches from before it fail with
+	// ErrRevisionGone afterwards. A read already under way may still fail
+	// with ErrRevisionGone part way.
+	ForgetBefore(ctx context.Context, rev Revision) error
+}
+
 // Errors a store reports; wrap with context and test with errors.Is.
 var (
 	ErrInvalidSchema       = errors.New("invalid schema")

@@ -195,3 +195,29 @@ func TestHistogramQuantiles(t *testing.T) {
 		t.Errorf("empty histogram quantile %s", got)
 	}
 }
+
+// TestFreshnessAcrossReplicas runs the two-replica freshness benchmark
+// briefly: every write acknowledged by one replica is allowed by the
+// other at least as fresh as its token, and the figures count them all.
+func TestFreshnessAcrossReplicas(t *testing.T) {
+	u := os.Getenv("MANDATE_TEST_POSTGRES_URL")
+	if u == "" {
+		t.Skip("MANDATE_TEST_POSTGRES_URL is unset: the freshness benchmark needs PostgreSQL")
+	}
+	o := tinyOptions(t)
+	res, err := RunFreshness(t.Context(), FreshnessOptions{
+		Workload: o.Workload, PostgresURL: u, Rate: 100, Duration: 500 * time.Millisecond, Checkers: 2, Log: o.Log,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Writes.Calls < 40 || res.Visible.Calls != res.Writes.Calls {
+		t.Fatalf("%d writes acknowledged and %d seen on the other replica; want about 50, all seen", res.Writes.Calls, res.Visible.Calls)
+	}
+	if res.Checks.Calls == 0 || res.Checks.Errors != 0 {
+		t.Fatalf("checks on the other replica during the writes: %+v", res.Checks)
+	}
+	if res.Visible.P99Ms <= 0 {
+		t.Fatalf("visibility p99 %v ms: not measured", res.Visible.P99Ms)
+	}
+}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/mandate-authz/mandate/bench/workload"
 	"github.com/mandate-authz/mandate/engine"
+	"github.com/mandate-authz/mandate/feed"
 	pb "github.com/mandate-authz/mandate/proto/mandate/v1"
 	"github.com/mandate-authz/mandate/server"
 	"github.com/mandate-authz/mandate/store"
@@ -48,22 +49,8 @@ func openMandateInProcess(cons Consistency) (*mandateInProcess, error) {
 	eng := engine.New()
 	ctx, stop := context.WithCancel(context.Background())
 	m := &mandateInProcess{st: st, eng: eng, stop: stop, done: make(chan error, 1), fully: cons == FullyConsistent}
-	go func() { m.done <- applyChanges(ctx, eng, st) }()
+	go func() { m.done <- feed.Follow(ctx, eng, st, nil) }()
 	return m, nil
-}
-
-// applyChanges feeds eng every change of st from its first revision until
-// ctx is done; the store is new, so no snapshot is needed.
-func applyChanges(ctx context.Context, eng *engine.Engine, st store.Store) error {
-	for ch, err := range st.Watch(ctx, 0) {
-		if err != nil {
-			return err
-		}
-		if err := eng.Apply(ch); err != nil {
-			return err
-		}
-	}
-	return ctx.Err()
 }
 
 func (m *mandateInProcess) Load(ctx context.Context, w *workload.Workload) error {
@@ -247,11 +234,17 @@ func openMandateGRPC(ctx context.Context, storeKind, uri string, cons Consistenc
 	if err != nil {
 		return nil, err
 	}
-	srv, err := server.New(st, engine.New(), server.Config{
+	cfg := server.Config{
 		GRPCAddr:            "127.0.0.1:0",
 		PresharedKeys:       []string{presharedKey},
 		ShutdownGracePeriod: 5 * time.Second,
-	})
+	}
+	// As `mandate serve` names a durable store, so that replicas over one
+	// database honour each other's revision tokens.
+	if id, ok := st.(interface{ ID() string }); ok {
+		cfg.StoreName = storeKind + ":" + id.ID()
+	}
+	srv, err := server.New(st, engine.New(), cfg)
 	if err != nil {
 		st.Close()
 		cleanup()

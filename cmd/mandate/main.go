@@ -48,6 +48,7 @@ func newRootCommand() *cobra.Command {
 	root.AddCommand(newWatchCommand())
 	root.AddCommand(newMigrateCommand())
 	root.AddCommand(newCompactCommand())
+	root.AddCommand(newMCPGatewayCommand())
 	return root
 }
 

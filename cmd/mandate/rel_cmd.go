@@ -326,10 +326,6 @@ func (f filterSpec) check(what string) error {
 	return nil
 }
 
-func (f filterSpec) empty() bool {
-	return f.resourceType == "" && len(f.resourceIDs) == 0 && f.relation == "" && f.subjectType == "" && f.subjectID == "" && f.subjectRelation == nil
-}
-
 func (f filterSpec) proto() *pb.RelationshipFilter {
 	out := &pb.RelationshipFilter{ResourceType: f.resourceType, OptionalResourceIds: f.resourceIDs, OptionalRelation: f.relation}
 	if f.subjectType != "" {

@@ -184,15 +184,18 @@ var (
 )
 
 type gen struct {
-	r   *rand.Rand
-	cfg Config
-	s   *SchemaModel
+	r *rand.Rand
+	// shapes draws whether a case gets a fixed shape, apart from r so that
+	// cases without one stay what they were.
+	shapes *rand.Rand
+	cfg    Config
+	s      *SchemaModel
 }
 
 // Generate builds the case for a seed. It is deterministic: the same seed
 // and config give the same case.
 func Generate(seed int64, cfg Config) *Case {
-	g := &gen{r: rand.New(rand.NewPCG(uint64(seed), 0x6d616e64617465)), cfg: cfg}
+	g := &gen{r: rand.New(rand.NewPCG(uint64(seed), 0x6d616e64617465)), shapes: rand.New(rand.NewPCG(uint64(seed), 0x7368617065)), cfg: cfg}
 	c := &Case{Seed: seed}
 	c.Schema = g.schema()
 	c.Pools = g.pools()
@@ -246,6 +249,13 @@ func (g *gen) schema() *SchemaModel {
 	for _, d := range s.Defs[1:] {
 		for _, r := range d.Relations {
 			r.Allowed = g.allowedTypes()
+		}
+		if g.shapes.Float64() < 0.15 {
+			// A named subject under a caveat beside an unconditional
+			// wildcard: LookupSubjects lists it with the caveat's decision
+			// although the wildcard covers it (issue 18).
+			r := pick(g.r, d.Relations)
+			r.Allowed = []AllowedModel{{Type: "user"}, {Type: "user", Wildcard: true}, {Type: "user", Caveat: pick(g.r, s.Caveats).Name}}
 		}
 		if g.chance(g.cfg.NestedRate) {
 			// Nested groups: members are users or members of other
@@ -662,16 +672,6 @@ func cycleSafe(s *SchemaModel, d *DefModel, r *RelationModel) bool {
 		}
 	}
 	return true
-}
-
-func without(xs []string, x string) []string {
-	var out []string
-	for _, y := range xs {
-		if y != x {
-			out = append(out, y)
-		}
-	}
-	return out
 }
 
 // relationshipContext writes none, some or all of a caveat's parameters.

@@ -278,9 +278,7 @@ func (m *minimizer) schemaEdits() []func() *Case {
 				if node.Kind != ExprNil {
 					replacements = append(replacements, &Expr{Kind: ExprNil})
 				}
-				for _, ch := range node.Children {
-					replacements = append(replacements, ch)
-				}
+				replacements = append(replacements, node.Children...)
 				if node.Parens > 0 {
 					stripped := *node
 					stripped.Parens = 0

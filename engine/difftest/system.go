@@ -158,15 +158,22 @@ func Ask(ctx context.Context, s System, q Query, pool []string) (Answer, error) 
 }
 
 // namedIn lists the subjects LookupSubjects results name with a non-No
-// outcome, sorted, never nil.
+// outcome, each with its own outcome ("cat:maybe"), sorted, never nil.
+// Results naming a subject several times combine as "or". A subject's own
+// outcome is compared, not only its effective membership: beside an
+// unconditional wildcard, a subject named under a caveat is listed as
+// conditional although the wildcard covers it.
 func namedIn(found []FoundSubject) []string {
-	out := []string{}
+	own := map[string]Outcome{}
 	for _, f := range found {
-		if f.ID != rel.Wildcard && f.Outcome != No && !slices.Contains(out, f.ID) {
-			out = append(out, f.ID)
+		if f.ID != rel.Wildcard && f.Outcome != No {
+			own[f.ID] = max(own[f.ID], f.Outcome)
 		}
 	}
-	slices.Sort(out)
+	out := []string{}
+	for _, id := range slices.Sorted(maps.Keys(own)) {
+		out = append(out, id+":"+own[id].String())
+	}
 	return out
 }
 

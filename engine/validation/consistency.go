@@ -256,23 +256,37 @@ func (c *consistency) lookupSubjects(obj rel.Object, perm string, k typeKey, kno
 }
 
 // effective is the decision LookupSubjects results give a subject ID, and
-// how they give it.
+// how they give it: its own entry or the wildcard's cover, whichever grants
+// more (a subject named under a caveat beside an unconditional wildcard is
+// listed as conditional, and allowed through the wildcard).
 func effective(id string, concrete map[string]engine.LookupResult, wildcard *engine.LookupResult, excluded map[string]engine.LookupResult) (engine.Decision, string) {
-	if r, ok := concrete[id]; ok {
+	wild, how := engine.Denied, "not listed, no wildcard"
+	if wildcard != nil {
+		x, ok := excluded[id]
+		switch {
+		case !ok:
+			wild, how = wildcard.Decision, "via * ("+describeLookup(*wildcard)+"), not excluded"
+		case x.Decision == engine.Conditional:
+			wild, how = engine.Conditional, "via * ("+describeLookup(*wildcard)+"), conditionally excluded"
+		default:
+			wild, how = engine.Denied, "excluded from *"
+		}
+	}
+	if r, ok := concrete[id]; ok && grantRank(r.Decision) >= grantRank(wild) {
 		return r.Decision, "listed as " + describeLookup(r)
 	}
-	if wildcard == nil {
-		return engine.Denied, "not listed, no wildcard"
+	return wild, how
+}
+
+// grantRank orders decisions by how much they grant.
+func grantRank(d engine.Decision) int {
+	switch d {
+	case engine.Allowed:
+		return 2
+	case engine.Conditional:
+		return 1
 	}
-	x, ok := excluded[id]
-	switch {
-	case !ok:
-		return wildcard.Decision, "via * (" + describeLookup(*wildcard) + "), not excluded"
-	case x.Decision == engine.Conditional:
-		return engine.Conditional, "via * (" + describeLookup(*wildcard) + "), conditionally excluded"
-	default:
-		return engine.Denied, "excluded from *"
-	}
+	return 0
 }
 
 func typeKeyString(k typeKey) string {

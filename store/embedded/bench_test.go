@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/mandate-authz/mandate/engine"
+	"github.com/mandate-authz/mandate/feed"
 	"github.com/mandate-authz/mandate/store"
 	"github.com/mandate-authz/mandate/store/embedded"
 	"github.com/mandate-authz/mandate/store/rel"
@@ -180,7 +181,11 @@ func BenchmarkLoad(b *testing.B) {
 		start := time.Now()
 		s := openBench(b, dir)
 		e := engine.New()
-		if err := loadEngine(context.Background(), e, s); err != nil {
+		head, err := s.Head(context.Background())
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := feed.LoadSnapshot(context.Background(), e, s, head, nil); err != nil {
 			b.Fatal(err)
 		}
 		elapsed := time.Since(start)
@@ -209,18 +214,4 @@ func BenchmarkPaging(b *testing.B) {
 	s := openBench(b, b.TempDir())
 	defer s.Close()
 	storetest.BenchmarkPaging(b, s)
-}
-
-// loadEngine loads a snapshot of s's head into e, as the server's follower
-// does at startup.
-func loadEngine(ctx context.Context, e *engine.Engine, s store.Store) error {
-	head, err := s.Head(ctx)
-	if err != nil {
-		return err
-	}
-	text, _, err := s.ReadSchema(ctx, head)
-	if err != nil {
-		return err
-	}
-	return e.LoadSnapshot(ctx, engine.Snapshot{Revision: head, Schema: text, Relationships: s.Read(ctx, head, rel.Filter{}, nil)}, nil)
 }

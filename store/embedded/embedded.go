@@ -100,7 +100,10 @@ type schemaVersion struct {
 	compiled *schema.Schema
 }
 
-var _ store.Store = (*Store)(nil)
+var (
+	_ store.Store           = (*Store)(nil)
+	_ store.HistoryReleaser = (*Store)(nil)
+)
 
 // Open opens the store in dir, creating the directory and an empty store
 // (with a new random identity) when there is none.

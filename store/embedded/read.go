@@ -65,7 +65,8 @@ func (s *Store) ReadSchema(ctx context.Context, rev store.Revision) (string, sto
 // schemaAt returns the revision and text of the schema in force at rev.
 func schemaAt(tx *bolt.Tx, rev store.Revision) (store.Revision, string) {
 	c := tx.Bucket(bucketSchemas).Cursor()
-	k, v := c.Seek(revKey(rev + 1))
+	k, _ := c.Seek(revKey(rev + 1))
+	var v []byte
 	if k == nil {
 		k, v = c.Last()
 	} else {
@@ -292,39 +293,9 @@ func (p keyParts) matches(f rel.Filter) bool {
 // new ones until ctx is done, when it ends without an error. It fails with
 // store.ErrRevisionGone when those changes have been collected.
 func (s *Store) Watch(ctx context.Context, after store.Revision) iter.Seq2[store.Change, error] {
-	return func(yield func(store.Change, error) bool) {
-		next := after
-		names := namer{}
-		for {
-			if ctx.Err() != nil {
-				return
-			}
-			// Taken before reading, so a commit in between still wakes us.
-			wake := s.wakeChan()
-			batch, err := s.changesAfter(next, names)
-			if err != nil {
-				yield(store.Change{}, fmt.Errorf("watch: %w", err))
-				return
-			}
-			for _, ch := range batch {
-				if ctx.Err() != nil {
-					return
-				}
-				if !yield(ch, nil) {
-					return
-				}
-				next = ch.Revision
-			}
-			if len(batch) > 0 {
-				continue
-			}
-			select {
-			case <-ctx.Done():
-				return
-			case <-wake:
-			}
-		}
-	}
+	names := namer{}
+	changes := func(_ context.Context, rev store.Revision) ([]store.Change, error) { return s.changesAfter(rev, names) }
+	return store.ChangeFeed{Changes: changes, Wake: s.wakeChan}.Watch(ctx, after)
 }
 
 // changesAfter reads a page of the changes after rev.

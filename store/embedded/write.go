@@ -218,7 +218,8 @@ func current(c *bolt.Cursor, keyText []byte) ([]byte, []byte, error) {
 	// Versions of keyText sort as keyText 0x00 rev; keyText 0x01 is past
 	// them all and before any other key.
 	seek := append(bytes.Clone(keyText), 1)
-	k, v := c.Seek(seek)
+	k, _ := c.Seek(seek)
+	var v []byte
 	if k == nil {
 		k, v = c.Last()
 	} else {

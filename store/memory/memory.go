@@ -94,7 +94,10 @@ func New(opts ...Option) *Store {
 	return s
 }
 
-var _ store.Store = (*Store)(nil)
+var (
+	_ store.Store           = (*Store)(nil)
+	_ store.HistoryReleaser = (*Store)(nil)
+)
 
 // Head returns the latest committed revision.
 func (s *Store) Head(ctx context.Context) (store.Revision, error) {
@@ -343,59 +346,55 @@ func (s *Store) chunk(rev store.Revision, filter rel.Filter, from string, after 
 	return out, false, nil
 }
 
+// watchPage bounds the changes one step of a Watch copies under the lock.
+const watchPage = 256
+
 // Watch yields every change after `after` in revision order, then waits for
 // new ones until ctx is done, when it ends without an error.
 func (s *Store) Watch(ctx context.Context, after store.Revision) iter.Seq2[store.Change, error] {
-	return func(yield func(store.Change, error) bool) {
-		next := after
-		for {
-			s.mu.RLock()
-			// Changes after next are retained exactly when next is readable.
-			err := s.checkReadable(next)
-			var batch []store.Change
-			if err == nil {
-				batch = s.changes[next-s.oldest:]
-			}
-			wake := s.wake
-			s.mu.RUnlock()
-			if err != nil {
-				yield(store.Change{}, fmt.Errorf("watch: %w", err))
-				return
-			}
-			for _, ch := range batch {
-				if ctx.Err() != nil {
-					return
-				}
-				if !yield(cloneChange(ch), nil) {
-					return
-				}
-				next = ch.Revision
-			}
-			if len(batch) > 0 {
-				continue
-			}
-			select {
-			case <-ctx.Done():
-				return
-			case <-wake:
-			}
-		}
+	return store.ChangeFeed{Changes: s.changesAfter, Wake: s.wakeChan}.Watch(ctx, after)
+}
+
+// changesAfter copies up to watchPage changes after rev.
+func (s *Store) changesAfter(_ context.Context, rev store.Revision) ([]store.Change, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	// Changes after rev are retained exactly when rev is readable.
+	if err := s.checkReadable(rev); err != nil {
+		return nil, err
 	}
+	page := s.changes[rev-s.oldest:]
+	page = page[:min(len(page), watchPage)]
+	out := make([]store.Change, len(page))
+	for i, ch := range page {
+		out[i] = cloneChange(ch)
+	}
+	return out, nil
+}
+
+// wakeChan returns the channel the next commit (or Close) closes.
+func (s *Store) wakeChan() <-chan struct{} {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.wake
 }
 
 // ForgetBefore releases history older than rev (at most the head): reads at
 // earlier revisions and watches from before it fail with
 // store.ErrRevisionGone afterwards. Expired relationships are dropped too,
 // since no read can see them again.
-func (s *Store) ForgetBefore(rev store.Revision) {
+func (s *Store) ForgetBefore(ctx context.Context, rev store.Revision) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		return
+		return ErrClosed
 	}
 	rev = min(rev, s.head)
 	if rev <= s.oldest {
-		return
+		return nil
 	}
 	s.changes = slices.Clone(s.changes[rev-s.oldest:])
 	if i := sort.Search(len(s.schemas), func(i int) bool { return s.schemas[i].rev > rev }); i > 1 {
@@ -424,6 +423,7 @@ func (s *Store) ForgetBefore(rev store.Revision) {
 		s.pending = slices.DeleteFunc(s.pending, dropped)
 	}
 	s.oldest = rev
+	return nil
 }
 
 // Close wakes every watcher and makes every later call fail with ErrClosed.

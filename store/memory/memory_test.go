@@ -123,7 +123,9 @@ func TestForgetBefore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.ForgetBefore(r3)
+	if err := s.ForgetBefore(ctx, r3); err != nil {
+		t.Fatal(err)
+	}
 
 	if _, err := readAll(t, s, r2); !errors.Is(err, store.ErrRevisionGone) {
 		t.Fatalf("Read(%d) after ForgetBefore(%d): %v, want ErrRevisionGone", r2, r3, err)
@@ -167,8 +169,12 @@ func TestForgetBefore(t *testing.T) {
 		t.Fatalf("Watch(%d) after ForgetBefore saw %v, want [%d %d]", r3, seen, r4, r5)
 	}
 	// Forgetting is idempotent and never passes the head.
-	s.ForgetBefore(r2)
-	s.ForgetBefore(r5 + 10)
+	if err := s.ForgetBefore(ctx, r2); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ForgetBefore(ctx, r5+10); err != nil {
+		t.Fatal(err)
+	}
 	if got, err := readAll(t, s, r5); err != nil || len(got) != 3 {
 		t.Fatalf("Read(head) after ForgetBefore past head = %q, %v", got, err)
 	}

@@ -5,13 +5,15 @@ import (
 	"flag"
 	"fmt"
 	"runtime"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/mandate-authz/mandate/engine"
+	"github.com/mandate-authz/mandate/feed"
 	"github.com/mandate-authz/mandate/store"
 	"github.com/mandate-authz/mandate/store/postgres"
 	"github.com/mandate-authz/mandate/store/rel"
-	"github.com/mandate-authz/mandate/store/storetest"
 )
 
 // loadN sizes BenchmarkLoad; the figure is -load-n=1000000.
@@ -91,7 +93,7 @@ func BenchmarkImport(b *testing.B) {
 
 // BenchmarkLoad stores -load-n relationships, then measures what a server
 // does at startup: a new engine loading a snapshot of the head
-// (Engine.LoadSnapshot over store.Read). It reports
+// (feed.LoadSnapshot: Engine.LoadSnapshot over store.Read). It reports
 // the load time and the engine's heap per relationship (HeapInuse after GC,
 // minus the same before loading).
 func BenchmarkLoad(b *testing.B) {
@@ -115,13 +117,11 @@ func BenchmarkLoad(b *testing.B) {
 		b.StartTimer()
 
 		eng := engine.New()
-		text, _, err := s.ReadSchema(ctx, head)
-		if err != nil {
+		lctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+		if err := feed.LoadSnapshot(lctx, eng, s, head, nil); err != nil {
 			b.Fatal(err)
 		}
-		if err := eng.LoadSnapshot(ctx, engine.Snapshot{Revision: head, Schema: text, Relationships: s.Read(ctx, head, rel.Filter{}, nil)}, nil); err != nil {
-			b.Fatal(err)
-		}
+		cancel()
 
 		b.StopTimer()
 		var after runtime.MemStats
@@ -136,8 +136,26 @@ func BenchmarkLoad(b *testing.B) {
 	b.ReportMetric(perRel, "heap-bytes/rel")
 }
 
-// BenchmarkPaging pages through 100,000 relationships with a read cursor
-// (see storetest.BenchmarkPaging).
-func BenchmarkPaging(b *testing.B) {
-	storetest.BenchmarkPaging(b, open(b, postgres.Options{MaxConns: 4}))
+// BenchmarkWriteParallel measures what the bench harness's write row
+// measures, without gRPC: 16 callers each writing one TOUCH per call into
+// a store of 10,000 relationships. writes/s is the figure to quote.
+func BenchmarkWriteParallel(b *testing.B) {
+	s := openBench(b)
+	ctx := context.Background()
+	if _, err := s.Write(ctx, nil, benchBatch(0, importBatch)); err != nil {
+		b.Fatal(err)
+	}
+	var next atomic.Int64
+	b.SetParallelism(16 / runtime.GOMAXPROCS(0))
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			r := benchRel(int(next.Add(1)) % (4 * importBatch))
+			if _, err := s.Write(ctx, nil, []store.Mutation{{Op: store.Touch, Rel: r}}); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "writes/s")
 }

@@ -28,57 +28,28 @@ const pollTimeout = 30 * time.Second
 // Watch yields every change after `after` in revision order, then waits for
 // new ones until ctx is done, when it ends without an error. Each poll
 // reads a bounded window of changes in one snapshot and releases its
-// connection before yielding them. A failed poll (the database going away,
-// history collected) ends the watch with the error.
+// connection before yielding them; watchers wake on NOTIFY and this
+// process's commits, and poll every PollInterval regardless. A failed poll
+// (the database going away, history collected) ends the watch with the
+// error.
 func (s *Store) Watch(ctx context.Context, after store.Revision) iter.Seq2[store.Change, error] {
-	return func(yield func(store.Change, error) bool) {
-		if s.d.notify {
-			s.startListener()
-		}
-		next := after
-		for {
-			if ctx.Err() != nil {
-				return
-			}
-			if s.closed.Load() {
-				yield(store.Change{}, fmt.Errorf("watch: %w", ErrClosed))
-				return
-			}
-			// Take the wake-up channel before polling, so that a commit
-			// landing after the poll's snapshot still wakes this loop.
-			wake := s.wake.wait()
-			changes, err := s.poll(ctx, next)
-			if err != nil {
-				if ctx.Err() != nil {
-					return
-				}
-				if s.closed.Load() {
-					err = ErrClosed
-				}
-				yield(store.Change{}, fmt.Errorf("watch: %w", err))
-				return
-			}
-			for _, ch := range changes {
-				if ctx.Err() != nil {
-					return
-				}
-				if !yield(ch, nil) {
-					return
-				}
-				next = ch.Revision
-			}
-			if len(changes) > 0 {
-				continue
-			}
-			timer := time.NewTimer(s.opts.PollInterval)
-			select {
-			case <-ctx.Done():
-			case <-wake:
-			case <-timer.C:
-			}
-			timer.Stop()
-		}
+	if s.d.notify {
+		s.startListener()
 	}
+	return store.ChangeFeed{Changes: s.changes, Wake: s.wake.wait, PollInterval: s.opts.PollInterval}.Watch(ctx, after)
+}
+
+// changes is poll for the shared watch loop: a closed store says so, even
+// when closing is what made the poll fail.
+func (s *Store) changes(ctx context.Context, after store.Revision) ([]store.Change, error) {
+	if s.closed.Load() {
+		return nil, ErrClosed
+	}
+	changes, err := s.poll(ctx, after)
+	if err != nil && s.closed.Load() {
+		return nil, ErrClosed
+	}
+	return changes, err
 }
 
 // poll reads the changes after next, up to the window's bounds, in one

@@ -106,9 +106,10 @@ func (s *Store) guessSchemaRevision(ctx context.Context) (store.Revision, error)
 	return store.Revision(rev), nil
 }
 
-// Write validates the mutations against the current schema, then under the
-// writers' lock checks preconditions and CREATE conflicts and applies every
-// mutation at one new revision. Any error leaves the store unchanged.
+// Write validates the mutations against the current schema, then, in the
+// committer's group transaction under the writers' lock, checks
+// preconditions and CREATE conflicts and applies every mutation at one new
+// revision. Any error leaves the store unchanged.
 func (s *Store) Write(ctx context.Context, preconditions []store.Precondition, mutations []store.Mutation) (store.Revision, error) {
 	if s.closed.Load() {
 		return 0, ErrClosed
@@ -137,24 +138,16 @@ func (s *Store) Write(ctx context.Context, preconditions []store.Precondition, m
 		if err != nil {
 			return 0, fmt.Errorf("write: %w", err)
 		}
-		var rev, actual store.Revision
-		err = s.d.inTx(ctx, s.pool, writeTxOptions, func(tx pgx.Tx) error {
-			var err error
-			if rev, actual, err = lockState(ctx, tx, false); err != nil {
-				return err
-			}
-			if actual != schemaRev {
-				return errSchemaChanged
-			}
-			now := s.now()
-			if err := checkPreconditions(ctx, tx, preconditions, now); err != nil {
-				return err
-			}
-			changed, err := s.apply(ctx, tx, rev, w, now)
-			if err != nil {
-				return err
-			}
-			return s.recordRevision(ctx, tx, rev, changed)
+		var actual store.Revision
+		rev, err := s.enqueue(ctx, &writeOp{
+			size: len(mutations) + len(preconditions),
+			run: func(ctx context.Context, g *group, rev store.Revision) error {
+				if g.schemaRev != schemaRev {
+					actual = g.schemaRev
+					return errSchemaChanged
+				}
+				return s.applyWrite(ctx, g, rev, preconditions, w)
+			},
 		})
 		if errors.Is(err, errSchemaChanged) && attempt < 3 {
 			// Validated against an older schema than the one in force
@@ -165,9 +158,51 @@ func (s *Store) Write(ctx context.Context, preconditions []store.Precondition, m
 		if err != nil {
 			return 0, fmt.Errorf("write: %w", err)
 		}
-		s.committed()
 		return rev, nil
 	}
+}
+
+// applyWrite runs one Write in its group: its checks first, flushed so
+// that they see every earlier write of the group, then its statements,
+// queued.
+func (s *Store) applyWrite(ctx context.Context, g *group, rev store.Revision, preconditions []store.Precondition, w *writeSet) error {
+	if w.touched.len() == 0 {
+		return checkPreconditions(ctx, g, preconditions)
+	}
+	if s.d.copy && w.creates == w.touched.len() && w.creates >= copyMin && len(preconditions) == 0 {
+		// The import path checks conflicts by the key index's uniqueness
+		// rather than one lookup per key.
+		var ok bool
+		err := g.direct(ctx, func(tx pgx.Tx) (err error) {
+			_, ok, err = copyCreates(ctx, tx, &w.put, rev)
+			return err
+		})
+		if err != nil || ok {
+			return err
+		}
+	}
+	if w.touched.len() >= forceLookupsMin {
+		g.forceLookups()
+	}
+	pre := queuePreconditions(g, preconditions)
+	conflict := queueConflicts(g, w, s.d.collate)
+	if pre != nil || conflict != nil {
+		if err := g.flush(ctx); err != nil {
+			return err
+		}
+	}
+	if pre != nil {
+		if err := pre(); err != nil {
+			return err
+		}
+	}
+	if conflict != nil {
+		if err := conflict(); err != nil {
+			return err
+		}
+	}
+	s.queueApply(g, rev, w)
+	return nil
 }
 
 // writeSet is a write's mutations, column-wise.
@@ -210,67 +245,169 @@ func keyText(alias string) string {
 		a + "subject_type || ':' || " + a + "subject_id || CASE WHEN " + a + "subject_relation = '' THEN '' ELSE '#' || " + a + "subject_relation END"
 }
 
-// apply moves the current versions of every mutated key to history (failing
-// when a CREATE finds a live one) and inserts the new versions. It returns
-// how many rows changed, which Watch uses to size its reads.
-func (s *Store) apply(ctx context.Context, tx pgx.Tx, rev store.Revision, w *writeSet, now time.Time) (int, error) {
-	if w.touched.len() == 0 {
-		return 0, nil
+// queueConflicts queues the check that no CREATE of w finds a live
+// relationship, returning what reports a conflict once flushed, or nil
+// when w creates nothing.
+func queueConflicts(g *group, w *writeSet, collate string) func() error {
+	if w.creates == 0 {
+		return nil
 	}
-	if s.d.copy && w.creates == w.touched.len() && w.creates >= copyMin {
-		if n, ok, err := copyCreates(ctx, tx, &w.put, rev); err != nil || ok {
-			return n, err
-		}
-	}
-	if s.d.noHashJoins != "" && w.touched.len() >= forceLookupsMin {
-		// For a large batch against a large table PostgreSQL's planner
-		// prefers hashing the whole table to probing the key index once
-		// per key; the probes are what keep a batch's cost independent
-		// of the table's size.
-		if _, err := tx.Exec(ctx, s.d.noHashJoins); err != nil {
-			return 0, fmt.Errorf("replacing current versions: %w", err)
+	var c columns
+	c.grow(w.creates)
+	for i, create := range w.isCreate {
+		if create {
+			c.addKey(w.muts[i].Rel.Key())
 		}
 	}
 	var p params
-	rt, rid, rl, st, sid, srel := w.touched.keyArgs(&p)
-	creates := p.add(w.isCreate)
-	revArg := p.add(int64(rev))
-	nowArg := p.add(now)
-	c := s.d.collate
-	// One statement for the whole batch: the keys arrive as arrays, each
-	// is looked up through the key index, and the versions found move to
-	// history with this revision as their end.
+	rt, rid, rl, st, sid, srel := c.keyArgs(&p)
+	nowArg := p.add(g.now)
+	q := `SELECT min(` + keyText("r") + `) FROM mandate_relationships r JOIN unnest(` + rt + `::text[], ` + rid + `::text[], ` + rl + `::text[], ` + st + `::text[], ` + sid + `::text[], ` + srel + `::text[])
+			AS m(resource_type, resource_id, relation, subject_type, subject_id, subject_relation)
+		ON ` + keyJoin("r", "m", collate) + ` WHERE ` + liveSQL("r", nowArg)
+	var conflict *string
+	g.queueRow(q, p.list, func(row pgx.Row) error {
+		if err := row.Scan(&conflict); err != nil {
+			return fmt.Errorf("checking for existing relationships: %w", err)
+		}
+		return nil
+	})
+	return func() error {
+		if conflict == nil {
+			return nil
+		}
+		i := slices.IndexFunc(w.muts, func(m store.Mutation) bool { return m.Rel.Key().String() == *conflict })
+		return fmt.Errorf("mutation %d: %w: %s", i, store.ErrAlreadyExists, *conflict)
+	}
+}
+
+// keyJoin is the condition that rows of alias r and m have the same key,
+// spelled so that the key index serves r's side.
+func keyJoin(r, m, collate string) string {
+	return `(` + r + `.resource_type || ':') = (` + m + `.resource_type || ':')` + collate + `
+		  AND (` + r + `.resource_id || '#') = (` + m + `.resource_id || '#')` + collate + `
+		  AND (` + r + `.relation || '@') = (` + m + `.relation || '@')` + collate + `
+		  AND (` + r + `.subject_type || ':') = (` + m + `.subject_type || ':')` + collate + `
+		  AND ` + r + `.subject_id = ` + m + `.subject_id` + collate + `
+		  AND ` + r + `.subject_relation = ` + m + `.subject_relation` + collate
+}
+
+// queueApply adds w's changes at rev to the group's segment: the
+// current versions of every mutated key move to history, and the new
+// versions are inserted. Conflicts were checked before.
+func (s *Store) queueApply(g *group, rev store.Revision, w *writeSet) {
+	seg := &g.seg
+	if seg.keys == nil {
+		seg.keys = make(map[rel.Key]struct{})
+		seg.collate = s.d.collate
+	}
+	for _, m := range w.muts {
+		if _, dup := seg.keys[m.Rel.Key()]; dup {
+			// A key changes once per statement: an earlier op's change of
+			// it must be applied first.
+			g.sendSegment()
+			break
+		}
+	}
+	seg.ops = append(seg.ops, g.cur)
+	r := int64(rev)
+	for _, m := range w.muts {
+		seg.keys[m.Rel.Key()] = struct{}{}
+	}
+	seg.touched.append(&w.touched)
+	for range w.touched.len() {
+		seg.touchedRev = append(seg.touchedRev, r)
+	}
+	seg.put.append(&w.put)
+	for range w.put.len() {
+		seg.putRev = append(seg.putRev, r)
+	}
+	if g.uncombined {
+		g.sendSegment()
+	}
+}
+
+// applySegment is the changes of consecutive writes of a group, of
+// distinct keys, each row with its write's revision.
+type applySegment struct {
+	ops        []int
+	touched    columns
+	touchedRev []int64
+	put        columns
+	putRev     []int64
+	keys       map[rel.Key]struct{}
+	collate    string
+}
+
+// forceLookups queues, once per group, the settings that leave the
+// planner only index lookups for joining a batch's keys to the stored
+// ones: for a large batch against a large table PostgreSQL prefers
+// hashing the whole table to probing the key index once per key, and the
+// probes are what keep a batch's cost independent of the table's size.
+func (g *group) forceLookups() {
+	g.sendSegment()
+	g.forceLookupsNow()
+}
+
+func (g *group) forceLookupsNow() {
+	if g.noHashJoins == "" || g.lookupsForced {
+		return
+	}
+	g.lookupsForced = true
+	for _, set := range strings.Split(g.noHashJoins, ";") {
+		g.queueExecNow(-1, "", strings.TrimSpace(set), nil, func(pgconn.CommandTag) {})
+	}
+}
+
+// append adds every row of o to c.
+func (c *columns) append(o *columns) {
+	c.resType = append(c.resType, o.resType...)
+	c.resID = append(c.resID, o.resID...)
+	c.relation = append(c.relation, o.relation...)
+	c.subjType = append(c.subjType, o.subjType...)
+	c.subjID = append(c.subjID, o.subjID...)
+	c.subjRel = append(c.subjRel, o.subjRel...)
+	c.caveat = append(c.caveat, o.caveat...)
+	c.context = append(c.context, o.context...)
+	c.expiration = append(c.expiration, o.expiration...)
+}
+
+// sendSegment queues the segment's statements and empties it.
+func (g *group) sendSegment() {
+	seg := &g.seg
+	if len(seg.ops) == 0 {
+		return
+	}
+	op := combinedOps
+	if len(seg.ops) == 1 {
+		op = seg.ops[0]
+	}
+	if seg.touched.len() >= forceLookupsMin {
+		g.forceLookupsNow()
+	}
+	var p params
+	rt, rid, rl, st, sid, srel := seg.touched.keyArgs(&p)
+	revs := p.add(seg.touchedRev)
+	// One statement for every key: the keys arrive as arrays, each is
+	// looked up through the key index, and the versions found move to
+	// history with their write's revision as their end.
 	q := `WITH m AS (
-		SELECT * FROM unnest(` + rt + `::text[], ` + rid + `::text[], ` + rl + `::text[], ` + st + `::text[], ` + sid + `::text[], ` + srel + `::text[], ` + creates + `::boolean[])
-			AS m(resource_type, resource_id, relation, subject_type, subject_id, subject_relation, is_create)
+		SELECT * FROM unnest(` + rt + `::text[], ` + rid + `::text[], ` + rl + `::text[], ` + st + `::text[], ` + sid + `::text[], ` + srel + `::text[], ` + revs + `::bigint[])
+			AS m(resource_type, resource_id, relation, subject_type, subject_id, subject_relation, rev)
 	), gone AS (
 		DELETE FROM mandate_relationships r USING m
-		WHERE (r.resource_type || ':') = (m.resource_type || ':')` + c + `
-		  AND (r.resource_id || '#') = (m.resource_id || '#')` + c + `
-		  AND (r.relation || '@') = (m.relation || '@')` + c + `
-		  AND (r.subject_type || ':') = (m.subject_type || ':')` + c + `
-		  AND r.subject_id = m.subject_id` + c + `
-		  AND r.subject_relation = m.subject_relation` + c + `
-		RETURNING ` + prefixed("r") + `, r.created_rev, m.is_create
-	), moved AS (
-		INSERT INTO mandate_relationship_history (` + relCols + `, created_rev, deleted_rev)
-		SELECT ` + relCols + `, created_rev, ` + revArg + ` FROM gone
+		WHERE ` + keyJoin("r", "m", seg.collate) + `
+		RETURNING ` + prefixed("r") + `, r.created_rev, m.rev
 	)
-	SELECT count(*), min(CASE WHEN g.is_create AND ` + liveSQL("g", nowArg) + ` THEN ` + keyText("g") + ` END) FROM gone g`
-	var moved int
-	var conflict *string
-	if err := tx.QueryRow(ctx, q, p.list...).Scan(&moved, &conflict); err != nil {
-		return 0, fmt.Errorf("replacing current versions: %w", err)
+	INSERT INTO mandate_relationship_history (` + relCols + `, created_rev, deleted_rev)
+	SELECT ` + relCols + `, created_rev, rev FROM gone`
+	g.queueExecNow(op, "replacing current versions", q, p.list, func(pgconn.CommandTag) {})
+	if seg.put.len() > 0 {
+		q, args := insertCurrentSQL(&seg.put, seg.putRev)
+		g.queueExecNow(op, "inserting new versions", q, args, func(pgconn.CommandTag) {})
 	}
-	if conflict != nil {
-		i := slices.IndexFunc(w.muts, func(m store.Mutation) bool { return m.Rel.Key().String() == *conflict })
-		return 0, fmt.Errorf("mutation %d: %w: %s", i, store.ErrAlreadyExists, *conflict)
-	}
-	inserted, err := insertCurrent(ctx, tx, &w.put, rev)
-	if err != nil {
-		return 0, err
-	}
-	return moved + inserted, nil
+	*seg = applySegment{keys: seg.keys, collate: seg.collate}
+	clear(seg.keys)
 }
 
 // forceLookupsMin is the batch size from which the general write path
@@ -335,53 +472,63 @@ func copyCreates(ctx context.Context, tx pgx.Tx, c *columns, rev store.Revision)
 	return int(copied), true, nil
 }
 
-// insertCurrent inserts relationships as the current versions from rev on.
-func insertCurrent(ctx context.Context, tx pgx.Tx, c *columns, rev store.Revision) (int, error) {
-	if c.len() == 0 {
-		return 0, nil
-	}
+// insertCurrentSQL is the statement inserting relationships as the
+// current versions, each from its revision in revs on.
+func insertCurrentSQL(c *columns, revs []int64) (string, []any) {
 	var p params
 	rt, rid, rl, st, sid, srel := c.keyArgs(&p)
 	q := `INSERT INTO mandate_relationships (` + relCols + `, created_rev)
-		SELECT resource_type, resource_id, relation, subject_type, subject_id, subject_relation, caveat_name, caveat_context::jsonb, expiration, ` + p.add(int64(rev)) + `
+		SELECT resource_type, resource_id, relation, subject_type, subject_id, subject_relation, caveat_name, caveat_context::jsonb, expiration, rev
 		FROM unnest(` + rt + `::text[], ` + rid + `::text[], ` + rl + `::text[], ` + st + `::text[], ` + sid + `::text[], ` + srel + `::text[], ` +
-		p.add(c.caveat) + `::text[], ` + p.add(c.context) + `::text[], ` + p.add(c.expiration) + `::timestamptz[])
-			AS m(resource_type, resource_id, relation, subject_type, subject_id, subject_relation, caveat_name, caveat_context, expiration)`
-	tag, err := tx.Exec(ctx, q, p.list...)
-	if err != nil {
-		return 0, fmt.Errorf("inserting new versions: %w", err)
-	}
-	return int(tag.RowsAffected()), nil
+		p.add(c.caveat) + `::text[], ` + p.add(c.context) + `::text[], ` + p.add(c.expiration) + `::timestamptz[], ` + p.add(revs) + `::bigint[])
+			AS m(resource_type, resource_id, relation, subject_type, subject_id, subject_relation, caveat_name, caveat_context, expiration, rev)`
+	return q, p.list
 }
 
-// checkPreconditions evaluates every precondition against the current,
-// unexpired relationships, in one round trip.
-func checkPreconditions(ctx context.Context, tx pgx.Tx, pre []store.Precondition, now time.Time) error {
+// queuePreconditions queues one query per precondition, against the
+// current, unexpired relationships, returning what reports the first that
+// fails once flushed, or nil when there are none.
+func queuePreconditions(g *group, pre []store.Precondition) func() error {
 	if len(pre) == 0 {
 		return nil
 	}
-	var b pgx.Batch
-	for _, c := range pre {
-		var p params
-		nowArg := p.add(now)
-		b.Queue("SELECT EXISTS (SELECT 1 FROM mandate_relationships r WHERE "+filterSQL(c.Filter, "r", &p)+" AND "+liveSQL("r", nowArg)+")", p.list...)
-	}
-	res := tx.SendBatch(ctx, &b)
-	defer res.Close()
+	exists := make([]bool, len(pre))
 	for i, c := range pre {
-		var exists bool
-		if err := res.QueryRow().Scan(&exists); err != nil {
-			return fmt.Errorf("checking precondition %d: %w", i, err)
-		}
-		if exists != c.MustExist {
-			want := "no relationship may match"
-			if c.MustExist {
-				want = "a relationship must match"
+		var p params
+		nowArg := p.add(g.now)
+		q := "SELECT EXISTS (SELECT 1 FROM mandate_relationships r WHERE " + filterSQL(c.Filter, "r", &p) + " AND " + liveSQL("r", nowArg) + ")"
+		g.queueRow(q, p.list, func(row pgx.Row) error {
+			if err := row.Scan(&exists[i]); err != nil {
+				return fmt.Errorf("checking precondition %d: %w", i, err)
 			}
-			return fmt.Errorf("%w: precondition %d: %s %+v", store.ErrPreconditionFailed, i, want, c.Filter)
-		}
+			return nil
+		})
 	}
-	return res.Close()
+	return func() error {
+		for i, c := range pre {
+			if exists[i] != c.MustExist {
+				want := "no relationship may match"
+				if c.MustExist {
+					want = "a relationship must match"
+				}
+				return fmt.Errorf("%w: precondition %d: %s %+v", store.ErrPreconditionFailed, i, want, c.Filter)
+			}
+		}
+		return nil
+	}
+}
+
+// checkPreconditions evaluates preconditions in g, after every write queued
+// before.
+func checkPreconditions(ctx context.Context, g *group, pre []store.Precondition) error {
+	eval := queuePreconditions(g, pre)
+	if eval == nil {
+		return nil
+	}
+	if err := g.flush(ctx); err != nil {
+		return err
+	}
+	return eval()
 }
 
 // DeleteMatching deletes the live relationships matching filter at one new
@@ -394,51 +541,61 @@ func (s *Store) DeleteMatching(ctx context.Context, preconditions []store.Precon
 	if limit < 0 {
 		return 0, 0, fmt.Errorf("delete matching: limit %d: expected 0 (no limit) or more", limit)
 	}
-	var rev store.Revision
 	var deleted int
-	err := s.d.inTx(ctx, s.pool, writeTxOptions, func(tx pgx.Tx) error {
-		var err error
-		if rev, _, err = lockState(ctx, tx, false); err != nil {
-			return err
-		}
-		now := s.now()
-		if err := checkPreconditions(ctx, tx, preconditions, now); err != nil {
-			return err
-		}
-		if limit > 0 {
-			var p params
-			nowArg := p.add(now)
-			cond := filterSQL(filter, "r", &p)
+	rev, err := s.enqueue(ctx, &writeOp{
+		size: 1 + len(preconditions),
+		run: func(ctx context.Context, g *group, rev store.Revision) error {
+			deleted = 0
+			pre := queuePreconditions(g, preconditions)
 			var n int
-			q := "SELECT count(*) FROM (SELECT 1 FROM mandate_relationships r WHERE " + cond + " AND " + liveSQL("r", nowArg) + " LIMIT " + p.add(limit+1) + ") x"
-			if err := tx.QueryRow(ctx, q, p.list...).Scan(&n); err != nil {
-				return fmt.Errorf("counting matches: %w", err)
+			if limit > 0 {
+				var p params
+				nowArg := p.add(g.now)
+				cond := filterSQL(filter, "r", &p)
+				q := "SELECT count(*) FROM (SELECT 1 FROM mandate_relationships r WHERE " + cond + " AND " + liveSQL("r", nowArg) + " LIMIT " + p.add(limit+1) + ") x"
+				g.queueRow(q, p.list, func(row pgx.Row) error {
+					if err := row.Scan(&n); err != nil {
+						return fmt.Errorf("counting matches: %w", err)
+					}
+					return nil
+				})
 			}
-			if n > limit {
+			if pre != nil || limit > 0 {
+				if err := g.flush(ctx); err != nil {
+					return err
+				}
+			}
+			if pre != nil {
+				if err := pre(); err != nil {
+					return err
+				}
+			}
+			if n > limit && limit > 0 {
 				return fmt.Errorf("%w: more than %d match", store.ErrLimitExceeded, limit)
 			}
-		}
-		var p params
-		nowArg := p.add(now)
-		cond := filterSQL(filter, "r", &p)
-		q := `WITH gone AS (
-			DELETE FROM mandate_relationships r WHERE ` + cond + `
-			RETURNING ` + prefixed("r") + `, r.created_rev
-		), moved AS (
-			INSERT INTO mandate_relationship_history (` + relCols + `, created_rev, deleted_rev)
-			SELECT ` + relCols + `, created_rev, ` + p.add(int64(rev)) + ` FROM gone
-		)
-		SELECT count(*), coalesce(sum(CASE WHEN ` + liveSQL("gone", nowArg) + ` THEN 1 ELSE 0 END), 0) FROM gone`
-		var total int
-		if err := tx.QueryRow(ctx, q, p.list...).Scan(&total, &deleted); err != nil {
-			return fmt.Errorf("deleting: %w", err)
-		}
-		return s.recordRevision(ctx, tx, rev, total)
+			var p params
+			nowArg := p.add(g.now)
+			cond := filterSQL(filter, "r", &p)
+			q := `WITH gone AS (
+				DELETE FROM mandate_relationships r WHERE ` + cond + `
+				RETURNING ` + prefixed("r") + `, r.created_rev
+			), moved AS (
+				INSERT INTO mandate_relationship_history (` + relCols + `, created_rev, deleted_rev)
+				SELECT ` + relCols + `, created_rev, ` + p.add(int64(rev)) + ` FROM gone
+			)
+			SELECT count(*), coalesce(sum(CASE WHEN ` + liveSQL("gone", nowArg) + ` THEN 1 ELSE 0 END), 0) FROM gone`
+			g.queueRow(q, p.list, func(row pgx.Row) error {
+				if err := row.Scan(nil, &deleted); err != nil {
+					return fmt.Errorf("deleting: %w", err)
+				}
+				return nil
+			})
+			return nil
+		},
 	})
 	if err != nil {
 		return 0, 0, fmt.Errorf("delete matching: %w", err)
 	}
-	s.committed()
 	return rev, deleted, nil
 }
 

@@ -151,7 +151,7 @@ func testConcurrentWriters(t *testing.T, newStore func(t *testing.T) store.Store
 			}
 			rev, err := h.s.Head(h.ctx)
 			if err != nil {
-				errs <- fmt.Errorf("Head: %w", err)
+				errs <- fmt.Errorf("head: %w", err)
 				return
 			}
 			n := 0

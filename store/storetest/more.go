@@ -1,7 +1,6 @@
 package storetest
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"slices"
@@ -14,24 +13,18 @@ import (
 	"github.com/mandate-authz/mandate/store/rel"
 )
 
-// forget releases history before rev when the store can do so on demand,
-// reporting whether it can. Stores offer either the memory store's
-// ForgetBefore(rev) or ForgetBefore(ctx, rev) error.
+// forget releases history before rev when the store can do so on demand
+// (store.HistoryReleaser), reporting whether it can.
 func (h *harness) forget(rev store.Revision) bool {
 	h.t.Helper()
-	switch s := h.s.(type) {
-	case interface {
-		ForgetBefore(context.Context, store.Revision) error
-	}:
-		if err := s.ForgetBefore(h.ctx, rev); err != nil {
-			h.t.Fatalf("ForgetBefore(%d): %v", rev, err)
-		}
-		return true
-	case interface{ ForgetBefore(store.Revision) }:
-		s.ForgetBefore(rev)
-		return true
+	r, ok := h.s.(store.HistoryReleaser)
+	if !ok {
+		return false
 	}
-	return false
+	if err := r.ForgetBefore(h.ctx, rev); err != nil {
+		h.t.Fatalf("ForgetBefore(%d): %v", rev, err)
+	}
+	return true
 }
 
 // watchErr returns the first item of Watch(after), which must be an error.

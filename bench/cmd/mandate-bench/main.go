@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -58,6 +59,7 @@ func run() error {
 	jsonPath := fs.String("json", "mandate-bench.json", "file the JSON results are written to (empty: none)")
 	mdPath := fs.String("markdown", "", "file the markdown tables are also written to")
 	verbose := fs.Bool("v", false, "show the peers' own logs")
+	freshness := fs.Int("freshness", 0, "instead of comparing engines: writes/s sent to one of two Mandate replicas over one PostgreSQL database, measuring how soon the other sees each (-duration long, -concurrency callers checking on the other meanwhile)")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return err
 	}
@@ -78,6 +80,9 @@ func run() error {
 	o.Log = os.Stderr
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if *freshness > 0 {
+		return runFreshness(ctx, o, *freshness, *jsonPath)
+	}
 	rep, runErr := harness.Run(ctx, o)
 	if rep == nil {
 		return runErr
@@ -96,4 +101,30 @@ func run() error {
 		}
 	}
 	return runErr
+}
+
+// runFreshness runs the two-replica freshness benchmark and prints its
+// figures.
+func runFreshness(ctx context.Context, o harness.Options, rate int, jsonPath string) error {
+	res, err := harness.RunFreshness(ctx, harness.FreshnessOptions{
+		Workload: o.Workload, PostgresURL: o.PostgresURL, Rate: rate,
+		Duration: o.Duration, Checkers: o.Concurrency, Log: o.Log,
+	})
+	if res != nil {
+		fmt.Printf("| writes/s sent | acknowledged/s | write p50 ms | write p99 ms | visible on B p50 ms | p95 ms | p99 ms | checks/s on B | check p50 ms | check p99 ms | late sends |\n")
+		fmt.Printf("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+		fmt.Printf("| %d | %.0f | %.2f | %.2f | %.2f | %.2f | %.2f | %.0f | %.3f | %.2f | %d |\n", rate,
+			res.Writes.CallsPerSec, res.Writes.P50Ms, res.Writes.P99Ms, res.Visible.P50Ms, res.Visible.P95Ms, res.Visible.P99Ms,
+			res.Checks.CallsPerSec, res.Checks.P50Ms, res.Checks.P99Ms, res.Late)
+		if jsonPath != "" {
+			b, jerr := json.MarshalIndent(res, "", "  ")
+			if jerr == nil {
+				jerr = os.WriteFile(jsonPath, b, 0o644)
+			}
+			if jerr != nil {
+				return errors.Join(err, fmt.Errorf("writing %s: %w", jsonPath, jerr))
+			}
+		}
+	}
+	return err
 }
