@@ -44,7 +44,7 @@ func startAuthZEN(t *testing.T, example string) *authzenPDP {
 	logs := &syncBuffer{}
 	root := newRootCommand()
 	root.SetArgs([]string{"serve", "--datastore-engine", "memory", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
-		"--grpc-preshared-key", authzenKey, "--authzen-mapping", filepath.Join(dir, "mapping.yaml"), "--grpc-shutdown-grace-period", "5s"})
+		"--data-dir", t.TempDir(), "--grpc-preshared-key", authzenKey, "--authzen-mapping", filepath.Join(dir, "mapping.yaml"), "--grpc-shutdown-grace-period", "5s"})
 	root.SetOut(logs)
 	root.SetErr(logs)
 	ctx, cancel := context.WithCancel(context.Background())
