@@ -33,6 +33,7 @@ import (
 	"github.com/mandate-authz/mandate/engine"
 	pb "github.com/mandate-authz/mandate/proto/mandate/v1"
 	"github.com/mandate-authz/mandate/server/apikey"
+	"github.com/mandate-authz/mandate/server/authzen"
 	"github.com/mandate-authz/mandate/server/op"
 	"github.com/mandate-authz/mandate/store"
 )
@@ -95,6 +96,10 @@ type Config struct {
 	// fully_consistent) before failing with Unavailable; zero takes
 	// DefaultMaxRevisionWait. See consistency.go and follow.go.
 	MaxRevisionWait time.Duration
+	// AuthZEN maps AuthZEN 1.0 names onto the schema's for the AuthZEN API
+	// on the HTTP listener; nil maps every name onto itself. See
+	// authzen.go.
+	AuthZEN *authzen.Mapping
 }
 
 // Server serves the API. Create it with New, run it with Run.
@@ -457,6 +462,9 @@ func (s *Server) buildHTTP() error {
 		io.WriteString(w, "ready\n")
 	})
 	mux.Handle("GET /metrics", s.metrics.handler())
+	if err := s.mountAuthZEN(mux); err != nil {
+		return err
+	}
 	s.http = &http.Server{
 		Handler:           mux,
 		TLSConfig:         tlsCfg,

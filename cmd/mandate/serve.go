@@ -17,6 +17,7 @@ import (
 	"github.com/mandate-authz/mandate/engine"
 	"github.com/mandate-authz/mandate/server"
 	"github.com/mandate-authz/mandate/server/apikey"
+	"github.com/mandate-authz/mandate/server/authzen"
 	"github.com/mandate-authz/mandate/store"
 	"github.com/mandate-authz/mandate/store/embedded"
 	"github.com/mandate-authz/mandate/store/memory"
@@ -43,6 +44,8 @@ type serveOptions struct {
 	plaintextBeyondLoopback bool
 	// keysFile is the scoped API keys file (see server/apikey).
 	keysFile string
+	// authzenMapping is the AuthZEN mapping file (--authzen-mapping).
+	authzenMapping string
 }
 
 func newServeCommand() *cobra.Command {
@@ -111,6 +114,7 @@ in-flight requests get --grpc-shutdown-grace-period to finish.`,
 	f.DurationVar(&opts.cfg.Limits.RequestTimeout, "request-timeout", opts.cfg.Limits.RequestTimeout, "longest a call may run (Watch, import and export excepted)")
 	f.DurationVar(&opts.cfg.RevisionRetention, "revision-retention", server.DefaultRevisionRetention, "how long a revision stays readable (exact-snapshot reads, cursors, watch from its token) after a later write supersedes it; older history is released")
 	f.DurationVar(&opts.cfg.MaxRevisionWait, "max-revision-wait", server.DefaultMaxRevisionWait, "longest a read waits for this server to apply the revision its consistency asks for (at_least_as_fresh, at_exact_snapshot, fully_consistent) before failing with Unavailable, e.g. while the datastore is unreachable")
+	f.StringVar(&opts.authzenMapping, "authzen-mapping", "", "YAML file mapping AuthZEN subject and resource types, actions and properties onto the schema's types, permissions and caveat context (default: every name maps onto itself)")
 	f.StringVar(&opts.logLevel, "log-level", "info", "debug, info, warn or error")
 	addAuditFlags(f, &opts.audit)
 	addSQLStoreFlags(f, &opts.sqlStore)
@@ -160,6 +164,13 @@ func runServe(ctx context.Context, stderr io.Writer, opts *serveOptions) error {
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	opts.cfg.Logger = log
 	opts.cfg.Limits.MaxMessageBytes = opts.maxMessage
+	if opts.authzenMapping != "" {
+		m, err := authzen.LoadMapping(opts.authzenMapping)
+		if err != nil {
+			return err
+		}
+		opts.cfg.AuthZEN = m
+	}
 
 	// Everything that can be refused is refused before the data directory
 	// or a database is touched: a refused serve leaves nothing behind.

@@ -112,10 +112,18 @@ var methodScopes = map[string]Scope{
 	"/authzed.api.v1.ExperimentalService/ExperimentalUnregisterRelationshipCounter": Admin,
 }
 
+// AuthZENPrefix is the path prefix of the HTTP-only AuthZEN 1.0 API
+// (server/authzen), authorized by its request path: the check scope.
+const AuthZENPrefix = "/access/v1/"
+
 // ScopeFor returns the scope a gRPC method (as "/package.Service/Method")
 // needs. A method the table does not know needs Admin: an unclassified
 // method fails closed.
 func ScopeFor(fullMethod string) (Scope, bool) {
+	if strings.HasPrefix(fullMethod, AuthZENPrefix) {
+		// Every AuthZEN call is a decision or a search.
+		return Check, true
+	}
 	sc, ok := methodScopes[fullMethod]
 	if !ok {
 		return Admin, false

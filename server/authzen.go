@@ -1,0 +1,73 @@
+package server
+
+import (
+	"net/http"
+	"time"
+
+	"google.golang.org/grpc/codes"
+
+	"github.com/mandate-authz/mandate/server/authzen"
+	"github.com/mandate-authz/mandate/server/op"
+)
+
+// mountAuthZEN serves the AuthZEN 1.0 API (server/authzen) on the HTTP
+// mux with this server's authentication (the same preshared keys; none
+// needed, and any Authorization header ignored, when they are off),
+// request IDs, metrics and audit. The PDP metadata is public, like
+// /openapi.json.
+func (s *Server) mountAuthZEN(mux *http.ServeMux) error {
+	h, err := authzen.New(authzen.Config{
+		Core:    s.core,
+		Mapping: s.cfg.AuthZEN,
+		Authenticate: func(r *http.Request) (op.Identity, error) {
+			id, key, err := s.auth.authenticateHeader(r.Header.Values("Authorization"))
+			if err != nil || key == nil {
+				return id, err
+			}
+			// A scoped key needs the check scope and is held to its rate;
+			// its concurrency limit counts only gRPC and REST calls.
+			release, err := authorize(key, r.URL.Path)
+			release()
+			return id, err
+		},
+		RequestID: func(r *http.Request) string {
+			if id := r.Header.Get(RequestIDHeader); validRequestID(id) {
+				return id
+			}
+			return s.reqIDs.next()
+		},
+		Observe: func(path string, status int, d time.Duration) {
+			s.metrics.observe(path, authzen.Transport, httpCode(status), d)
+		},
+		Audited: s.cfg.Audit != nil,
+		Log:     s.log,
+	})
+	if err != nil {
+		return err
+	}
+	mux.Handle("/access/v1/", h)
+	mux.Handle("GET "+authzen.PathMetadata, h)
+	return nil
+}
+
+// httpCode names an HTTP status by the gRPC code the metrics label calls
+// with, so that one label set covers every API.
+func httpCode(status int) codes.Code {
+	switch status {
+	case http.StatusOK:
+		return codes.OK
+	case http.StatusBadRequest:
+		return codes.InvalidArgument
+	case http.StatusUnauthorized:
+		return codes.Unauthenticated
+	case http.StatusForbidden:
+		return codes.PermissionDenied
+	case http.StatusNotFound, http.StatusMethodNotAllowed:
+		return codes.Unimplemented
+	case http.StatusRequestEntityTooLarge:
+		return codes.ResourceExhausted
+	case http.StatusServiceUnavailable:
+		return codes.Unavailable
+	}
+	return codes.Internal
+}
