@@ -39,6 +39,12 @@ import (
 // principals.
 const OnBehalfOfHeader = "mandate-on-behalf-of"
 
+// CapabilityHeader is the gRPC metadata header carrying a capability token
+// in authzed.api.v1 CheckPermission and CheckBulkPermissions calls (every
+// item of a bulk call is checked with it); SpiceDB's requests have no field
+// for one. See op.CheckRequest.CapabilityToken.
+const CapabilityHeader = "mandate-capability"
+
 // authzedServiceNames are the authzed.api.v1 services served, for health.
 var authzedServiceNames = []string{
 	v1.PermissionsService_ServiceDesc.ServiceName,
@@ -291,6 +297,22 @@ func (s *Server) zedToken(rev store.Revision) *v1.ZedToken {
 
 // onBehalfOf reads the principal from the mandate-on-behalf-of header; nil
 // when absent.
+// capabilityToken reads CapabilityHeader ("" when it is not sent).
+func capabilityToken(ctx context.Context) (string, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	values := md.Get(CapabilityHeader)
+	switch len(values) {
+	case 0:
+		return "", nil
+	case 1:
+		if values[0] == "" {
+			return "", status.Errorf(codes.InvalidArgument, "metadata %s: empty; send a capability token or leave the header out", CapabilityHeader)
+		}
+		return values[0], nil
+	}
+	return "", status.Errorf(codes.InvalidArgument, "metadata %s: sent %d times; send one capability token", CapabilityHeader, len(values))
+}
+
 func onBehalfOf(ctx context.Context) (*rel.Object, error) {
 	md, _ := metadata.FromIncomingContext(ctx)
 	values := md.Get(OnBehalfOfHeader)

@@ -2,6 +2,7 @@ package server
 
 import (
 	"fmt"
+	"strings"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/mandate-authz/mandate/engine"
 	pb "github.com/mandate-authz/mandate/proto/mandate/v1"
+	"github.com/mandate-authz/mandate/server/capability"
 	"github.com/mandate-authz/mandate/store"
 	"github.com/mandate-authz/mandate/store/rel"
 )
@@ -301,4 +303,27 @@ func expandToProto(n *engine.ExpandNode) (*pb.ExpandNode, error) {
 		out.Subjects = append(out.Subjects, pr)
 	}
 	return out, nil
+}
+
+// tokenExplanationToProto explains a check made with a capability token;
+// nil for a check made without one.
+func tokenExplanationToProto(d *capability.Decision) *pb.TokenExplanation {
+	if d == nil {
+		return nil
+	}
+	ref := func(s string) *pb.ObjectReference {
+		typ, id, ok := strings.Cut(s, ":")
+		if !ok {
+			return nil
+		}
+		return &pb.ObjectReference{ObjectType: typ, ObjectId: id}
+	}
+	out := &pb.TokenExplanation{
+		TokenId: d.TokenID, RootId: d.RootID, Block: int32(d.Block),
+		Reason: string(d.Reason), Detail: d.Detail, Principal: ref(d.Principal), Task: d.Task,
+	}
+	for _, h := range d.Holders {
+		out.Holders = append(out.Holders, ref(h))
+	}
+	return out
 }

@@ -85,6 +85,8 @@ func codeOf(err error) codes.Code {
 		return false
 	}
 	switch {
+	case is(op.ErrTokensOff):
+		return codes.Unimplemented
 	case is(context.DeadlineExceeded):
 		return codes.DeadlineExceeded
 	case is(context.Canceled):
@@ -99,7 +101,7 @@ func codeOf(err error) codes.Code {
 		store.ErrLimitExceeded, engine.ErrRevisionGone, store.ErrRevisionGone, op.ErrAuditOff, audit.ErrNotQueryable):
 		return codes.FailedPrecondition
 	case is(engine.ErrUnknownType, engine.ErrUnknownRelation, engine.ErrInvalidContext,
-		engine.ErrInvalidOnBehalfOf, engine.ErrAmbiguousAgent, store.ErrInvalidSchema,
+		engine.ErrInvalidOnBehalfOf, engine.ErrAmbiguousAgent, op.ErrInvalidTokenCheck, store.ErrInvalidSchema,
 		store.ErrInvalidRelationship, store.ErrFutureRevision, store.ErrTooManyMutations):
 		return codes.InvalidArgument
 	case errors.As(err, &se):

@@ -47,15 +47,12 @@ func checkFromProto(prefix string, resource *pb.ObjectReference, permission stri
 	return req, nil
 }
 
-// errTokensNotServed refuses capability_token until the operation core
-// answers it: ignoring it would check the bare subject instead, which is
-// not what the caller asked.
-var errTokensNotServed = status.Error(codes.Unimplemented, "capability_token: capability tokens are not served by this server yet")
+// errTokensNotServed refuses capability_token on LookupResources until the
+// operation core answers it: ignoring it would look up the bare subject's
+// resources instead, which is not what the caller asked.
+var errTokensNotServed = status.Error(codes.Unimplemented, "capability_token: LookupResources with a capability token is not served by this server yet")
 
 func (p *permissionService) Check(ctx context.Context, req *pb.CheckRequest) (*pb.CheckResponse, error) {
-	if req.GetCapabilityToken() != "" {
-		return nil, errTokensNotServed
-	}
 	creq, err := checkFromProto("", req.GetResource(), req.GetPermission(), req.GetSubject(), req.GetContext(), req.GetOnBehalfOf())
 	if err != nil {
 		return nil, err
@@ -64,6 +61,7 @@ func (p *permissionService) Check(ctx context.Context, req *pb.CheckRequest) (*p
 		return nil, err
 	}
 	creq.Explain = req.GetExplain()
+	creq.CapabilityToken = req.GetCapabilityToken()
 	res, err := p.s.core.Check(ctx, creq)
 	if err != nil {
 		return nil, err
@@ -73,13 +71,11 @@ func (p *permissionService) Check(ctx context.Context, req *pb.CheckRequest) (*p
 		Decision:          decisionToProto(res.Decision),
 		MissingParameters: res.Missing,
 		Delegation:        delegationToProto(res.Delegation),
+		Token:             tokenExplanationToProto(res.Token),
 	}, nil
 }
 
 func (p *permissionService) CheckBulk(ctx context.Context, req *pb.CheckBulkRequest) (*pb.CheckBulkResponse, error) {
-	if req.GetCapabilityToken() != "" {
-		return nil, errTokensNotServed
-	}
 	items := req.GetItems()
 	if len(items) == 0 {
 		return nil, invalid("items", "at least one check is required")
@@ -96,6 +92,7 @@ func (p *permissionService) CheckBulk(ctx context.Context, req *pb.CheckBulkRequ
 		if err != nil {
 			_, err = checkFromProto(fmt.Sprintf("items[%d].", i), it.GetResource(), it.GetPermission(), it.GetSubject(), it.GetContext(), it.GetOnBehalfOf())
 		}
+		creq.CapabilityToken = req.GetCapabilityToken()
 		breq.Items[i] = op.CheckItem{CheckRequest: creq, Err: err}
 	}
 	out, err := p.s.core.CheckBulk(ctx, breq)
@@ -124,6 +121,7 @@ func (p *permissionService) CheckBulk(ctx context.Context, req *pb.CheckBulkRequ
 		item.Decision = decisionToProto(res.Decision)
 		item.MissingParameters = res.Missing
 		item.Delegation = delegationToProto(res.Delegation)
+		item.Token = tokenExplanationToProto(res.Token)
 		oneofStore[i].Item = item
 		pairs[i].Response = &oneofStore[i]
 	}

@@ -34,6 +34,7 @@ import (
 	pb "github.com/mandate-authz/mandate/proto/mandate/v1"
 	"github.com/mandate-authz/mandate/server/apikey"
 	"github.com/mandate-authz/mandate/server/authzen"
+	"github.com/mandate-authz/mandate/server/capability"
 	"github.com/mandate-authz/mandate/server/op"
 	"github.com/mandate-authz/mandate/store"
 )
@@ -100,6 +101,10 @@ type Config struct {
 	// on the HTTP listener; nil maps every name onto itself. See
 	// authzen.go.
 	AuthZEN *authzen.Mapping
+	// CapabilityKeys are the root keys capability tokens are minted with
+	// and verified against; nil serves no tokens (checks carrying one are
+	// refused). See capability.go.
+	CapabilityKeys *capability.KeySet
 }
 
 // Server serves the API. Create it with New, run it with Run.
@@ -117,6 +122,8 @@ type Server struct {
 	core *op.Core
 	// retention decides which history to release; see retention.go.
 	retention *retention
+	// tokens serves capability tokens; nil when off. See capability.go.
+	tokens *capabilityTokens
 
 	grpc    *grpc.Server
 	health  *health.Server
@@ -174,9 +181,16 @@ func New(st store.Store, eng *engine.Engine, cfg Config) (*Server, error) {
 	if cfg.Audit != nil {
 		auditor = cfg.Audit
 	}
+	var checker *capability.Checker
+	if cfg.CapabilityKeys != nil {
+		if s.tokens, err = newCapabilityTokens(st, cfg.CapabilityKeys, cfg.MaxRevisionWait); err != nil {
+			return nil, err
+		}
+		checker = s.tokens.checker
+	}
 	if s.core, err = op.New(op.Config{
 		Engine: eng, Store: st, Auditor: auditor, Limits: lim, MaxRevisionWait: cfg.MaxRevisionWait,
-		Decided: s.metrics.decision, Classify: classifyMandate, Log: log,
+		Decided: s.metrics.decision, Classify: classifyMandate, Log: log, Tokens: checker,
 	}); err != nil {
 		return nil, err
 	}
@@ -243,6 +257,7 @@ func (s *Server) buildGRPC() error {
 	pb.RegisterSchemaServiceServer(s.grpc, &schemaService{s: s})
 	pb.RegisterAuditServiceServer(s.grpc, &auditService{s: s})
 	s.registerAuthzed(s.grpc)
+	s.registerTokens()
 	s.health = health.NewServer()
 	// Not serving until the engine has caught up with the store.
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
@@ -339,6 +354,13 @@ func (s *Server) Run(ctx context.Context) error {
 		defer background.Done()
 		s.follow(followCtx)
 	}()
+	if s.tokens != nil {
+		background.Add(1)
+		go func() {
+			defer background.Done()
+			s.followRevocations(followCtx)
+		}()
+	}
 
 	var serving sync.WaitGroup
 	serve := func(name string, f func() error) {
@@ -465,6 +487,9 @@ func (s *Server) buildHTTP() error {
 	if err := s.mountAuthZEN(mux); err != nil {
 		return err
 	}
+	if s.tokens != nil {
+		mux.Handle("GET "+capability.PublicKeysPath, capability.PublicKeysHandler(s.tokens.keys))
+	}
 	s.http = &http.Server{
 		Handler:           mux,
 		TLSConfig:         tlsCfg,
@@ -489,6 +514,8 @@ func newGateway(ctx context.Context, conn *grpc.ClientConn) (http.Handler, error
 		"RelationshipService": pb.RegisterRelationshipServiceHandler,
 		"SchemaService":       pb.RegisterSchemaServiceHandler,
 		"AuditService":        pb.RegisterAuditServiceHandler,
+		// Unimplemented unless the server serves tokens.
+		"TokenService": pb.RegisterTokenServiceHandler,
 	} {
 		if err := register(ctx, gw, conn); err != nil {
 			return nil, fmt.Errorf("registering the REST gateway for %s: %w", name, err)

@@ -8,8 +8,9 @@ import (
 	pb "github.com/mandate-authz/mandate/proto/mandate/v1"
 )
 
-// Until the operation core answers capability tokens, a request carrying
-// one is refused rather than answered for the bare subject.
+// A server without capability keys (Config.CapabilityKeys nil) refuses a
+// request carrying a token rather than answer it for the bare subject; so
+// does LookupResources, which does not answer tokens yet.
 func TestCapabilityTokenRefusedUntilServed(t *testing.T) {
 	ts := startServer(t, nil)
 	ctx := t.Context()

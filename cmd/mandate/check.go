@@ -55,8 +55,9 @@ func (o *questionOptions) parse(subjectArg string) (question, error) {
 
 type checkOptions struct {
 	questionOptions
-	explain      bool
-	failOnDenied bool
+	explain         bool
+	failOnDenied    bool
+	capabilityToken string
 }
 
 func newCheckCommand() *cobra.Command {
@@ -72,12 +73,18 @@ With --explain, a check whose subject is an agent also prints its delegation cha
 (agent:b -> agent:a -> user:alice), each member's own grant and acts_for link, the
 reason code of a denial, the failing member, and whether an approval could resolve it.
 
+With --capability-token, SUBJECT must be the token's current holder and the token stands
+in for its own grant and acts_for link (see mandate token); --explain then also prints
+the token's id, its holders, its principal, the deciding block and the reason of a
+denial. (The flag is not --token, which is the API key.)
+
 The exit status is 0 for any answer, allowed or not, and 1 for errors. With
 --fail-on-denied it is 2 for denied and 3 for conditional, for use in scripts.`,
 		Example: `  mandate check doc:readme#view user:alice
   mandate check doc:readme#view agent:b --explain --fully-consistent
   mandate check doc:budget#view user:alice --context '{"amount": 10}'
-  mandate check doc:readme#view agent:b --on-behalf-of user:alice --fail-on-denied`,
+  mandate check doc:readme#view agent:b --on-behalf-of user:alice --fail-on-denied
+  mandate check calendar:bob#read agent:b --capability-token "$TOKEN" --explain`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runCheck(cmd, o, args)
@@ -90,6 +97,7 @@ The exit status is 0 for any answer, allowed or not, and 1 for errors. With
 	f.StringVar(&o.onBehalfOf, "on-behalf-of", "", "the principal (type:id) an agent subject acts for, when it acts for several")
 	f.BoolVar(&o.explain, "explain", false, "print the delegation chain and the reason of a denial")
 	f.BoolVar(&o.failOnDenied, "fail-on-denied", false, "exit 2 when denied and 3 when conditional")
+	f.StringVar(&o.capabilityToken, "capability-token", "", "check with this capability token (- reads it from stdin); SUBJECT must be its holder")
 	return cmd
 }
 
@@ -104,6 +112,11 @@ func runCheck(cmd *cobra.Command, o *checkOptions, args []string) error {
 		return err
 	}
 	req.Subject, req.Context, req.OnBehalfOf, req.Consistency = q.subject, q.context, q.onBehalfOf, q.consistency
+	if o.capabilityToken != "" {
+		if req.CapabilityToken, err = readTokenArg(cmd, o.capabilityToken); err != nil {
+			return fmt.Errorf("--capability-token: %w", err)
+		}
+	}
 	c, ctx, cancel, err := connect(cmd, &o.conn)
 	if err != nil {
 		return err
@@ -118,7 +131,11 @@ func runCheck(cmd *cobra.Command, o *checkOptions, args []string) error {
 	printDecision(out, resp.GetDecision(), resp.GetMissingParameters())
 	fmt.Fprintf(out, "revision: %s\n", resp.GetCheckedAt().GetToken())
 	if o.explain {
-		printDelegation(out, resp.GetDelegation())
+		if t := resp.GetToken(); t != nil {
+			printTokenExplanation(out, t)
+		} else {
+			printDelegation(out, resp.GetDelegation())
+		}
 	}
 	if o.failOnDenied {
 		switch resp.GetDecision() {
@@ -138,6 +155,27 @@ func printDecision(w io.Writer, d pb.Decision, missing []string) {
 		return
 	}
 	fmt.Fprintln(w, decisionString(d))
+}
+
+// printTokenExplanation prints how a capability token decided a check.
+func printTokenExplanation(w io.Writer, t *pb.TokenExplanation) {
+	holders := make([]string, len(t.GetHolders()))
+	for i, h := range t.GetHolders() {
+		holders[i] = h.GetObjectType() + ":" + h.GetObjectId()
+	}
+	fmt.Fprintf(w, "token: %s (root %s)\n", t.GetTokenId(), t.GetRootId())
+	fmt.Fprintf(w, "holders: %s\n", strings.Join(holders, " -> "))
+	fmt.Fprintf(w, "principal: %s:%s\n", t.GetPrincipal().GetObjectType(), t.GetPrincipal().GetObjectId())
+	if t.GetTask() != "" {
+		fmt.Fprintf(w, "task: %s\n", t.GetTask())
+	}
+	fmt.Fprintf(w, "block: %d\n", t.GetBlock())
+	if t.GetReason() != "" {
+		fmt.Fprintf(w, "reason: %s\n", t.GetReason())
+	}
+	if t.GetDetail() != "" {
+		fmt.Fprintf(w, "detail: %s\n", t.GetDetail())
+	}
 }
 
 // printDelegation prints a delegation explanation, or says there is none

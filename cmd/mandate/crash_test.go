@@ -108,14 +108,16 @@ func setupEmbedded(t *testing.T, _ string) ([]string, int) {
 
 func setupPostgres(t *testing.T, bin string) ([]string, int) {
 	uri := freshPostgresDatabase(t)
+	// Even on PostgreSQL, serve keeps its capability token keys in --data-dir.
+	dir := t.TempDir()
 	common := []string{"--grpc-preshared-key", crashKey, "--grpc-addr", "127.0.0.1:0", "--http-addr", "",
-		"--datastore-engine", "postgres", "--datastore-conn-uri", uri}
+		"--datastore-engine", "postgres", "--datastore-conn-uri", uri, "--data-dir", dir}
 	// Until the postgres engine is in this build, skip rather than fail
 	// the whole tree; nothing else may make this case skip.
 	if engineUnknown(t, bin, common...) {
 		t.Skip(`mandate serve --datastore-engine postgres reports "unknown engine": this build has no postgres datastore yet`)
 	}
-	return []string{"--datastore-engine", "postgres", "--datastore-conn-uri", uri, "--datastore-migrate"}, 0
+	return []string{"--datastore-engine", "postgres", "--datastore-conn-uri", uri, "--datastore-migrate", "--data-dir", dir}, 0
 }
 
 // crashLedger is what the client knows about each batch it sent.

@@ -50,7 +50,9 @@ func startServe(t *testing.T, flags ...string) *servedCLI {
 	t.Helper()
 	logs := &syncBuffer{}
 	root := newRootCommand()
-	root.SetArgs(append([]string{"serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "",
+	// --data-dir first, so that flags may override it: even a server on
+	// PostgreSQL keeps its capability token keys there.
+	root.SetArgs(append([]string{"serve", "--data-dir", t.TempDir(), "--grpc-addr", "127.0.0.1:0", "--http-addr", "",
 		"--grpc-preshared-key", serveKey, "--audit-sink", "none", "--grpc-shutdown-grace-period", "5s"}, flags...))
 	root.SetOut(logs)
 	root.SetErr(logs)

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"github.com/mandate-authz/mandate/server"
 	"github.com/mandate-authz/mandate/server/apikey"
 	"github.com/mandate-authz/mandate/server/authzen"
+	"github.com/mandate-authz/mandate/server/capability"
 	"github.com/mandate-authz/mandate/store"
 	"github.com/mandate-authz/mandate/store/embedded"
 	"github.com/mandate-authz/mandate/store/memory"
@@ -202,6 +204,9 @@ func runServe(ctx context.Context, stderr io.Writer, opts *serveOptions) error {
 		opts.cfg.Audit = auditLog
 	}
 
+	if opts.cfg.CapabilityKeys, err = capabilityKeys(opts); err != nil {
+		return err
+	}
 	srv, err := server.New(st, engine.New(engine.WithMaxCaveatContextBytes(opts.maxCaveatContext)), opts.cfg)
 	if err != nil {
 		return err
@@ -236,6 +241,26 @@ func watchKeys(ctx context.Context, ring *apikey.Keyring, hup <-chan os.Signal, 
 			}
 		}
 	}
+}
+
+// capabilityKeys loads the root keys of capability tokens from --data-dir
+// (capability.KeyDir), creating one on first start. A memory datastore keeps
+// a key in memory, so its tokens die with the process as its data does.
+func capabilityKeys(opts *serveOptions) (*capability.KeySet, error) {
+	if opts.dsEngine == "memory" {
+		k, err := capability.GenerateKey("memory-"+time.Now().UTC().Format("20060102T150405Z"), time.Now())
+		if err != nil {
+			return nil, err
+		}
+		return capability.NewKeySet(k)
+	}
+	dir := filepath.Join(opts.dataDir, capability.KeyDir)
+	keys, err := capability.LoadKeyDir(dir, true, time.Now())
+	if err != nil {
+		return nil, fmt.Errorf("--data-dir: capability token keys: %w", err)
+	}
+	opts.cfg.Logger.Info("capability token keys loaded", "dir", dir)
+	return keys, nil
 }
 
 // openStore opens the datastore named by --datastore-engine. It returns the

@@ -32,6 +32,7 @@ func appendPrefix(b []byte, ev *Event) ([]byte, error) {
 	b = appendStrField(b, "subject_kind", string(ev.SubjectKind), true)
 	b = appendStrField(b, "on_behalf_of", ev.OnBehalfOf, true)
 	b = appendStrField(b, "principal", ev.Principal, true)
+	b = appendStrField(b, "token_id", ev.TokenID, true)
 	if len(ev.Chain) > 0 {
 		b = append(b, `,"chain":[`...)
 		for i, l := range ev.Chain {

@@ -128,6 +128,9 @@ type Event struct {
 	// Principal is the person a decision ties to: the end of an agent's
 	// chain, or the subject itself when it is a person.
 	Principal string `json:"principal,omitempty"`
+	// TokenID is the capability token a check was made with (its id, not
+	// its text, which is a credential).
+	TokenID string `json:"token_id,omitempty"`
 	// Chain runs from the agent checked to its principal.
 	Chain []Link `json:"chain,omitempty"`
 	// Context is the request's caveat context (a check's task context, or

@@ -284,6 +284,7 @@ func unmapped(ev *Event) map[string]any {
 	set("permission", ev.Permission, ev.Permission != "")
 	set("on_behalf_of", ev.OnBehalfOf, ev.OnBehalfOf != "")
 	set("principal", ev.Principal, ev.Principal != "")
+	set("token_id", ev.TokenID, ev.TokenID != "")
 	set("chain", ev.Chain, len(ev.Chain) > 0)
 	set("context", ev.Context, len(ev.Context) > 0)
 	set("decision", string(ev.Decision), ev.Decision != "")

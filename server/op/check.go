@@ -2,9 +2,11 @@ package op
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/mandate-authz/mandate/engine"
 	"github.com/mandate-authz/mandate/server/audit"
+	"github.com/mandate-authz/mandate/server/capability"
 	"github.com/mandate-authz/mandate/store"
 	"github.com/mandate-authz/mandate/store/rel"
 )
@@ -22,16 +24,25 @@ type CheckRequest struct {
 	Consistency Consistency
 	// Explain asks for the delegation chain's details in the result.
 	Explain bool
+	// CapabilityToken checks with a capability token: Subject must be its
+	// holder, and the token stands in for the holder's own grant and
+	// acts_for link (the token's principal must still hold the permission;
+	// see capability.Checker). A task-restricted token allows only requests
+	// whose Context has "task" set to its task.
+	CapabilityToken string
 
 	// What the next facades add per check goes here, resolved by the core
 	// before the engine is asked and named in the audit event: contextual
-	// relationships (AuthZEN's and SpiceDB's per-request relationships), a
-	// capability token (verified, its chain still checked live), an
+	// relationships (AuthZEN's and SpiceDB's per-request relationships), an
 	// approval id.
 }
 
 // CheckResult is the engine's answer, at the revision it was computed at.
-type CheckResult = engine.CheckResult
+type CheckResult struct {
+	engine.CheckResult
+	// Token explains a check made with a capability token; nil otherwise.
+	Token *capability.Decision
+}
 
 func (r CheckRequest) engine(rev store.Revision, explain bool) engine.CheckRequest {
 	return engine.CheckRequest{Resource: r.Resource, Permission: r.Permission, Subject: r.Subject,
@@ -43,7 +54,7 @@ func (c *Core) Check(ctx context.Context, req CheckRequest) (CheckResult, error)
 	rev, err := c.engineRevision(ctx, req.Consistency)
 	var res CheckResult
 	if err == nil {
-		res, err = c.eng.Check(ctx, req.engine(rev, req.Explain))
+		res, err = c.check(ctx, req, rev)
 	}
 	if err == nil {
 		c.decided(res.Decision)
@@ -129,6 +140,13 @@ func (c *Core) checkBulk(ctx context.Context, req CheckBulkRequest) (CheckBulkRe
 	if err := c.within(LimitCheckBulkItems, len(req.Items), c.lim.MaxCheckBulkItems); err != nil {
 		return CheckBulkResult{}, err
 	}
+	if c.tokens == nil {
+		for _, it := range req.Items {
+			if it.CapabilityToken != "" {
+				return CheckBulkResult{}, fmt.Errorf("capability_token: %w", ErrTokensOff)
+			}
+		}
+	}
 	rev, err := c.pinnedRevision(ctx, req.Consistency)
 	if err != nil {
 		return CheckBulkResult{}, err
@@ -139,6 +157,14 @@ func (c *Core) checkBulk(ctx context.Context, req CheckBulkRequest) (CheckBulkRe
 	for i, it := range req.Items {
 		if it.Err != nil {
 			out.Items[i].Err = it.Err
+			continue
+		}
+		if it.CapabilityToken != "" {
+			res, err := c.checkToken(ctx, it.CheckRequest, rev)
+			if err == nil {
+				c.decided(res.Decision)
+			}
+			out.Items[i] = CheckItemResult{CheckResult: res, Err: err}
 			continue
 		}
 		reqs = append(reqs, it.engine(rev, req.Explain))
@@ -152,7 +178,7 @@ func (c *Core) checkBulk(ctx context.Context, req CheckBulkRequest) (CheckBulkRe
 				continue
 			}
 			c.decided(results[j].Decision)
-			out.Items[i].CheckResult = results[j]
+			out.Items[i].CheckResult = CheckResult{CheckResult: results[j]}
 		}
 	}
 	if err := ctx.Err(); err != nil {
@@ -183,6 +209,10 @@ func describeCheck(ev *audit.Event, r CheckRequest) {
 func (c *Core) checkEvent(ev *audit.Event, r CheckRequest, res CheckResult, err error, rev store.Revision) {
 	describeCheck(ev, r)
 	ev.Revision = uint64(rev)
+	if r.CapabilityToken != "" {
+		tokenEvent(ev, res, err)
+		return
+	}
 	d := res.Delegation
 	switch {
 	case d != nil:

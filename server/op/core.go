@@ -26,6 +26,7 @@ import (
 	"github.com/mandate-authz/mandate/engine"
 	"github.com/mandate-authz/mandate/schema"
 	"github.com/mandate-authz/mandate/server/audit"
+	"github.com/mandate-authz/mandate/server/capability"
 	"github.com/mandate-authz/mandate/store"
 )
 
@@ -145,6 +146,9 @@ type Config struct {
 	// Log receives what an operator must see (an audit event lost after a
 	// write); nil discards it.
 	Log *slog.Logger
+	// Tokens checks requests made with capability tokens; nil refuses them
+	// with ErrTokensOff.
+	Tokens *capability.Checker
 }
 
 // Core runs operations. It is safe for concurrent use.
@@ -157,6 +161,9 @@ type Core struct {
 	decided  func(engine.Decision)
 	classify func(error) (string, string)
 	log      *slog.Logger
+	// tokens checks capability tokens against tokenEng (nil: refused).
+	tokens   *capability.Checker
+	tokenEng capability.Engine
 	// kinds remembers the store's schema at a revision the engine has not
 	// applied yet, for write events; see subjectKindsAt.
 	kinds schemaCache
@@ -172,6 +179,7 @@ func New(cfg Config) (*Core, error) {
 	c := &Core{
 		eng: cfg.Engine, st: cfg.Store, aud: cfg.Auditor, lim: cfg.Limits.WithDefaults(),
 		wait: cfg.MaxRevisionWait, decided: cfg.Decided, classify: cfg.Classify, log: cfg.Log,
+		tokens: cfg.Tokens, tokenEng: capability.ForEngine(cfg.Engine),
 	}
 	c.schemas = schema.NewCompiler(schema.Limits{}, c.lim.MaxConcurrentSchemaCompiles)
 	if c.wait <= 0 {
