@@ -78,12 +78,8 @@ func (s *Server) followRevocations(ctx context.Context) {
 		wait := jitter(delay)
 		s.log.Error("cannot follow capability token revocations; checks with tokens fail closed until it can", "error", err,
 			"revocations_revision", uint64(s.tokens.revocations.Revision()), "retry_in", wait.String())
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !sleep(ctx, wait) {
 			return
-		case <-t.C:
 		}
 		delay = min(delay*2, followRetryMax)
 	}

@@ -79,12 +79,8 @@ func (s *Server) follow(ctx context.Context) {
 		wait := jitter(delay)
 		s.log.Error("cannot follow the store; not ready until it can", "error", err,
 			"engine_revision", uint64(s.eng.Head()), "retry_in", wait.String(), "reload_snapshot", reload)
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !sleep(ctx, wait) {
 			return
-		case <-t.C:
 		}
 		delay = min(delay*2, followRetryMax)
 	}
@@ -93,6 +89,18 @@ func (s *Server) follow(ctx context.Context) {
 // jitter spreads retries of many servers over [d/2, d].
 func jitter(d time.Duration) time.Duration {
 	return d/2 + rand.N(d/2+1)
+}
+
+// sleep waits d, or until ctx is done; it reports whether d passed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
 }
 
 // followOnce follows the store until that fails or ctx is done: it loads
