@@ -154,7 +154,6 @@ func openAudit(ctx context.Context, o *auditOptions, dsEngine, dataDir string, s
 		sink.Close()
 		return nil, err
 	}
-	log.Info("audit trail", "sink", sink.Describe())
 	return l, nil
 }
 
