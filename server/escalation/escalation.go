@@ -178,7 +178,7 @@ func (e *Escalator) WatchFile(ctx context.Context, path string, log *slog.Logger
 	t := time.NewTicker(e.opts.PollInterval)
 	defer t.Stop()
 	for {
-		if r, err, changed := w.poll(); changed {
+		if r, changed, err := w.poll(); changed {
 			if err != nil {
 				log.Error("escalation rules: keeping the rules in force; the file has an error", "file", path, "error", err, "rules", e.rules.Load().Len())
 			} else {

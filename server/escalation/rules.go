@@ -77,12 +77,16 @@ type rule struct {
 type Error struct {
 	File string
 	// Line and Column are 1-based; Column is 0 when only the line is
-	// known (YAML syntax errors).
+	// known, and Line too when yaml.v3 names no line (some YAML syntax
+	// errors).
 	Line, Column int
 	Msg          string
 }
 
 func (e *Error) Error() string {
+	if e.Line == 0 {
+		return fmt.Sprintf("%s: %s", e.File, e.Msg)
+	}
 	if e.Column == 0 {
 		return fmt.Sprintf("%s:%d: %s", e.File, e.Line, e.Msg)
 	}
@@ -142,7 +146,7 @@ func (p *parser) parse() (*Rules, error) {
 			line, _ := strconv.Atoi(m[1])
 			return nil, &Error{File: p.file, Line: line, Msg: "invalid YAML: " + m[2]}
 		}
-		return nil, &Error{File: p.file, Line: 1, Msg: "invalid YAML: " + strings.TrimPrefix(err.Error(), "yaml: ")}
+		return nil, &Error{File: p.file, Msg: "invalid YAML: " + strings.TrimPrefix(err.Error(), "yaml: ")}
 	}
 	// An empty file is refused rather than read as "no rules": a file caught
 	// half-written by a reload must not drop every rule.

@@ -30,34 +30,34 @@ func newWatcher(path string, current *Rules) *watcher {
 
 // poll returns the file's new rules, or the error it has, when its content
 // changed since the last poll.
-func (w *watcher) poll() (*Rules, error, bool) {
+func (w *watcher) poll() (*Rules, bool, error) {
 	fi, err := os.Stat(w.path)
 	if err != nil {
 		// A missing file is reported once, until it changes again.
 		if w.size == -2 {
-			return nil, nil, false
+			return nil, false, nil
 		}
 		w.size, w.mtime = -2, time.Time{}
-		return nil, err, true
+		return nil, true, err
 	}
 	if fi.ModTime().Equal(w.mtime) && fi.Size() == w.size {
-		return nil, nil, false
+		return nil, false, nil
 	}
 	f, err := os.Open(w.path)
 	if err != nil {
-		return nil, err, true
+		return nil, true, err
 	}
 	defer f.Close()
 	text, err := io.ReadAll(io.LimitReader(f, MaxFileBytes+1))
 	if err != nil {
-		return nil, err, true
+		return nil, true, err
 	}
 	w.mtime, w.size = fi.ModTime(), fi.Size()
 	h := sha256.Sum256(text)
 	if h == w.hash {
-		return nil, nil, false
+		return nil, false, nil
 	}
 	w.hash = h
 	r, err := Parse(w.path, text)
-	return r, err, true
+	return r, true, err
 }
