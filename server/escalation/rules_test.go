@@ -89,7 +89,6 @@ func TestParseLimits(t *testing.T) {
 	}
 }
 
-
 func TestParseRule(t *testing.T) {
 	rs, err := Parse("f.yaml", []byte(`# the first matching rule wins
 rules:
