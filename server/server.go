@@ -33,8 +33,10 @@ import (
 	"github.com/mandate-authz/mandate/engine"
 	pb "github.com/mandate-authz/mandate/proto/mandate/v1"
 	"github.com/mandate-authz/mandate/server/apikey"
+	"github.com/mandate-authz/mandate/server/approval"
 	"github.com/mandate-authz/mandate/server/authzen"
 	"github.com/mandate-authz/mandate/server/capability"
+	"github.com/mandate-authz/mandate/server/escalation"
 	"github.com/mandate-authz/mandate/server/op"
 	"github.com/mandate-authz/mandate/store"
 )
@@ -105,6 +107,12 @@ type Config struct {
 	// and verified against; nil serves no tokens (checks carrying one are
 	// refused). See capability.go.
 	CapabilityKeys *capability.KeySet
+	// Escalation decides which allowed agent checks need a person's
+	// approval (nil: none do; grants still resolve denials only the agent's
+	// own grant is missing for). Approvals bounds requests and grants. See
+	// approval.go.
+	Escalation *escalation.Escalator
+	Approvals  ApprovalConfig
 }
 
 // Server serves the API. Create it with New, run it with Run.
@@ -124,6 +132,9 @@ type Server struct {
 	retention *retention
 	// tokens serves capability tokens; nil when off. See capability.go.
 	tokens *capabilityTokens
+	// approvals keeps approval requests and grants; nil when the store
+	// keeps no records. See approval.go.
+	approvals *approval.Service
 
 	grpc    *grpc.Server
 	health  *health.Server
@@ -194,6 +205,9 @@ func New(st store.Store, eng *engine.Engine, cfg Config) (*Server, error) {
 	}); err != nil {
 		return nil, err
 	}
+	if err := s.newApprovals(); err != nil {
+		return nil, err
+	}
 	if err := s.listen(); err != nil {
 		s.closeListeners()
 		return nil, err
@@ -258,6 +272,7 @@ func (s *Server) buildGRPC() error {
 	pb.RegisterAuditServiceServer(s.grpc, &auditService{s: s})
 	s.registerAuthzed(s.grpc)
 	s.registerTokens()
+	s.registerApprovals(s.grpc)
 	s.health = health.NewServer()
 	// Not serving until the engine has caught up with the store.
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
@@ -359,6 +374,13 @@ func (s *Server) Run(ctx context.Context) error {
 		go func() {
 			defer background.Done()
 			s.followRevocations(followCtx)
+		}()
+	}
+	if s.approvals != nil {
+		background.Add(1)
+		go func() {
+			defer background.Done()
+			s.followApprovals(followCtx)
 		}()
 	}
 
@@ -516,6 +538,8 @@ func newGateway(ctx context.Context, conn *grpc.ClientConn) (http.Handler, error
 		"AuditService":        pb.RegisterAuditServiceHandler,
 		// Unimplemented unless the server serves tokens.
 		"TokenService": pb.RegisterTokenServiceHandler,
+		// Unimplemented unless the store keeps records.
+		"ApprovalService": pb.RegisterApprovalServiceHandler,
 	} {
 		if err := register(ctx, gw, conn); err != nil {
 			return nil, fmt.Errorf("registering the REST gateway for %s: %w", name, err)
