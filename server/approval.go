@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"errors"
 	"time"
 
 	"google.golang.org/grpc"
@@ -61,6 +60,11 @@ func (s *Server) newApprovals() error {
 		return err
 	}
 	s.approvals = svc
+	// The server's follower keeps the view current; checks wait for it to
+	// reach their revision, and answer without grants when it does not.
+	if err := s.RegisterRecordSet(svc); err != nil {
+		return err
+	}
 	var esc op.Escalator
 	if s.cfg.Escalation != nil {
 		esc = s.cfg.Escalation
@@ -81,29 +85,9 @@ func (s *Server) registerApprovals(g *grpc.Server) {
 	pb.RegisterApprovalServiceServer(g, approvalapi.New(s.approvals, s.token))
 }
 
-// followApprovals keeps the approval view following the store, and sweeps
-// expired requests, until ctx is done.
-func (s *Server) followApprovals(ctx context.Context) {
-	rs := s.st.(store.RecordStore)
-	go s.approvals.RunSweeper(ctx, 30*time.Second)
-	delay := followRetryMin
-	for {
-		err := s.approvals.Follow(ctx, revocationSource{rs, s.st})
-		if ctx.Err() != nil {
-			return
-		}
-		if err == nil {
-			err = errors.New("the store's change stream ended")
-		}
-		wait := jitter(delay)
-		s.log.Error("cannot follow approval grants; agents' checks are answered without grants until it can", "error", err,
-			"approvals_revision", uint64(s.approvals.Revision()), "retry_in", wait.String())
-		if !sleep(ctx, wait) {
-			return
-		}
-		delay = min(delay*2, followRetryMax)
-	}
-}
+// approvalSweepInterval is how often expired requests and grants are
+// recorded as expired (they stop allowing at their time regardless).
+const approvalSweepInterval = 30 * time.Second
 
 // checkDecisionToProto is a check's decision, with APPROVAL_REQUIRED for a
 // denial a person's approval would lift.

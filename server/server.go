@@ -31,6 +31,7 @@ import (
 	"google.golang.org/grpc/test/bufconn"
 
 	"github.com/mandate-authz/mandate/engine"
+	"github.com/mandate-authz/mandate/feed"
 	pb "github.com/mandate-authz/mandate/proto/mandate/v1"
 	"github.com/mandate-authz/mandate/server/apikey"
 	"github.com/mandate-authz/mandate/server/approval"
@@ -113,6 +114,10 @@ type Config struct {
 	// approval.go.
 	Escalation *escalation.Escalator
 	Approvals  ApprovalConfig
+	// RecordSets are kept current by the server's follower from the
+	// store's change stream (see follow.go); the store must keep records.
+	// More can be added with RegisterRecordSet before Run.
+	RecordSets []feed.RecordSet
 }
 
 // Server serves the API. Create it with New, run it with Run.
@@ -135,6 +140,11 @@ type Server struct {
 	// approvals keeps approval requests and grants; nil when the store
 	// keeps no records. See approval.go.
 	approvals *approval.Service
+	// recordSets are fed by the follower through records (follow.go);
+	// running (under stateMu) fixes them.
+	recordSets []feed.RecordSet
+	records    *feed.Records
+	running    bool
 
 	grpc    *grpc.Server
 	health  *health.Server
@@ -198,6 +208,12 @@ func New(st store.Store, eng *engine.Engine, cfg Config) (*Server, error) {
 			return nil, err
 		}
 		checker = s.tokens.checker
+		s.recordSets = append(s.recordSets, s.tokens.revocations)
+	}
+	for _, rs := range cfg.RecordSets {
+		if err := s.RegisterRecordSet(rs); err != nil {
+			return nil, err
+		}
 	}
 	if s.core, err = op.New(op.Config{
 		Engine: eng, Store: st, Auditor: auditor, Limits: lim, MaxRevisionWait: cfg.MaxRevisionWait,
@@ -359,6 +375,7 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	}
 
+	s.startRecords()
 	var background sync.WaitGroup
 	background.Add(2)
 	go func() {
@@ -369,18 +386,11 @@ func (s *Server) Run(ctx context.Context) error {
 		defer background.Done()
 		s.follow(followCtx)
 	}()
-	if s.tokens != nil {
-		background.Add(1)
-		go func() {
-			defer background.Done()
-			s.followRevocations(followCtx)
-		}()
-	}
 	if s.approvals != nil {
 		background.Add(1)
 		go func() {
 			defer background.Done()
-			s.followApprovals(followCtx)
+			s.approvals.RunSweeper(followCtx, approvalSweepInterval)
 		}()
 	}
 

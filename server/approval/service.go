@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/mandate-authz/mandate/engine"
+	"github.com/mandate-authz/mandate/feed"
 	"github.com/mandate-authz/mandate/server/audit"
 	"github.com/mandate-authz/mandate/server/capability"
 	"github.com/mandate-authz/mandate/server/op"
@@ -775,6 +776,8 @@ func decodeRequest(rec store.Record) (Request, error) {
 	}
 	return r, err
 }
+
+var _ feed.RecordSet = (*Service)(nil)
 
 // Kinds implements feed.RecordSet: the service keeps request records.
 func (s *Service) Kinds() []string { return []string{RequestKind} }
