@@ -181,7 +181,7 @@ func TestApprovalsServed(t *testing.T) {
 
 	// Deny path: edit is denied for the agent's own grant only (resolvable).
 	out, _, _ = s.cli(t, serveKey, "check", "doc:plan#edit", "agent:bot", "--fully-consistent", "--fail-on-denied")
-	if !strings.Contains(out, "resolvable by approval") {
+	if !strings.HasPrefix(out, "denied") || !strings.Contains(out, "resolvable by approval") || !strings.Contains(out, "file: mandate approvals request doc:plan#edit") {
 		t.Fatalf("resolvable denial: %s", out)
 	}
 	id2, _, code := s.cli(t, serveKey, "approvals", "request", "doc:plan#edit", "agent:bot", "--on-behalf-of", "user:alice", "--task", "T")
@@ -189,8 +189,8 @@ func TestApprovalsServed(t *testing.T) {
 	if out, errOut, code2 := s.cli(t, s.aliceKey, "approvals", "deny", id2, "--note", "no"); code != 0 || code2 != 0 || !strings.Contains(out, "denied") {
 		t.Fatalf("deny: %s %s", out, errOut)
 	}
-	// Still not allowed: a denial lifts only by a grant.
-	if out, _, _ := s.cli(t, serveKey, "check", "doc:plan#edit", "agent:bot", "--fully-consistent"); !strings.HasPrefix(out, "approval_required") {
+	// Still denied: a denial lifts only by a grant.
+	if out, _, _ := s.cli(t, serveKey, "check", "doc:plan#edit", "agent:bot", "--fully-consistent"); !strings.HasPrefix(out, "denied") {
 		t.Fatalf("after deny: %s", out)
 	}
 
