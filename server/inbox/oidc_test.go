@@ -65,7 +65,7 @@ func read(t *testing.T) func(*http.Response, error) (int, string) {
 func TestOIDCSignIn(t *testing.T) {
 	f := newOIDCFixture(t, "", false)
 	c := newClient(t)
-	code, body := read(t)(c.Get(f.srv.URL+"/ui/history"))
+	code, body := read(t)(c.Get(f.srv.URL + "/ui/history"))
 	if code != http.StatusOK || !strings.Contains(body, `title="Signed in as user:alice"`) || !strings.Contains(body, "<h1>History</h1>") {
 		t.Fatalf("after sign-in: %d\n%s", code, body)
 	}
@@ -142,17 +142,17 @@ func TestOIDCCallbackChecks(t *testing.T) {
 func TestOIDCSubjectClaim(t *testing.T) {
 	// The name claim is "alice": signs in.
 	f := newOIDCFixture(t, "name", false)
-	if code, body := read(t)(newClient(t).Get(f.srv.URL+"/ui/")); code != http.StatusOK || !strings.Contains(body, "user:alice") {
+	if code, body := read(t)(newClient(t).Get(f.srv.URL + "/ui/")); code != http.StatusOK || !strings.Contains(body, "user:alice") {
 		t.Fatalf("name claim: %d", code)
 	}
 	// The email claim cannot be a user id: refused, with the reason.
 	f = newOIDCFixture(t, "email", false)
-	if code, body := read(t)(newClient(t).Get(f.srv.URL+"/ui/")); code != http.StatusForbidden || !strings.Contains(body, "cannot name a user") {
+	if code, body := read(t)(newClient(t).Get(f.srv.URL + "/ui/")); code != http.StatusForbidden || !strings.Contains(body, "cannot name a user") {
 		t.Fatalf("email claim: %d\n%s", code, body)
 	}
 	// A claim the token lacks.
 	f = newOIDCFixture(t, "employee_id", false)
-	if code, body := read(t)(newClient(t).Get(f.srv.URL+"/ui/")); code != http.StatusForbidden || !strings.Contains(body, "employee_id") {
+	if code, body := read(t)(newClient(t).Get(f.srv.URL + "/ui/")); code != http.StatusForbidden || !strings.Contains(body, "employee_id") {
 		t.Fatalf("missing claim: %d\n%s", code, body)
 	}
 }
