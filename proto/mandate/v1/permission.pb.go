@@ -43,8 +43,11 @@ type CheckRequest struct {
 	// restricted to a task allows only requests whose context has "task" set
 	// to that task.
 	CapabilityToken string `protobuf:"bytes,8,opt,name=capability_token,json=capabilityToken,proto3" json:"capability_token,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// approval_id names the approval grant the check redeems: a single-use
+	// grant allows only a check naming it, once.
+	ApprovalId    string `protobuf:"bytes,9,opt,name=approval_id,json=approvalId,proto3" json:"approval_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CheckRequest) Reset() {
@@ -133,6 +136,13 @@ func (x *CheckRequest) GetCapabilityToken() string {
 	return ""
 }
 
+func (x *CheckRequest) GetApprovalId() string {
+	if x != nil {
+		return x.ApprovalId
+	}
+	return ""
+}
+
 // CheckResponse is the answer to a CheckRequest.
 type CheckResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -145,7 +155,13 @@ type CheckResponse struct {
 	// delegation explains a check whose subject is an agent, when asked.
 	Delegation *DelegationExplanation `protobuf:"bytes,4,opt,name=delegation,proto3" json:"delegation,omitempty"`
 	// token explains a check made with a capability token.
-	Token         *TokenExplanation `protobuf:"bytes,5,opt,name=token,proto3" json:"token,omitempty"`
+	Token *TokenExplanation `protobuf:"bytes,5,opt,name=token,proto3" json:"token,omitempty"`
+	// approval says what a person's approval would lift (decision
+	// approval_required, or a denial where only the agent's own grant is
+	// missing), or which grant allowed the check. Shaped after the OpenID
+	// AuthZEN Access Request and Approval Profile: a requestable denial with
+	// the request to file and the evaluation's id.
+	Approval      *ApprovalContext `protobuf:"bytes,6,opt,name=approval,proto3" json:"approval,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -215,6 +231,106 @@ func (x *CheckResponse) GetToken() *TokenExplanation {
 	return nil
 }
 
+func (x *CheckResponse) GetApproval() *ApprovalContext {
+	if x != nil {
+		return x.Approval
+	}
+	return nil
+}
+
+// ApprovalContext is the requestable-denial context of a check.
+type ApprovalContext struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// rule names the escalation rule that matched; empty for a denial only
+	// the agent's own grant is missing for.
+	Rule        string `protobuf:"bytes,1,opt,name=rule,proto3" json:"rule,omitempty"`
+	Description string `protobuf:"bytes,2,opt,name=description,proto3" json:"description,omitempty"`
+	// evaluation_id identifies this evaluation in the audit trail; quote it
+	// when filing.
+	EvaluationId string `protobuf:"bytes,3,opt,name=evaluation_id,json=evaluationId,proto3" json:"evaluation_id,omitempty"`
+	// request is what to file with ApprovalService.Request (POST
+	// /v1/approvals/request); retry the check once it is approved.
+	Request *ApprovalServiceRequestRequest `protobuf:"bytes,4,opt,name=request,proto3" json:"request,omitempty"`
+	// chain is the delegation chain the check resolved.
+	Chain []*ObjectReference `protobuf:"bytes,5,rep,name=chain,proto3" json:"chain,omitempty"`
+	// grant_id names the grant that allowed the check (decision allowed).
+	GrantId       string `protobuf:"bytes,6,opt,name=grant_id,json=grantId,proto3" json:"grant_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApprovalContext) Reset() {
+	*x = ApprovalContext{}
+	mi := &file_mandate_v1_permission_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApprovalContext) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApprovalContext) ProtoMessage() {}
+
+func (x *ApprovalContext) ProtoReflect() protoreflect.Message {
+	mi := &file_mandate_v1_permission_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApprovalContext.ProtoReflect.Descriptor instead.
+func (*ApprovalContext) Descriptor() ([]byte, []int) {
+	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ApprovalContext) GetRule() string {
+	if x != nil {
+		return x.Rule
+	}
+	return ""
+}
+
+func (x *ApprovalContext) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *ApprovalContext) GetEvaluationId() string {
+	if x != nil {
+		return x.EvaluationId
+	}
+	return ""
+}
+
+func (x *ApprovalContext) GetRequest() *ApprovalServiceRequestRequest {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+func (x *ApprovalContext) GetChain() []*ObjectReference {
+	if x != nil {
+		return x.Chain
+	}
+	return nil
+}
+
+func (x *ApprovalContext) GetGrantId() string {
+	if x != nil {
+		return x.GrantId
+	}
+	return ""
+}
+
 // DelegationExplanation explains a check made through an agent's delegation
 // chain.
 type DelegationExplanation struct {
@@ -237,7 +353,7 @@ type DelegationExplanation struct {
 
 func (x *DelegationExplanation) Reset() {
 	*x = DelegationExplanation{}
-	mi := &file_mandate_v1_permission_proto_msgTypes[2]
+	mi := &file_mandate_v1_permission_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -249,7 +365,7 @@ func (x *DelegationExplanation) String() string {
 func (*DelegationExplanation) ProtoMessage() {}
 
 func (x *DelegationExplanation) ProtoReflect() protoreflect.Message {
-	mi := &file_mandate_v1_permission_proto_msgTypes[2]
+	mi := &file_mandate_v1_permission_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -262,7 +378,7 @@ func (x *DelegationExplanation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DelegationExplanation.ProtoReflect.Descriptor instead.
 func (*DelegationExplanation) Descriptor() ([]byte, []int) {
-	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{2}
+	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *DelegationExplanation) GetChain() []*ChainElement {
@@ -309,7 +425,7 @@ type ChainElement struct {
 
 func (x *ChainElement) Reset() {
 	*x = ChainElement{}
-	mi := &file_mandate_v1_permission_proto_msgTypes[3]
+	mi := &file_mandate_v1_permission_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -321,7 +437,7 @@ func (x *ChainElement) String() string {
 func (*ChainElement) ProtoMessage() {}
 
 func (x *ChainElement) ProtoReflect() protoreflect.Message {
-	mi := &file_mandate_v1_permission_proto_msgTypes[3]
+	mi := &file_mandate_v1_permission_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -334,7 +450,7 @@ func (x *ChainElement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChainElement.ProtoReflect.Descriptor instead.
 func (*ChainElement) Descriptor() ([]byte, []int) {
-	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{3}
+	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ChainElement) GetSubject() *ObjectReference {
@@ -380,7 +496,7 @@ type CheckBulkRequest struct {
 
 func (x *CheckBulkRequest) Reset() {
 	*x = CheckBulkRequest{}
-	mi := &file_mandate_v1_permission_proto_msgTypes[4]
+	mi := &file_mandate_v1_permission_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -392,7 +508,7 @@ func (x *CheckBulkRequest) String() string {
 func (*CheckBulkRequest) ProtoMessage() {}
 
 func (x *CheckBulkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mandate_v1_permission_proto_msgTypes[4]
+	mi := &file_mandate_v1_permission_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -405,7 +521,7 @@ func (x *CheckBulkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckBulkRequest.ProtoReflect.Descriptor instead.
 func (*CheckBulkRequest) Descriptor() ([]byte, []int) {
-	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{4}
+	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *CheckBulkRequest) GetConsistency() *Consistency {
@@ -450,7 +566,7 @@ type CheckBulkRequestItem struct {
 
 func (x *CheckBulkRequestItem) Reset() {
 	*x = CheckBulkRequestItem{}
-	mi := &file_mandate_v1_permission_proto_msgTypes[5]
+	mi := &file_mandate_v1_permission_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -462,7 +578,7 @@ func (x *CheckBulkRequestItem) String() string {
 func (*CheckBulkRequestItem) ProtoMessage() {}
 
 func (x *CheckBulkRequestItem) ProtoReflect() protoreflect.Message {
-	mi := &file_mandate_v1_permission_proto_msgTypes[5]
+	mi := &file_mandate_v1_permission_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -475,7 +591,7 @@ func (x *CheckBulkRequestItem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckBulkRequestItem.ProtoReflect.Descriptor instead.
 func (*CheckBulkRequestItem) Descriptor() ([]byte, []int) {
-	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{5}
+	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CheckBulkRequestItem) GetResource() *ObjectReference {
@@ -524,7 +640,7 @@ type CheckBulkResponse struct {
 
 func (x *CheckBulkResponse) Reset() {
 	*x = CheckBulkResponse{}
-	mi := &file_mandate_v1_permission_proto_msgTypes[6]
+	mi := &file_mandate_v1_permission_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -536,7 +652,7 @@ func (x *CheckBulkResponse) String() string {
 func (*CheckBulkResponse) ProtoMessage() {}
 
 func (x *CheckBulkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mandate_v1_permission_proto_msgTypes[6]
+	mi := &file_mandate_v1_permission_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -549,7 +665,7 @@ func (x *CheckBulkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckBulkResponse.ProtoReflect.Descriptor instead.
 func (*CheckBulkResponse) Descriptor() ([]byte, []int) {
-	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{6}
+	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CheckBulkResponse) GetCheckedAt() *RevisionToken {
@@ -581,7 +697,7 @@ type CheckBulkPair struct {
 
 func (x *CheckBulkPair) Reset() {
 	*x = CheckBulkPair{}
-	mi := &file_mandate_v1_permission_proto_msgTypes[7]
+	mi := &file_mandate_v1_permission_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -593,7 +709,7 @@ func (x *CheckBulkPair) String() string {
 func (*CheckBulkPair) ProtoMessage() {}
 
 func (x *CheckBulkPair) ProtoReflect() protoreflect.Message {
-	mi := &file_mandate_v1_permission_proto_msgTypes[7]
+	mi := &file_mandate_v1_permission_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -606,7 +722,7 @@ func (x *CheckBulkPair) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckBulkPair.ProtoReflect.Descriptor instead.
 func (*CheckBulkPair) Descriptor() ([]byte, []int) {
-	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{7}
+	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CheckBulkPair) GetRequest() *CheckBulkRequestItem {
@@ -671,7 +787,7 @@ type CheckBulkItemResult struct {
 
 func (x *CheckBulkItemResult) Reset() {
 	*x = CheckBulkItemResult{}
-	mi := &file_mandate_v1_permission_proto_msgTypes[8]
+	mi := &file_mandate_v1_permission_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -683,7 +799,7 @@ func (x *CheckBulkItemResult) String() string {
 func (*CheckBulkItemResult) ProtoMessage() {}
 
 func (x *CheckBulkItemResult) ProtoReflect() protoreflect.Message {
-	mi := &file_mandate_v1_permission_proto_msgTypes[8]
+	mi := &file_mandate_v1_permission_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -696,7 +812,7 @@ func (x *CheckBulkItemResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckBulkItemResult.ProtoReflect.Descriptor instead.
 func (*CheckBulkItemResult) Descriptor() ([]byte, []int) {
-	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{8}
+	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CheckBulkItemResult) GetDecision() Decision {
@@ -739,7 +855,7 @@ type ItemError struct {
 
 func (x *ItemError) Reset() {
 	*x = ItemError{}
-	mi := &file_mandate_v1_permission_proto_msgTypes[9]
+	mi := &file_mandate_v1_permission_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -751,7 +867,7 @@ func (x *ItemError) String() string {
 func (*ItemError) ProtoMessage() {}
 
 func (x *ItemError) ProtoReflect() protoreflect.Message {
-	mi := &file_mandate_v1_permission_proto_msgTypes[9]
+	mi := &file_mandate_v1_permission_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -764,7 +880,7 @@ func (x *ItemError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ItemError.ProtoReflect.Descriptor instead.
 func (*ItemError) Descriptor() ([]byte, []int) {
-	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{9}
+	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ItemError) GetCode() int32 {
@@ -806,7 +922,7 @@ type LookupResourcesRequest struct {
 
 func (x *LookupResourcesRequest) Reset() {
 	*x = LookupResourcesRequest{}
-	mi := &file_mandate_v1_permission_proto_msgTypes[10]
+	mi := &file_mandate_v1_permission_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -818,7 +934,7 @@ func (x *LookupResourcesRequest) String() string {
 func (*LookupResourcesRequest) ProtoMessage() {}
 
 func (x *LookupResourcesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mandate_v1_permission_proto_msgTypes[10]
+	mi := &file_mandate_v1_permission_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -831,7 +947,7 @@ func (x *LookupResourcesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LookupResourcesRequest.ProtoReflect.Descriptor instead.
 func (*LookupResourcesRequest) Descriptor() ([]byte, []int) {
-	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{10}
+	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *LookupResourcesRequest) GetConsistency() *Consistency {
@@ -913,7 +1029,7 @@ type LookupResourcesResponse struct {
 
 func (x *LookupResourcesResponse) Reset() {
 	*x = LookupResourcesResponse{}
-	mi := &file_mandate_v1_permission_proto_msgTypes[11]
+	mi := &file_mandate_v1_permission_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -925,7 +1041,7 @@ func (x *LookupResourcesResponse) String() string {
 func (*LookupResourcesResponse) ProtoMessage() {}
 
 func (x *LookupResourcesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mandate_v1_permission_proto_msgTypes[11]
+	mi := &file_mandate_v1_permission_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -938,7 +1054,7 @@ func (x *LookupResourcesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LookupResourcesResponse.ProtoReflect.Descriptor instead.
 func (*LookupResourcesResponse) Descriptor() ([]byte, []int) {
-	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{11}
+	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *LookupResourcesResponse) GetLookedUpAt() *RevisionToken {
@@ -995,7 +1111,7 @@ type LookupSubjectsRequest struct {
 
 func (x *LookupSubjectsRequest) Reset() {
 	*x = LookupSubjectsRequest{}
-	mi := &file_mandate_v1_permission_proto_msgTypes[12]
+	mi := &file_mandate_v1_permission_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1007,7 +1123,7 @@ func (x *LookupSubjectsRequest) String() string {
 func (*LookupSubjectsRequest) ProtoMessage() {}
 
 func (x *LookupSubjectsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mandate_v1_permission_proto_msgTypes[12]
+	mi := &file_mandate_v1_permission_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1020,7 +1136,7 @@ func (x *LookupSubjectsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LookupSubjectsRequest.ProtoReflect.Descriptor instead.
 func (*LookupSubjectsRequest) Descriptor() ([]byte, []int) {
-	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{12}
+	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *LookupSubjectsRequest) GetConsistency() *Consistency {
@@ -1098,7 +1214,7 @@ type LookupSubjectsResponse struct {
 
 func (x *LookupSubjectsResponse) Reset() {
 	*x = LookupSubjectsResponse{}
-	mi := &file_mandate_v1_permission_proto_msgTypes[13]
+	mi := &file_mandate_v1_permission_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1110,7 +1226,7 @@ func (x *LookupSubjectsResponse) String() string {
 func (*LookupSubjectsResponse) ProtoMessage() {}
 
 func (x *LookupSubjectsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mandate_v1_permission_proto_msgTypes[13]
+	mi := &file_mandate_v1_permission_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1123,7 +1239,7 @@ func (x *LookupSubjectsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LookupSubjectsResponse.ProtoReflect.Descriptor instead.
 func (*LookupSubjectsResponse) Descriptor() ([]byte, []int) {
-	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{13}
+	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *LookupSubjectsResponse) GetLookedUpAt() *RevisionToken {
@@ -1181,7 +1297,7 @@ type ExcludedSubject struct {
 
 func (x *ExcludedSubject) Reset() {
 	*x = ExcludedSubject{}
-	mi := &file_mandate_v1_permission_proto_msgTypes[14]
+	mi := &file_mandate_v1_permission_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1193,7 +1309,7 @@ func (x *ExcludedSubject) String() string {
 func (*ExcludedSubject) ProtoMessage() {}
 
 func (x *ExcludedSubject) ProtoReflect() protoreflect.Message {
-	mi := &file_mandate_v1_permission_proto_msgTypes[14]
+	mi := &file_mandate_v1_permission_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1206,7 +1322,7 @@ func (x *ExcludedSubject) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExcludedSubject.ProtoReflect.Descriptor instead.
 func (*ExcludedSubject) Descriptor() ([]byte, []int) {
-	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{14}
+	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ExcludedSubject) GetSubjectObjectId() string {
@@ -1244,7 +1360,7 @@ type ExpandRequest struct {
 
 func (x *ExpandRequest) Reset() {
 	*x = ExpandRequest{}
-	mi := &file_mandate_v1_permission_proto_msgTypes[15]
+	mi := &file_mandate_v1_permission_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1256,7 +1372,7 @@ func (x *ExpandRequest) String() string {
 func (*ExpandRequest) ProtoMessage() {}
 
 func (x *ExpandRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mandate_v1_permission_proto_msgTypes[15]
+	mi := &file_mandate_v1_permission_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1269,7 +1385,7 @@ func (x *ExpandRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExpandRequest.ProtoReflect.Descriptor instead.
 func (*ExpandRequest) Descriptor() ([]byte, []int) {
-	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{15}
+	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ExpandRequest) GetConsistency() *Consistency {
@@ -1311,7 +1427,7 @@ type ExpandResponse struct {
 
 func (x *ExpandResponse) Reset() {
 	*x = ExpandResponse{}
-	mi := &file_mandate_v1_permission_proto_msgTypes[16]
+	mi := &file_mandate_v1_permission_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1323,7 +1439,7 @@ func (x *ExpandResponse) String() string {
 func (*ExpandResponse) ProtoMessage() {}
 
 func (x *ExpandResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mandate_v1_permission_proto_msgTypes[16]
+	mi := &file_mandate_v1_permission_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1336,7 +1452,7 @@ func (x *ExpandResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExpandResponse.ProtoReflect.Descriptor instead.
 func (*ExpandResponse) Descriptor() ([]byte, []int) {
-	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{16}
+	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ExpandResponse) GetExpandedAt() *RevisionToken {
@@ -1370,7 +1486,7 @@ type ExpandNode struct {
 
 func (x *ExpandNode) Reset() {
 	*x = ExpandNode{}
-	mi := &file_mandate_v1_permission_proto_msgTypes[17]
+	mi := &file_mandate_v1_permission_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1382,7 +1498,7 @@ func (x *ExpandNode) String() string {
 func (*ExpandNode) ProtoMessage() {}
 
 func (x *ExpandNode) ProtoReflect() protoreflect.Message {
-	mi := &file_mandate_v1_permission_proto_msgTypes[17]
+	mi := &file_mandate_v1_permission_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1395,7 +1511,7 @@ func (x *ExpandNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExpandNode.ProtoReflect.Descriptor instead.
 func (*ExpandNode) Descriptor() ([]byte, []int) {
-	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{17}
+	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ExpandNode) GetObject() *ObjectReference {
@@ -1438,7 +1554,7 @@ var File_mandate_v1_permission_proto protoreflect.FileDescriptor
 const file_mandate_v1_permission_proto_rawDesc = "" +
 	"\n" +
 	"\x1bmandate/v1/permission.proto\x12\n" +
-	"mandate.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x15mandate/v1/core.proto\x1a\x16mandate/v1/token.proto\"\x91\x03\n" +
+	"mandate.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x19mandate/v1/approval.proto\x1a\x15mandate/v1/core.proto\x1a\x16mandate/v1/token.proto\"\xb2\x03\n" +
 	"\fCheckRequest\x129\n" +
 	"\vconsistency\x18\x01 \x01(\v2\x17.mandate.v1.ConsistencyR\vconsistency\x127\n" +
 	"\bresource\x18\x02 \x01(\v2\x1b.mandate.v1.ObjectReferenceR\bresource\x12\x1e\n" +
@@ -1450,7 +1566,9 @@ const file_mandate_v1_permission_proto_rawDesc = "" +
 	"\fon_behalf_of\x18\x06 \x01(\v2\x1b.mandate.v1.ObjectReferenceR\n" +
 	"onBehalfOf\x12\x18\n" +
 	"\aexplain\x18\a \x01(\bR\aexplain\x12)\n" +
-	"\x10capability_token\x18\b \x01(\tR\x0fcapabilityToken\"\xa1\x02\n" +
+	"\x10capability_token\x18\b \x01(\tR\x0fcapabilityToken\x12\x1f\n" +
+	"\vapproval_id\x18\t \x01(\tR\n" +
+	"approvalId\"\xda\x02\n" +
 	"\rCheckResponse\x128\n" +
 	"\n" +
 	"checked_at\x18\x01 \x01(\v2\x19.mandate.v1.RevisionTokenR\tcheckedAt\x120\n" +
@@ -1459,7 +1577,15 @@ const file_mandate_v1_permission_proto_rawDesc = "" +
 	"\n" +
 	"delegation\x18\x04 \x01(\v2!.mandate.v1.DelegationExplanationR\n" +
 	"delegation\x122\n" +
-	"\x05token\x18\x05 \x01(\v2\x1c.mandate.v1.TokenExplanationR\x05token\"\xb2\x01\n" +
+	"\x05token\x18\x05 \x01(\v2\x1c.mandate.v1.TokenExplanationR\x05token\x127\n" +
+	"\bapproval\x18\x06 \x01(\v2\x1b.mandate.v1.ApprovalContextR\bapproval\"\xff\x01\n" +
+	"\x0fApprovalContext\x12\x12\n" +
+	"\x04rule\x18\x01 \x01(\tR\x04rule\x12 \n" +
+	"\vdescription\x18\x02 \x01(\tR\vdescription\x12#\n" +
+	"\revaluation_id\x18\x03 \x01(\tR\fevaluationId\x12C\n" +
+	"\arequest\x18\x04 \x01(\v2).mandate.v1.ApprovalServiceRequestRequestR\arequest\x121\n" +
+	"\x05chain\x18\x05 \x03(\v2\x1b.mandate.v1.ObjectReferenceR\x05chain\x12\x19\n" +
+	"\bgrant_id\x18\x06 \x01(\tR\agrantId\"\xb2\x01\n" +
 	"\x15DelegationExplanation\x12.\n" +
 	"\x05chain\x18\x01 \x03(\v2\x18.mandate.v1.ChainElementR\x05chain\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x1b\n" +
@@ -1584,103 +1710,108 @@ func file_mandate_v1_permission_proto_rawDescGZIP() []byte {
 	return file_mandate_v1_permission_proto_rawDescData
 }
 
-var file_mandate_v1_permission_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_mandate_v1_permission_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_mandate_v1_permission_proto_goTypes = []any{
-	(*CheckRequest)(nil),            // 0: mandate.v1.CheckRequest
-	(*CheckResponse)(nil),           // 1: mandate.v1.CheckResponse
-	(*DelegationExplanation)(nil),   // 2: mandate.v1.DelegationExplanation
-	(*ChainElement)(nil),            // 3: mandate.v1.ChainElement
-	(*CheckBulkRequest)(nil),        // 4: mandate.v1.CheckBulkRequest
-	(*CheckBulkRequestItem)(nil),    // 5: mandate.v1.CheckBulkRequestItem
-	(*CheckBulkResponse)(nil),       // 6: mandate.v1.CheckBulkResponse
-	(*CheckBulkPair)(nil),           // 7: mandate.v1.CheckBulkPair
-	(*CheckBulkItemResult)(nil),     // 8: mandate.v1.CheckBulkItemResult
-	(*ItemError)(nil),               // 9: mandate.v1.ItemError
-	(*LookupResourcesRequest)(nil),  // 10: mandate.v1.LookupResourcesRequest
-	(*LookupResourcesResponse)(nil), // 11: mandate.v1.LookupResourcesResponse
-	(*LookupSubjectsRequest)(nil),   // 12: mandate.v1.LookupSubjectsRequest
-	(*LookupSubjectsResponse)(nil),  // 13: mandate.v1.LookupSubjectsResponse
-	(*ExcludedSubject)(nil),         // 14: mandate.v1.ExcludedSubject
-	(*ExpandRequest)(nil),           // 15: mandate.v1.ExpandRequest
-	(*ExpandResponse)(nil),          // 16: mandate.v1.ExpandResponse
-	(*ExpandNode)(nil),              // 17: mandate.v1.ExpandNode
-	(*Consistency)(nil),             // 18: mandate.v1.Consistency
-	(*ObjectReference)(nil),         // 19: mandate.v1.ObjectReference
-	(*SubjectReference)(nil),        // 20: mandate.v1.SubjectReference
-	(*structpb.Struct)(nil),         // 21: google.protobuf.Struct
-	(*RevisionToken)(nil),           // 22: mandate.v1.RevisionToken
-	(Decision)(0),                   // 23: mandate.v1.Decision
-	(*TokenExplanation)(nil),        // 24: mandate.v1.TokenExplanation
-	(*Cursor)(nil),                  // 25: mandate.v1.Cursor
-	(*Relationship)(nil),            // 26: mandate.v1.Relationship
+	(*CheckRequest)(nil),                  // 0: mandate.v1.CheckRequest
+	(*CheckResponse)(nil),                 // 1: mandate.v1.CheckResponse
+	(*ApprovalContext)(nil),               // 2: mandate.v1.ApprovalContext
+	(*DelegationExplanation)(nil),         // 3: mandate.v1.DelegationExplanation
+	(*ChainElement)(nil),                  // 4: mandate.v1.ChainElement
+	(*CheckBulkRequest)(nil),              // 5: mandate.v1.CheckBulkRequest
+	(*CheckBulkRequestItem)(nil),          // 6: mandate.v1.CheckBulkRequestItem
+	(*CheckBulkResponse)(nil),             // 7: mandate.v1.CheckBulkResponse
+	(*CheckBulkPair)(nil),                 // 8: mandate.v1.CheckBulkPair
+	(*CheckBulkItemResult)(nil),           // 9: mandate.v1.CheckBulkItemResult
+	(*ItemError)(nil),                     // 10: mandate.v1.ItemError
+	(*LookupResourcesRequest)(nil),        // 11: mandate.v1.LookupResourcesRequest
+	(*LookupResourcesResponse)(nil),       // 12: mandate.v1.LookupResourcesResponse
+	(*LookupSubjectsRequest)(nil),         // 13: mandate.v1.LookupSubjectsRequest
+	(*LookupSubjectsResponse)(nil),        // 14: mandate.v1.LookupSubjectsResponse
+	(*ExcludedSubject)(nil),               // 15: mandate.v1.ExcludedSubject
+	(*ExpandRequest)(nil),                 // 16: mandate.v1.ExpandRequest
+	(*ExpandResponse)(nil),                // 17: mandate.v1.ExpandResponse
+	(*ExpandNode)(nil),                    // 18: mandate.v1.ExpandNode
+	(*Consistency)(nil),                   // 19: mandate.v1.Consistency
+	(*ObjectReference)(nil),               // 20: mandate.v1.ObjectReference
+	(*SubjectReference)(nil),              // 21: mandate.v1.SubjectReference
+	(*structpb.Struct)(nil),               // 22: google.protobuf.Struct
+	(*RevisionToken)(nil),                 // 23: mandate.v1.RevisionToken
+	(Decision)(0),                         // 24: mandate.v1.Decision
+	(*TokenExplanation)(nil),              // 25: mandate.v1.TokenExplanation
+	(*ApprovalServiceRequestRequest)(nil), // 26: mandate.v1.ApprovalServiceRequestRequest
+	(*Cursor)(nil),                        // 27: mandate.v1.Cursor
+	(*Relationship)(nil),                  // 28: mandate.v1.Relationship
 }
 var file_mandate_v1_permission_proto_depIdxs = []int32{
-	18, // 0: mandate.v1.CheckRequest.consistency:type_name -> mandate.v1.Consistency
-	19, // 1: mandate.v1.CheckRequest.resource:type_name -> mandate.v1.ObjectReference
-	20, // 2: mandate.v1.CheckRequest.subject:type_name -> mandate.v1.SubjectReference
-	21, // 3: mandate.v1.CheckRequest.context:type_name -> google.protobuf.Struct
-	19, // 4: mandate.v1.CheckRequest.on_behalf_of:type_name -> mandate.v1.ObjectReference
-	22, // 5: mandate.v1.CheckResponse.checked_at:type_name -> mandate.v1.RevisionToken
-	23, // 6: mandate.v1.CheckResponse.decision:type_name -> mandate.v1.Decision
-	2,  // 7: mandate.v1.CheckResponse.delegation:type_name -> mandate.v1.DelegationExplanation
-	24, // 8: mandate.v1.CheckResponse.token:type_name -> mandate.v1.TokenExplanation
-	3,  // 9: mandate.v1.DelegationExplanation.chain:type_name -> mandate.v1.ChainElement
-	19, // 10: mandate.v1.ChainElement.subject:type_name -> mandate.v1.ObjectReference
-	23, // 11: mandate.v1.ChainElement.grant:type_name -> mandate.v1.Decision
-	23, // 12: mandate.v1.ChainElement.link:type_name -> mandate.v1.Decision
-	18, // 13: mandate.v1.CheckBulkRequest.consistency:type_name -> mandate.v1.Consistency
-	5,  // 14: mandate.v1.CheckBulkRequest.items:type_name -> mandate.v1.CheckBulkRequestItem
-	19, // 15: mandate.v1.CheckBulkRequestItem.resource:type_name -> mandate.v1.ObjectReference
-	20, // 16: mandate.v1.CheckBulkRequestItem.subject:type_name -> mandate.v1.SubjectReference
-	21, // 17: mandate.v1.CheckBulkRequestItem.context:type_name -> google.protobuf.Struct
-	19, // 18: mandate.v1.CheckBulkRequestItem.on_behalf_of:type_name -> mandate.v1.ObjectReference
-	22, // 19: mandate.v1.CheckBulkResponse.checked_at:type_name -> mandate.v1.RevisionToken
-	7,  // 20: mandate.v1.CheckBulkResponse.pairs:type_name -> mandate.v1.CheckBulkPair
-	5,  // 21: mandate.v1.CheckBulkPair.request:type_name -> mandate.v1.CheckBulkRequestItem
-	8,  // 22: mandate.v1.CheckBulkPair.item:type_name -> mandate.v1.CheckBulkItemResult
-	9,  // 23: mandate.v1.CheckBulkPair.error:type_name -> mandate.v1.ItemError
-	23, // 24: mandate.v1.CheckBulkItemResult.decision:type_name -> mandate.v1.Decision
-	2,  // 25: mandate.v1.CheckBulkItemResult.delegation:type_name -> mandate.v1.DelegationExplanation
-	24, // 26: mandate.v1.CheckBulkItemResult.token:type_name -> mandate.v1.TokenExplanation
-	18, // 27: mandate.v1.LookupResourcesRequest.consistency:type_name -> mandate.v1.Consistency
-	20, // 28: mandate.v1.LookupResourcesRequest.subject:type_name -> mandate.v1.SubjectReference
-	21, // 29: mandate.v1.LookupResourcesRequest.context:type_name -> google.protobuf.Struct
-	19, // 30: mandate.v1.LookupResourcesRequest.on_behalf_of:type_name -> mandate.v1.ObjectReference
-	25, // 31: mandate.v1.LookupResourcesRequest.optional_cursor:type_name -> mandate.v1.Cursor
-	22, // 32: mandate.v1.LookupResourcesResponse.looked_up_at:type_name -> mandate.v1.RevisionToken
-	23, // 33: mandate.v1.LookupResourcesResponse.decision:type_name -> mandate.v1.Decision
-	25, // 34: mandate.v1.LookupResourcesResponse.after_result_cursor:type_name -> mandate.v1.Cursor
-	18, // 35: mandate.v1.LookupSubjectsRequest.consistency:type_name -> mandate.v1.Consistency
-	19, // 36: mandate.v1.LookupSubjectsRequest.resource:type_name -> mandate.v1.ObjectReference
-	21, // 37: mandate.v1.LookupSubjectsRequest.context:type_name -> google.protobuf.Struct
-	25, // 38: mandate.v1.LookupSubjectsRequest.optional_cursor:type_name -> mandate.v1.Cursor
-	22, // 39: mandate.v1.LookupSubjectsResponse.looked_up_at:type_name -> mandate.v1.RevisionToken
-	23, // 40: mandate.v1.LookupSubjectsResponse.decision:type_name -> mandate.v1.Decision
-	14, // 41: mandate.v1.LookupSubjectsResponse.excluded_subjects:type_name -> mandate.v1.ExcludedSubject
-	25, // 42: mandate.v1.LookupSubjectsResponse.after_result_cursor:type_name -> mandate.v1.Cursor
-	23, // 43: mandate.v1.ExcludedSubject.decision:type_name -> mandate.v1.Decision
-	18, // 44: mandate.v1.ExpandRequest.consistency:type_name -> mandate.v1.Consistency
-	19, // 45: mandate.v1.ExpandRequest.resource:type_name -> mandate.v1.ObjectReference
-	22, // 46: mandate.v1.ExpandResponse.expanded_at:type_name -> mandate.v1.RevisionToken
-	17, // 47: mandate.v1.ExpandResponse.tree:type_name -> mandate.v1.ExpandNode
-	19, // 48: mandate.v1.ExpandNode.object:type_name -> mandate.v1.ObjectReference
-	17, // 49: mandate.v1.ExpandNode.children:type_name -> mandate.v1.ExpandNode
-	26, // 50: mandate.v1.ExpandNode.subjects:type_name -> mandate.v1.Relationship
-	0,  // 51: mandate.v1.PermissionService.Check:input_type -> mandate.v1.CheckRequest
-	4,  // 52: mandate.v1.PermissionService.CheckBulk:input_type -> mandate.v1.CheckBulkRequest
-	10, // 53: mandate.v1.PermissionService.LookupResources:input_type -> mandate.v1.LookupResourcesRequest
-	12, // 54: mandate.v1.PermissionService.LookupSubjects:input_type -> mandate.v1.LookupSubjectsRequest
-	15, // 55: mandate.v1.PermissionService.Expand:input_type -> mandate.v1.ExpandRequest
-	1,  // 56: mandate.v1.PermissionService.Check:output_type -> mandate.v1.CheckResponse
-	6,  // 57: mandate.v1.PermissionService.CheckBulk:output_type -> mandate.v1.CheckBulkResponse
-	11, // 58: mandate.v1.PermissionService.LookupResources:output_type -> mandate.v1.LookupResourcesResponse
-	13, // 59: mandate.v1.PermissionService.LookupSubjects:output_type -> mandate.v1.LookupSubjectsResponse
-	16, // 60: mandate.v1.PermissionService.Expand:output_type -> mandate.v1.ExpandResponse
-	56, // [56:61] is the sub-list for method output_type
-	51, // [51:56] is the sub-list for method input_type
-	51, // [51:51] is the sub-list for extension type_name
-	51, // [51:51] is the sub-list for extension extendee
-	0,  // [0:51] is the sub-list for field type_name
+	19, // 0: mandate.v1.CheckRequest.consistency:type_name -> mandate.v1.Consistency
+	20, // 1: mandate.v1.CheckRequest.resource:type_name -> mandate.v1.ObjectReference
+	21, // 2: mandate.v1.CheckRequest.subject:type_name -> mandate.v1.SubjectReference
+	22, // 3: mandate.v1.CheckRequest.context:type_name -> google.protobuf.Struct
+	20, // 4: mandate.v1.CheckRequest.on_behalf_of:type_name -> mandate.v1.ObjectReference
+	23, // 5: mandate.v1.CheckResponse.checked_at:type_name -> mandate.v1.RevisionToken
+	24, // 6: mandate.v1.CheckResponse.decision:type_name -> mandate.v1.Decision
+	3,  // 7: mandate.v1.CheckResponse.delegation:type_name -> mandate.v1.DelegationExplanation
+	25, // 8: mandate.v1.CheckResponse.token:type_name -> mandate.v1.TokenExplanation
+	2,  // 9: mandate.v1.CheckResponse.approval:type_name -> mandate.v1.ApprovalContext
+	26, // 10: mandate.v1.ApprovalContext.request:type_name -> mandate.v1.ApprovalServiceRequestRequest
+	20, // 11: mandate.v1.ApprovalContext.chain:type_name -> mandate.v1.ObjectReference
+	4,  // 12: mandate.v1.DelegationExplanation.chain:type_name -> mandate.v1.ChainElement
+	20, // 13: mandate.v1.ChainElement.subject:type_name -> mandate.v1.ObjectReference
+	24, // 14: mandate.v1.ChainElement.grant:type_name -> mandate.v1.Decision
+	24, // 15: mandate.v1.ChainElement.link:type_name -> mandate.v1.Decision
+	19, // 16: mandate.v1.CheckBulkRequest.consistency:type_name -> mandate.v1.Consistency
+	6,  // 17: mandate.v1.CheckBulkRequest.items:type_name -> mandate.v1.CheckBulkRequestItem
+	20, // 18: mandate.v1.CheckBulkRequestItem.resource:type_name -> mandate.v1.ObjectReference
+	21, // 19: mandate.v1.CheckBulkRequestItem.subject:type_name -> mandate.v1.SubjectReference
+	22, // 20: mandate.v1.CheckBulkRequestItem.context:type_name -> google.protobuf.Struct
+	20, // 21: mandate.v1.CheckBulkRequestItem.on_behalf_of:type_name -> mandate.v1.ObjectReference
+	23, // 22: mandate.v1.CheckBulkResponse.checked_at:type_name -> mandate.v1.RevisionToken
+	8,  // 23: mandate.v1.CheckBulkResponse.pairs:type_name -> mandate.v1.CheckBulkPair
+	6,  // 24: mandate.v1.CheckBulkPair.request:type_name -> mandate.v1.CheckBulkRequestItem
+	9,  // 25: mandate.v1.CheckBulkPair.item:type_name -> mandate.v1.CheckBulkItemResult
+	10, // 26: mandate.v1.CheckBulkPair.error:type_name -> mandate.v1.ItemError
+	24, // 27: mandate.v1.CheckBulkItemResult.decision:type_name -> mandate.v1.Decision
+	3,  // 28: mandate.v1.CheckBulkItemResult.delegation:type_name -> mandate.v1.DelegationExplanation
+	25, // 29: mandate.v1.CheckBulkItemResult.token:type_name -> mandate.v1.TokenExplanation
+	19, // 30: mandate.v1.LookupResourcesRequest.consistency:type_name -> mandate.v1.Consistency
+	21, // 31: mandate.v1.LookupResourcesRequest.subject:type_name -> mandate.v1.SubjectReference
+	22, // 32: mandate.v1.LookupResourcesRequest.context:type_name -> google.protobuf.Struct
+	20, // 33: mandate.v1.LookupResourcesRequest.on_behalf_of:type_name -> mandate.v1.ObjectReference
+	27, // 34: mandate.v1.LookupResourcesRequest.optional_cursor:type_name -> mandate.v1.Cursor
+	23, // 35: mandate.v1.LookupResourcesResponse.looked_up_at:type_name -> mandate.v1.RevisionToken
+	24, // 36: mandate.v1.LookupResourcesResponse.decision:type_name -> mandate.v1.Decision
+	27, // 37: mandate.v1.LookupResourcesResponse.after_result_cursor:type_name -> mandate.v1.Cursor
+	19, // 38: mandate.v1.LookupSubjectsRequest.consistency:type_name -> mandate.v1.Consistency
+	20, // 39: mandate.v1.LookupSubjectsRequest.resource:type_name -> mandate.v1.ObjectReference
+	22, // 40: mandate.v1.LookupSubjectsRequest.context:type_name -> google.protobuf.Struct
+	27, // 41: mandate.v1.LookupSubjectsRequest.optional_cursor:type_name -> mandate.v1.Cursor
+	23, // 42: mandate.v1.LookupSubjectsResponse.looked_up_at:type_name -> mandate.v1.RevisionToken
+	24, // 43: mandate.v1.LookupSubjectsResponse.decision:type_name -> mandate.v1.Decision
+	15, // 44: mandate.v1.LookupSubjectsResponse.excluded_subjects:type_name -> mandate.v1.ExcludedSubject
+	27, // 45: mandate.v1.LookupSubjectsResponse.after_result_cursor:type_name -> mandate.v1.Cursor
+	24, // 46: mandate.v1.ExcludedSubject.decision:type_name -> mandate.v1.Decision
+	19, // 47: mandate.v1.ExpandRequest.consistency:type_name -> mandate.v1.Consistency
+	20, // 48: mandate.v1.ExpandRequest.resource:type_name -> mandate.v1.ObjectReference
+	23, // 49: mandate.v1.ExpandResponse.expanded_at:type_name -> mandate.v1.RevisionToken
+	18, // 50: mandate.v1.ExpandResponse.tree:type_name -> mandate.v1.ExpandNode
+	20, // 51: mandate.v1.ExpandNode.object:type_name -> mandate.v1.ObjectReference
+	18, // 52: mandate.v1.ExpandNode.children:type_name -> mandate.v1.ExpandNode
+	28, // 53: mandate.v1.ExpandNode.subjects:type_name -> mandate.v1.Relationship
+	0,  // 54: mandate.v1.PermissionService.Check:input_type -> mandate.v1.CheckRequest
+	5,  // 55: mandate.v1.PermissionService.CheckBulk:input_type -> mandate.v1.CheckBulkRequest
+	11, // 56: mandate.v1.PermissionService.LookupResources:input_type -> mandate.v1.LookupResourcesRequest
+	13, // 57: mandate.v1.PermissionService.LookupSubjects:input_type -> mandate.v1.LookupSubjectsRequest
+	16, // 58: mandate.v1.PermissionService.Expand:input_type -> mandate.v1.ExpandRequest
+	1,  // 59: mandate.v1.PermissionService.Check:output_type -> mandate.v1.CheckResponse
+	7,  // 60: mandate.v1.PermissionService.CheckBulk:output_type -> mandate.v1.CheckBulkResponse
+	12, // 61: mandate.v1.PermissionService.LookupResources:output_type -> mandate.v1.LookupResourcesResponse
+	14, // 62: mandate.v1.PermissionService.LookupSubjects:output_type -> mandate.v1.LookupSubjectsResponse
+	17, // 63: mandate.v1.PermissionService.Expand:output_type -> mandate.v1.ExpandResponse
+	59, // [59:64] is the sub-list for method output_type
+	54, // [54:59] is the sub-list for method input_type
+	54, // [54:54] is the sub-list for extension type_name
+	54, // [54:54] is the sub-list for extension extendee
+	0,  // [0:54] is the sub-list for field type_name
 }
 
 func init() { file_mandate_v1_permission_proto_init() }
@@ -1688,9 +1819,10 @@ func file_mandate_v1_permission_proto_init() {
 	if File_mandate_v1_permission_proto != nil {
 		return
 	}
+	file_mandate_v1_approval_proto_init()
 	file_mandate_v1_core_proto_init()
 	file_mandate_v1_token_proto_init()
-	file_mandate_v1_permission_proto_msgTypes[7].OneofWrappers = []any{
+	file_mandate_v1_permission_proto_msgTypes[8].OneofWrappers = []any{
 		(*CheckBulkPair_Item)(nil),
 		(*CheckBulkPair_Error)(nil),
 	}
@@ -1700,7 +1832,7 @@ func file_mandate_v1_permission_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mandate_v1_permission_proto_rawDesc), len(file_mandate_v1_permission_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   18,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
