@@ -224,7 +224,7 @@ func (in *Inbox) revokeGrant(w http.ResponseWriter, r *http.Request) {
 	}
 	me := personFrom(r.Context()).Object
 	q, err := in.deps.Approvals.Get(r.Context(), r.PathValue("id"))
-	if errors.Is(err, errNotFound) || (err == nil && q.Principal != me && q.Decider != me) {
+	if errors.Is(err, approval.ErrNotFound) || (err == nil && q.Principal != me && q.Decider != me) {
 		in.fail(w, r, http.StatusNotFound, "There is no such grant of yours.")
 		return
 	}

@@ -55,7 +55,7 @@ func (f *fakeApprovals) Get(_ context.Context, id string) (approval.Request, err
 	defer f.mu.Unlock()
 	r, ok := f.reqs[id]
 	if !ok {
-		return r, fmt.Errorf("%w: %q", errNotFound, id)
+		return r, fmt.Errorf("%w: %q", approval.ErrNotFound, id)
 	}
 	return r, nil
 }
@@ -91,11 +91,11 @@ func (f *fakeApprovals) decide(id string, d approval.Decision, st approval.Statu
 	r, ok := f.reqs[id]
 	switch {
 	case !ok:
-		return r, errNotFound
+		return r, approval.ErrNotFound
 	case !f.may(r, d.Approver):
-		return r, fmt.Errorf("%w: %s", errNotAllowed, d.Approver)
+		return r, fmt.Errorf("%w: %s", approval.ErrNotAllowed, d.Approver)
 	case r.Status != approval.Pending:
-		return r, errNotPending
+		return r, approval.ErrNotPending
 	}
 	r.Status, r.Decider, r.Note, r.Decided = st, d.Approver, d.Note, time.Now()
 	if st == approval.Approved {
@@ -129,7 +129,7 @@ func (f *fakeApprovals) Revoke(_ context.Context, id string, by rel.Object) (app
 	defer f.mu.Unlock()
 	r, ok := f.reqs[id]
 	if !ok || r.Status != approval.Approved {
-		return r, errNotPending
+		return r, approval.ErrNotPending
 	}
 	r.Status = approval.Revoked
 	f.reqs[id] = r

@@ -225,7 +225,7 @@ func (in *Inbox) requestPage(w http.ResponseWriter, r *http.Request) {
 	}
 	me := personFrom(r.Context()).Object
 	q, err := in.deps.Approvals.Get(r.Context(), r.PathValue("id"))
-	if errors.Is(err, errNotFound) {
+	if errors.Is(err, approval.ErrNotFound) {
 		in.fail(w, r, http.StatusNotFound, "There is no such request.")
 		return
 	}
@@ -315,13 +315,13 @@ func (in *Inbox) decide(w http.ResponseWriter, r *http.Request, approve bool) {
 // decisionFailed words the approval service's refusals for the person.
 func (in *Inbox) decisionFailed(w http.ResponseWriter, r *http.Request, err error) {
 	switch {
-	case errors.Is(err, errNotAllowed):
+	case errors.Is(err, approval.ErrNotAllowed):
 		in.fail(w, r, http.StatusForbidden, "Refused: you may not decide this request. Only the person the agent acts for, or someone who holds the permission on the resource, may.")
-	case errors.Is(err, errNotPending):
+	case errors.Is(err, approval.ErrNotPending):
 		in.fail(w, r, http.StatusConflict, "This request has already been decided, or it has expired.")
-	case errors.Is(err, errNotFound):
+	case errors.Is(err, approval.ErrNotFound):
 		in.fail(w, r, http.StatusNotFound, "There is no such request.")
-	case errors.Is(err, errInvalid):
+	case errors.Is(err, approval.ErrInvalid):
 		in.fail(w, r, http.StatusBadRequest, "Refused: "+err.Error())
 	default:
 		in.serviceFailed(w, r, "recording your decision", err)
