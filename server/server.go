@@ -35,6 +35,7 @@ import (
 	"github.com/mandate-authz/mandate/server/apikey"
 	"github.com/mandate-authz/mandate/server/authzen"
 	"github.com/mandate-authz/mandate/server/capability"
+	"github.com/mandate-authz/mandate/server/inbox"
 	"github.com/mandate-authz/mandate/server/op"
 	"github.com/mandate-authz/mandate/store"
 )
@@ -105,6 +106,9 @@ type Config struct {
 	// and verified against; nil serves no tokens (checks carrying one are
 	// refused). See capability.go.
 	CapabilityKeys *capability.KeySet
+	// UI, when set, serves the web inbox under /ui/ on the HTTP listener;
+	// see ui.go and server/inbox.
+	UI *inbox.Config
 }
 
 // Server serves the API. Create it with New, run it with Run.
@@ -485,6 +489,9 @@ func (s *Server) buildHTTP() error {
 	})
 	mux.Handle("GET /metrics", s.metrics.handler())
 	if err := s.mountAuthZEN(mux); err != nil {
+		return err
+	}
+	if err := s.mountUI(mux); err != nil {
 		return err
 	}
 	if s.tokens != nil {

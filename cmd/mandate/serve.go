@@ -48,6 +48,8 @@ type serveOptions struct {
 	keysFile string
 	// authzenMapping is the AuthZEN mapping file (--authzen-mapping).
 	authzenMapping string
+	// ui are the web inbox's flags (serve_ui.go).
+	ui uiOptions
 }
 
 func newServeCommand() *cobra.Command {
@@ -120,6 +122,7 @@ in-flight requests get --grpc-shutdown-grace-period to finish.`,
 	f.StringVar(&opts.logLevel, "log-level", "info", "debug, info, warn or error")
 	addAuditFlags(f, &opts.audit)
 	addSQLStoreFlags(f, &opts.sqlStore)
+	addUIFlags(f, &opts.ui)
 	return cmd
 }
 
@@ -186,6 +189,11 @@ func runServe(ctx context.Context, stderr io.Writer, opts *serveOptions) error {
 	if err := checkServeFlags(opts); err != nil {
 		return err
 	}
+	ui, err := opts.ui.config(opts.cfg.HTTPAddr)
+	if err != nil {
+		return err
+	}
+	opts.cfg.UI = ui
 	warnPlaintext(log, opts)
 
 	st, name, err := openStore(ctx, opts)
