@@ -62,16 +62,18 @@ func (p *permissionService) Check(ctx context.Context, req *pb.CheckRequest) (*p
 	}
 	creq.Explain = req.GetExplain()
 	creq.CapabilityToken = req.GetCapabilityToken()
+	creq.ApprovalID = req.GetApprovalId()
 	res, err := p.s.core.Check(ctx, creq)
 	if err != nil {
 		return nil, err
 	}
 	return &pb.CheckResponse{
 		CheckedAt:         p.s.token(res.Revision),
-		Decision:          decisionToProto(res.Decision),
+		Decision:          checkDecisionToProto(res),
 		MissingParameters: res.Missing,
 		Delegation:        delegationToProto(res.Delegation),
 		Token:             tokenExplanationToProto(res.Token),
+		Approval:          approvalContextToProto(res.Approval),
 	}, nil
 }
 
@@ -118,7 +120,7 @@ func (p *permissionService) CheckBulk(ctx context.Context, req *pb.CheckBulkRequ
 			continue
 		}
 		item := &itemStore[i]
-		item.Decision = decisionToProto(res.Decision)
+		item.Decision = checkDecisionToProto(res.CheckResult)
 		item.MissingParameters = res.Missing
 		item.Delegation = delegationToProto(res.Delegation)
 		item.Token = tokenExplanationToProto(res.Token)

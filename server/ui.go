@@ -21,9 +21,15 @@ func (s *Server) mountUI(mux *http.ServeMux) error {
 	// Cookies are Secure whenever the listener speaks TLS.
 	cfg.SecureCookies = cfg.SecureCookies || s.cfg.HTTPTLSCertPath != ""
 	deps := inbox.Deps{Core: s.core}
-	// The approval service and the token registry are wired here as they
-	// join the server (approvals, tokens2); until then the pages say that
-	// they are not served.
+	if s.approvals != nil {
+		deps.Approvals = s.approvals
+		// The inbox offers no longer grant than the service gives.
+		if cfg.MaxGrantDuration <= 0 || cfg.MaxGrantDuration > s.approvals.MaxGrant() {
+			cfg.MaxGrantDuration = s.approvals.MaxGrant()
+		}
+	}
+	// The token registry (tokens2) is wired here when it lands; until then
+	// "my agents" says that tokens are not listed.
 	ui, err := inbox.New(cfg, deps)
 	if err != nil {
 		return fmt.Errorf("the web inbox: %w", err)

@@ -23,7 +23,6 @@ type uiOptions struct {
 	secureCookies                                        bool
 	sessionKeyFile                                       string
 	sessionTTL                                           time.Duration
-	maxGrant                                             time.Duration
 }
 
 func addUIFlags(f *pflag.FlagSet, o *uiOptions) {
@@ -39,7 +38,6 @@ func addUIFlags(f *pflag.FlagSet, o *uiOptions) {
 	f.BoolVar(&o.secureCookies, "ui-secure-cookies", false, "mark the inbox's cookies Secure (automatic with --http-tls-cert-path; set it when a TLS proxy is in front)")
 	f.StringVar(&o.sessionKeyFile, "ui-session-key-file", "", "file holding the 32-byte key (hex or base64) that encrypts session cookies; share it between replicas. Default: a key drawn at start (sessions end with the process)")
 	f.DurationVar(&o.sessionTTL, "ui-session-ttl", inbox.DefaultSessionTTL, "how long an inbox session lasts")
-	f.DurationVar(&o.maxGrant, "ui-max-grant-duration", 8*time.Hour, "the longest grant the inbox offers an approver (keep it at the approval service's maximum)")
 }
 
 // enabled reports whether any way of signing in to the inbox is set.
@@ -61,12 +59,9 @@ func (o *uiOptions) config(httpAddr string) (*inbox.Config, error) {
 	if httpAddr == "" {
 		return nil, errors.New("the web inbox is served on the HTTP listener: --http-addr must not be empty")
 	}
-	cfg := &inbox.Config{SubjectType: o.subjectType, SecureCookies: o.secureCookies, SessionTTL: o.sessionTTL, MaxGrantDuration: o.maxGrant}
+	cfg := &inbox.Config{SubjectType: o.subjectType, SecureCookies: o.secureCookies, SessionTTL: o.sessionTTL}
 	if o.sessionTTL <= 0 {
 		return nil, fmt.Errorf("--ui-session-ttl %v: expected a positive duration", o.sessionTTL)
-	}
-	if o.maxGrant <= 0 {
-		return nil, fmt.Errorf("--ui-max-grant-duration %v: expected a positive duration", o.maxGrant)
 	}
 	if o.oidcIssuer != "" {
 		secret := o.oidcSecret

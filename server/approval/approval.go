@@ -51,6 +51,9 @@ type Request struct {
 	// EvaluationID is the id of the check answered "approval required"
 	// that the agent quotes (the audit trail's evaluation_id), if any.
 	EvaluationID string
+	// MaxDuration is the matched rule's bound on the grant (0: the
+	// server's maximum).
+	MaxDuration time.Duration
 	// Duration is the grant duration the agent asks for.
 	Duration time.Duration
 	Created  time.Time

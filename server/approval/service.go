@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/mandate-authz/mandate/engine"
+	"github.com/mandate-authz/mandate/feed"
 	"github.com/mandate-authz/mandate/server/audit"
 	"github.com/mandate-authz/mandate/server/capability"
 	"github.com/mandate-authz/mandate/server/op"
@@ -61,6 +62,7 @@ var (
 // the permission now) and the audit trail.
 type Core interface {
 	CheckWithoutApprovals(ctx context.Context, req op.CheckRequest) (op.CheckResult, error)
+	Escalation(ctx context.Context, req op.CheckRequest, res op.CheckResult) (op.EscalationMatch, bool, error)
 	AuditApproval(ctx context.Context, ev op.ApprovalEvent) error
 }
 
@@ -162,10 +164,11 @@ func (s *Service) File(ctx context.Context, r Request) (Request, error) {
 		return Request{}, invalid("duration", "%s is over the maximum grant of %s", r.Duration, s.cfg.MaxGrant)
 	}
 	p := r.Principal
-	res, err := s.cfg.Core.CheckWithoutApprovals(ctx, op.CheckRequest{
+	creq := op.CheckRequest{
 		Resource: r.Resource, Permission: r.Permission, Subject: rel.Subject{Type: r.Agent.Type, ID: r.Agent.ID},
 		OnBehalfOf: &p, Context: taskContext(r.Task), Consistency: op.Consistency{Mode: op.FullyConsistent},
-	})
+	}
+	res, err := s.cfg.Core.CheckWithoutApprovals(ctx, creq)
 	if err != nil {
 		return Request{}, fmt.Errorf("checking the agent's request: %w", err)
 	}
@@ -179,6 +182,23 @@ func (s *Service) File(ctx context.Context, r Request) (Request, error) {
 	r.Chain = make([]rel.Object, len(d.Chain))
 	for i, e := range d.Chain {
 		r.Chain[i] = e.Subject
+	}
+	// The rule and its bound on the grant come from the rules in force,
+	// not from the agent, whenever a rule holds the check now.
+	r.MaxDuration = 0
+	if res.Decision == engine.Allowed {
+		m, ok, err := s.cfg.Core.Escalation(ctx, creq, res)
+		switch {
+		case err != nil:
+			r.Rule = "escalation-error"
+		case ok:
+			r.Rule, r.MaxDuration = m.Rule, m.MaxDuration
+		}
+	} else {
+		r.Rule = ""
+	}
+	if r.MaxDuration > 0 && r.Duration > r.MaxDuration {
+		return Request{}, invalid("duration", "%s is over rule %s's maximum grant of %s", r.Duration, r.Rule, r.MaxDuration)
 	}
 	if n := s.openFor(r.Agent); n >= MaxOpenPerAgent {
 		return Request{}, invalid("agent", "%s already has %d pending requests, at most %d", r.Agent, n, MaxOpenPerAgent)
@@ -355,6 +375,12 @@ func (s *Service) decide(ctx context.Context, id string, d Decision, to Status) 
 			if r.Duration > 0 {
 				dur = r.Duration
 			}
+		}
+		if r.MaxDuration > 0 && dur > r.MaxDuration {
+			if d.Duration > 0 {
+				return Request{}, invalid("duration", "%s is over rule %s's maximum grant of %s", d.Duration, r.Rule, r.MaxDuration)
+			}
+			dur = r.MaxDuration
 		}
 		r.GrantExpires, r.SingleUse = now.Add(dur), d.SingleUse
 		op = audit.OpApprovalApproved
@@ -694,6 +720,7 @@ type record struct {
 	Rule         string        `json:"rule,omitempty"`
 	EvaluationID string        `json:"evaluation_id,omitempty"`
 	Duration     time.Duration `json:"duration,omitempty"`
+	MaxDuration  time.Duration `json:"max_duration,omitempty"`
 	Created      time.Time     `json:"created"`
 	Expires      time.Time     `json:"expires"`
 	Status       Status        `json:"status"`
@@ -708,7 +735,7 @@ type record struct {
 func (s *Service) touch(r Request, o store.Op) store.RecordMutation {
 	rec := record{
 		Agent: r.Agent.String(), Principal: r.Principal.String(), Resource: r.Resource.String(), Permission: r.Permission,
-		Task: r.Task, Reason: r.Reason, Rule: r.Rule, EvaluationID: r.EvaluationID, Duration: r.Duration,
+		Task: r.Task, Reason: r.Reason, Rule: r.Rule, EvaluationID: r.EvaluationID, Duration: r.Duration, MaxDuration: r.MaxDuration,
 		Created: r.Created, Expires: r.Expires, Status: r.Status, Note: r.Note, Decided: r.Decided,
 		GrantExpires: r.GrantExpires, SingleUse: r.SingleUse, Redeemed: r.Redeemed,
 	}
@@ -729,7 +756,7 @@ func decodeRequest(rec store.Record) (Request, error) {
 	}
 	r := Request{
 		ID: rec.ID, Permission: d.Permission, Task: d.Task, Reason: d.Reason, Rule: d.Rule, EvaluationID: d.EvaluationID,
-		Duration: d.Duration, Created: d.Created, Expires: d.Expires, Status: d.Status, Note: d.Note, Decided: d.Decided,
+		Duration: d.Duration, MaxDuration: d.MaxDuration, Created: d.Created, Expires: d.Expires, Status: d.Status, Note: d.Note, Decided: d.Decided,
 		GrantExpires: d.GrantExpires, SingleUse: d.SingleUse, Redeemed: d.Redeemed, Revision: rec.Revision,
 	}
 	var err error
@@ -749,6 +776,8 @@ func decodeRequest(rec store.Record) (Request, error) {
 	}
 	return r, err
 }
+
+var _ feed.RecordSet = (*Service)(nil)
 
 // Kinds implements feed.RecordSet: the service keeps request records.
 func (s *Service) Kinds() []string { return []string{RequestKind} }

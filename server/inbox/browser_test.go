@@ -72,20 +72,6 @@ const e2eRules = `rules:
     max_duration: 4h
 `
 
-// escalator adapts server/escalation's rules to the core's hook.
-type escalator struct{ e *escalation.Escalator }
-
-func (a escalator) in(in op.EscalationInput) escalation.Input {
-	return escalation.Input{Resource: in.Resource, Permission: in.Permission, Agent: in.Agent, Chain: in.Chain, Context: in.Context, Time: in.Time}
-}
-
-func (a escalator) Escalate(ctx context.Context, in op.EscalationInput) (op.EscalationMatch, bool, error) {
-	m, ok, err := a.e.Escalate(ctx, a.in(in))
-	return op.EscalationMatch{Rule: m.Rule, Description: m.Description, MaxDuration: m.MaxDuration}, ok, err
-}
-
-func (a escalator) Observe(in op.EscalationInput, allowed bool) { a.e.Observe(a.in(in), allowed) }
-
 // system is Mandate's core, the approval service with escalation rules,
 // the inbox signing in with a test OpenID provider, on a loopback port.
 type system struct {
@@ -114,7 +100,7 @@ func newSystem(t *testing.T, rels ...string) *system {
 	if err != nil {
 		t.Fatal(err)
 	}
-	core.SetApprovals(svc, escalator{escalation.New(rules, escalation.Options{})})
+	core.SetApprovals(svc, escalation.New(rules, escalation.Options{}))
 	if _, err := st.WriteSchema(ctx, e2eSchema); err != nil {
 		t.Fatal(err)
 	}

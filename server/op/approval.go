@@ -9,6 +9,7 @@ import (
 
 	"github.com/mandate-authz/mandate/engine"
 	"github.com/mandate-authz/mandate/server/audit"
+	"github.com/mandate-authz/mandate/server/escalation"
 	"github.com/mandate-authz/mandate/store"
 	"github.com/mandate-authz/mandate/store/rel"
 )
@@ -30,25 +31,13 @@ import (
 // an answer into an allow. A rule that fails to evaluate escalates (fails
 // closed); a grant lookup that fails denies.
 
-// EscalationInput is what an escalation rule sees of an agent's check; the
-// server's rules are server/escalation's, whose Input this mirrors.
-type EscalationInput struct {
-	Resource   rel.Object
-	Permission string
-	Agent      rel.Object
-	// Chain runs from the agent to its principal.
-	Chain   []rel.Object
-	Context map[string]any
-	Time    time.Time
-}
-
-// EscalationMatch names the rule that matched.
-type EscalationMatch struct {
-	Rule        string
-	Description string
-	// MaxDuration bounds a grant for this rule (0: the server's maximum).
-	MaxDuration time.Duration
-}
+// EscalationInput is what an escalation rule sees of an agent's check, and
+// EscalationMatch the rule that matched: server/escalation's types, so that
+// *escalation.Escalator is an Escalator.
+type (
+	EscalationInput = escalation.Input
+	EscalationMatch = escalation.Match
+)
 
 // Escalator decides which allowed agent checks need a person's approval
 // and learns from every agent check (its behavioural signals).
@@ -278,6 +267,17 @@ func approvalEvent(ev *audit.Event, a *ApprovalOutcome) {
 			ev.Reason = ReasonApprovalRequired
 		}
 	}
+}
+
+// Escalation asks the escalation rules about an agent check the engine
+// allowed, without feeding the signals: what rule would hold it now, and
+// how long a grant for it may last.
+func (c *Core) Escalation(ctx context.Context, req CheckRequest, res CheckResult) (EscalationMatch, bool, error) {
+	chain, ok := checkChain(res)
+	if !ok || c.escalator == nil || res.Decision != engine.Allowed {
+		return EscalationMatch{}, false, nil
+	}
+	return c.escalator.Escalate(ctx, EscalationInput{Resource: req.Resource, Permission: req.Permission, Agent: chain[0], Chain: chain, Context: req.Context, Time: time.Now()})
 }
 
 // CheckWithoutApprovals answers a check as the engine does, with neither
