@@ -213,7 +213,7 @@ func TestApprovalsWatchUntilDecided(t *testing.T) {
 		t.Fatal(errOut)
 	}
 	got := <-done
-	if !regexp.MustCompile(id + ` pending .*\n` + id + ` approved`).MatchString(got) || !strings.HasSuffix(got, "|0") {
+	if !regexp.MustCompile(id+` pending .*\n`+id+` approved`).MatchString(got) || !strings.HasSuffix(got, "|0") {
 		t.Fatalf("watch: %q", got)
 	}
 	// Single-use: only a check naming it, once.

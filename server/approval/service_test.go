@@ -351,3 +351,31 @@ func TestRedeemOnceUnderConcurrency(t *testing.T) {
 		t.Fatalf("%d of 8 concurrent checks allowed, want exactly 1", allowed)
 	}
 }
+
+// A grant never outlives the principal's own right: once alice loses it,
+// the agent's check is a plain denial again, which no grant lifts.
+func TestGrantNeedsThePrincipalNow(t *testing.T) {
+	f := newFixture(t, rulePermission{perm: "view"}, "agent:bot#acts_for@user:alice", "doc:1#editor@user:alice", "doc:1#viewer@agent:bot")
+	ctx := context.Background()
+	for _, perm := range []string{"view", "edit"} {
+		r := f.file(perm)
+		if _, err := f.svc.Approve(ctx, r.ID, approval.Decision{Approver: alice}); err != nil {
+			t.Fatal(err)
+		}
+		if res := f.check(perm, ""); res.Decision != engine.Allowed {
+			t.Fatalf("%s granted: %v", perm, res.Decision)
+		}
+	}
+	rr, err := rel.Parse("doc:1#editor@user:alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.st.Write(ctx, nil, []store.Mutation{{Op: store.Delete, Rel: rr}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, perm := range []string{"view", "edit"} {
+		if res := f.check(perm, ""); res.Decision != engine.Denied || (res.Approval != nil && res.Approval.GrantID != "") {
+			t.Fatalf("%s after alice lost it: %v %+v, want denied", perm, res.Decision, res.Approval)
+		}
+	}
+}
