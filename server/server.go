@@ -38,6 +38,7 @@ import (
 	"github.com/mandate-authz/mandate/server/authzen"
 	"github.com/mandate-authz/mandate/server/capability"
 	"github.com/mandate-authz/mandate/server/escalation"
+	"github.com/mandate-authz/mandate/server/inbox"
 	"github.com/mandate-authz/mandate/server/op"
 	"github.com/mandate-authz/mandate/store"
 )
@@ -108,6 +109,9 @@ type Config struct {
 	// and verified against; nil serves no tokens (checks carrying one are
 	// refused). See capability.go.
 	CapabilityKeys *capability.KeySet
+	// UI, when set, serves the web inbox under /ui/ on the HTTP listener;
+	// see ui.go and server/inbox.
+	UI *inbox.Config
 	// Escalation decides which allowed agent checks need a person's
 	// approval (nil: none do; grants still resolve denials only the agent's
 	// own grant is missing for). Approvals bounds requests and grants. See
@@ -517,6 +521,9 @@ func (s *Server) buildHTTP() error {
 	})
 	mux.Handle("GET /metrics", s.metrics.handler())
 	if err := s.mountAuthZEN(mux); err != nil {
+		return err
+	}
+	if err := s.mountUI(mux); err != nil {
 		return err
 	}
 	if s.tokens != nil {

@@ -50,6 +50,8 @@ type serveOptions struct {
 	keysFile string
 	// authzenMapping is the AuthZEN mapping file (--authzen-mapping).
 	authzenMapping string
+	// ui are the web inbox's flags (serve_ui.go).
+	ui uiOptions
 	// escalationRules is the escalation rules file (--escalation-rules).
 	escalationRules string
 }
@@ -128,6 +130,7 @@ in-flight requests get --grpc-shutdown-grace-period to finish.`,
 	f.StringVar(&opts.logLevel, "log-level", "info", "debug, info, warn or error")
 	addAuditFlags(f, &opts.audit)
 	addSQLStoreFlags(f, &opts.sqlStore)
+	addUIFlags(f, &opts.ui)
 	return cmd
 }
 
@@ -201,6 +204,11 @@ func runServe(ctx context.Context, stderr io.Writer, opts *serveOptions) error {
 	if err := checkServeFlags(opts); err != nil {
 		return err
 	}
+	ui, err := opts.ui.config(opts.cfg.HTTPAddr)
+	if err != nil {
+		return err
+	}
+	opts.cfg.UI = ui
 	warnPlaintext(log, opts)
 
 	st, name, err := openStore(ctx, opts)
