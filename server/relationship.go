@@ -62,6 +62,9 @@ func (r *relationshipService) DeleteRelationships(ctx context.Context, req *pb.D
 	if filter.ResourceType == "" {
 		return nil, invalid("filter.resource_type", "required, so that a delete cannot remove everything by accident")
 	}
+	if err := r.s.checkFilterNames(ctx, "filter", filter); err != nil {
+		return nil, err
+	}
 	pre, err := preconditionsFromProto(req.GetOptionalPreconditions())
 	if err != nil {
 		return nil, err
@@ -106,6 +109,9 @@ func (r *relationshipService) ReadRelationships(req *pb.ReadRelationshipsRequest
 	ctx := stream.Context()
 	filter, err := filterFromProto("filter", req.GetFilter())
 	if err != nil {
+		return err
+	}
+	if err := r.s.checkFilterNames(ctx, "filter", filter); err != nil {
 		return err
 	}
 	hash := requestHash(req, func(r *pb.ReadRelationshipsRequest) { r.OptionalCursor, r.OptionalLimit, r.Consistency = nil, 0, nil })
@@ -166,8 +172,12 @@ func (r *relationshipService) Watch(req *pb.WatchRequest, stream pb.Relationship
 	defer cancel()
 	var filters []rel.Filter
 	for i, f := range req.GetOptionalFilters() {
-		rf, err := filterFromProto(fmt.Sprintf("optional_filters[%d]", i), f)
+		field := fmt.Sprintf("optional_filters[%d]", i)
+		rf, err := filterFromProto(field, f)
 		if err != nil {
+			return err
+		}
+		if err := r.s.checkFilterNames(ctx, field, rf); err != nil {
 			return err
 		}
 		filters = append(filters, rf)
@@ -189,7 +199,7 @@ func (r *relationshipService) Watch(req *pb.WatchRequest, stream pb.Relationship
 		if err != nil {
 			return err
 		}
-		out := &pb.WatchResponse{ChangesThrough: r.s.token(ch.Revision), SchemaUpdated: ch.Schema != nil}
+		var updates []*pb.RelationshipUpdate
 		for _, u := range ch.Updates {
 			if !matchesAny(filters, u.Rel) {
 				continue
@@ -198,13 +208,19 @@ func (r *relationshipService) Watch(req *pb.WatchRequest, stream pb.Relationship
 			if err != nil {
 				return err
 			}
-			out.Updates = append(out.Updates, &pb.RelationshipUpdate{Operation: opToProto(u.Op), Relationship: prl})
+			updates = append(updates, &pb.RelationshipUpdate{Operation: opToProto(u.Op), Relationship: prl})
 		}
-		if len(out.Updates) == 0 && !out.SchemaUpdated {
+		if len(updates) == 0 && ch.Schema == nil {
 			continue
 		}
-		if err := stream.Send(out); err != nil {
-			return err
+		// A large revision goes out in pieces under the clients' message
+		// limit; continues marks all but the last.
+		token, schema := r.s.token(ch.Revision), ch.Schema != nil
+		for part, last := range sizedChunks(updates, (*pb.RelationshipUpdate).SizeVT, watchMessageBytes) {
+			if err := stream.Send(&pb.WatchResponse{Updates: part, ChangesThrough: token, SchemaUpdated: schema, Continues: !last}); err != nil {
+				return err
+			}
+			schema = false
 		}
 	}
 	if err := r.s.shutdownWatchError(); err != nil {
@@ -295,6 +311,9 @@ func (r *relationshipService) ExportRelationships(req *pb.ExportRelationshipsReq
 	ctx := stream.Context()
 	filter, err := filterFromProto("optional_filter", req.GetOptionalFilter())
 	if err != nil {
+		return err
+	}
+	if err := r.s.checkFilterNames(ctx, "optional_filter", filter); err != nil {
 		return err
 	}
 	hash := requestHash(req, func(r *pb.ExportRelationshipsRequest) {
