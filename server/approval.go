@@ -78,7 +78,7 @@ func (s *Server) newApprovals() error {
 func (s *Server) Approvals() *approval.Service { return s.approvals }
 
 // registerApprovals registers ApprovalService on the gRPC server.
-func (s *Server) registerApprovals(g *grpc.Server) {
+func (s *Server) registerApprovals(g grpc.ServiceRegistrar) {
 	if s.approvals == nil {
 		return
 	}
