@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/authzed/cel-go/cel"
@@ -100,7 +102,7 @@ func (p *parser) condition(env *cel.Env, r *rule, n *yaml.Node) error {
 	if err != nil {
 		return p.errAt(n, "condition: %v", err)
 	}
-	r.condition, r.prog = src, prog
+	r.condition, r.prog, r.loops = src, prog, hasLoops(ast)
 	return nil
 }
 
@@ -179,10 +181,33 @@ type activation struct {
 	sig     *signalStore
 	chain   []map[string]string
 	signals *Signals
+	// matched tells a batch (its first rule being rule lo) which rules'
+	// matchers held.
+	matched *[batchSize]bool
+	lo      int
+	// timeout bounds the call from the first evaluation that can be
+	// interrupted; until is then its deadline.
+	timeout time.Duration
+	until   time.Time
+}
+
+// deadline is the call's deadline, set on first use.
+func (a *activation) deadline() time.Time {
+	if a.until.IsZero() {
+		a.until = time.Now().Add(a.timeout)
+	}
+	return a.until
 }
 
 func (a *activation) ResolveName(name string) (any, bool) {
 	in := a.in
+	if rest, ok := strings.CutPrefix(name, matchedPrefix); ok && a.matched != nil {
+		i, err := strconv.Atoi(rest)
+		if err != nil || i < a.lo || i >= a.lo+batchSize {
+			return nil, false
+		}
+		return a.matched[i-a.lo], true
+	}
 	switch name {
 	case varContext:
 		if in.Context == nil {

@@ -109,30 +109,59 @@ func (e *Escalator) Escalate(ctx context.Context, in Input) (Match, bool, error)
 	if in.Time.IsZero() {
 		in.Time = e.opts.Now()
 	}
-	for i, r := range rs.rules {
-		if !r.matches(&in) {
+	act := activation{in: &in, sig: e.signals, timeout: e.opts.Timeout}
+	for bi := range rs.batches {
+		b := &rs.batches[bi]
+		// The matchers, natively; the batch's program only for the
+		// conditions of rules that matched.
+		var matched [batchSize]bool
+		conditional := false
+		for i := b.lo; i < b.hi; i++ {
+			r := rs.rules[i]
+			if !r.matches(&in) {
+				continue
+			}
+			if r.prog == nil && !conditional {
+				return r.match(), true, nil
+			}
+			matched[i-b.lo] = true
+			if r.prog == nil {
+				break // it wins unless a condition before it holds
+			}
+			conditional = true
+		}
+		if !conditional {
 			continue
 		}
-		if r.prog != nil {
-			return e.evaluate(ctx, rs.rules[i:], &in)
+		if b.prog != nil {
+			act.matched, act.lo = &matched, b.lo
+			won, err := b.run(ctx, &act)
+			act.matched = nil
+			if err == nil {
+				if won >= 0 {
+					return rs.rules[won].match(), true, nil
+				}
+				continue
+			}
+			// Fall through: one by one, the failing rule is found and
+			// named.
 		}
-		return r.match(), true, nil
+		return e.evaluate(ctx, rs.rules[b.lo:], &act)
 	}
 	return Match{}, false, nil
 }
 
-// evaluate goes on from rules[0], the first matching rule with a
-// condition, under one deadline for the rest of the call.
-func (e *Escalator) evaluate(ctx context.Context, rules []*rule, in *Input) (Match, bool, error) {
-	ctx, cancel := context.WithTimeout(ctx, e.opts.Timeout)
+// evaluate evaluates rules one by one, each condition apart, until one
+// matches or fails.
+func (e *Escalator) evaluate(ctx context.Context, rules []*rule, act *activation) (Match, bool, error) {
+	ctx, cancel := context.WithDeadline(ctx, act.deadline())
 	defer cancel()
-	act := activation{in: in, sig: e.signals}
 	for _, r := range rules {
-		if !r.matches(in) {
+		if !r.matches(act.in) {
 			continue
 		}
 		if r.prog != nil {
-			ok, err := r.eval(ctx, &act)
+			ok, err := r.eval(ctx, act)
 			if err != nil {
 				return r.match(), true, fmt.Errorf("escalation: %w", err)
 			}

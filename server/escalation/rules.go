@@ -35,8 +35,9 @@ const (
 // first matching one winning. It is immutable and safe for concurrent use.
 type Rules struct {
 	// source names the file in errors and logs.
-	source string
-	rules  []*rule
+	source  string
+	rules   []*rule
+	batches []batch
 	// hash is the SHA-256 of the text parsed, so that a reload of an
 	// unchanged file swaps nothing.
 	hash [sha256.Size]byte
@@ -70,6 +71,7 @@ type rule struct {
 	minChain, maxChain                     int
 	condition                              string
 	prog                                   cel.Program
+	loops                                  bool
 	maxDuration                            time.Duration
 }
 
@@ -195,6 +197,7 @@ func (p *parser) parse() (*Rules, error) {
 		seen[r.name] = nameNode
 		rs.rules = append(rs.rules, r)
 	}
+	rs.batches = newBatches(rs.rules)
 	return rs, nil
 }
 

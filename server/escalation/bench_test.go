@@ -1,0 +1,40 @@
+package escalation
+
+import (
+	"context"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/mandate-authz/mandate/store/rel"
+)
+
+// BenchmarkEscalate is one agent check's Escalate and Observe with the
+// example rules, across 1,000 agents, none of whose checks match (every
+// rule is evaluated).
+func BenchmarkEscalate(b *testing.B) {
+	rs, err := Load("../../examples/approvals/rules.yaml")
+	if err != nil {
+		b.Fatal(err)
+	}
+	e := New(rs, Options{})
+	ctx := context.Background()
+	ins := make([]Input, 1_000)
+	for i := range ins {
+		a := rel.Object{Type: "agent", ID: "s" + strconv.Itoa(i)}
+		ins[i] = Input{Resource: rel.Object{Type: "document", ID: "d" + strconv.Itoa(i)}, Permission: "view", Agent: a,
+			Chain: []rel.Object{a, {Type: "agent", ID: "p" + strconv.Itoa(i)}, {Type: "user", ID: "u1"}}, Time: t0}
+		e.Observe(ins[i], true)
+	}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		in := ins[i%len(ins)]
+		in.Time = t0.Add(time.Duration(i) * time.Second)
+		if _, ok, err := e.Escalate(ctx, in); ok || err != nil {
+			b.Fatal(ok, err)
+		}
+		e.Observe(in, true)
+		i++
+	}
+}
