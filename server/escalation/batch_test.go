@@ -2,10 +2,12 @@ package escalation
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/mandate-authz/mandate/store/rel"
 )
@@ -81,7 +83,7 @@ func TestBatchesAgreeWithOneByOne(t *testing.T) {
 				e.Observe(in, r.IntN(2) == 0)
 			}
 			got, gotOK, gotErr := e.Escalate(context.Background(), in)
-			act := activation{in: &in, sig: e.signals, timeout: DefaultTimeout}
+			act := activation{in: in, sig: e.signals, timeout: DefaultTimeout}
 			want, wantOK, wantErr := e.evaluate(context.Background(), rs.rules, &act)
 			if got != want || gotOK != wantOK || fmt.Sprint(gotErr) != fmt.Sprint(wantErr) {
 				t.Fatalf("file %d check %d (%+v):\nbatched     %+v %v %v\none by one  %+v %v %v\n%s", file, c, in, got, gotOK, gotErr, want, wantOK, wantErr, b.String())
@@ -112,5 +114,61 @@ func TestUnbatchedRules(t *testing.T) {
 	in.Context = nil
 	if m, ok, err := e.Escalate(context.Background(), in); err == nil || !ok || m.Rule != "pay" {
 		t.Fatalf("a failing condition: %+v %v %v", m, ok, err)
+	}
+}
+
+// TestStaticBounds: conditions whose cost CEL bounds before they run share
+// a program without a cost tracker; those reading request.context, or
+// bounded only above MaxCost, keep the limit; and a check whose inputs
+// exceed the sizes the bounds assume runs the limited program.
+func TestStaticBounds(t *testing.T) {
+	rs := mustParse(t, `rules:
+  - name: burst
+    condition: signals.checks_last_minute >= 100
+  - name: confidential
+    condition: resource.id.startsWith("confidential-") && chain.exists(m, m.id.contains("x"))
+  - name: amount
+    condition: request.context.amount > 10
+  - name: nested
+    condition: chain.all(a, chain.all(b, chain.all(c, a.id + b.id + c.id != "")))
+`)
+	for _, tc := range []struct {
+		rule    int
+		bounded bool
+	}{{0, true}, {1, true}, {2, false}, {3, false}} {
+		if got := rs.rules[tc.rule].bounded; got != tc.bounded {
+			t.Errorf("rule %s: bounded %v, want %v", rs.rules[tc.rule].name, got, tc.bounded)
+		}
+	}
+	if len(rs.batches) != 2 || rs.batches[0].hi != 2 || rs.batches[0].fast == nil || rs.batches[1].fast != nil || rs.batches[1].prog == nil {
+		t.Fatalf("batches %+v; want [0,2) with a program without a limit, then [2,4) with only a limited one", rs.batches)
+	}
+	e := New(rs, Options{})
+	in := check("document:confidential-1", "view")
+	in.Chain = []rel.Object{obj("agent:x"), obj("user:u")}
+	in.Agent = in.Chain[0]
+	if got := escalated(t, e, in); got != "confidential" {
+		t.Fatalf("escalated by %q", got)
+	}
+	act := activation{in: in}
+	if !act.bounded() {
+		t.Fatal("a small check is not within the bounds")
+	}
+	long := in
+	long.Resource.ID = "confidential-" + strings.Repeat("a", boundedString)
+	if act := (activation{in: long}); act.bounded() {
+		t.Fatal("a resource id over the bound is within the bounds")
+	}
+	if got := escalated(t, e, long); got != "confidential" {
+		t.Fatalf("a long id: escalated by %q", got)
+	}
+	// The nested loop over a long chain runs over its limit.
+	deep := check("document:d", "view")
+	deep.Context = map[string]any{"amount": 1.0}
+	for i := range 40 {
+		deep.Chain = append(deep.Chain, rel.Object{Type: "agent", ID: fmt.Sprint(i)})
+	}
+	if m, ok, err := New(rs, Options{Timeout: time.Minute}).Escalate(context.Background(), deep); !errors.Is(err, ErrCost) || !ok || m.Rule != "nested" {
+		t.Fatalf("a nested loop over 42 members: %+v %v %v; want ErrCost from nested", m, ok, err)
 	}
 }

@@ -102,7 +102,7 @@ func (p *parser) condition(env *cel.Env, r *rule, n *yaml.Node) error {
 	if err != nil {
 		return p.errAt(n, "condition: %v", err)
 	}
-	r.condition, r.prog, r.loops = src, prog, hasLoops(ast)
+	r.condition, r.prog, r.loops, r.bounded = src, prog, hasLoops(ast), staticallyBounded(env, ast)
 	return nil
 }
 
@@ -176,19 +176,40 @@ func (r *rule) eval(ctx context.Context, act *activation) (bool, error) {
 
 // activation resolves a condition's variables from one check, building
 // the chain and reading the agent's signals only when a condition uses them.
+// Escalators reuse them (sync.Pool): one check allocates almost nothing.
 type activation struct {
-	in      *Input
+	in      Input
 	sig     *signalStore
 	chain   []map[string]string
-	signals *Signals
-	// matched tells a batch (its first rule being rule lo) which rules'
-	// matchers held.
-	matched *[batchSize]bool
+	signals Signals
+	read    bool // signals is set
+	// inBatch: matched tells the batch being evaluated (its first rule
+	// being rule lo) which rules' matchers held.
+	inBatch bool
+	matched [batchSize]bool
 	lo      int
 	// timeout bounds the call from the first evaluation that can be
 	// interrupted; until is then its deadline.
 	timeout time.Duration
 	until   time.Time
+	// within caches withinBounds: 0 unknown, 1 yes, 2 no.
+	within uint8
+}
+
+func (a *activation) reset(in Input, sig *signalStore, timeout time.Duration) {
+	*a = activation{in: in, sig: sig, timeout: timeout}
+}
+
+// bounded reports whether the check's inputs are within the sizes the
+// static cost bounds assume.
+func (a *activation) bounded() bool {
+	if a.within == 0 {
+		a.within = 2
+		if withinBounds(&a.in) {
+			a.within = 1
+		}
+	}
+	return a.within == 1
 }
 
 // deadline is the call's deadline, set on first use.
@@ -200,8 +221,8 @@ func (a *activation) deadline() time.Time {
 }
 
 func (a *activation) ResolveName(name string) (any, bool) {
-	in := a.in
-	if rest, ok := strings.CutPrefix(name, matchedPrefix); ok && a.matched != nil {
+	in := &a.in
+	if rest, ok := strings.CutPrefix(name, matchedPrefix); ok && a.inBatch {
 		i, err := strconv.Atoi(rest)
 		if err != nil || i < a.lo || i >= a.lo+batchSize {
 			return nil, false
@@ -235,9 +256,8 @@ func (a *activation) ResolveName(name string) (any, bool) {
 	case varNow:
 		return in.Time, true
 	case sigChecksLastMinute, sigDenialsLastHour, sigFirstUseType, sigFirstUsePerm:
-		if a.signals == nil {
-			s := a.sig.read(*in)
-			a.signals = &s
+		if !a.read {
+			a.signals, a.read = a.sig.read(*in), true
 		}
 		switch name {
 		case sigChecksLastMinute:

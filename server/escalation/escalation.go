@@ -17,6 +17,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -70,6 +71,7 @@ type Escalator struct {
 	rules   atomic.Pointer[Rules]
 	signals *signalStore
 	opts    Options
+	acts    sync.Pool // of *activation
 }
 
 // New returns an Escalator with rules (nil: none yet).
@@ -87,6 +89,7 @@ func New(rules *Rules, opts Options) *Escalator {
 		opts.Now = time.Now
 	}
 	e := &Escalator{signals: newSignalStore(opts.MaxAgents), opts: opts}
+	e.acts.New = func() any { return new(activation) }
 	e.rules.Store(rules)
 	return e
 }
@@ -109,16 +112,23 @@ func (e *Escalator) Escalate(ctx context.Context, in Input) (Match, bool, error)
 	if in.Time.IsZero() {
 		in.Time = e.opts.Now()
 	}
-	act := activation{in: &in, sig: e.signals, timeout: e.opts.Timeout}
+	act := e.acts.Get().(*activation)
+	act.reset(in, e.signals, e.opts.Timeout)
+	defer func() {
+		// Not to keep the request's context alive in the pool.
+		act.reset(Input{}, nil, 0)
+		e.acts.Put(act)
+	}()
 	for bi := range rs.batches {
 		b := &rs.batches[bi]
 		// The matchers, natively; the batch's program only for the
 		// conditions of rules that matched.
-		var matched [batchSize]bool
+		matched := &act.matched
+		*matched = [batchSize]bool{}
 		conditional := false
 		for i := b.lo; i < b.hi; i++ {
 			r := rs.rules[i]
-			if !r.matches(&in) {
+			if !r.matches(&act.in) {
 				continue
 			}
 			if r.prog == nil && !conditional {
@@ -134,9 +144,9 @@ func (e *Escalator) Escalate(ctx context.Context, in Input) (Match, bool, error)
 			continue
 		}
 		if b.prog != nil {
-			act.matched, act.lo = &matched, b.lo
-			won, err := b.run(ctx, &act)
-			act.matched = nil
+			act.inBatch, act.lo = true, b.lo
+			won, err := b.run(ctx, act)
+			act.inBatch = false
 			if err == nil {
 				if won >= 0 {
 					return rs.rules[won].match(), true, nil
@@ -146,7 +156,7 @@ func (e *Escalator) Escalate(ctx context.Context, in Input) (Match, bool, error)
 			// Fall through: one by one, the failing rule is found and
 			// named.
 		}
-		return e.evaluate(ctx, rs.rules[b.lo:], &act)
+		return e.evaluate(ctx, rs.rules[b.lo:], act)
 	}
 	return Match{}, false, nil
 }
@@ -157,7 +167,7 @@ func (e *Escalator) evaluate(ctx context.Context, rules []*rule, act *activation
 	ctx, cancel := context.WithDeadline(ctx, act.deadline())
 	defer cancel()
 	for _, r := range rules {
-		if !r.matches(act.in) {
+		if !r.matches(&act.in) {
 			continue
 		}
 		if r.prog != nil {

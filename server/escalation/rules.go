@@ -71,8 +71,10 @@ type rule struct {
 	minChain, maxChain                     int
 	condition                              string
 	prog                                   cel.Program
-	loops                                  bool
-	maxDuration                            time.Duration
+	// loops: the condition has a comprehension; bounded: its cost has a
+	// static bound (see staticallyBounded).
+	loops, bounded bool
+	maxDuration    time.Duration
 }
 
 // Error is a problem in a rule file, at a position in it.

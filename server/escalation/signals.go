@@ -74,17 +74,17 @@ func (w *window) add(u int64) {
 	}
 }
 
-// sum counts the events in units (u-60, u].
+// sum counts the events in units (u-60, u]: those of the window's units
+// (head-60, head] that fall in it.
 func (w *window) sum(u int64) int {
+	hi, lo := min(u, w.head), max(u, w.head)-windowSlots
 	total := 0
-	for k := int64(0); k < windowSlots; k++ {
-		unit := w.head - k
-		if unit <= u-windowSlots {
-			break
+	for k, i := hi, slot(hi); k > lo; k-- {
+		total += int(w.n[i])
+		if i == 0 {
+			i = windowSlots
 		}
-		if unit <= u {
-			total += int(w.n[slot(unit)])
-		}
+		i--
 	}
 	return total
 }
