@@ -2,6 +2,7 @@ package escalation
 
 import (
 	"context"
+	"runtime"
 	"strconv"
 	"testing"
 	"time"
@@ -36,5 +37,29 @@ func BenchmarkEscalate(b *testing.B) {
 		}
 		e.Observe(in, true)
 		i++
+	}
+}
+
+// BenchmarkSignalsMemory reports the heap an escalator holds per tracked
+// agent at DefaultMaxAgents, each having used one resource type and one
+// permission.
+func BenchmarkSignalsMemory(b *testing.B) {
+	ins := make([]Input, DefaultMaxAgents)
+	for i := range ins {
+		ins[i] = check("document:d", "view")
+		ins[i].Agent = rel.Object{Type: "agent", ID: "agent-" + strconv.Itoa(i)}
+	}
+	for b.Loop() {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		e := New(nil, Options{})
+		for _, in := range ins {
+			e.Observe(in, true)
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/float64(e.signals.tracked()), "B/agent")
+		runtime.KeepAlive(e)
 	}
 }
