@@ -220,6 +220,8 @@ func (a *activation) deadline() time.Time {
 	return a.until
 }
 
+// ResolveName answers CEL values (types.String, ...) where it can, which
+// CEL takes as they are instead of converting Go values.
 func (a *activation) ResolveName(name string) (any, bool) {
 	in := &a.in
 	if rest, ok := strings.CutPrefix(name, matchedPrefix); ok && a.inBatch {
@@ -227,7 +229,7 @@ func (a *activation) ResolveName(name string) (any, bool) {
 		if err != nil || i < a.lo || i >= a.lo+batchSize {
 			return nil, false
 		}
-		return a.matched[i-a.lo], true
+		return types.Bool(a.matched[i-a.lo]), true
 	}
 	switch name {
 	case varContext:
@@ -236,15 +238,15 @@ func (a *activation) ResolveName(name string) (any, bool) {
 		}
 		return in.Context, true
 	case varResourceType:
-		return in.Resource.Type, true
+		return types.String(in.Resource.Type), true
 	case varResourceID:
-		return in.Resource.ID, true
+		return types.String(in.Resource.ID), true
 	case varPermission:
-		return in.Permission, true
+		return types.String(in.Permission), true
 	case varAgentType:
-		return in.Agent.Type, true
+		return types.String(in.Agent.Type), true
 	case varAgentID:
-		return in.Agent.ID, true
+		return types.String(in.Agent.ID), true
 	case varChain:
 		if a.chain == nil {
 			a.chain = make([]map[string]string, len(in.Chain))
@@ -254,20 +256,20 @@ func (a *activation) ResolveName(name string) (any, bool) {
 		}
 		return a.chain, true
 	case varNow:
-		return in.Time, true
+		return types.Timestamp{Time: in.Time}, true
 	case sigChecksLastMinute, sigDenialsLastHour, sigFirstUseType, sigFirstUsePerm:
 		if !a.read {
 			a.signals, a.read = a.sig.read(*in), true
 		}
 		switch name {
 		case sigChecksLastMinute:
-			return int64(a.signals.ChecksLastMinute), true
+			return types.Int(a.signals.ChecksLastMinute), true
 		case sigDenialsLastHour:
-			return int64(a.signals.DenialsLastHour), true
+			return types.Int(a.signals.DenialsLastHour), true
 		case sigFirstUseType:
-			return a.signals.FirstUseResourceType, true
+			return types.Bool(a.signals.FirstUseResourceType), true
 		}
-		return a.signals.FirstUsePermission, true
+		return types.Bool(a.signals.FirstUsePermission), true
 	}
 	return nil, false
 }
