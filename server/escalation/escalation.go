@@ -105,12 +105,20 @@ func (e *Escalator) Swap(r *Rules) { e.rules.Store(r) }
 // timed out) comes with the Match of the rule that failed and true: the
 // caller fails closed and escalates.
 func (e *Escalator) Escalate(ctx context.Context, in Input) (Match, bool, error) {
+	if in.Time.IsZero() {
+		in.Time = e.opts.Now()
+	}
+	m, ok, err := e.escalate(ctx, in)
+	if ok {
+		e.signals.markEscalated(in)
+	}
+	return m, ok, err
+}
+
+func (e *Escalator) escalate(ctx context.Context, in Input) (Match, bool, error) {
 	rs := e.rules.Load()
 	if rs.Len() == 0 {
 		return Match{}, false, nil
-	}
-	if in.Time.IsZero() {
-		in.Time = e.opts.Now()
 	}
 	act := e.acts.Get().(*activation)
 	act.reset(in, e.signals, e.opts.Timeout)
@@ -186,7 +194,9 @@ func (e *Escalator) evaluate(ctx context.Context, rules []*rule, act *activation
 
 // Observe feeds one agent check to the agent's signals; allowed is the
 // answer the agent got, so an escalated check is not allowed (and not a
-// use of its resource type or permission). It is cheap: a hash, a lock of
+// use of its resource type or permission). Pass the Input given to
+// Escalate: its resource, permission and time tell an escalation (which
+// is no denial) from a denial. It is cheap: a hash, a lock of
 // one of 32 shards, a few counters.
 func (e *Escalator) Observe(in Input, allowed bool) {
 	if in.Time.IsZero() {

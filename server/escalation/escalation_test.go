@@ -330,6 +330,42 @@ func TestSignals(t *testing.T) {
 	}
 }
 
+// TestEscalationIsNoDenial: a check Escalate matched and Observe then
+// reports not allowed counts no denial (else an agent past a denial
+// threshold would stay escalated as long as it works); a denial does.
+func TestEscalationIsNoDenial(t *testing.T) {
+	e := New(mustParse(t, "rules: [{name: deletes, match: {permissions: [delete]}}]"), Options{})
+	del := check("document:d", "delete")
+	e.Observe(at(check("document:d", "view"), t0.Add(-time.Minute)), true)
+	for i := range 3 {
+		in := at(del, t0.Add(time.Duration(i)*time.Second))
+		if got := escalated(t, e, in); got != "deletes" {
+			t.Fatalf("escalated by %q", got)
+		}
+		e.Observe(in, false)
+	}
+	if s := e.Signals(at(del, t0.Add(5*time.Second))); s.DenialsLastHour != 0 || s.ChecksLastMinute != 3 || !s.FirstUsePermission {
+		t.Fatalf("after 3 escalations: %+v; want no denials, 3 checks (the view is over a minute old), delete still a first use", s)
+	}
+	// A denial of the same request, which Escalate was not asked about,
+	// counts; so does one Observe'd at another time.
+	e.Observe(at(del, t0.Add(6*time.Second)), false)
+	if s := e.Signals(at(del, t0.Add(7*time.Second))); s.DenialsLastHour != 1 {
+		t.Fatalf("after a denial: %+v", s)
+	}
+	// Time left zero on both calls still pairs them.
+	zero := del
+	zero.Time = time.Time{}
+	n := e.Signals(zero).DenialsLastHour
+	if got := escalated(t, e, zero); got != "deletes" {
+		t.Fatalf("escalated by %q", got)
+	}
+	e.Observe(zero, false)
+	if s := e.Signals(zero); s.DenialsLastHour != n {
+		t.Fatalf("an escalation without a time counted as a denial: %d, was %d", s.DenialsLastHour, n)
+	}
+}
+
 func TestWindowSaturates(t *testing.T) {
 	var w window
 	for range 70_000 {
