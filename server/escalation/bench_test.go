@@ -18,7 +18,7 @@ func BenchmarkEscalate(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	e := New(rs, Options{})
+	e := New(rs, testOpts)
 	ctx := context.Background()
 	ins := make([]Input, 1_000)
 	for i := range ins {
@@ -53,7 +53,7 @@ func BenchmarkSignalsMemory(b *testing.B) {
 		var before, after runtime.MemStats
 		runtime.GC()
 		runtime.ReadMemStats(&before)
-		e := New(nil, Options{})
+		e := New(nil, testOpts)
 		for _, in := range ins {
 			e.Observe(in, true)
 		}

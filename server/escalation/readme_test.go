@@ -61,7 +61,7 @@ func TestREADME(t *testing.T) {
 	if got := strings.Join(rs.Names(), ","); got != "large-payment,first-use-of-resource-type" {
 		t.Fatalf("rules %s", got)
 	}
-	e := New(rs, Options{})
+	e := New(rs, testOpts)
 	pay := check("payment:p1", "pay")
 	if got := escalated(t, e, pay); got != "large-payment" {
 		t.Fatalf("a payment without an amount: %q", got)
