@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/authzed/cel-go/cel"
@@ -100,7 +102,7 @@ func (p *parser) condition(env *cel.Env, r *rule, n *yaml.Node) error {
 	if err != nil {
 		return p.errAt(n, "condition: %v", err)
 	}
-	r.condition, r.prog = src, prog
+	r.condition, r.prog, r.loops, r.bounded = src, prog, hasLoops(ast), staticallyBounded(env, ast)
 	return nil
 }
 
@@ -174,15 +176,61 @@ func (r *rule) eval(ctx context.Context, act *activation) (bool, error) {
 
 // activation resolves a condition's variables from one check, building
 // the chain and reading the agent's signals only when a condition uses them.
+// Escalators reuse them (sync.Pool): one check allocates almost nothing.
 type activation struct {
-	in      *Input
+	in      Input
 	sig     *signalStore
 	chain   []map[string]string
-	signals *Signals
+	signals Signals
+	read    bool // signals is set
+	// inBatch: matched tells the batch being evaluated (its first rule
+	// being rule lo) which rules' matchers held.
+	inBatch bool
+	matched [batchSize]bool
+	lo      int
+	// timeout bounds the call from the first evaluation that can be
+	// interrupted; until is then its deadline.
+	timeout time.Duration
+	until   time.Time
+	// within caches withinBounds: 0 unknown, 1 yes, 2 no.
+	within uint8
 }
 
+func (a *activation) reset(in Input, sig *signalStore, timeout time.Duration) {
+	*a = activation{in: in, sig: sig, timeout: timeout}
+}
+
+// bounded reports whether the check's inputs are within the sizes the
+// static cost bounds assume.
+func (a *activation) bounded() bool {
+	if a.within == 0 {
+		a.within = 2
+		if withinBounds(&a.in) {
+			a.within = 1
+		}
+	}
+	return a.within == 1
+}
+
+// deadline is the call's deadline, set on first use.
+func (a *activation) deadline() time.Time {
+	if a.until.IsZero() {
+		a.until = time.Now().Add(a.timeout)
+	}
+	return a.until
+}
+
+// ResolveName answers CEL values (types.String, ...) where it can, which
+// CEL takes as they are instead of converting Go values.
 func (a *activation) ResolveName(name string) (any, bool) {
-	in := a.in
+	in := &a.in
+	if rest, ok := strings.CutPrefix(name, matchedPrefix); ok && a.inBatch {
+		i, err := strconv.Atoi(rest)
+		if err != nil || i < a.lo || i >= a.lo+batchSize {
+			return nil, false
+		}
+		return types.Bool(a.matched[i-a.lo]), true
+	}
 	switch name {
 	case varContext:
 		if in.Context == nil {
@@ -190,15 +238,15 @@ func (a *activation) ResolveName(name string) (any, bool) {
 		}
 		return in.Context, true
 	case varResourceType:
-		return in.Resource.Type, true
+		return types.String(in.Resource.Type), true
 	case varResourceID:
-		return in.Resource.ID, true
+		return types.String(in.Resource.ID), true
 	case varPermission:
-		return in.Permission, true
+		return types.String(in.Permission), true
 	case varAgentType:
-		return in.Agent.Type, true
+		return types.String(in.Agent.Type), true
 	case varAgentID:
-		return in.Agent.ID, true
+		return types.String(in.Agent.ID), true
 	case varChain:
 		if a.chain == nil {
 			a.chain = make([]map[string]string, len(in.Chain))
@@ -208,21 +256,20 @@ func (a *activation) ResolveName(name string) (any, bool) {
 		}
 		return a.chain, true
 	case varNow:
-		return in.Time, true
+		return types.Timestamp{Time: in.Time}, true
 	case sigChecksLastMinute, sigDenialsLastHour, sigFirstUseType, sigFirstUsePerm:
-		if a.signals == nil {
-			s := a.sig.read(*in)
-			a.signals = &s
+		if !a.read {
+			a.signals, a.read = a.sig.read(*in), true
 		}
 		switch name {
 		case sigChecksLastMinute:
-			return int64(a.signals.ChecksLastMinute), true
+			return types.Int(a.signals.ChecksLastMinute), true
 		case sigDenialsLastHour:
-			return int64(a.signals.DenialsLastHour), true
+			return types.Int(a.signals.DenialsLastHour), true
 		case sigFirstUseType:
-			return a.signals.FirstUseResourceType, true
+			return types.Bool(a.signals.FirstUseResourceType), true
 		}
-		return a.signals.FirstUsePermission, true
+		return types.Bool(a.signals.FirstUsePermission), true
 	}
 	return nil, false
 }

@@ -17,6 +17,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -70,6 +71,7 @@ type Escalator struct {
 	rules   atomic.Pointer[Rules]
 	signals *signalStore
 	opts    Options
+	acts    sync.Pool // of *activation
 }
 
 // New returns an Escalator with rules (nil: none yet).
@@ -87,6 +89,7 @@ func New(rules *Rules, opts Options) *Escalator {
 		opts.Now = time.Now
 	}
 	e := &Escalator{signals: newSignalStore(opts.MaxAgents), opts: opts}
+	e.acts.New = func() any { return new(activation) }
 	e.rules.Store(rules)
 	return e
 }
@@ -102,37 +105,81 @@ func (e *Escalator) Swap(r *Rules) { e.rules.Store(r) }
 // timed out) comes with the Match of the rule that failed and true: the
 // caller fails closed and escalates.
 func (e *Escalator) Escalate(ctx context.Context, in Input) (Match, bool, error) {
+	if in.Time.IsZero() {
+		in.Time = e.opts.Now()
+	}
+	m, ok, err := e.escalate(ctx, in)
+	if ok {
+		e.signals.markEscalated(in)
+	}
+	return m, ok, err
+}
+
+func (e *Escalator) escalate(ctx context.Context, in Input) (Match, bool, error) {
 	rs := e.rules.Load()
 	if rs.Len() == 0 {
 		return Match{}, false, nil
 	}
-	if in.Time.IsZero() {
-		in.Time = e.opts.Now()
-	}
-	for i, r := range rs.rules {
-		if !r.matches(&in) {
+	act := e.acts.Get().(*activation)
+	act.reset(in, e.signals, e.opts.Timeout)
+	defer func() {
+		// Not to keep the request's context alive in the pool.
+		act.reset(Input{}, nil, 0)
+		e.acts.Put(act)
+	}()
+	for bi := range rs.batches {
+		b := &rs.batches[bi]
+		// The matchers, natively; the batch's program only for the
+		// conditions of rules that matched.
+		matched := &act.matched
+		*matched = [batchSize]bool{}
+		conditional := false
+		for i := b.lo; i < b.hi; i++ {
+			r := rs.rules[i]
+			if !r.matches(&act.in) {
+				continue
+			}
+			if r.prog == nil && !conditional {
+				return r.match(), true, nil
+			}
+			matched[i-b.lo] = true
+			if r.prog == nil {
+				break // it wins unless a condition before it holds
+			}
+			conditional = true
+		}
+		if !conditional {
 			continue
 		}
-		if r.prog != nil {
-			return e.evaluate(ctx, rs.rules[i:], &in)
+		if b.prog != nil {
+			act.inBatch, act.lo = true, b.lo
+			won, err := b.run(ctx, act)
+			act.inBatch = false
+			if err == nil {
+				if won >= 0 {
+					return rs.rules[won].match(), true, nil
+				}
+				continue
+			}
+			// Fall through: one by one, the failing rule is found and
+			// named.
 		}
-		return r.match(), true, nil
+		return e.evaluate(ctx, rs.rules[b.lo:], act)
 	}
 	return Match{}, false, nil
 }
 
-// evaluate goes on from rules[0], the first matching rule with a
-// condition, under one deadline for the rest of the call.
-func (e *Escalator) evaluate(ctx context.Context, rules []*rule, in *Input) (Match, bool, error) {
-	ctx, cancel := context.WithTimeout(ctx, e.opts.Timeout)
+// evaluate evaluates rules one by one, each condition apart, until one
+// matches or fails.
+func (e *Escalator) evaluate(ctx context.Context, rules []*rule, act *activation) (Match, bool, error) {
+	ctx, cancel := context.WithDeadline(ctx, act.deadline())
 	defer cancel()
-	act := activation{in: in, sig: e.signals}
 	for _, r := range rules {
-		if !r.matches(in) {
+		if !r.matches(&act.in) {
 			continue
 		}
 		if r.prog != nil {
-			ok, err := r.eval(ctx, &act)
+			ok, err := r.eval(ctx, act)
 			if err != nil {
 				return r.match(), true, fmt.Errorf("escalation: %w", err)
 			}
@@ -147,7 +194,9 @@ func (e *Escalator) evaluate(ctx context.Context, rules []*rule, in *Input) (Mat
 
 // Observe feeds one agent check to the agent's signals; allowed is the
 // answer the agent got, so an escalated check is not allowed (and not a
-// use of its resource type or permission). It is cheap: a hash, a lock of
+// use of its resource type or permission). Pass the Input given to
+// Escalate: its resource, permission and time tell an escalation (which
+// is no denial) from a denial. It is cheap: a hash, a lock of
 // one of 32 shards, a few counters.
 func (e *Escalator) Observe(in Input, allowed bool) {
 	if in.Time.IsZero() {

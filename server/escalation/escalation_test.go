@@ -86,7 +86,7 @@ func TestMatchers(t *testing.T) {
 		{"matchers before condition", `{name: r, match: {permissions: [pay]}, condition: 'request.context.amount > 1'}`, check("document:d1", "view"), false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e := New(mustParse(t, "rules:\n  - "+tc.rule+"\n"), Options{})
+			e := New(mustParse(t, "rules:\n  - "+tc.rule+"\n"), testOpts)
 			if got := escalated(t, e, tc.in) == "r"; got != tc.want {
 				t.Fatalf("escalated: %v, want %v", got, tc.want)
 			}
@@ -107,7 +107,7 @@ func TestFirstMatchWins(t *testing.T) {
     match: {permissions: [delete]}
   - name: any-payment
     match: {resource_types: [payment]}
-`), Options{})
+`), testOpts)
 	in := check("payment:p", "pay")
 	in.Context = map[string]any{"amount": 500.0}
 	m, ok, err := e.Escalate(context.Background(), in)
@@ -131,7 +131,7 @@ func TestConditionErrorFailsClosed(t *testing.T) {
     condition: request.context.amount > 1000
   - name: bool-context
     condition: request.context.flag
-`), Options{})
+`), testOpts)
 	for _, tc := range []struct {
 		name string
 		ctx  map[string]any
@@ -197,13 +197,13 @@ func TestTimeout(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, ok, err := New(rs, Options{}).Escalate(ctx, in); !errors.Is(err, context.Canceled) || !ok {
+	if _, ok, err := New(rs, testOpts).Escalate(ctx, in); !errors.Is(err, context.Canceled) || !ok {
 		t.Fatalf("with a cancelled context: %v, %v; want Canceled and true", ok, err)
 	}
 }
 
 func TestNoRules(t *testing.T) {
-	for _, e := range []*Escalator{New(nil, Options{}), New(mustParse(t, "rules: []"), Options{})} {
+	for _, e := range []*Escalator{New(nil, testOpts), New(mustParse(t, "rules: []"), testOpts)} {
 		if got := escalated(t, e, check("document:d", "delete")); got != "" {
 			t.Fatalf("escalated by %q without rules", got)
 		}
@@ -211,7 +211,7 @@ func TestNoRules(t *testing.T) {
 }
 
 func TestSwap(t *testing.T) {
-	e := New(mustParse(t, "rules: [{name: old}]"), Options{})
+	e := New(mustParse(t, "rules: [{name: old}]"), testOpts)
 	if got := escalated(t, e, check("document:d", "view")); got != "old" {
 		t.Fatalf("before the swap: %q", got)
 	}
@@ -284,7 +284,7 @@ func TestSignalConditions(t *testing.T) {
 		}, check("document:d", "view"), true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e := New(mustParse(t, "rules:\n  - name: r\n    condition: "+tc.condition+"\n"), Options{})
+			e := New(mustParse(t, "rules:\n  - name: r\n    condition: "+tc.condition+"\n"), testOpts)
 			tc.observe(e)
 			if got := escalated(t, e, tc.in) == "r"; got != tc.want {
 				t.Fatalf("escalated: %v, want %v (signals %+v)", got, tc.want, e.Signals(tc.in))
@@ -297,7 +297,7 @@ func at(in Input, tm time.Time) Input { in.Time = tm; return in }
 
 // TestSignals checks the counts themselves at window edges.
 func TestSignals(t *testing.T) {
-	e := New(nil, Options{})
+	e := New(nil, testOpts)
 	in := check("document:d", "view")
 	if s := e.Signals(in); s != (Signals{FirstUseResourceType: true, FirstUsePermission: true}) {
 		t.Fatalf("an unknown agent: %+v", s)
@@ -327,6 +327,42 @@ func TestSignals(t *testing.T) {
 	// only what came before it.
 	if s := e.Signals(at(in, t0.Add(time.Hour-30*time.Second))); s.ChecksLastMinute != 0 {
 		t.Fatalf("before the newest observation: %+v", s)
+	}
+}
+
+// TestEscalationIsNoDenial: a check Escalate matched and Observe then
+// reports not allowed counts no denial (else an agent past a denial
+// threshold would stay escalated as long as it works); a denial does.
+func TestEscalationIsNoDenial(t *testing.T) {
+	e := New(mustParse(t, "rules: [{name: deletes, match: {permissions: [delete]}}]"), testOpts)
+	del := check("document:d", "delete")
+	e.Observe(at(check("document:d", "view"), t0.Add(-time.Minute)), true)
+	for i := range 3 {
+		in := at(del, t0.Add(time.Duration(i)*time.Second))
+		if got := escalated(t, e, in); got != "deletes" {
+			t.Fatalf("escalated by %q", got)
+		}
+		e.Observe(in, false)
+	}
+	if s := e.Signals(at(del, t0.Add(5*time.Second))); s.DenialsLastHour != 0 || s.ChecksLastMinute != 3 || !s.FirstUsePermission {
+		t.Fatalf("after 3 escalations: %+v; want no denials, 3 checks (the view is over a minute old), delete still a first use", s)
+	}
+	// A denial of the same request, which Escalate was not asked about,
+	// counts; so does one Observe'd at another time.
+	e.Observe(at(del, t0.Add(6*time.Second)), false)
+	if s := e.Signals(at(del, t0.Add(7*time.Second))); s.DenialsLastHour != 1 {
+		t.Fatalf("after a denial: %+v", s)
+	}
+	// Time left zero on both calls still pairs them.
+	zero := del
+	zero.Time = time.Time{}
+	n := e.Signals(zero).DenialsLastHour
+	if got := escalated(t, e, zero); got != "deletes" {
+		t.Fatalf("escalated by %q", got)
+	}
+	e.Observe(zero, false)
+	if s := e.Signals(zero); s.DenialsLastHour != n {
+		t.Fatalf("an escalation without a time counted as a denial: %d, was %d", s.DenialsLastHour, n)
 	}
 }
 
@@ -373,7 +409,7 @@ func TestEviction(t *testing.T) {
 // TestUsesCapped: an agent's remembered resource types stop at maxUses;
 // a type past the cap stays a first use.
 func TestUsesCapped(t *testing.T) {
-	e := New(nil, Options{})
+	e := New(nil, testOpts)
 	for i := range maxUses {
 		e.Observe(check("type"+strconv.Itoa(i)+":x", "view"), true)
 	}
@@ -425,3 +461,7 @@ func TestConcurrent(t *testing.T) {
 		t.Fatalf("%d agents tracked; want 1..64", n)
 	}
 }
+
+// testOpts gives tests a deadline no loaded machine (or -race) reaches, so
+// that only the tests about the deadline meet it.
+var testOpts = Options{Timeout: time.Minute}

@@ -35,8 +35,9 @@ const (
 // first matching one winning. It is immutable and safe for concurrent use.
 type Rules struct {
 	// source names the file in errors and logs.
-	source string
-	rules  []*rule
+	source  string
+	rules   []*rule
+	batches []batch
 	// hash is the SHA-256 of the text parsed, so that a reload of an
 	// unchanged file swaps nothing.
 	hash [sha256.Size]byte
@@ -70,7 +71,10 @@ type rule struct {
 	minChain, maxChain                     int
 	condition                              string
 	prog                                   cel.Program
-	maxDuration                            time.Duration
+	// loops: the condition has a comprehension; bounded: its cost has a
+	// static bound (see staticallyBounded).
+	loops, bounded bool
+	maxDuration    time.Duration
 }
 
 // Error is a problem in a rule file, at a position in it.
@@ -195,6 +199,7 @@ func (p *parser) parse() (*Rules, error) {
 		seen[r.name] = nameNode
 		rs.rules = append(rs.rules, r)
 	}
+	rs.batches = newBatches(rs.rules)
 	return rs, nil
 }
 

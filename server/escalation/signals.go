@@ -19,8 +19,10 @@ type Signals struct {
 	// last 60 seconds, at one-second granularity.
 	ChecksLastMinute int
 	// DenialsLastHour counts the agent's checks that were not allowed
-	// (denied, conditional, or escalated) in the last 60 minutes, at
-	// one-minute granularity.
+	// (denied or conditional) in the last 60 minutes, at one-minute
+	// granularity. A check this escalator escalated is not one: counting
+	// escalations would keep an agent past a denial threshold escalated
+	// for as long as it works, each escalation renewing the count.
 	DenialsLastHour int
 	// FirstUseResourceType is true when no earlier check by the agent on
 	// a resource of this type was allowed; FirstUsePermission likewise for
@@ -74,17 +76,17 @@ func (w *window) add(u int64) {
 	}
 }
 
-// sum counts the events in units (u-60, u].
+// sum counts the events in units (u-60, u]: those of the window's units
+// (head-60, head] that fall in it.
 func (w *window) sum(u int64) int {
+	hi, lo := min(u, w.head), max(u, w.head)-windowSlots
 	total := 0
-	for k := int64(0); k < windowSlots; k++ {
-		unit := w.head - k
-		if unit <= u-windowSlots {
-			break
+	for k, i := hi, slot(hi); k > lo; k-- {
+		total += int(w.n[i])
+		if i == 0 {
+			i = windowSlots
 		}
-		if unit <= u {
-			total += int(w.n[slot(unit)])
-		}
+		i--
 	}
 	return total
 }
@@ -98,6 +100,17 @@ type agentState struct {
 	// types and perms are the resource types and permissions the agent
 	// was allowed on, at most maxUses each.
 	types, perms []string
+	// escalated is the agent's last check Escalate matched, so that its
+	// Observe (the same Input, not allowed) counts no denial. One slot:
+	// when two checks of one agent escalate at once, one of them may count
+	// as a denial, which only errs toward escalating.
+	escalated escalatedCheck
+}
+
+type escalatedCheck struct {
+	resource   rel.Object
+	permission string
+	at         time.Time
 }
 
 type shard struct {
@@ -163,6 +176,18 @@ func has(list []string, s string) bool {
 	return false
 }
 
+// markEscalated remembers that Escalate matched in.
+func (s *signalStore) markEscalated(in Input) {
+	sh := s.shard(in.Agent)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	// An agent not tracked is not created here: its Observe then counts a
+	// denial, erring toward escalating.
+	if a := sh.agents[in.Agent]; a != nil {
+		a.escalated = escalatedCheck{resource: in.Resource, permission: in.Permission, at: in.Time}
+	}
+}
+
 // observe records one check.
 func (s *signalStore) observe(in Input, allowed bool) {
 	sh := s.shard(in.Agent)
@@ -183,7 +208,12 @@ func (s *signalStore) observe(in Input, allowed bool) {
 	sh.pushFront(a)
 	a.checks.add(in.Time.Unix())
 	if !allowed {
-		a.denials.add(minute(in.Time))
+		// Within a second: a caller leaving Time zero has it read twice.
+		if e := a.escalated; e.permission == in.Permission && e.resource == in.Resource && in.Time.Sub(e.at).Abs() <= time.Second {
+			a.escalated = escalatedCheck{}
+		} else {
+			a.denials.add(minute(in.Time))
+		}
 		return
 	}
 	if len(a.types) < maxUses && !has(a.types, in.Resource.Type) {
