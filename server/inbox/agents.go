@@ -111,6 +111,9 @@ func (in *Inbox) read(ctx context.Context, f rel.Filter, limit int) ([]rel.Relat
 
 // details fills in each agent's direct grants, tokens and approval grants.
 func (in *Inbox) details(ctx context.Context, me rel.Object, agents []agentView) error {
+	if len(agents) == 0 {
+		return nil
+	}
 	var tokens []Token
 	if in.deps.Tokens != nil {
 		var err error
@@ -118,24 +121,15 @@ func (in *Inbox) details(ctx context.Context, me rel.Object, agents []agentView)
 			return fmt.Errorf("listing tokens: %w", err)
 		}
 	}
+	sch, err := in.deps.Core.HeadSchema(ctx)
+	if err != nil {
+		return fmt.Errorf("reading the schema: %w", err)
+	}
 	now := time.Now()
 	for i := range agents {
 		a := &agents[i]
-		// One more than shown says whether there are more. The filter has
-		// no resource type: the store scans; the page is bounded.
-		scopes, err := in.read(ctx, rel.Filter{SubjectType: a.Agent.Type, SubjectID: a.Agent.ID}, 0)
-		if err != nil {
+		if err := in.scopes(ctx, sch, a, now); err != nil {
 			return err
-		}
-		for _, s := range scopes {
-			if s.Relation == schema.ActsFor || s.ExpiredAt(now) {
-				continue // a sub-agent's link to this agent, shown as its own row
-			}
-			if len(a.Scopes) == maxAgentScopes {
-				a.Truncated = true
-				break
-			}
-			a.Scopes = append(a.Scopes, s)
 		}
 		for _, t := range tokens {
 			if t.Holder == a.Agent && !t.Revoked && (t.Expires.IsZero() || now.Before(t.Expires)) {
@@ -152,6 +146,69 @@ func (in *Inbox) details(ctx context.Context, me rel.Object, agents []agentView)
 				if g.GrantExpires.IsZero() || now.Before(g.GrantExpires) {
 					a.Grants = append(a.Grants, g)
 				}
+			}
+		}
+	}
+	return nil
+}
+
+// grantable lists the relations whose allowed subjects include the agent
+// type (directly or as a wildcard): the only places a direct grant to such
+// an agent can be, so each read is bounded by one resource type.
+type grantable struct {
+	resourceType, relation string
+	direct, wildcard       bool
+}
+
+func grantablesFor(sch *schema.Schema, agentType string) []grantable {
+	var out []grantable
+	for _, def := range sch.DefinitionNames() {
+		d := sch.Definition(def)
+		for _, name := range d.Order {
+			r := d.Relations[name]
+			if r == nil || r.IsPermission || name == schema.ActsFor {
+				continue
+			}
+			g := grantable{resourceType: def, relation: name}
+			for _, a := range r.Allowed {
+				if a.Type == agentType && a.Relation == "" {
+					g.direct = g.direct || !a.Wildcard
+					g.wildcard = g.wildcard || a.Wildcard
+				}
+			}
+			if g.direct || g.wildcard {
+				out = append(out, g)
+			}
+		}
+	}
+	return out
+}
+
+// scopes fills in an agent's live direct grants (its own and those to
+// every agent of its type), up to maxAgentScopes.
+func (in *Inbox) scopes(ctx context.Context, sch *schema.Schema, a *agentView, now time.Time) error {
+	for _, g := range grantablesFor(sch, a.Agent.Type) {
+		var ids []string
+		if g.direct {
+			ids = append(ids, a.Agent.ID)
+		}
+		if g.wildcard {
+			ids = append(ids, rel.Wildcard)
+		}
+		for _, id := range ids {
+			rels, err := in.read(ctx, rel.Filter{ResourceType: g.resourceType, Relation: g.relation, SubjectType: a.Agent.Type, SubjectID: id}, 0)
+			if err != nil {
+				return err
+			}
+			for _, r := range rels {
+				if r.ExpiredAt(now) || r.Subject.Relation != "" {
+					continue
+				}
+				if len(a.Scopes) == maxAgentScopes {
+					a.Truncated = true
+					return nil
+				}
+				a.Scopes = append(a.Scopes, r)
 			}
 		}
 	}

@@ -207,9 +207,10 @@ definition agent {
 }
 
 definition doc {
-	relation viewer: user | agent
+	relation viewer: user | agent | agent with expiration
 	relation editor: user | agent
-	permission view = viewer + editor
+	relation reader: user | agent:*
+	permission view = viewer + editor + reader
 	permission edit = editor
 }
 `

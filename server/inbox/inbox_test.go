@@ -40,6 +40,8 @@ func TestConfigValidate(t *testing.T) {
 		{"header without proxies", Config{TrustedHeader: "X-User", SubjectType: "user"}, "--ui-trusted-proxies"},
 		{"bad header", Config{TrustedHeader: "X User", TrustedProxies: proxies, SubjectType: "user"}, "expected an HTTP header name"},
 		{"bad issuer", Config{OIDC: oidc(func(o *OIDC) { o.Issuer = "idp" }), SubjectType: "user"}, "--ui-oidc-issuer"},
+		{"http issuer beyond loopback", Config{OIDC: oidc(func(o *OIDC) { o.Issuer = "http://idp.example.com" }), SubjectType: "user"}, "http only on loopback"},
+		{"http issuer on loopback", Config{OIDC: oidc(func(o *OIDC) { o.Issuer = "http://127.0.0.1:9000" }), SubjectType: "user"}, ""},
 		{"no client", Config{OIDC: oidc(func(o *OIDC) { o.ClientID = "" }), SubjectType: "user"}, "--ui-oidc-client-id"},
 		{"bad redirect", Config{OIDC: oidc(func(o *OIDC) { o.RedirectURL = "https://mandate.example.com/cb" }), SubjectType: "user"}, "--ui-oidc-redirect-url"},
 		{"short key", Config{TrustedHeader: "X-User", TrustedProxies: proxies, SubjectType: "user", SessionKey: []byte("short")}, "expected 32"},
@@ -320,6 +322,8 @@ func TestMyAgents(t *testing.T) {
 		"agent:old#acts_for@user:alice[expiration:2020-01-01T00:00:00Z]",
 		"doc:plan#viewer@agent:bot",
 		"doc:memo#editor@agent:helper",
+		"doc:wiki#reader@agent:*",
+		"doc:old#viewer@agent:bot[expiration:2020-01-01T00:00:00Z]",
 	)
 	f.toks.tokens = []Token{{ID: "tok-1", Holder: obj("agent:bot"), Principal: obj("user:alice"), Rights: []string{"read doc:plan"}, Task: "T-1", Expires: time.Now().Add(time.Hour)}}
 	g := f.file("agent:bot", "user:alice", "doc:plan", "edit")
@@ -328,12 +332,12 @@ func TestMyAgents(t *testing.T) {
 	}
 	alice := f.as("alice")
 	body := status(t, alice.get("/ui/agents"), http.StatusOK)
-	for _, want := range []string{"agent:bot", "agent:helper", "sub-agent of <code>agent:bot</code>", "doc:plan", "doc:memo", "tok-1", "/ui/grants/" + g.ID + "/revoke"} {
+	for _, want := range []string{"agent:bot", "agent:helper", "sub-agent of <code>agent:bot</code>", "doc:plan", "doc:memo", "doc:wiki", "tok-1", "/ui/grants/" + g.ID + "/revoke"} {
 		if !strings.Contains(body, want) {
 			t.Errorf("my agents lacks %q", want)
 		}
 	}
-	for _, absent := range []string{"agent:other", "agent:old"} {
+	for _, absent := range []string{"agent:other", "agent:old", "doc:old"} {
 		if strings.Contains(body, absent) {
 			t.Errorf("my agents shows %q", absent)
 		}
