@@ -11,6 +11,7 @@ import (
 
 	"github.com/mandate-authz/mandate/engine"
 	"github.com/mandate-authz/mandate/server/approval"
+	"github.com/mandate-authz/mandate/server/audit"
 	"github.com/mandate-authz/mandate/server/op"
 	"github.com/mandate-authz/mandate/store"
 	"github.com/mandate-authz/mandate/store/memory"
@@ -219,9 +220,39 @@ definition doc {
 // schema and rels.
 func newCore(t *testing.T, rels ...string) *op.Core {
 	t.Helper()
+	return newAuditedCore(t, nil, rels...)
+}
+
+// recorder keeps the core's audit events.
+type recorder struct {
+	mu  sync.Mutex
+	evs []*audit.Event
+}
+
+func (r *recorder) Record(_ context.Context, ev *audit.Event) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.evs = append(r.evs, ev)
+	return nil
+}
+
+func (r *recorder) events(op audit.Operation) []*audit.Event {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []*audit.Event
+	for _, ev := range r.evs {
+		if ev.Operation == op {
+			out = append(out, ev)
+		}
+	}
+	return out
+}
+
+func newAuditedCore(t *testing.T, aud op.Auditor, rels ...string) *op.Core {
+	t.Helper()
 	st := memory.New()
 	eng := engine.New()
-	c, err := op.New(op.Config{Engine: eng, Store: st})
+	c, err := op.New(op.Config{Engine: eng, Store: st, Auditor: aud})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/mandate-authz/mandate/server/approval"
+	"github.com/mandate-authz/mandate/server/audit"
 	"github.com/mandate-authz/mandate/server/op"
 	"github.com/mandate-authz/mandate/store/rel"
 )
@@ -409,4 +410,24 @@ func TestEvents(t *testing.T) {
 		}
 	}
 	t.Fatalf("the stream ended without an event: %v", sc.Err())
+}
+
+// TestAuditedAsThePerson: what the inbox does through the core is audited
+// as the signed-in person, over transport ui.
+func TestAuditedAsThePerson(t *testing.T) {
+	rec := &recorder{}
+	f := newFixture(t)
+	f.core = newAuditedCore(t, rec, "agent:bot#acts_for@user:alice")
+	in, err := New(f.in.cfg, Deps{Core: f.core, Approvals: f.apps})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.in = in
+	alice := f.as("alice")
+	alice.get("/ui/agents")
+	status(t, alice.post("/ui/agents/unlink", alice.form("agent", "agent:bot", "for", "user:alice")), http.StatusSeeOther)
+	evs := rec.events(audit.OpDeleteRelationships)
+	if len(evs) != 1 || evs[0].Caller != "ui:user:alice" || evs[0].Transport != "ui" || evs[0].Source != proxyAddr {
+		t.Fatalf("delete events %+v", evs)
+	}
 }
