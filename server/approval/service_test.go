@@ -379,3 +379,32 @@ func TestGrantNeedsThePrincipalNow(t *testing.T) {
 		}
 	}
 }
+
+// A watcher of pending requests sees one filed, then its decision (which
+// takes it out of the filter), in order.
+func TestWatchPendingSeesDecision(t *testing.T) {
+	f := newFixture(t, rulePermission{perm: "view"}, baseRels...)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	got := make(chan approval.Request, 10)
+	go func() {
+		for r, err := range f.svc.Watch(ctx, approval.Filter{Status: approval.Pending, Approver: &alice}) {
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			got <- r
+		}
+	}()
+	time.Sleep(50 * time.Millisecond)
+	r := f.file("view")
+	if w := <-got; w.ID != r.ID || w.Status != approval.Pending {
+		t.Fatalf("first: %+v", w)
+	}
+	if _, err := f.svc.Deny(context.Background(), r.ID, approval.Decision{Approver: alice}); err != nil {
+		t.Fatal(err)
+	}
+	if w := <-got; w.ID != r.ID || w.Status != approval.Denied {
+		t.Fatalf("second: %+v", w)
+	}
+}
