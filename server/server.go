@@ -37,6 +37,7 @@ import (
 	"github.com/mandate-authz/mandate/server/authzen"
 	"github.com/mandate-authz/mandate/server/capability"
 	"github.com/mandate-authz/mandate/server/op"
+	"github.com/mandate-authz/mandate/server/tokenapi"
 	"github.com/mandate-authz/mandate/store"
 )
 
@@ -128,7 +129,8 @@ type Server struct {
 	// retention decides which history to release; see retention.go.
 	retention *retention
 	// tokens serves capability tokens; nil when off. See capability.go.
-	tokens *capabilityTokens
+	tokens   *capabilityTokens
+	tokenSvc *tokenapi.Service
 	// recordSets are fed by the follower through records (follow.go);
 	// running (under stateMu) fixes them.
 	recordSets []feed.RecordSet
@@ -371,6 +373,9 @@ func (s *Server) Run(ctx context.Context) error {
 		defer background.Done()
 		s.follow(followCtx)
 	}()
+	if s.tokens != nil {
+		background.Go(func() { s.pruneTokens(followCtx) })
+	}
 
 	var serving sync.WaitGroup
 	serve := func(name string, f func() error) {

@@ -56,6 +56,7 @@ func (c *Core) checkToken(ctx context.Context, req CheckRequest, rev store.Revis
 	if err != nil {
 		return CheckResult{}, err
 	}
+	c.registerUsed(req.CapabilityToken, &d)
 	res := CheckResult{Token: &d}
 	switch {
 	case d.Allowed:
