@@ -28,7 +28,8 @@ const (
 type agentView struct {
 	Agent rel.Object
 	// Link is its acts_for edge to For: the person, or the agent it is a
-	// sub-agent of.
+	// sub-agent of. Depth 0: it acts for the person only through a
+	// capability token (no stored link).
 	Link  rel.Relationship
 	For   rel.Object
 	Depth int
@@ -36,7 +37,7 @@ type agentView struct {
 	// it has been granted directly); Truncated says there are more.
 	Scopes    []rel.Relationship
 	Truncated bool
-	Tokens    []Token
+	Tokens    []tokenView
 	Grants    []approval.Request
 }
 
@@ -109,30 +110,35 @@ func (in *Inbox) read(ctx context.Context, f rel.Filter, limit int) ([]rel.Relat
 	return out, nil
 }
 
-// details fills in each agent's direct grants, tokens and approval grants.
-func (in *Inbox) details(ctx context.Context, me rel.Object, agents []agentView) error {
-	if len(agents) == 0 {
-		return nil
+// details fills in each agent's direct grants, tokens and approval grants,
+// adding the agents that act for me through a token alone.
+func (in *Inbox) details(ctx context.Context, me rel.Object, agents []agentView) ([]agentView, error) {
+	tokens, err := in.tokensFor(ctx, me)
+	if err != nil {
+		return nil, err
 	}
-	var tokens []Token
-	if in.deps.Tokens != nil {
-		var err error
-		if tokens, err = in.deps.Tokens.TokensFor(ctx, me); err != nil {
-			return fmt.Errorf("listing tokens: %w", err)
+	// An agent holding a live token from me acts for me even without a
+	// stored link: it is listed too.
+	for _, t := range tokens {
+		if !slices.ContainsFunc(agents, func(a agentView) bool { return a.Agent == t.Holder }) && len(agents) < maxAgents {
+			agents = append(agents, agentView{Agent: t.Holder, For: me})
 		}
+	}
+	if len(agents) == 0 {
+		return nil, nil
 	}
 	sch, err := in.deps.Core.HeadSchema(ctx)
 	if err != nil {
-		return fmt.Errorf("reading the schema: %w", err)
+		return nil, fmt.Errorf("reading the schema: %w", err)
 	}
 	now := time.Now()
 	for i := range agents {
 		a := &agents[i]
 		if err := in.scopes(ctx, sch, a, now); err != nil {
-			return err
+			return nil, err
 		}
 		for _, t := range tokens {
-			if t.Holder == a.Agent && !t.Revoked && (t.Expires.IsZero() || now.Before(t.Expires)) {
+			if t.Holder == a.Agent {
 				a.Tokens = append(a.Tokens, t)
 			}
 		}
@@ -140,7 +146,7 @@ func (in *Inbox) details(ctx context.Context, me rel.Object, agents []agentView)
 			agent := a.Agent
 			grants, err := in.deps.Approvals.List(ctx, approval.Filter{Agent: &agent, Principal: &me, Status: approval.Approved})
 			if err != nil {
-				return fmt.Errorf("listing grants: %w", err)
+				return nil, fmt.Errorf("listing grants: %w", err)
 			}
 			for _, g := range grants {
 				if g.GrantExpires.IsZero() || now.Before(g.GrantExpires) {
@@ -149,7 +155,7 @@ func (in *Inbox) details(ctx context.Context, me rel.Object, agents []agentView)
 			}
 		}
 	}
-	return nil
+	return agents, nil
 }
 
 // grantable lists the relations whose allowed subjects include the agent
@@ -219,7 +225,7 @@ func (in *Inbox) agentsPage(w http.ResponseWriter, r *http.Request) {
 	me := personFrom(r.Context()).Object
 	agents, err := in.myAgents(r.Context(), me)
 	if err == nil {
-		err = in.details(r.Context(), me, agents)
+		agents, err = in.details(r.Context(), me, agents)
 	}
 	if err != nil {
 		in.serviceFailed(w, r, "listing your agents", err)
@@ -293,28 +299,4 @@ func (in *Inbox) revokeGrant(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	http.Redirect(w, r, "/ui/agents?done=revoked", http.StatusSeeOther)
-}
-
-// revokeToken revokes a capability token minted for me.
-func (in *Inbox) revokeToken(w http.ResponseWriter, r *http.Request) {
-	if in.deps.Tokens == nil {
-		in.fail(w, r, http.StatusServiceUnavailable, "Capability tokens are not served by this server.")
-		return
-	}
-	me := personFrom(r.Context()).Object
-	id := r.PathValue("id")
-	tokens, err := in.deps.Tokens.TokensFor(r.Context(), me)
-	if err != nil {
-		in.serviceFailed(w, r, "listing your tokens", err)
-		return
-	}
-	if !slices.ContainsFunc(tokens, func(t Token) bool { return t.ID == id }) {
-		in.fail(w, r, http.StatusNotFound, "There is no such token of yours.")
-		return
-	}
-	if err := in.deps.Tokens.RevokeToken(r.Context(), id, me); err != nil {
-		in.serviceFailed(w, r, "revoking the token", err)
-		return
-	}
-	http.Redirect(w, r, "/ui/agents?done=token", http.StatusSeeOther)
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/mandate-authz/mandate/server/approval"
 	"github.com/mandate-authz/mandate/server/audit"
+	"github.com/mandate-authz/mandate/server/capability"
 	"github.com/mandate-authz/mandate/server/op"
 	"github.com/mandate-authz/mandate/store/rel"
 )
@@ -86,7 +87,7 @@ func newFixture(t *testing.T, rels ...string) *fixture {
 	in, err := New(Config{
 		TrustedHeader: "X-Forwarded-User", TrustedProxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")},
 		SubjectType: "user", MaxGrantDuration: 4 * time.Hour,
-	}, Deps{Core: f.core, Approvals: f.apps, Tokens: f.toks})
+	}, Deps{Core: f.core, Approvals: f.apps, Tokens: f.toks, Revocations: f.toks})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -326,19 +327,30 @@ func TestMyAgents(t *testing.T) {
 		"doc:wiki#reader@agent:*",
 		"doc:old#viewer@agent:bot[expiration:2020-01-01T00:00:00Z]",
 	)
-	f.toks.tokens = []Token{{ID: "tok-1", Holder: obj("agent:bot"), Principal: obj("user:alice"), Rights: []string{"read doc:plan"}, Task: "T-1", Expires: time.Now().Add(time.Hour)}}
+	hour := time.Now().Add(time.Hour)
+	right := []capability.Right{{Type: "doc", ID: "plan", Permissions: []string{"view"}}}
+	f.toks.minted = []capability.Minted{
+		{ID: "tok-1", RootID: "tok-1", Holder: "agent:bot", Principal: "user:alice", Rights: right, Task: "T-1", Expires: hour},
+		// Made from tok-1 offline and used since: dies with it.
+		{ID: "tok-1a", Parent: "tok-1", RootID: "tok-1", Holder: "agent:helper", Principal: "user:alice", Rights: right, Task: "T-1", Expires: hour},
+		// An agent with no stored link acting for alice through a token.
+		{ID: "tok-2", RootID: "tok-2", Holder: "agent:courier", Principal: "user:alice", Rights: right, Expires: hour},
+		{ID: "tok-old", RootID: "tok-old", Holder: "agent:bot", Principal: "user:alice", Rights: right, Expires: time.Now().Add(-time.Minute)},
+		{ID: "tok-bob", RootID: "tok-bob", Holder: "agent:other", Principal: "user:bob", Rights: right, Expires: hour},
+	}
 	g := f.file("agent:bot", "user:alice", "doc:plan", "edit")
 	if _, err := f.apps.Approve(context.Background(), g.ID, approval.Decision{Approver: obj("user:alice"), Duration: time.Hour}); err != nil {
 		t.Fatal(err)
 	}
 	alice := f.as("alice")
 	body := status(t, alice.get("/ui/agents"), http.StatusOK)
-	for _, want := range []string{"agent:bot", "agent:helper", "sub-agent of <code>agent:bot</code>", "doc:plan", "doc:memo", "doc:wiki", "tok-1", "/ui/grants/" + g.ID + "/revoke"} {
+	for _, want := range []string{"agent:bot", "agent:helper", "sub-agent of <code>agent:bot</code>", "doc:plan", "doc:memo", "doc:wiki", `title="tok-1a"`, "doc:plan#view",
+		"agent:courier", "through a capability token", "/ui/grants/" + g.ID + "/revoke"} {
 		if !strings.Contains(body, want) {
 			t.Errorf("my agents lacks %q", want)
 		}
 	}
-	for _, absent := range []string{"agent:other", "agent:old", "doc:old"} {
+	for _, absent := range []string{"agent:other", "agent:old", "doc:old", `"tok-old"`, `"tok-bob"`} {
 		if strings.Contains(body, absent) {
 			t.Errorf("my agents shows %q", absent)
 		}
@@ -350,6 +362,7 @@ func TestMyAgents(t *testing.T) {
 	status(t, bob.post("/ui/agents/unlink", bob.form("agent", "agent:bot", "for", "user:alice")), http.StatusForbidden)
 	status(t, bob.post("/ui/grants/"+g.ID+"/revoke", bob.form()), http.StatusNotFound)
 	status(t, bob.post("/ui/tokens/tok-1/revoke", bob.form()), http.StatusNotFound)
+	status(t, alice.post("/ui/tokens/tok-old/revoke", alice.form()), http.StatusNotFound)
 	if got, _ := f.apps.Get(context.Background(), g.ID); got.Status != approval.Approved {
 		t.Fatalf("bob revoked alice's grant")
 	}
@@ -360,8 +373,9 @@ func TestMyAgents(t *testing.T) {
 	if got, _ := f.apps.Get(context.Background(), g.ID); got.Status != approval.Revoked {
 		t.Fatalf("grant not revoked: %s", got.Status)
 	}
-	if !f.toks.tokens[0].Revoked {
-		t.Fatal("token not revoked")
+	if len(f.toks.revoked) != 1 || f.toks.revoked[0].By != capability.RevokeToken || f.toks.revoked[0].Value != "tok-1" ||
+		!strings.Contains(f.toks.revoked[0].Reason, "user:alice") {
+		t.Fatalf("revocations %+v", f.toks.revoked)
 	}
 	links, err := f.in.read(context.Background(), rel.Filter{ResourceType: "agent", Relation: "acts_for"}, 0)
 	if err != nil {
@@ -373,7 +387,7 @@ func TestMyAgents(t *testing.T) {
 		}
 	}
 	body = status(t, alice.get("/ui/agents?done=unlinked"), http.StatusOK)
-	if strings.Contains(body, "agent:helper") || !strings.Contains(body, "No live grants") || !strings.Contains(body, "No live tokens") {
+	if strings.Contains(body, "agent:helper") || strings.Contains(body, `"tok-1`) || !strings.Contains(body, `"tok-2"`) || !strings.Contains(body, "No live grants") {
 		t.Fatalf("after revoking:\n%s", body)
 	}
 }
