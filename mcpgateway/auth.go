@@ -41,6 +41,9 @@ type Identity struct {
 	// a digest, never the token.
 	tokenHash string
 	expiry    time.Time
+	// capability is the request's Mandate capability token ("" for none):
+	// a bearer credential, passed to Mandate's checks and never logged.
+	capability string
 }
 
 // key identifies the identity for binding sessions: the same person,

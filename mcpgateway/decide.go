@@ -26,6 +26,9 @@ const (
 	ReasonConditional = "conditional"
 	// ReasonDenied: denied with no explanation (the subject is not an agent).
 	ReasonDenied = "denied"
+	// ReasonTokenPrincipal: the capability token acts for a principal
+	// other than the OAuth token's subject.
+	ReasonTokenPrincipal = "token_principal_mismatch"
 )
 
 // Decision is the gateway's answer for one call or listed item.
@@ -154,6 +157,9 @@ func (d *decider) store(key string, gen uint64, dec Decision) {
 // principal with an explanation, and the live chain must equal the claimed
 // one.
 func (d *decider) check(ctx context.Context, id *Identity, scope string, it checkItem) (Decision, error) {
+	if id.capability != "" {
+		return d.checkToken(ctx, id, it)
+	}
 	key := cacheKey(scope, it)
 	if dec, ok := d.lookup(key); ok {
 		d.hits.Add(1)
@@ -180,6 +186,56 @@ func (d *decider) check(ctx context.Context, id *Identity, scope string, it chec
 	return dec, nil
 }
 
+// checkToken decides one call made with a capability token: Mandate checks
+// the agent (who must be the token's holder) with the token, never from
+// the cache (a revocation is a record the Watch stream does not report).
+func (d *decider) checkToken(ctx context.Context, id *Identity, it checkItem) (Decision, error) {
+	d.misses.Add(1)
+	resp, err := d.perm.Check(ctx, &pb.CheckRequest{
+		Resource:        objectProto(it.object),
+		Permission:      it.permission,
+		Subject:         &pb.SubjectReference{Object: objectProto(id.Agent)},
+		Context:         it.info.context(id),
+		CapabilityToken: id.capability,
+	})
+	if err != nil {
+		return Decision{}, fmt.Errorf("mandate Check %s#%s with a capability token: %w", it.object, it.permission, err)
+	}
+	dec := judgeToken(id, it, resp.GetDecision(), resp.GetMissingParameters(), resp.GetToken())
+	dec.Revision = resp.GetCheckedAt().GetToken()
+	d.log.Info("mcp decision (capability token)", "method", it.info.method, "name", it.info.name, "session", it.info.session,
+		"principal", id.Principal.String(), "agent", id.Agent.String(), "token_id", resp.GetToken().GetTokenId(),
+		"allowed", dec.Allowed, "reason", dec.Reason)
+	return dec, nil
+}
+
+// judgeToken turns Mandate's answer to a check with a capability token into
+// the gateway's: allowed only when Mandate allowed and the token acts for
+// the OAuth token's principal. The chain is the token's: its holders,
+// current first, then its principal.
+func judgeToken(id *Identity, it checkItem, decision pb.Decision, missing []string, tok *pb.TokenExplanation) Decision {
+	dec := Decision{Resource: it.object.String(), Permission: it.permission, FailedAt: -1, Missing: missing, Reason: tok.GetReason()}
+	holders := tok.GetHolders()
+	for i := len(holders) - 1; i >= 0; i-- {
+		dec.Chain = append(dec.Chain, holders[i].GetObjectType()+":"+holders[i].GetObjectId())
+	}
+	principal := tok.GetPrincipal().GetObjectType() + ":" + tok.GetPrincipal().GetObjectId()
+	if tok.GetPrincipal() != nil {
+		dec.Chain = append(dec.Chain, principal)
+	}
+	switch {
+	case decision == pb.Decision_DECISION_ALLOWED && principal != id.Principal.String():
+		dec.Reason = ReasonTokenPrincipal
+	case decision == pb.Decision_DECISION_ALLOWED:
+		dec.Allowed, dec.Reason = true, ""
+	case decision == pb.Decision_DECISION_CONDITIONAL:
+		dec.Reason = ReasonConditional
+	case dec.Reason == "":
+		dec.Reason = ReasonDenied
+	}
+	return dec
+}
+
 // maxBulkItems is the items sent in one CheckBulk: Mandate's default
 // --max-check-bulk-items.
 const maxBulkItems = 1000
@@ -191,15 +247,19 @@ func (d *decider) checkBulk(ctx context.Context, id *Identity, items []checkItem
 	if len(items) == 0 {
 		return out, nil
 	}
-	req := &pb.CheckBulkRequest{Explain: true}
+	req := &pb.CheckBulkRequest{Explain: true, CapabilityToken: id.capability}
 	for _, it := range items {
-		req.Items = append(req.Items, &pb.CheckBulkRequestItem{
+		item := &pb.CheckBulkRequestItem{
 			Resource:   objectProto(it.object),
 			Permission: it.permission,
 			Subject:    &pb.SubjectReference{Object: objectProto(id.Agent)},
 			OnBehalfOf: objectProto(id.Principal),
 			Context:    it.info.context(id),
-		})
+		}
+		if id.capability != "" {
+			item.OnBehalfOf = nil // the token names its principal
+		}
+		req.Items = append(req.Items, item)
 	}
 	// One CheckBulk per maxBulkItems (Mandate's default limit per call):
 	// a list of up to that many entries is one call.
@@ -224,6 +284,10 @@ func (d *decider) checkBulk(ctx context.Context, id *Identity, items []checkItem
 			continue
 		}
 		r := p.GetItem()
+		if id.capability != "" {
+			out[i] = judgeToken(id, items[i], r.GetDecision(), r.GetMissingParameters(), r.GetToken())
+			continue
+		}
 		out[i] = judge(id, items[i], r.GetDecision(), r.GetMissingParameters(), r.GetDelegation())
 	}
 	return out, nil

@@ -28,7 +28,8 @@
 // Mcp-Name must match the body). Tool results, JSON or SSE, are passed
 // through byte for byte; only list results are rewritten.
 //
-// Capability tokens (the Mandate-Capability header) are not verified yet:
-// the header is never forwarded and a request carrying one is refused; the
-// hook is Gateway.authorize.
+// A Mandate capability token (the Mandate-Capability header) is passed to
+// Mandate's checks, never upstream: Mandate verifies it and binds it to
+// its holder, which must be the calling agent, and the token's principal
+// must be the OAuth token's subject. Calls with a token are not cached.
 package mcpgateway

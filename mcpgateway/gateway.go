@@ -33,9 +33,11 @@ const (
 )
 
 // CapabilityHeader carries a Mandate capability token. The gateway never
-// forwards it; until capability tokens are verified here (the hook is
-// Gateway.authorize), a request carrying one is refused rather than
-// silently checked without it.
+// forwards it upstream: it passes it to Mandate's checks (capability_token),
+// where Mandate verifies it and binds it to its holder, which must be the
+// calling agent; the token's principal must be the OAuth token's. Calls
+// made with it are never answered from the decision cache, so a revoked
+// token denies the very next call.
 const CapabilityHeader = "Mandate-Capability"
 
 // Config configures a Gateway.
@@ -257,14 +259,24 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request, next http.Handle
 	// The client's token and capability are for this gateway and Mandate,
 	// never for the MCP server.
 	r.Header.Del("Authorization")
-	hasCapability := r.Header.Get(CapabilityHeader) != ""
+	capTokens := r.Header.Values(CapabilityHeader)
 	r.Header.Del(CapabilityHeader)
 	r.Header.Del("Accept-Encoding") // list responses must be readable to filter
-	r = r.WithContext(context.WithValue(r.Context(), identityKey{}, id))
-	if hasCapability {
-		writeRPCError(w, nil, badRequest(CodeInvalidRequest, "%s tokens are not verified by this gateway yet: send the request without it", CapabilityHeader))
+	switch {
+	case len(capTokens) > 1:
+		writeRPCError(w, nil, badRequest(CodeInvalidRequest, "%s: given %d times, expected at most one token", CapabilityHeader, len(capTokens)))
 		return
+	case len(capTokens) == 1 && strings.TrimSpace(capTokens[0]) == "":
+		writeRPCError(w, nil, badRequest(CodeInvalidRequest, "%s: empty, expected a capability token", CapabilityHeader))
+		return
+	case len(capTokens) == 1:
+		// Per request: the identity may be shared by the caller's other
+		// requests.
+		withCap := *id
+		withCap.capability = strings.TrimSpace(capTokens[0])
+		id = &withCap
 	}
+	r = r.WithContext(context.WithValue(r.Context(), identityKey{}, id))
 	switch r.Method {
 	case http.MethodPost:
 		g.post(w, r, id, next)
@@ -472,8 +484,8 @@ func callName(msg *message) (string, *rpcError) {
 }
 
 // authorize decides a tools/call, prompts/get, resources/read or
-// resources/subscribe; every other method reaching it is refused. (A
-// capability token would be checked here, once Mandate verifies them.)
+// resources/subscribe; every other method reaching it is refused. A call
+// carrying a capability token is decided with it (decider.check).
 func (g *Gateway) authorize(ctx context.Context, id *Identity, sess, scope string, msg *message) error {
 	switch msg.Method {
 	case "tools/call", "prompts/get":

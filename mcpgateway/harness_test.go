@@ -25,6 +25,7 @@ import (
 	pb "github.com/mandate-authz/mandate/proto/mandate/v1"
 	"github.com/mandate-authz/mandate/server"
 	"github.com/mandate-authz/mandate/server/audit"
+	"github.com/mandate-authz/mandate/server/capability"
 	"github.com/mandate-authz/mandate/store/memory"
 	"github.com/mandate-authz/mandate/store/rel"
 )
@@ -62,9 +63,17 @@ func startMandate(t testing.TB) *mandateServer {
 		t.Fatal(err)
 	}
 	st := memory.New()
+	key, err := capability.GenerateKey("k-gateway", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := capability.NewKeySet(key)
+	if err != nil {
+		t.Fatal(err)
+	}
 	srv, err := server.New(st, engine.New(), server.Config{
 		GRPCAddr: "127.0.0.1:0", PresharedKeys: []string{mandateKey}, PresharedKeyNames: []string{"mcp-gateway"},
-		ShutdownGracePeriod: 5 * time.Second, Audit: trail,
+		ShutdownGracePeriod: 5 * time.Second, Audit: trail, CapabilityKeys: keys,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -199,11 +208,12 @@ var clientTransport = func() *http.Transport {
 	return tr
 }()
 
-// clientTap is the client side's transport: it adds the token and records
-// every response as received.
+// clientTap is the client side's transport: it adds the token (and the
+// capability token, when set) and records every response as received.
 type clientTap struct {
 	recorder
-	token func() string
+	token      func() string
+	capability func() string
 }
 
 func (c *clientTap) RoundTrip(r *http.Request) (*http.Response, error) {
@@ -215,6 +225,11 @@ func (c *clientTap) RoundTrip(r *http.Request) (*http.Response, error) {
 	}
 	if tok := c.token(); tok != "" {
 		r.Header.Set("Authorization", "Bearer "+tok)
+	}
+	if c.capability != nil {
+		if tok := c.capability(); tok != "" {
+			r.Header.Set(mcpgateway.CapabilityHeader, tok)
+		}
 	}
 	resp, err := clientTransport.RoundTrip(r)
 	if err != nil {
@@ -364,7 +379,12 @@ func (e *env) token(sub, client string, extra map[string]any) string {
 // a protocol version ("" for the newest).
 func (e *env) goClient(endpoint, token, version string) (*mcp.ClientSession, *clientTap) {
 	e.t.Helper()
-	tap := &clientTap{token: func() string { return token }}
+	return e.goClientWith(&clientTap{token: func() string { return token }}, endpoint, version)
+}
+
+// goClientWith connects the go-sdk client through tap.
+func (e *env) goClientWith(tap *clientTap, endpoint, version string) (*mcp.ClientSession, *clientTap) {
+	e.t.Helper()
 	c := mcp.NewClient(&mcp.Implementation{Name: "test-client", Version: "1"}, &mcp.ClientOptions{
 		ProgressNotificationHandler: func(context.Context, *mcp.ProgressNotificationClientRequest) {},
 	})

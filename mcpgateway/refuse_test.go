@@ -178,7 +178,8 @@ func TestBadInput(t *testing.T) {
 		{"Mcp-Method mismatch", modern("tools/list", "read_calendar"), call(`{"calendar_id":"alice"}`), 400, mcpgateway.CodeHeaderMismatch, "does not match body"},
 		{"Mcp-Name mismatch", modern("tools/call", "summarize_calendar"), call(`{"calendar_id":"alice"}`), 400, mcpgateway.CodeHeaderMismatch, `Mcp-Name header value "summarize_calendar" does not match body value "read_calendar"`},
 		{"Mcp-Name missing", modern("tools/call", ""), call(`{"calendar_id":"alice"}`), 400, mcpgateway.CodeHeaderMismatch, "missing required Mcp-Name"},
-		{"capability header", map[string]string{"Mcp-Protocol-Version": "2025-11-25", mcpgateway.CapabilityHeader: "cap-token"}, call(`{"calendar_id":"alice"}`), 400, mcpgateway.CodeInvalidRequest, "not verified by this gateway yet"},
+		{"capability header that is no token", map[string]string{"Mcp-Protocol-Version": "2025-11-25", mcpgateway.CapabilityHeader: "cap-token"}, call(`{"calendar_id":"alice"}`), 200, mcpgateway.CodeDenied, "token_malformed"},
+		{"empty capability header", map[string]string{"Mcp-Protocol-Version": "2025-11-25", mcpgateway.CapabilityHeader: " "}, call(`{"calendar_id":"alice"}`), 400, mcpgateway.CodeInvalidRequest, "Mandate-Capability: empty"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := len(e.upstream.find(""))

@@ -3,7 +3,6 @@ package server
 //lint:file-ignore SA1019 LookupSubjects fills the deprecated flat fields too, as SpiceDB does, for older clients.
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -145,10 +144,9 @@ func (p *authzedPermissions) LookupResources(req *v1.LookupResourcesRequest, str
 	if err := validateAuthzed(req); err != nil {
 		return err
 	}
-	// A token is not answered here yet: ignoring it would look up the bare
-	// subject's resources, which is not what the caller asked.
-	if tok, err := capabilityToken(ctx); err != nil || tok != "" {
-		return cmp.Or(err, status.Errorf(codes.Unimplemented, "metadata %s: LookupResources with a capability token is not served by this server yet", CapabilityHeader))
+	capTok, err := capabilityToken(ctx)
+	if err != nil {
+		return err
 	}
 	obo, err := onBehalfOf(ctx)
 	if err != nil {
@@ -178,6 +176,8 @@ func (p *authzedPermissions) LookupResources(req *v1.LookupResourcesRequest, str
 		Consistency:  cons,
 		After:        after,
 		Limit:        int(req.GetOptionalLimit()),
+
+		CapabilityToken: capTok,
 	})
 	if err != nil {
 		return engineError(err, obo)

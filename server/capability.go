@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"errors"
 	"time"
 
@@ -48,5 +49,41 @@ func (s *Server) registerTokens() {
 	if s.tokens == nil {
 		return
 	}
-	pb.RegisterTokenServiceServer(s.grpc, tokenapi.New(s.tokens.checker, capability.ForEngine(s.eng), s.tokens.records, s.token))
+	s.tokenSvc = tokenapi.New(s.core, s.token)
+	pb.RegisterTokenServiceServer(s.grpc, s.tokenSvc)
+}
+
+// TokenService is the token service (nil when the server serves no
+// tokens), for Go callers in the server: the web inbox lists an agent's
+// tokens with its Tokens method and revokes them with RevokeTokens. Set
+// once New returns.
+func (s *Server) TokenService() *tokenapi.Service { return s.tokenSvc }
+
+// tokenPruneInterval is how often a server deletes the minted-token
+// registry's expired entries and the revocations of expired tokens.
+const tokenPruneInterval = time.Minute
+
+// pruneTokens deletes expired registry entries and revocations until ctx
+// is done. Every replica prunes; deleting what another deleted is a no-op.
+func (s *Server) pruneTokens(ctx context.Context) {
+	t := time.NewTicker(tokenPruneInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := time.Now()
+		if n, err := capability.PruneMinted(ctx, s.tokens.records, now); err != nil && ctx.Err() == nil {
+			s.log.Warn("pruning expired tokens from the registry failed; the next round retries", "error", err)
+		} else if n > 0 {
+			s.log.Debug("pruned expired tokens from the registry", "deleted", n)
+		}
+		if n, err := capability.PruneRevocations(ctx, s.tokens.records, now); err != nil && ctx.Err() == nil {
+			s.log.Warn("pruning the revocations of expired tokens failed; the next round retries", "error", err)
+		} else if n > 0 {
+			s.log.Debug("pruned the revocations of expired tokens", "deleted", n)
+		}
+	}
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/mandate-authz/mandate/engine"
 	"github.com/mandate-authz/mandate/schema"
 	"github.com/mandate-authz/mandate/server/audit"
+	"github.com/mandate-authz/mandate/server/capability"
 	"github.com/mandate-authz/mandate/server/op"
 	"github.com/mandate-authz/mandate/store"
 )
@@ -87,6 +88,8 @@ func codeOf(err error) codes.Code {
 	switch {
 	case is(op.ErrTokensOff):
 		return codes.Unimplemented
+	case is(capability.ErrNotHeld):
+		return codes.PermissionDenied
 	case is(context.DeadlineExceeded):
 		return codes.DeadlineExceeded
 	case is(context.Canceled):
@@ -101,7 +104,7 @@ func codeOf(err error) codes.Code {
 		store.ErrLimitExceeded, engine.ErrRevisionGone, store.ErrRevisionGone, op.ErrAuditOff, audit.ErrNotQueryable):
 		return codes.FailedPrecondition
 	case is(engine.ErrUnknownType, engine.ErrUnknownRelation, engine.ErrInvalidContext,
-		engine.ErrInvalidOnBehalfOf, engine.ErrAmbiguousAgent, op.ErrInvalidTokenCheck, store.ErrInvalidSchema,
+		engine.ErrInvalidOnBehalfOf, engine.ErrAmbiguousAgent, op.ErrInvalidTokenCheck, op.ErrInvalidTokenRequest, store.ErrInvalidSchema,
 		store.ErrInvalidRelationship, store.ErrFutureRevision, store.ErrTooManyMutations):
 		return codes.InvalidArgument
 	case errors.As(err, &se):

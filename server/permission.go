@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
 
@@ -46,11 +45,6 @@ func checkFromProto(prefix string, resource *pb.ObjectReference, permission stri
 	}
 	return req, nil
 }
-
-// errTokensNotServed refuses capability_token on LookupResources until the
-// operation core answers it: ignoring it would look up the bare subject's
-// resources instead, which is not what the caller asked.
-var errTokensNotServed = status.Error(codes.Unimplemented, "capability_token: LookupResources with a capability token is not served by this server yet")
 
 func (p *permissionService) Check(ctx context.Context, req *pb.CheckRequest) (*pb.CheckResponse, error) {
 	creq, err := checkFromProto("", req.GetResource(), req.GetPermission(), req.GetSubject(), req.GetContext(), req.GetOnBehalfOf())
@@ -149,9 +143,6 @@ func (s *Server) sendLookupPage(results []engine.LookupResult, rev store.Revisio
 }
 
 func (p *permissionService) LookupResources(req *pb.LookupResourcesRequest, stream pb.PermissionService_LookupResourcesServer) error {
-	if req.GetCapabilityToken() != "" {
-		return errTokensNotServed
-	}
 	ctx := stream.Context()
 	if req.GetResourceObjectType() == "" {
 		return invalid("resource_object_type", "required")
@@ -177,6 +168,8 @@ func (p *permissionService) LookupResources(req *pb.LookupResourcesRequest, stre
 		Consistency:  cons,
 		After:        after,
 		Limit:        int(req.GetOptionalLimit()),
+
+		CapabilityToken: req.GetCapabilityToken(),
 	})
 	if err != nil {
 		return err

@@ -52,6 +52,14 @@ func refusedRequest(ctx context.Context, method string, req any) op.Request {
 		return op.ExportRequest{Filter: op.Filter{Filter: f}}
 	case *pb.WriteSchemaRequest:
 		return op.WriteSchemaRequest{Text: r.GetSchema()}
+	case *pb.MintRequest:
+		return op.TokenRequest{Operation: audit.OpTokenMint, Holder: objectString(r.GetHolder()), Principal: objectString(r.GetOnBehalfOf())}
+	case *pb.RevokeRequest:
+		return op.TokenRequest{Operation: audit.OpTokenRevoke}
+	case *pb.ListTokensRequest:
+		return op.TokenRequest{Operation: audit.OpTokenList}
+	case *pb.InspectRequest:
+		return op.TokenRequest{Operation: audit.OpTokenInspect}
 	case *v1.CheckPermissionRequest:
 		return rawCheckV1(ctx, r.GetResource(), r.GetPermission(), r.GetSubject(), r.GetContext())
 	case *v1.CheckBulkPermissionsRequest:
@@ -128,6 +136,14 @@ func refusedOperation(method string) op.Request {
 
 func rawObject(o *pb.ObjectReference) rel.Object {
 	return rel.Object{Type: o.GetObjectType(), ID: o.GetObjectId()}
+}
+
+// objectString is a reference's type:id as given, "" when absent.
+func objectString(o *pb.ObjectReference) string {
+	if o == nil {
+		return ""
+	}
+	return rawObject(o).String()
 }
 
 func rawOptObject(o *pb.ObjectReference) *rel.Object {

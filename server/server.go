@@ -40,6 +40,7 @@ import (
 	"github.com/mandate-authz/mandate/server/escalation"
 	"github.com/mandate-authz/mandate/server/inbox"
 	"github.com/mandate-authz/mandate/server/op"
+	"github.com/mandate-authz/mandate/server/tokenapi"
 	"github.com/mandate-authz/mandate/store"
 )
 
@@ -140,7 +141,8 @@ type Server struct {
 	// retention decides which history to release; see retention.go.
 	retention *retention
 	// tokens serves capability tokens; nil when off. See capability.go.
-	tokens *capabilityTokens
+	tokens   *capabilityTokens
+	tokenSvc *tokenapi.Service
 	// approvals keeps approval requests and grants; nil when the store
 	// keeps no records. See approval.go.
 	approvals *approval.Service
@@ -396,6 +398,9 @@ func (s *Server) Run(ctx context.Context) error {
 			defer background.Done()
 			s.approvals.RunSweeper(followCtx, approvalSweepInterval)
 		}()
+	}
+	if s.tokens != nil {
+		background.Go(func() { s.pruneTokens(followCtx) })
 	}
 
 	var serving sync.WaitGroup

@@ -10,7 +10,7 @@ import (
 
 // A server without capability keys (Config.CapabilityKeys nil) refuses a
 // request carrying a token rather than answer it for the bare subject; so
-// does LookupResources, which does not answer tokens yet.
+// does LookupResources.
 func TestCapabilityTokenRefusedUntilServed(t *testing.T) {
 	ts := startServer(t, nil)
 	ctx := t.Context()

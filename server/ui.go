@@ -28,8 +28,9 @@ func (s *Server) mountUI(mux *http.ServeMux) error {
 			cfg.MaxGrantDuration = s.approvals.MaxGrant()
 		}
 	}
-	// The token registry (tokens2) is wired here when it lands; until then
-	// "my agents" says that tokens are not listed.
+	if s.tokenSvc != nil {
+		deps.Tokens, deps.Revocations = s.tokenSvc, s.core
+	}
 	ui, err := inbox.New(cfg, deps)
 	if err != nil {
 		return fmt.Errorf("the web inbox: %w", err)

@@ -22,7 +22,7 @@ func newTokenCommand() *cobra.Command {
 carries instead of the store holding them. Attenuating and inspecting a token happen
 offline: they need no server and no key. Minting and revoking ask the server.`,
 	}
-	cmd.AddCommand(newTokenAttenuateCommand(), newTokenInspectCommand(), newTokenMintCommand(), newTokenRevokeCommand())
+	cmd.AddCommand(newTokenAttenuateCommand(), newTokenInspectCommand(), newTokenMintCommand(), newTokenRevokeCommand(), newTokenListCommand())
 	return cmd
 }
 

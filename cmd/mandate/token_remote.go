@@ -1,8 +1,12 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -157,4 +161,95 @@ check at least as fresh as that revision is denied on every replica. Give exactl
 	f.StringVar(&task, "task", "", "revoke every token restricted to this task")
 	f.StringVar(&reason, "reason", "", "why, for the audit")
 	return cmd
+}
+
+func newTokenListCommand() *cobra.Command {
+	var conn clientOptions
+	var holder, principal, task string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "list [--principal SUBJECT] [--holder AGENT] [--task TASK]",
+		Short: "List the unexpired tokens the server minted (their metadata, never the tokens)",
+		Long: `List prints the server's registry of minted tokens that have not expired, soonest expiry
+first: one line per token with its id, holder, principal, expiry, task and rights (--json: a
+JSON array). The filters combine. A token attenuated offline is listed only once a check on a
+server has allowed it; until then no server has seen it.`,
+		Example: "  mandate token list --principal user:bob\n  mandate token list --holder agent:a --json",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			req := &pb.ListTokensRequest{Task: task}
+			for _, f := range []struct {
+				flag, value string
+				dst         **pb.ObjectReference
+			}{{"--holder", holder, &req.Holder}, {"--principal", principal, &req.Principal}} {
+				if f.value == "" {
+					continue
+				}
+				o, err := parseObjectFlag(f.flag, f.value)
+				if err != nil {
+					return err
+				}
+				*f.dst = &pb.ObjectReference{ObjectType: o.Type, ObjectId: o.ID}
+			}
+			c, ctx, cancel, err := connect(cmd, &conn)
+			if err != nil {
+				return err
+			}
+			defer cancel()
+			defer c.close()
+			resp, err := pb.NewTokenServiceClient(c.conn).ListTokens(ctx, req)
+			if err != nil {
+				return c.callError("token list", err)
+			}
+			return printTokenList(cmd.OutOrStdout(), resp.GetTokens(), asJSON)
+		},
+	}
+	addClientFlags(cmd.Flags(), &conn)
+	f := cmd.Flags()
+	f.StringVar(&holder, "holder", "", "only tokens held by this agent (type:id)")
+	f.StringVar(&principal, "principal", "", "only tokens acting for this principal (type:id)")
+	f.StringVar(&task, "task", "", "only tokens restricted to this task")
+	f.BoolVar(&asJSON, "json", false, "print a JSON array")
+	return cmd
+}
+
+// listedToken is one line of `mandate token list --json`.
+type listedToken struct {
+	ID        string    `json:"id"`
+	Parent    string    `json:"parent,omitempty"`
+	Holder    string    `json:"holder"`
+	Principal string    `json:"principal"`
+	Expires   time.Time `json:"expires"`
+	Task      string    `json:"task,omitempty"`
+	Rights    []string  `json:"rights"`
+	MaxUses   uint32    `json:"max_uses,omitempty"`
+}
+
+func printTokenList(w io.Writer, tokens []*pb.MintedToken, asJSON bool) error {
+	out := make([]listedToken, len(tokens))
+	for i, t := range tokens {
+		l := listedToken{ID: t.GetTokenId(), Parent: t.GetParentId(), Task: t.GetTask(), MaxUses: t.GetMaxUses(),
+			Holder:    t.GetHolder().GetObjectType() + ":" + t.GetHolder().GetObjectId(),
+			Principal: t.GetOnBehalfOf().GetObjectType() + ":" + t.GetOnBehalfOf().GetObjectId(),
+			Expires:   t.GetExpiresAt().AsTime().UTC()}
+		for _, r := range t.GetRights() {
+			l.Rights = append(l.Rights, capability.Right{Type: r.GetResourceType(), ID: r.GetResourceId(), Permissions: r.GetPermissions()}.String())
+		}
+		out[i] = l
+	}
+	if asJSON {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(out)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tHOLDER\tPRINCIPAL\tEXPIRES\tTASK\tRIGHTS")
+	for _, l := range out {
+		task := l.Task
+		if task == "" {
+			task = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", l.ID, l.Holder, l.Principal, l.Expires.Format(time.RFC3339), task, strings.Join(l.Rights, " "))
+	}
+	return tw.Flush()
 }

@@ -78,6 +78,7 @@ var methodScopes = map[string]Scope{
 	"/mandate.v1.TokenService/Revoke":          Tokens,
 	"/mandate.v1.TokenService/Inspect":         Tokens,
 	"/mandate.v1.TokenService/ListRevocations": Tokens,
+	"/mandate.v1.TokenService/ListTokens":      Tokens,
 
 	"/mandate.v1.ApprovalService/Request": Approvals,
 	"/mandate.v1.ApprovalService/Get":     Approvals,

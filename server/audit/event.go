@@ -54,6 +54,13 @@ const (
 	OpApprovalExpired   Operation = "approval_expired"
 	OpApprovalRedeemed  Operation = "approval_redeemed"
 	OpApprovalRevoked   Operation = "approval_revoked"
+	// Capability tokens (mandate.v1 TokenService): events name the token's
+	// id, never its text.
+	OpTokenMint            Operation = "token_mint"
+	OpTokenRevoke          Operation = "token_revoke"
+	OpTokenList            Operation = "token_list"
+	OpTokenInspect         Operation = "token_inspect"
+	OpTokenListRevocations Operation = "token_list_revocations"
 	// OpEventsDropped is written by the Log itself when the drop policy
 	// discarded events: Count says how many, since the previous record.
 	OpEventsDropped Operation = "audit_events_dropped"

@@ -136,22 +136,27 @@ type OCSFEndpoint struct {
 
 // methods maps operations to their gRPC service and method.
 var methods = map[Operation][2]string{
-	OpCheck:               {"mandate.v1.PermissionService", "Check"},
-	OpCheckBulk:           {"mandate.v1.PermissionService", "CheckBulk"},
-	OpLookupResources:     {"mandate.v1.PermissionService", "LookupResources"},
-	OpLookupSubjects:      {"mandate.v1.PermissionService", "LookupSubjects"},
-	OpExpand:              {"mandate.v1.PermissionService", "Expand"},
-	OpWriteRelationships:  {"mandate.v1.RelationshipService", "WriteRelationships"},
-	OpDeleteRelationships: {"mandate.v1.RelationshipService", "DeleteRelationships"},
-	OpImportRelationships: {"mandate.v1.RelationshipService", "ImportRelationships"},
-	OpReadRelationships:   {"mandate.v1.RelationshipService", "ReadRelationships"},
-	OpExportRelationships: {"mandate.v1.RelationshipService", "ExportRelationships"},
-	OpWatch:               {"mandate.v1.RelationshipService", "Watch"},
-	OpWriteSchema:         {"mandate.v1.SchemaService", "WriteSchema"},
-	OpReadSchema:          {"mandate.v1.SchemaService", "ReadSchema"},
-	OpValidateSchema:      {"mandate.v1.SchemaService", "ValidateSchema"},
-	OpAuditQuery:          {"mandate.v1.AuditService", "Query"},
-	OpEventsDropped:       {"mandate.audit", "Drop"},
+	OpCheck:                {"mandate.v1.PermissionService", "Check"},
+	OpCheckBulk:            {"mandate.v1.PermissionService", "CheckBulk"},
+	OpLookupResources:      {"mandate.v1.PermissionService", "LookupResources"},
+	OpLookupSubjects:       {"mandate.v1.PermissionService", "LookupSubjects"},
+	OpExpand:               {"mandate.v1.PermissionService", "Expand"},
+	OpWriteRelationships:   {"mandate.v1.RelationshipService", "WriteRelationships"},
+	OpDeleteRelationships:  {"mandate.v1.RelationshipService", "DeleteRelationships"},
+	OpImportRelationships:  {"mandate.v1.RelationshipService", "ImportRelationships"},
+	OpReadRelationships:    {"mandate.v1.RelationshipService", "ReadRelationships"},
+	OpExportRelationships:  {"mandate.v1.RelationshipService", "ExportRelationships"},
+	OpWatch:                {"mandate.v1.RelationshipService", "Watch"},
+	OpWriteSchema:          {"mandate.v1.SchemaService", "WriteSchema"},
+	OpReadSchema:           {"mandate.v1.SchemaService", "ReadSchema"},
+	OpValidateSchema:       {"mandate.v1.SchemaService", "ValidateSchema"},
+	OpAuditQuery:           {"mandate.v1.AuditService", "Query"},
+	OpTokenMint:            {"mandate.v1.TokenService", "Mint"},
+	OpTokenRevoke:          {"mandate.v1.TokenService", "Revoke"},
+	OpTokenList:            {"mandate.v1.TokenService", "ListTokens"},
+	OpTokenInspect:         {"mandate.v1.TokenService", "Inspect"},
+	OpTokenListRevocations: {"mandate.v1.TokenService", "ListRevocations"},
+	OpEventsDropped:        {"mandate.audit", "Drop"},
 }
 
 func activityOf(ev *Event) (int, string) {
@@ -170,6 +175,10 @@ func activityOf(ev *Event) (int, string) {
 		return ocsfDelete, "Delete"
 	case OpWriteSchema:
 		return ocsfUpdate, "Update"
+	case OpTokenMint:
+		return ocsfCreate, "Create"
+	case OpTokenRevoke:
+		return ocsfDelete, "Delete"
 	case OpEventsDropped:
 		return ocsfOther, "Other"
 	}

@@ -307,30 +307,37 @@ func (m *memoryUses) Use(_ context.Context, limits map[string]int) (bool, error)
 // principal's hold on each object is checked at every use). A right the
 // principal lacks is refused by name.
 func (c *Checker) Mint(ctx context.Context, eng Engine, g Grant) (*Token, error) {
+	return c.MintAt(ctx, eng, g, 0)
+}
+
+// MintAt is Mint with the principal's rights checked at rev (0: the
+// engine's latest applied revision); the server passes the store's head,
+// so that a lagging replica cannot delegate a right already removed.
+func (c *Checker) MintAt(ctx context.Context, eng Engine, g Grant, rev store.Revision) (*Token, error) {
 	holder, ok := eng.Type(g.Holder.Type)
 	if !ok || !holder.Agent {
-		return nil, fmt.Errorf("mint: holder %s: %q is not an agent type of the schema", g.Holder, g.Holder.Type)
+		return nil, fmt.Errorf("mint: %w: holder %s: %q is not an agent type of the schema", ErrInvalidGrant, g.Holder, g.Holder.Type)
 	}
 	if _, ok := eng.Type(g.OnBehalfOf.Type); !ok {
-		return nil, fmt.Errorf("mint: on_behalf_of %s: type %q is not defined in the schema", g.OnBehalfOf, g.OnBehalfOf.Type)
+		return nil, fmt.Errorf("mint: %w: on_behalf_of %s: type %q is not defined in the schema", ErrInvalidGrant, g.OnBehalfOf, g.OnBehalfOf.Type)
 	}
 	for _, r := range g.Rights {
 		if err := r.validate(); err != nil {
-			return nil, fmt.Errorf("mint: right %s: %w", r, err)
+			return nil, fmt.Errorf("mint: %w: right %s: %w", ErrInvalidGrant, r, err)
 		}
 		t, ok := eng.Type(r.Type)
 		if !ok {
-			return nil, fmt.Errorf("mint: right %s: type %q is not defined in the schema", r, r.Type)
+			return nil, fmt.Errorf("mint: %w: right %s: type %q is not defined in the schema", ErrInvalidGrant, r, r.Type)
 		}
 		for _, p := range r.Permissions {
 			if !slices.Contains(t.Names, p) {
-				return nil, fmt.Errorf("mint: right %s: %s defines no %q", r, r.Type, p)
+				return nil, fmt.Errorf("mint: %w: right %s: %s defines no %q", ErrInvalidGrant, r, r.Type, p)
 			}
 			if r.ID == "" {
 				continue
 			}
 			obj := rel.Object{Type: r.Type, ID: r.ID}
-			ans, err := eng.CheckPrincipal(ctx, PrincipalQuery{Resource: obj, Permission: p, Principal: g.OnBehalfOf, Context: g.Context})
+			ans, err := eng.CheckPrincipal(ctx, PrincipalQuery{Resource: obj, Permission: p, Principal: g.OnBehalfOf, Context: g.Context, Revision: rev})
 			if err != nil {
 				return nil, fmt.Errorf("mint: checking %s#%s for %s: %w", obj, p, g.OnBehalfOf, err)
 			}

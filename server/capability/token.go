@@ -257,6 +257,10 @@ func newBlockID() (string, error) {
 	return hex.EncodeToString(b[:]), nil
 }
 
+// ErrInvalidGrant refuses a grant shaped wrongly (the error names the
+// field and what was expected).
+var ErrInvalidGrant = errors.New("invalid grant")
+
 // Mint signs a new token with the key set's signer. It checks the grant's
 // shape only; Checker.Mint also checks that the principal holds every right.
 func Mint(keys *KeySet, g Grant, now time.Time) (*Token, error) {
@@ -265,22 +269,22 @@ func Mint(keys *KeySet, g Grant, now time.Time) (*Token, error) {
 		return nil, fmt.Errorf("mint: %w", err)
 	}
 	if err := validateObject("holder", g.Holder); err != nil {
-		return nil, fmt.Errorf("mint: %w", err)
+		return nil, fmt.Errorf("mint: %w: %w", ErrInvalidGrant, err)
 	}
 	if err := validateObject("on_behalf_of", g.OnBehalfOf); err != nil {
-		return nil, fmt.Errorf("mint: %w", err)
+		return nil, fmt.Errorf("mint: %w: %w", ErrInvalidGrant, err)
 	}
 	if g.Holder == g.OnBehalfOf {
-		return nil, fmt.Errorf("mint: holder and on_behalf_of are both %s; a token delegates from a principal to another subject", g.Holder)
+		return nil, fmt.Errorf("mint: %w: holder and on_behalf_of are both %s; a token delegates from a principal to another subject", ErrInvalidGrant, g.Holder)
 	}
 	if len(g.Rights) == 0 {
-		return nil, errors.New("mint: rights: expected at least one right")
+		return nil, fmt.Errorf("mint: %w: rights: expected at least one right", ErrInvalidGrant)
 	}
 	if g.TTL <= 0 || g.TTL > MaxTTL {
-		return nil, fmt.Errorf("mint: ttl %v: expected more than 0 and at most %v", g.TTL, MaxTTL)
+		return nil, fmt.Errorf("mint: %w: ttl %v: expected more than 0 and at most %v", ErrInvalidGrant, g.TTL, MaxTTL)
 	}
 	if g.MaxUses < 0 {
-		return nil, fmt.Errorf("mint: max_uses %d: expected 0 (no limit) or more", g.MaxUses)
+		return nil, fmt.Errorf("mint: %w: max_uses %d: expected 0 (no limit) or more", ErrInvalidGrant, g.MaxUses)
 	}
 	id, err := newBlockID()
 	if err != nil {
@@ -293,7 +297,7 @@ func Mint(keys *KeySet, g Grant, now time.Time) (*Token, error) {
 		Task: g.Task, Context: g.Context, MaxUses: g.MaxUses, IssuedAt: now.UTC().Truncate(time.Second),
 	}
 	if err := checkBlockShape(&b, nil); err != nil {
-		return nil, fmt.Errorf("mint: %w", err)
+		return nil, fmt.Errorf("mint: %w: %w", ErrInvalidGrant, err)
 	}
 	ctx, checks, err := blockContent(&b)
 	if err != nil {

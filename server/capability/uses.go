@@ -16,7 +16,8 @@ const useKindPrefix = "capability.use."
 // maxUseAttempts bounds the retries of a use that lost a race.
 const maxUseAttempts = 8
 
-// RecordStore is the part of a store that StoreUses needs.
+// RecordStore is the part of a store that StoreUses and the minted-token
+// registry need.
 type RecordStore interface {
 	RecordWriter
 	ReadRecords(ctx context.Context, kind string) ([]store.Record, store.Revision, error)

@@ -28,7 +28,8 @@ const (
 type agentView struct {
 	Agent rel.Object
 	// Link is its acts_for edge to For: the person, or the agent it is a
-	// sub-agent of.
+	// sub-agent of. Depth 0: it acts for the person only through a
+	// capability token (no stored link).
 	Link  rel.Relationship
 	For   rel.Object
 	Depth int
@@ -36,7 +37,7 @@ type agentView struct {
 	// it has been granted directly); Truncated says there are more.
 	Scopes    []rel.Relationship
 	Truncated bool
-	Tokens    []Token
+	Tokens    []tokenView
 	Grants    []approval.Request
 }
 
@@ -109,36 +110,35 @@ func (in *Inbox) read(ctx context.Context, f rel.Filter, limit int) ([]rel.Relat
 	return out, nil
 }
 
-// details fills in each agent's direct grants, tokens and approval grants.
-func (in *Inbox) details(ctx context.Context, me rel.Object, agents []agentView) error {
-	var tokens []Token
-	if in.deps.Tokens != nil {
-		var err error
-		if tokens, err = in.deps.Tokens.TokensFor(ctx, me); err != nil {
-			return fmt.Errorf("listing tokens: %w", err)
+// details fills in each agent's direct grants, tokens and approval grants,
+// adding the agents that act for me through a token alone.
+func (in *Inbox) details(ctx context.Context, me rel.Object, agents []agentView) ([]agentView, error) {
+	tokens, err := in.tokensFor(ctx, me)
+	if err != nil {
+		return nil, err
+	}
+	// An agent holding a live token from me acts for me even without a
+	// stored link: it is listed too.
+	for _, t := range tokens {
+		if !slices.ContainsFunc(agents, func(a agentView) bool { return a.Agent == t.Holder }) && len(agents) < maxAgents {
+			agents = append(agents, agentView{Agent: t.Holder, For: me})
 		}
+	}
+	if len(agents) == 0 {
+		return nil, nil
+	}
+	sch, err := in.deps.Core.HeadSchema(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("reading the schema: %w", err)
 	}
 	now := time.Now()
 	for i := range agents {
 		a := &agents[i]
-		// One more than shown says whether there are more. The filter has
-		// no resource type: the store scans; the page is bounded.
-		scopes, err := in.read(ctx, rel.Filter{SubjectType: a.Agent.Type, SubjectID: a.Agent.ID}, 0)
-		if err != nil {
-			return err
-		}
-		for _, s := range scopes {
-			if s.Relation == schema.ActsFor || s.ExpiredAt(now) {
-				continue // a sub-agent's link to this agent, shown as its own row
-			}
-			if len(a.Scopes) == maxAgentScopes {
-				a.Truncated = true
-				break
-			}
-			a.Scopes = append(a.Scopes, s)
+		if err := in.scopes(ctx, sch, a, now); err != nil {
+			return nil, err
 		}
 		for _, t := range tokens {
-			if t.Holder == a.Agent && !t.Revoked && (t.Expires.IsZero() || now.Before(t.Expires)) {
+			if t.Holder == a.Agent {
 				a.Tokens = append(a.Tokens, t)
 			}
 		}
@@ -146,12 +146,75 @@ func (in *Inbox) details(ctx context.Context, me rel.Object, agents []agentView)
 			agent := a.Agent
 			grants, err := in.deps.Approvals.List(ctx, approval.Filter{Agent: &agent, Principal: &me, Status: approval.Approved})
 			if err != nil {
-				return fmt.Errorf("listing grants: %w", err)
+				return nil, fmt.Errorf("listing grants: %w", err)
 			}
 			for _, g := range grants {
 				if g.GrantExpires.IsZero() || now.Before(g.GrantExpires) {
 					a.Grants = append(a.Grants, g)
 				}
+			}
+		}
+	}
+	return agents, nil
+}
+
+// grantable lists the relations whose allowed subjects include the agent
+// type (directly or as a wildcard): the only places a direct grant to such
+// an agent can be, so each read is bounded by one resource type.
+type grantable struct {
+	resourceType, relation string
+	direct, wildcard       bool
+}
+
+func grantablesFor(sch *schema.Schema, agentType string) []grantable {
+	var out []grantable
+	for _, def := range sch.DefinitionNames() {
+		d := sch.Definition(def)
+		for _, name := range d.Order {
+			r := d.Relations[name]
+			if r == nil || r.IsPermission || name == schema.ActsFor {
+				continue
+			}
+			g := grantable{resourceType: def, relation: name}
+			for _, a := range r.Allowed {
+				if a.Type == agentType && a.Relation == "" {
+					g.direct = g.direct || !a.Wildcard
+					g.wildcard = g.wildcard || a.Wildcard
+				}
+			}
+			if g.direct || g.wildcard {
+				out = append(out, g)
+			}
+		}
+	}
+	return out
+}
+
+// scopes fills in an agent's live direct grants (its own and those to
+// every agent of its type), up to maxAgentScopes.
+func (in *Inbox) scopes(ctx context.Context, sch *schema.Schema, a *agentView, now time.Time) error {
+	for _, g := range grantablesFor(sch, a.Agent.Type) {
+		var ids []string
+		if g.direct {
+			ids = append(ids, a.Agent.ID)
+		}
+		if g.wildcard {
+			ids = append(ids, rel.Wildcard)
+		}
+		for _, id := range ids {
+			rels, err := in.read(ctx, rel.Filter{ResourceType: g.resourceType, Relation: g.relation, SubjectType: a.Agent.Type, SubjectID: id}, 0)
+			if err != nil {
+				return err
+			}
+			for _, r := range rels {
+				if r.ExpiredAt(now) || r.Subject.Relation != "" {
+					continue
+				}
+				if len(a.Scopes) == maxAgentScopes {
+					a.Truncated = true
+					return nil
+				}
+				a.Scopes = append(a.Scopes, r)
 			}
 		}
 	}
@@ -162,7 +225,7 @@ func (in *Inbox) agentsPage(w http.ResponseWriter, r *http.Request) {
 	me := personFrom(r.Context()).Object
 	agents, err := in.myAgents(r.Context(), me)
 	if err == nil {
-		err = in.details(r.Context(), me, agents)
+		agents, err = in.details(r.Context(), me, agents)
 	}
 	if err != nil {
 		in.serviceFailed(w, r, "listing your agents", err)
@@ -236,28 +299,4 @@ func (in *Inbox) revokeGrant(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	http.Redirect(w, r, "/ui/agents?done=revoked", http.StatusSeeOther)
-}
-
-// revokeToken revokes a capability token minted for me.
-func (in *Inbox) revokeToken(w http.ResponseWriter, r *http.Request) {
-	if in.deps.Tokens == nil {
-		in.fail(w, r, http.StatusServiceUnavailable, "Capability tokens are not served by this server.")
-		return
-	}
-	me := personFrom(r.Context()).Object
-	id := r.PathValue("id")
-	tokens, err := in.deps.Tokens.TokensFor(r.Context(), me)
-	if err != nil {
-		in.serviceFailed(w, r, "listing your tokens", err)
-		return
-	}
-	if !slices.ContainsFunc(tokens, func(t Token) bool { return t.ID == id }) {
-		in.fail(w, r, http.StatusNotFound, "There is no such token of yours.")
-		return
-	}
-	if err := in.deps.Tokens.RevokeToken(r.Context(), id, me); err != nil {
-		in.serviceFailed(w, r, "revoking the token", err)
-		return
-	}
-	http.Redirect(w, r, "/ui/agents?done=token", http.StatusSeeOther)
 }

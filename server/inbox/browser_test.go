@@ -29,6 +29,7 @@ import (
 	pb "github.com/mandate-authz/mandate/proto/mandate/v1"
 	"github.com/mandate-authz/mandate/server"
 	"github.com/mandate-authz/mandate/server/approval"
+	"github.com/mandate-authz/mandate/server/capability"
 	"github.com/mandate-authz/mandate/server/escalation"
 	"github.com/mandate-authz/mandate/server/inbox"
 	"github.com/mandate-authz/mandate/server/inbox/oidctest"
@@ -92,6 +93,7 @@ type system struct {
 	idp   *oidctest.Provider
 	perm  pb.PermissionServiceClient
 	apps  pb.ApprovalServiceClient
+	toks  pb.TokenServiceClient
 	ctx   context.Context
 }
 
@@ -134,8 +136,17 @@ func newSystem(t *testing.T, rels ...string) *system {
 		t.Fatal(err)
 	}
 	t.Cleanup(idp.Close)
+	key, err := capability.GenerateKey("k1", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := capability.NewKeySet(key)
+	if err != nil {
+		t.Fatal(err)
+	}
 	srv, err := server.New(st, engine.New(), server.Config{
-		GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", PresharedKeys: []string{agentKey}, ShutdownGracePeriod: 2 * time.Second,
+		CapabilityKeys: keys,
+		GRPCAddr:       "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", PresharedKeys: []string{agentKey}, ShutdownGracePeriod: 2 * time.Second,
 		Escalation: escalation.New(rules, escalation.Options{}),
 		UI: &inbox.Config{
 			OIDC:        &inbox.OIDC{Issuer: idp.URL, ClientID: "mandate-inbox", ClientSecret: "test-secret", RedirectURL: redirect},
@@ -167,7 +178,8 @@ func newSystem(t *testing.T, rels ...string) *system {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return &system{t: t, srv: srv, proxy: proxy, idp: idp, perm: pb.NewPermissionServiceClient(conn), apps: pb.NewApprovalServiceClient(conn), ctx: ctx}
+	return &system{t: t, srv: srv, proxy: proxy, idp: idp, perm: pb.NewPermissionServiceClient(conn), apps: pb.NewApprovalServiceClient(conn),
+		toks: pb.NewTokenServiceClient(conn), ctx: ctx}
 }
 
 var (
@@ -180,14 +192,19 @@ func ref(o rel.Object) *pb.ObjectReference {
 	return &pb.ObjectReference{ObjectType: o.Type, ObjectId: o.ID}
 }
 
-// check is the agent's check over gRPC, as fresh as the store.
-func (s *system) check(agent rel.Object, resource, perm string) *pb.CheckResponse {
+// check is the agent's check over gRPC, as fresh as the store; token,
+// when set, is the capability token it carries.
+func (s *system) check(agent rel.Object, resource, perm string, token ...string) *pb.CheckResponse {
 	s.t.Helper()
 	task, _ := structpb.NewStruct(map[string]any{"task": "T-42"})
-	resp, err := s.perm.Check(s.ctx, &pb.CheckRequest{
+	req := &pb.CheckRequest{
 		Resource: ref(obj(resource)), Permission: perm, Subject: &pb.SubjectReference{Object: ref(agent)}, Context: task,
 		Consistency: &pb.Consistency{Requirement: &pb.Consistency_FullyConsistent{FullyConsistent: true}},
-	})
+	}
+	if len(token) > 0 {
+		req.CapabilityToken = token[0]
+	}
+	resp, err := s.perm.Check(s.ctx, req)
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -463,12 +480,25 @@ func TestInboxInBrowser(t *testing.T) {
 		t.Fatalf("mallory decided the roadmap request: %s", st)
 	}
 
-	// My agents: both agents, their scopes and the live grant.
+	// Alice's platform mints the scribe a capability token for the
+	// handbook, for this task.
+	minted, err := s.toks.Mint(s.ctx, &pb.MintRequest{
+		Holder: ref(obj("agent:scribe")), OnBehalfOf: ref(alice), Task: "T-42", Ttl: durationpb.New(time.Hour),
+		Rights: []*pb.TokenRight{{ResourceType: "doc", ResourceId: "handbook", Permissions: []string{"view"}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res := s.check(obj("agent:scribe"), "doc:handbook", "view", minted.GetToken()); res.GetDecision() != pb.Decision_DECISION_ALLOWED {
+		t.Fatalf("the scribe's token check: %v", res)
+	}
+
+	// My agents: both agents, their scopes, the token and the live grant.
 	s.signOut(t, ma)
 	s.signIn(t, al, "alice")
 	do(t, al, chromedp.Navigate(s.proxy.URL+"/ui/agents"))
 	got = text(t, al, chromedp.CSS(`main`))
-	for _, want := range []string{"agent:research-bot", "agent:scribe", "doc:q3-plan", "doc:handbook", "until"} {
+	for _, want := range []string{"agent:research-bot", "agent:scribe", "doc:q3-plan", "doc:handbook", "until", minted.GetTokenId()[:12], "doc:handbook#view"} {
 		if !strings.Contains(got, want) {
 			t.Errorf("my agents lacks %q:\n%s", want, got)
 		}
@@ -480,6 +510,15 @@ func TestInboxInBrowser(t *testing.T) {
 	flash(t, al, "ok", "Grant revoked")
 	if res := s.check(bot, "doc:q3-plan", "edit"); res.GetDecision() != pb.Decision_DECISION_APPROVAL_REQUIRED {
 		t.Fatalf("after revoking the grant: %v", res)
+	}
+	// Revoke the token: the scribe's next check with it is denied.
+	do(t, al, chromedp.Click(chromedp.CSS(`form[action="/ui/tokens/`+minted.GetTokenId()+`/revoke"] button`)))
+	flash(t, al, "ok", "Token revoked")
+	if res := s.check(obj("agent:scribe"), "doc:handbook", "view", minted.GetToken()); res.GetDecision() == pb.Decision_DECISION_ALLOWED {
+		t.Fatalf("a revoked token allowed: %v", res)
+	}
+	if got := text(t, al, chromedp.CSS(`main`)); strings.Contains(got, minted.GetTokenId()[:12]) {
+		t.Fatalf("my agents still lists the revoked token:\n%s", got)
 	}
 	// Remove the delegation: the agent acts for no one.
 	if res := s.check(obj("agent:scribe"), "doc:handbook", "view"); res.GetDecision() != pb.Decision_DECISION_ALLOWED {

@@ -11,6 +11,8 @@ import (
 
 	"github.com/mandate-authz/mandate/engine"
 	"github.com/mandate-authz/mandate/server/approval"
+	"github.com/mandate-authz/mandate/server/audit"
+	"github.com/mandate-authz/mandate/server/capability"
 	"github.com/mandate-authz/mandate/server/op"
 	"github.com/mandate-authz/mandate/store"
 	"github.com/mandate-authz/mandate/store/memory"
@@ -168,34 +170,36 @@ func (f *fakeApprovals) Watch(ctx context.Context, fl approval.Filter) iter.Seq2
 	}
 }
 
-// fakeTokens is a token registry.
+// fakeTokens is the token registry and its revocations.
 type fakeTokens struct {
-	mu     sync.Mutex
-	tokens []Token
+	mu      sync.Mutex
+	minted  []capability.Minted
+	revoked []capability.Revocation
 }
 
-func (f *fakeTokens) TokensFor(_ context.Context, principal rel.Object) ([]Token, error) {
+func (f *fakeTokens) Tokens(_ context.Context, fl capability.MintedFilter) ([]capability.Minted, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	var out []Token
-	for _, t := range f.tokens {
-		if t.Principal == principal {
-			out = append(out, t)
+	var out []capability.Minted
+	for _, m := range f.minted {
+		if fl.Principal == "" || m.Principal == fl.Principal {
+			out = append(out, m)
 		}
 	}
 	return out, nil
 }
 
-func (f *fakeTokens) RevokeToken(_ context.Context, id string, _ rel.Object) error {
+func (f *fakeTokens) RevokeTokens(_ context.Context, r capability.Revocation) (store.Revision, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	for i := range f.tokens {
-		if f.tokens[i].ID == id {
-			f.tokens[i].Revoked = true
-			return nil
-		}
-	}
-	return fmt.Errorf("no token %q", id)
+	f.revoked = append(f.revoked, r)
+	return store.Revision(len(f.revoked)), nil
+}
+
+func (f *fakeTokens) TokenRevocations(context.Context) ([]capability.Revocation, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.revoked), nil
 }
 
 const testSchema = `use expiration
@@ -207,9 +211,10 @@ definition agent {
 }
 
 definition doc {
-	relation viewer: user | agent
+	relation viewer: user | agent | agent with expiration
 	relation editor: user | agent
-	permission view = viewer + editor
+	relation reader: user | agent:*
+	permission view = viewer + editor + reader
 	permission edit = editor
 }
 `
@@ -218,9 +223,39 @@ definition doc {
 // schema and rels.
 func newCore(t *testing.T, rels ...string) *op.Core {
 	t.Helper()
+	return newAuditedCore(t, nil, rels...)
+}
+
+// recorder keeps the core's audit events.
+type recorder struct {
+	mu  sync.Mutex
+	evs []*audit.Event
+}
+
+func (r *recorder) Record(_ context.Context, ev *audit.Event) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.evs = append(r.evs, ev)
+	return nil
+}
+
+func (r *recorder) events(op audit.Operation) []*audit.Event {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []*audit.Event
+	for _, ev := range r.evs {
+		if ev.Operation == op {
+			out = append(out, ev)
+		}
+	}
+	return out
+}
+
+func newAuditedCore(t *testing.T, aud op.Auditor, rels ...string) *op.Core {
+	t.Helper()
 	st := memory.New()
 	eng := engine.New()
-	c, err := op.New(op.Config{Engine: eng, Store: st})
+	c, err := op.New(op.Config{Engine: eng, Store: st, Auditor: aud})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -62,25 +62,6 @@ type Relationships interface {
 	Begin(ctx context.Context, info op.CallInfo) (context.Context, *op.Call)
 }
 
-// Token is a minted capability token as the registry records it (never
-// the token itself).
-type Token struct {
-	ID        string
-	Holder    rel.Object
-	Principal rel.Object
-	Rights    []string
-	Task      string
-	Expires   time.Time
-	Revoked   bool
-}
-
-// Tokens lists and revokes the capability tokens minted for a principal.
-// Attenuations made offline are not listed until they are used.
-type Tokens interface {
-	TokensFor(ctx context.Context, principal rel.Object) ([]Token, error)
-	RevokeToken(ctx context.Context, id string, by rel.Object) error
-}
-
 // OIDC configures sign-in with an OpenID Connect provider.
 type OIDC struct {
 	// Issuer is the provider's issuer URL (discovery at
@@ -127,11 +108,13 @@ type Config struct {
 }
 
 // Deps are the services the inbox is a facade over. Approvals and Tokens
-// may be nil: the pages then say that those are not served.
+// may be nil: the pages then say that those are not served. Revocations
+// is needed with Tokens.
 type Deps struct {
-	Core      Relationships
-	Approvals Approvals
-	Tokens    Tokens
+	Core        Relationships
+	Approvals   Approvals
+	Tokens      Tokens
+	Revocations Revocations
 }
 
 // Defaults.
@@ -222,6 +205,9 @@ func New(cfg Config, deps Deps) (*Inbox, error) {
 	}
 	if deps.Core == nil {
 		return nil, errors.New("inbox: the operation core is required")
+	}
+	if deps.Tokens != nil && deps.Revocations == nil {
+		return nil, errors.New("inbox: listing tokens needs the revocations in force")
 	}
 	if cfg.SessionTTL == 0 {
 		cfg.SessionTTL = DefaultSessionTTL

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/mandate-authz/mandate/server/approval"
+	"github.com/mandate-authz/mandate/server/audit"
+	"github.com/mandate-authz/mandate/server/capability"
 	"github.com/mandate-authz/mandate/server/op"
 	"github.com/mandate-authz/mandate/store/rel"
 )
@@ -40,6 +42,8 @@ func TestConfigValidate(t *testing.T) {
 		{"header without proxies", Config{TrustedHeader: "X-User", SubjectType: "user"}, "--ui-trusted-proxies"},
 		{"bad header", Config{TrustedHeader: "X User", TrustedProxies: proxies, SubjectType: "user"}, "expected an HTTP header name"},
 		{"bad issuer", Config{OIDC: oidc(func(o *OIDC) { o.Issuer = "idp" }), SubjectType: "user"}, "--ui-oidc-issuer"},
+		{"http issuer beyond loopback", Config{OIDC: oidc(func(o *OIDC) { o.Issuer = "http://idp.example.com" }), SubjectType: "user"}, "http only on loopback"},
+		{"http issuer on loopback", Config{OIDC: oidc(func(o *OIDC) { o.Issuer = "http://127.0.0.1:9000" }), SubjectType: "user"}, ""},
 		{"no client", Config{OIDC: oidc(func(o *OIDC) { o.ClientID = "" }), SubjectType: "user"}, "--ui-oidc-client-id"},
 		{"bad redirect", Config{OIDC: oidc(func(o *OIDC) { o.RedirectURL = "https://mandate.example.com/cb" }), SubjectType: "user"}, "--ui-oidc-redirect-url"},
 		{"short key", Config{TrustedHeader: "X-User", TrustedProxies: proxies, SubjectType: "user", SessionKey: []byte("short")}, "expected 32"},
@@ -83,7 +87,7 @@ func newFixture(t *testing.T, rels ...string) *fixture {
 	in, err := New(Config{
 		TrustedHeader: "X-Forwarded-User", TrustedProxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")},
 		SubjectType: "user", MaxGrantDuration: 4 * time.Hour,
-	}, Deps{Core: f.core, Approvals: f.apps, Tokens: f.toks})
+	}, Deps{Core: f.core, Approvals: f.apps, Tokens: f.toks, Revocations: f.toks})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -320,20 +324,33 @@ func TestMyAgents(t *testing.T) {
 		"agent:old#acts_for@user:alice[expiration:2020-01-01T00:00:00Z]",
 		"doc:plan#viewer@agent:bot",
 		"doc:memo#editor@agent:helper",
+		"doc:wiki#reader@agent:*",
+		"doc:old#viewer@agent:bot[expiration:2020-01-01T00:00:00Z]",
 	)
-	f.toks.tokens = []Token{{ID: "tok-1", Holder: obj("agent:bot"), Principal: obj("user:alice"), Rights: []string{"read doc:plan"}, Task: "T-1", Expires: time.Now().Add(time.Hour)}}
+	hour := time.Now().Add(time.Hour)
+	right := []capability.Right{{Type: "doc", ID: "plan", Permissions: []string{"view"}}}
+	f.toks.minted = []capability.Minted{
+		{ID: "tok-1", RootID: "tok-1", Holder: "agent:bot", Principal: "user:alice", Rights: right, Task: "T-1", Expires: hour},
+		// Made from tok-1 offline and used since: dies with it.
+		{ID: "tok-1a", Parent: "tok-1", RootID: "tok-1", Holder: "agent:helper", Principal: "user:alice", Rights: right, Task: "T-1", Expires: hour},
+		// An agent with no stored link acting for alice through a token.
+		{ID: "tok-2", RootID: "tok-2", Holder: "agent:courier", Principal: "user:alice", Rights: right, Expires: hour},
+		{ID: "tok-old", RootID: "tok-old", Holder: "agent:bot", Principal: "user:alice", Rights: right, Expires: time.Now().Add(-time.Minute)},
+		{ID: "tok-bob", RootID: "tok-bob", Holder: "agent:other", Principal: "user:bob", Rights: right, Expires: hour},
+	}
 	g := f.file("agent:bot", "user:alice", "doc:plan", "edit")
 	if _, err := f.apps.Approve(context.Background(), g.ID, approval.Decision{Approver: obj("user:alice"), Duration: time.Hour}); err != nil {
 		t.Fatal(err)
 	}
 	alice := f.as("alice")
 	body := status(t, alice.get("/ui/agents"), http.StatusOK)
-	for _, want := range []string{"agent:bot", "agent:helper", "sub-agent of <code>agent:bot</code>", "doc:plan", "doc:memo", "tok-1", "/ui/grants/" + g.ID + "/revoke"} {
+	for _, want := range []string{"agent:bot", "agent:helper", "sub-agent of <code>agent:bot</code>", "doc:plan", "doc:memo", "doc:wiki", `title="tok-1a"`, "doc:plan#view",
+		"agent:courier", "through a capability token", "/ui/grants/" + g.ID + "/revoke"} {
 		if !strings.Contains(body, want) {
 			t.Errorf("my agents lacks %q", want)
 		}
 	}
-	for _, absent := range []string{"agent:other", "agent:old"} {
+	for _, absent := range []string{"agent:other", "agent:old", "doc:old", `"tok-old"`, `"tok-bob"`} {
 		if strings.Contains(body, absent) {
 			t.Errorf("my agents shows %q", absent)
 		}
@@ -345,6 +362,7 @@ func TestMyAgents(t *testing.T) {
 	status(t, bob.post("/ui/agents/unlink", bob.form("agent", "agent:bot", "for", "user:alice")), http.StatusForbidden)
 	status(t, bob.post("/ui/grants/"+g.ID+"/revoke", bob.form()), http.StatusNotFound)
 	status(t, bob.post("/ui/tokens/tok-1/revoke", bob.form()), http.StatusNotFound)
+	status(t, alice.post("/ui/tokens/tok-old/revoke", alice.form()), http.StatusNotFound)
 	if got, _ := f.apps.Get(context.Background(), g.ID); got.Status != approval.Approved {
 		t.Fatalf("bob revoked alice's grant")
 	}
@@ -355,8 +373,9 @@ func TestMyAgents(t *testing.T) {
 	if got, _ := f.apps.Get(context.Background(), g.ID); got.Status != approval.Revoked {
 		t.Fatalf("grant not revoked: %s", got.Status)
 	}
-	if !f.toks.tokens[0].Revoked {
-		t.Fatal("token not revoked")
+	if len(f.toks.revoked) != 1 || f.toks.revoked[0].By != capability.RevokeToken || f.toks.revoked[0].Value != "tok-1" ||
+		!strings.Contains(f.toks.revoked[0].Reason, "user:alice") {
+		t.Fatalf("revocations %+v", f.toks.revoked)
 	}
 	links, err := f.in.read(context.Background(), rel.Filter{ResourceType: "agent", Relation: "acts_for"}, 0)
 	if err != nil {
@@ -368,7 +387,7 @@ func TestMyAgents(t *testing.T) {
 		}
 	}
 	body = status(t, alice.get("/ui/agents?done=unlinked"), http.StatusOK)
-	if strings.Contains(body, "agent:helper") || !strings.Contains(body, "No live grants") || !strings.Contains(body, "No live tokens") {
+	if strings.Contains(body, "agent:helper") || strings.Contains(body, `"tok-1`) || !strings.Contains(body, `"tok-2"`) || !strings.Contains(body, "No live grants") {
 		t.Fatalf("after revoking:\n%s", body)
 	}
 }
@@ -405,4 +424,24 @@ func TestEvents(t *testing.T) {
 		}
 	}
 	t.Fatalf("the stream ended without an event: %v", sc.Err())
+}
+
+// TestAuditedAsThePerson: what the inbox does through the core is audited
+// as the signed-in person, over transport ui.
+func TestAuditedAsThePerson(t *testing.T) {
+	rec := &recorder{}
+	f := newFixture(t)
+	f.core = newAuditedCore(t, rec, "agent:bot#acts_for@user:alice")
+	in, err := New(f.in.cfg, Deps{Core: f.core, Approvals: f.apps})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.in = in
+	alice := f.as("alice")
+	alice.get("/ui/agents")
+	status(t, alice.post("/ui/agents/unlink", alice.form("agent", "agent:bot", "for", "user:alice")), http.StatusSeeOther)
+	evs := rec.events(audit.OpDeleteRelationships)
+	if len(evs) != 1 || evs[0].Caller != "ui:user:alice" || evs[0].Transport != "ui" || evs[0].Source != proxyAddr {
+		t.Fatalf("delete events %+v", evs)
+	}
 }

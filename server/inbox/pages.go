@@ -82,6 +82,13 @@ var funcs = template.FuncMap{
 	"iso":      func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
 	"duration": humanDuration,
 	"join":     strings.Join,
+	// short abbreviates a long id; the page keeps the whole in a title.
+	"short": func(id string) string {
+		if len(id) <= 12 {
+			return id
+		}
+		return id[:12] + "…"
+	},
 }
 
 // humanDuration renders 90m as "1h 30m" and 45s as "45s".

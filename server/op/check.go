@@ -287,6 +287,10 @@ type LookupResourcesRequest struct {
 	After string
 	// Limit bounds the page (0: every result).
 	Limit int
+	// CapabilityToken, when set, looks up as the token's holder (Subject):
+	// the resources the token's rights cover that its principal holds
+	// now (see token.go).
+	CapabilityToken string
 }
 
 // LookupResult is a page of lookup results at the revision they were
@@ -298,7 +302,13 @@ type LookupResult struct {
 
 // LookupResources answers one page of a resource lookup.
 func (c *Core) LookupResources(ctx context.Context, req LookupResourcesRequest) (LookupResult, error) {
+	var d *capability.Decision
 	out, err := c.lookup(ctx, req.Limit, req.Consistency, func(rev store.Revision) ([]engine.LookupResult, store.Revision, error) {
+		if req.CapabilityToken != "" {
+			res, rev, dec, err := c.lookupToken(ctx, req, rev)
+			d = dec
+			return res, rev, err
+		}
 		return c.eng.LookupResources(ctx, engine.LookupResourcesRequest{
 			ResourceType: req.ResourceType, Permission: req.Permission, Subject: req.Subject,
 			Context: req.Context, OnBehalfOf: req.OnBehalfOf, Revision: rev, After: req.After, Limit: req.Limit,
@@ -308,7 +318,9 @@ func (c *Core) LookupResources(ctx context.Context, req LookupResourcesRequest) 
 	ev := call.event(audit.OpLookupResources, err)
 	describeLookupResources(ev, req)
 	ev.Revision, ev.Count = uint64(out.Revision), int64(len(out.Results))
-	if req.Subject.Type != "" {
+	if req.CapabilityToken != "" {
+		lookupTokenEvent(ev, d, err)
+	} else if req.Subject.Type != "" {
 		ev.SubjectKind = kindIn(c.eng.Schema(out.Revision), req.Subject)
 		switch {
 		case ev.SubjectKind == audit.Person:

@@ -164,6 +164,8 @@ type Core struct {
 	// tokens checks capability tokens against tokenEng (nil: refused).
 	tokens   *capability.Checker
 	tokenEng capability.Engine
+	// used registers attenuated tokens on first use (token_service.go).
+	used *usedTokens
 	// kinds remembers the store's schema at a revision the engine has not
 	// applied yet, for write events; see subjectKindsAt.
 	kinds schemaCache
@@ -183,7 +185,7 @@ func New(cfg Config) (*Core, error) {
 	c := &Core{
 		eng: cfg.Engine, st: cfg.Store, aud: cfg.Auditor, lim: cfg.Limits.WithDefaults(),
 		wait: cfg.MaxRevisionWait, decided: cfg.Decided, classify: cfg.Classify, log: cfg.Log,
-		tokens: cfg.Tokens, tokenEng: capability.ForEngine(cfg.Engine),
+		tokens: cfg.Tokens, tokenEng: capability.ForEngine(cfg.Engine), used: newUsedTokens(),
 	}
 	c.schemas = schema.NewCompiler(schema.Limits{}, c.lim.MaxConcurrentSchemaCompiles)
 	if c.wait <= 0 {

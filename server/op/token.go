@@ -56,6 +56,7 @@ func (c *Core) checkToken(ctx context.Context, req CheckRequest, rev store.Revis
 	if err != nil {
 		return CheckResult{}, err
 	}
+	c.registerUsed(req.CapabilityToken, &d)
 	res := CheckResult{Token: &d}
 	switch {
 	case d.Allowed:
@@ -82,12 +83,16 @@ func (c *Core) checkToken(ctx context.Context, req CheckRequest, rev store.Revis
 // token stands in for), and the token's reason for a denial.
 func tokenEvent(ev *audit.Event, res CheckResult, err error) {
 	ev.SubjectKind = audit.Agent
-	d := res.Token
-	if err != nil || d == nil {
+	if err != nil || res.Token == nil {
 		return
 	}
-	ev.TokenID, ev.Principal = d.TokenID, d.Principal
+	describeToken(ev, res.Token)
 	ev.Decision, ev.Missing = decision(res.Decision), res.Missing
+}
+
+// describeToken names d's token, chain and reason in ev.
+func describeToken(ev *audit.Event, d *capability.Decision) {
+	ev.TokenID, ev.Principal = d.TokenID, d.Principal
 	ev.Reason = string(d.Reason)
 	ev.Detail = d.Detail
 	for i := len(d.Holders) - 1; i >= 0; i-- {
@@ -95,5 +100,70 @@ func tokenEvent(ev *audit.Event, res CheckResult, err error) {
 	}
 	if d.Principal != "" {
 		ev.Chain = append(ev.Chain, audit.Link{Subject: d.Principal})
+	}
+}
+
+// lookupToken answers one page of a LookupResources made with a capability
+// token at rev: the principal's resources (engine lookups, with the
+// token's context) that the token's rights allow the holder, confirmed
+// against this replica's revocations at the revision answered. A token
+// that allows nothing is no error: the page is empty and d says why.
+func (c *Core) lookupToken(ctx context.Context, req LookupResourcesRequest, rev store.Revision) ([]engine.LookupResult, store.Revision, *capability.Decision, error) {
+	switch {
+	case c.tokens == nil:
+		return nil, 0, nil, fmt.Errorf("capability_token: %w", ErrTokensOff)
+	case req.Subject.Relation != "":
+		return nil, 0, nil, fmt.Errorf("%w: subject: a token is held by an object, not the userset %s", ErrInvalidTokenCheck, subjectString(req.Subject))
+	case req.OnBehalfOf != nil:
+		return nil, 0, nil, fmt.Errorf("%w: on_behalf_of: not allowed with a capability token, which names its own principal", ErrInvalidTokenCheck)
+	case rev == engine.EmptyRevision:
+		return nil, 0, nil, fmt.Errorf("looking up with a capability token at revision zero: %w", engine.ErrNoSchema)
+	}
+	task, _ := req.Context["task"].(string)
+	scope, d := c.tokens.Lookup(c.tokenEng, capability.LookupRequest{
+		Token: req.CapabilityToken, ResourceType: req.ResourceType, Permission: req.Permission,
+		Subject: rel.Object{Type: req.Subject.Type, ID: req.Subject.ID}, Task: task, Context: req.Context,
+	})
+	if scope == nil {
+		return nil, rev, &d, nil
+	}
+	// Pages of the principal's resources, filtered by the token, until the
+	// page is full or the principal's resources run out: a page the token
+	// filtered down must not look like the end.
+	var out []engine.LookupResult
+	after, answered := req.After, rev
+	for {
+		page, at, err := c.eng.LookupResources(ctx, engine.LookupResourcesRequest{
+			ResourceType: req.ResourceType, Permission: req.Permission,
+			Subject: rel.Subject{Type: scope.Principal.Type, ID: scope.Principal.ID},
+			Context: scope.Context, Revision: rev, After: after, Limit: req.Limit,
+		})
+		if err != nil {
+			return nil, 0, nil, fmt.Errorf("looking up the token's principal %s: %w", scope.Principal, err)
+		}
+		answered = at
+		for _, r := range page {
+			if scope.Keep(r.ID) && (req.Limit == 0 || len(out) < req.Limit) {
+				out = append(out, r)
+			}
+		}
+		if req.Limit == 0 || len(page) < req.Limit || len(out) >= req.Limit {
+			break
+		}
+		after = page[len(page)-1].ID
+	}
+	d, ok := scope.Confirm(ctx, answered)
+	if !ok {
+		return nil, answered, &d, nil
+	}
+	return out, answered, &d, nil
+}
+
+// lookupTokenEvent fills a token lookup's event as tokenEvent does a
+// check's.
+func lookupTokenEvent(ev *audit.Event, d *capability.Decision, err error) {
+	ev.SubjectKind = audit.Agent
+	if err == nil && d != nil {
+		describeToken(ev, d)
 	}
 }

@@ -1,7 +1,8 @@
-// Package tokenapi is the mandate.v1 TokenService: a thin gRPC facade that
-// converts wire shapes to server/capability's domain types and back. The
-// server registers it; audit events and authentication come from the
-// server's interceptors and operation core.
+// Package tokenapi is the mandate.v1 TokenService: a thin gRPC facade over
+// the operation core's token operations (server/op), converting wire
+// shapes to server/capability's domain types and back. The server
+// registers it; authentication, audit events and error codes come from the
+// server's interceptors and the operation core.
 package tokenapi
 
 import (
@@ -17,23 +18,36 @@ import (
 
 	pb "github.com/mandate-authz/mandate/proto/mandate/v1"
 	"github.com/mandate-authz/mandate/server/capability"
+	"github.com/mandate-authz/mandate/server/op"
 	"github.com/mandate-authz/mandate/store"
 	"github.com/mandate-authz/mandate/store/rel"
 )
 
-// Service implements pb.TokenServiceServer.
+// Service implements pb.TokenServiceServer, and offers the same
+// operations to Go callers in the server (the web inbox lists and revokes
+// an agent's tokens with Tokens and RevokeTokens).
 type Service struct {
 	pb.UnimplementedTokenServiceServer
-	checker *capability.Checker
-	eng     capability.Engine
-	records capability.RecordWriter
-	token   func(store.Revision) *pb.RevisionToken
+	core  *op.Core
+	token func(store.Revision) *pb.RevisionToken
 }
 
 // New returns the service. token encodes a revision as the server's
 // revision tokens do.
-func New(checker *capability.Checker, eng capability.Engine, records capability.RecordWriter, token func(store.Revision) *pb.RevisionToken) *Service {
-	return &Service{checker: checker, eng: eng, records: records, token: token}
+func New(core *op.Core, token func(store.Revision) *pb.RevisionToken) *Service {
+	return &Service{core: core, token: token}
+}
+
+// Tokens lists the registered, unexpired tokens matching f (their
+// metadata; never the tokens), soonest expiry first. Audited.
+func (s *Service) Tokens(ctx context.Context, f capability.MintedFilter) ([]capability.Minted, error) {
+	out, _, err := s.core.ListTokens(ctx, f)
+	return out, err
+}
+
+// RevokeTokens stores a revocation and returns its revision. Audited.
+func (s *Service) RevokeTokens(ctx context.Context, r capability.Revocation) (store.Revision, error) {
+	return s.core.RevokeTokens(ctx, r)
 }
 
 func invalid(field string, err error) error {
@@ -51,12 +65,29 @@ func object(field string, o *pb.ObjectReference) (rel.Object, error) {
 	return obj, nil
 }
 
+// optionalObject is "" for an absent reference, else its type:id.
+func optionalObject(field string, o *pb.ObjectReference) (string, error) {
+	if o == nil {
+		return "", nil
+	}
+	obj, err := object(field, o)
+	return obj.String(), err
+}
+
 func ref(s string) *pb.ObjectReference {
 	if s == "" {
 		return nil
 	}
 	typ, id, _ := strings.Cut(s, ":")
 	return &pb.ObjectReference{ObjectType: typ, ObjectId: id}
+}
+
+func rightsToProto(rights []capability.Right) []*pb.TokenRight {
+	out := make([]*pb.TokenRight, len(rights))
+	for i, r := range rights {
+		out[i] = &pb.TokenRight{ResourceType: r.Type, ResourceId: r.ID, Permissions: r.Permissions}
+	}
+	return out
 }
 
 // Mint signs a token after the engine confirms the principal holds every
@@ -88,20 +119,11 @@ func (s *Service) Mint(ctx context.Context, req *pb.MintRequest) (*pb.MintRespon
 	if c := req.GetContext(); c != nil {
 		g.Context = c.AsMap()
 	}
-	tok, err := s.checker.Mint(ctx, s.eng, g)
-	switch {
-	case errors.Is(err, capability.ErrNotHeld):
-		return nil, status.Error(codes.PermissionDenied, err.Error())
-	case err != nil && ctx.Err() != nil:
-		return nil, status.FromContextError(ctx.Err()).Err()
-	case err != nil:
-		return nil, status.Error(codes.InvalidArgument, err.Error())
-	}
-	text, err := tok.Encode()
+	res, err := s.core.MintToken(ctx, g)
 	if err != nil {
-		return nil, status.Error(codes.Internal, err.Error())
+		return nil, err
 	}
-	return &pb.MintResponse{Token: text, TokenId: tok.ID(), ExpiresAt: timestamppb.New(tok.Expires())}, nil
+	return &pb.MintResponse{Token: res.Token, TokenId: res.Minted.ID, ExpiresAt: timestamppb.New(res.Minted.Expires)}, nil
 }
 
 // Revoke stores a revocation and returns its revision.
@@ -134,35 +156,53 @@ func (s *Service) Revoke(ctx context.Context, req *pb.RevokeRequest) (*pb.Revoke
 	default:
 		return nil, invalid("target", errors.New("expected token, token_id, holder, principal or task"))
 	}
-	rev, err := capability.Revoke(ctx, s.records, r)
-	switch {
-	case err != nil && ctx.Err() != nil:
-		return nil, status.FromContextError(ctx.Err()).Err()
-	case errors.Is(err, capability.ErrInvalidRevocation), errors.Is(err, store.ErrInvalidRecord):
-		return nil, status.Error(codes.InvalidArgument, err.Error())
-	case err != nil:
-		return nil, status.Error(codes.Unavailable, err.Error())
+	rev, err := s.core.RevokeTokens(ctx, r)
+	if err != nil {
+		return nil, err
 	}
 	return &pb.RevokeResponse{RevokedAt: s.token(rev)}, nil
 }
 
-// Inspect returns a token's blocks and whether it verifies here.
-func (s *Service) Inspect(_ context.Context, req *pb.InspectRequest) (*pb.InspectResponse, error) {
-	tok, err := capability.Inspect(req.GetToken())
+// ListTokens lists registered tokens.
+func (s *Service) ListTokens(ctx context.Context, req *pb.ListTokensRequest) (*pb.ListTokensResponse, error) {
+	var f capability.MintedFilter
+	var err error
+	if f.Principal, err = optionalObject("principal", req.GetPrincipal()); err != nil {
+		return nil, err
+	}
+	if f.Holder, err = optionalObject("holder", req.GetHolder()); err != nil {
+		return nil, err
+	}
+	f.Task = req.GetTask()
+	list, rev, err := s.core.ListTokens(ctx, f)
 	if err != nil {
-		return nil, invalid("token", err)
+		return nil, err
+	}
+	out := &pb.ListTokensResponse{ListedAt: s.token(rev)}
+	for _, m := range list {
+		out.Tokens = append(out.Tokens, &pb.MintedToken{
+			TokenId: m.ID, ParentId: m.Parent, RootId: m.RootID, Holder: ref(m.Holder), OnBehalfOf: ref(m.Principal),
+			Rights: rightsToProto(m.Rights), ExpiresAt: timestamppb.New(m.Expires), Task: m.Task,
+			MaxUses: uint32(m.MaxUses), IssuedAt: timestamppb.New(m.IssuedAt), RegisteredAt: s.token(m.Revision),
+		})
+	}
+	return out, nil
+}
+
+// Inspect returns a token's blocks and whether it verifies here.
+func (s *Service) Inspect(ctx context.Context, req *pb.InspectRequest) (*pb.InspectResponse, error) {
+	res, err := s.core.InspectToken(ctx, req.GetToken())
+	if err != nil {
+		return nil, err
 	}
 	out := &pb.InspectResponse{}
-	for i, b := range tok.Blocks {
+	for i, b := range res.Token.Blocks {
 		pbb := &pb.TokenBlock{
 			Id: b.ID, ParentId: b.Parent, KeyId: b.KeyID, OnBehalfOf: ref(b.OnBehalfOf), Holder: ref(b.Holder),
-			Task: b.Task, MaxUses: uint32(b.MaxUses), IssuedAt: timestamppb.New(b.IssuedAt),
+			Task: b.Task, MaxUses: uint32(b.MaxUses), IssuedAt: timestamppb.New(b.IssuedAt), Rights: rightsToProto(b.Rights),
 		}
 		if !b.Expires.IsZero() {
 			pbb.ExpiresAt = timestamppb.New(b.Expires)
-		}
-		for _, r := range b.Rights {
-			pbb.Rights = append(pbb.Rights, &pb.TokenRight{ResourceType: r.Type, ResourceId: r.ID, Permissions: r.Permissions})
 		}
 		if len(b.Context) > 0 {
 			c, err := structpb.NewStruct(b.Context)
@@ -173,12 +213,12 @@ func (s *Service) Inspect(_ context.Context, req *pb.InspectRequest) (*pb.Inspec
 		}
 		out.Blocks = append(out.Blocks, pbb)
 	}
-	if _, err := s.checker.Verifier.Verify(req.GetToken()); err != nil {
+	if res.Err != nil {
 		var e *capability.Error
-		if errors.As(err, &e) {
+		if errors.As(res.Err, &e) {
 			out.Reason = string(e.Reason)
 		}
-		out.Detail = err.Error()
+		out.Detail = res.Err.Error()
 	} else {
 		out.Verified = true
 	}
@@ -186,9 +226,13 @@ func (s *Service) Inspect(_ context.Context, req *pb.InspectRequest) (*pb.Inspec
 }
 
 // ListRevocations lists the revocations this replica has applied.
-func (s *Service) ListRevocations(context.Context, *pb.ListRevocationsRequest) (*pb.ListRevocationsResponse, error) {
+func (s *Service) ListRevocations(ctx context.Context, _ *pb.ListRevocationsRequest) (*pb.ListRevocationsResponse, error) {
+	revs, err := s.core.TokenRevocations(ctx)
+	if err != nil {
+		return nil, err
+	}
 	out := &pb.ListRevocationsResponse{}
-	for _, r := range s.checker.Revocations.List() {
+	for _, r := range revs {
 		out.Revocations = append(out.Revocations, &pb.TokenRevocation{
 			By: string(r.By), Value: r.Value, Reason: r.Reason, RevokedAt: timestamppb.New(r.RevokedAt), Revision: s.token(r.Revision),
 		})

@@ -2,21 +2,20 @@ package tokenapi
 
 import (
 	"context"
-	"net"
+	"errors"
 	"strconv"
 	"sync"
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/mandate-authz/mandate/engine"
 	pb "github.com/mandate-authz/mandate/proto/mandate/v1"
 	"github.com/mandate-authz/mandate/server/capability"
+	"github.com/mandate-authz/mandate/server/op"
 	"github.com/mandate-authz/mandate/store"
 	"github.com/mandate-authz/mandate/store/memory"
 	"github.com/mandate-authz/mandate/store/rel"
@@ -35,7 +34,7 @@ definition calendar {
 `
 
 type fixture struct {
-	client  pb.TokenServiceClient
+	svc     *Service
 	checker *capability.Checker
 	eng     *engine.Engine
 }
@@ -69,20 +68,11 @@ func setup(t *testing.T) *fixture {
 	token := func(rev store.Revision) *pb.RevisionToken {
 		return &pb.RevisionToken{Token: strconv.FormatUint(uint64(rev), 10)}
 	}
-	srv := grpc.NewServer()
-	pb.RegisterTokenServiceServer(srv, New(checker, capability.ForEngine(eng), st, token))
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	core, err := op.New(op.Config{Engine: eng, Store: st, Tokens: checker})
 	if err != nil {
 		t.Fatal(err)
 	}
-	go srv.Serve(lis)
-	t.Cleanup(srv.Stop)
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return &fixture{client: pb.NewTokenServiceClient(conn), checker: checker, eng: eng}
+	return &fixture{svc: New(core, token), checker: checker, eng: eng}
 }
 
 func mintRequest(resource, id string) *pb.MintRequest {
@@ -97,7 +87,7 @@ func mintRequest(resource, id string) *pb.MintRequest {
 func TestTokenServiceOverGRPC(t *testing.T) {
 	f := setup(t)
 	ctx := t.Context()
-	minted, err := f.client.Mint(ctx, mintRequest("calendar", "bob"))
+	minted, err := f.svc.Mint(ctx, mintRequest("calendar", "bob"))
 	if err != nil {
 		t.Fatalf("Mint: %v", err)
 	}
@@ -114,16 +104,16 @@ func TestTokenServiceOverGRPC(t *testing.T) {
 		{"no holder", func() *pb.MintRequest { r := mintRequest("calendar", "bob"); r.Holder = nil; return r }(), codes.InvalidArgument},
 		{"no ttl", func() *pb.MintRequest { r := mintRequest("calendar", "bob"); r.Ttl = nil; return r }(), codes.InvalidArgument},
 	} {
-		if _, err := f.client.Mint(ctx, tc.req); status.Code(err) != tc.code {
+		if _, err := f.svc.Mint(ctx, tc.req); code(err) != tc.code {
 			t.Errorf("Mint with %s: %v, want %v", tc.name, err, tc.code)
 		}
 	}
 
-	ins, err := f.client.Inspect(ctx, &pb.InspectRequest{Token: minted.GetToken()})
+	ins, err := f.svc.Inspect(ctx, &pb.InspectRequest{Token: minted.GetToken()})
 	if err != nil || !ins.GetVerified() || len(ins.GetBlocks()) != 1 || ins.GetBlocks()[0].GetHolder().GetObjectId() != "a" || ins.GetBlocks()[0].GetTask() != "T" {
 		t.Fatalf("Inspect: %v, %v", ins, err)
 	}
-	if _, err := f.client.Inspect(ctx, &pb.InspectRequest{Token: "garbage"}); status.Code(err) != codes.InvalidArgument {
+	if _, err := f.svc.Inspect(ctx, &pb.InspectRequest{Token: "garbage"}); code(err) != codes.InvalidArgument {
 		t.Fatalf("Inspect of garbage: %v", err)
 	}
 
@@ -132,7 +122,7 @@ func TestTokenServiceOverGRPC(t *testing.T) {
 	if d, err := f.checker.Check(ctx, capability.ForEngine(f.eng), req); err != nil || !d.Allowed {
 		t.Fatalf("check with the minted token: %+v, %v", d, err)
 	}
-	revoked, err := f.client.Revoke(ctx, &pb.RevokeRequest{Target: &pb.RevokeRequest_Token{Token: minted.GetToken()}, Reason: "leaked"})
+	revoked, err := f.svc.Revoke(ctx, &pb.RevokeRequest{Target: &pb.RevokeRequest_Token{Token: minted.GetToken()}, Reason: "leaked"})
 	if err != nil {
 		t.Fatalf("Revoke: %v", err)
 	}
@@ -141,7 +131,7 @@ func TestTokenServiceOverGRPC(t *testing.T) {
 	if d, err := f.checker.Check(ctx, capability.ForEngine(f.eng), req); err != nil || d.Allowed || d.Reason != capability.ReasonRevoked {
 		t.Fatalf("check at the revocation's revision: %+v, %v", d, err)
 	}
-	list, err := f.client.ListRevocations(ctx, &pb.ListRevocationsRequest{})
+	list, err := f.svc.ListRevocations(ctx, &pb.ListRevocationsRequest{})
 	if err != nil || len(list.GetRevocations()) != 1 || list.GetRevocations()[0].GetValue() != minted.GetTokenId() || list.GetRevocations()[0].GetReason() != "leaked" {
 		t.Fatalf("ListRevocations: %v, %v", list, err)
 	}
@@ -151,10 +141,25 @@ func TestTokenServiceOverGRPC(t *testing.T) {
 		{Target: &pb.RevokeRequest_Holder{Holder: &pb.ObjectReference{ObjectType: "agent"}}},
 		{Target: &pb.RevokeRequest_Token{Token: "garbage"}},
 	} {
-		if _, err := f.client.Revoke(ctx, bad); status.Code(err) != codes.InvalidArgument {
+		if _, err := f.svc.Revoke(ctx, bad); code(err) != codes.InvalidArgument {
 			t.Errorf("Revoke(%v): %v, want InvalidArgument", bad, err)
 		}
 	}
+}
+
+// code is the gRPC code the server's interceptor gives the facade's
+// errors (server/errors.go): status errors keep theirs, the core's
+// sentinels map.
+func code(err error) codes.Code {
+	switch {
+	case err == nil:
+		return codes.OK
+	case errors.Is(err, capability.ErrNotHeld):
+		return codes.PermissionDenied
+	case errors.Is(err, op.ErrInvalidTokenRequest):
+		return codes.InvalidArgument
+	}
+	return status.Code(err)
 }
 
 // followEngine applies the store's change stream to eng from the start

@@ -950,6 +950,247 @@ func (x *TokenExplanation) GetTask() string {
 	return ""
 }
 
+// ListTokensRequest selects registered tokens: every field set must match.
+type ListTokensRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Principal     *ObjectReference       `protobuf:"bytes,1,opt,name=principal,proto3" json:"principal,omitempty"`
+	Holder        *ObjectReference       `protobuf:"bytes,2,opt,name=holder,proto3" json:"holder,omitempty"`
+	Task          string                 `protobuf:"bytes,3,opt,name=task,proto3" json:"task,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListTokensRequest) Reset() {
+	*x = ListTokensRequest{}
+	mi := &file_mandate_v1_token_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListTokensRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListTokensRequest) ProtoMessage() {}
+
+func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mandate_v1_token_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListTokensRequest.ProtoReflect.Descriptor instead.
+func (*ListTokensRequest) Descriptor() ([]byte, []int) {
+	return file_mandate_v1_token_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ListTokensRequest) GetPrincipal() *ObjectReference {
+	if x != nil {
+		return x.Principal
+	}
+	return nil
+}
+
+func (x *ListTokensRequest) GetHolder() *ObjectReference {
+	if x != nil {
+		return x.Holder
+	}
+	return nil
+}
+
+func (x *ListTokensRequest) GetTask() string {
+	if x != nil {
+		return x.Task
+	}
+	return ""
+}
+
+// ListTokensResponse lists tokens, soonest expiry first.
+type ListTokensResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Tokens []*MintedToken         `protobuf:"bytes,1,rep,name=tokens,proto3" json:"tokens,omitempty"`
+	// listed_at is the revision the list is current at.
+	ListedAt      *RevisionToken `protobuf:"bytes,2,opt,name=listed_at,json=listedAt,proto3" json:"listed_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListTokensResponse) Reset() {
+	*x = ListTokensResponse{}
+	mi := &file_mandate_v1_token_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListTokensResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListTokensResponse) ProtoMessage() {}
+
+func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mandate_v1_token_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListTokensResponse.ProtoReflect.Descriptor instead.
+func (*ListTokensResponse) Descriptor() ([]byte, []int) {
+	return file_mandate_v1_token_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ListTokensResponse) GetTokens() []*MintedToken {
+	if x != nil {
+		return x.Tokens
+	}
+	return nil
+}
+
+func (x *ListTokensResponse) GetListedAt() *RevisionToken {
+	if x != nil {
+		return x.ListedAt
+	}
+	return nil
+}
+
+// MintedToken describes a registered token (never the token itself).
+type MintedToken struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	TokenId string                 `protobuf:"bytes,1,opt,name=token_id,json=tokenId,proto3" json:"token_id,omitempty"`
+	// parent_id is the token it was attenuated from; empty when minted.
+	ParentId      string                 `protobuf:"bytes,2,opt,name=parent_id,json=parentId,proto3" json:"parent_id,omitempty"`
+	RootId        string                 `protobuf:"bytes,3,opt,name=root_id,json=rootId,proto3" json:"root_id,omitempty"`
+	Holder        *ObjectReference       `protobuf:"bytes,4,opt,name=holder,proto3" json:"holder,omitempty"`
+	OnBehalfOf    *ObjectReference       `protobuf:"bytes,5,opt,name=on_behalf_of,json=onBehalfOf,proto3" json:"on_behalf_of,omitempty"`
+	Rights        []*TokenRight          `protobuf:"bytes,6,rep,name=rights,proto3" json:"rights,omitempty"`
+	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	Task          string                 `protobuf:"bytes,8,opt,name=task,proto3" json:"task,omitempty"`
+	MaxUses       uint32                 `protobuf:"varint,9,opt,name=max_uses,json=maxUses,proto3" json:"max_uses,omitempty"`
+	IssuedAt      *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=issued_at,json=issuedAt,proto3" json:"issued_at,omitempty"`
+	RegisteredAt  *RevisionToken         `protobuf:"bytes,11,opt,name=registered_at,json=registeredAt,proto3" json:"registered_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MintedToken) Reset() {
+	*x = MintedToken{}
+	mi := &file_mandate_v1_token_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MintedToken) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MintedToken) ProtoMessage() {}
+
+func (x *MintedToken) ProtoReflect() protoreflect.Message {
+	mi := &file_mandate_v1_token_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MintedToken.ProtoReflect.Descriptor instead.
+func (*MintedToken) Descriptor() ([]byte, []int) {
+	return file_mandate_v1_token_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *MintedToken) GetTokenId() string {
+	if x != nil {
+		return x.TokenId
+	}
+	return ""
+}
+
+func (x *MintedToken) GetParentId() string {
+	if x != nil {
+		return x.ParentId
+	}
+	return ""
+}
+
+func (x *MintedToken) GetRootId() string {
+	if x != nil {
+		return x.RootId
+	}
+	return ""
+}
+
+func (x *MintedToken) GetHolder() *ObjectReference {
+	if x != nil {
+		return x.Holder
+	}
+	return nil
+}
+
+func (x *MintedToken) GetOnBehalfOf() *ObjectReference {
+	if x != nil {
+		return x.OnBehalfOf
+	}
+	return nil
+}
+
+func (x *MintedToken) GetRights() []*TokenRight {
+	if x != nil {
+		return x.Rights
+	}
+	return nil
+}
+
+func (x *MintedToken) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
+func (x *MintedToken) GetTask() string {
+	if x != nil {
+		return x.Task
+	}
+	return ""
+}
+
+func (x *MintedToken) GetMaxUses() uint32 {
+	if x != nil {
+		return x.MaxUses
+	}
+	return 0
+}
+
+func (x *MintedToken) GetIssuedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.IssuedAt
+	}
+	return nil
+}
+
+func (x *MintedToken) GetRegisteredAt() *RevisionToken {
+	if x != nil {
+		return x.RegisteredAt
+	}
+	return nil
+}
+
 var File_mandate_v1_token_proto protoreflect.FileDescriptor
 
 const file_mandate_v1_token_proto_rawDesc = "" +
@@ -1028,12 +1269,36 @@ const file_mandate_v1_token_proto_rawDesc = "" +
 	"\x06detail\x18\x05 \x01(\tR\x06detail\x125\n" +
 	"\aholders\x18\x06 \x03(\v2\x1b.mandate.v1.ObjectReferenceR\aholders\x129\n" +
 	"\tprincipal\x18\a \x01(\v2\x1b.mandate.v1.ObjectReferenceR\tprincipal\x12\x12\n" +
-	"\x04task\x18\b \x01(\tR\x04task2\xaa\x02\n" +
+	"\x04task\x18\b \x01(\tR\x04task\"\x97\x01\n" +
+	"\x11ListTokensRequest\x129\n" +
+	"\tprincipal\x18\x01 \x01(\v2\x1b.mandate.v1.ObjectReferenceR\tprincipal\x123\n" +
+	"\x06holder\x18\x02 \x01(\v2\x1b.mandate.v1.ObjectReferenceR\x06holder\x12\x12\n" +
+	"\x04task\x18\x03 \x01(\tR\x04task\"}\n" +
+	"\x12ListTokensResponse\x12/\n" +
+	"\x06tokens\x18\x01 \x03(\v2\x17.mandate.v1.MintedTokenR\x06tokens\x126\n" +
+	"\tlisted_at\x18\x02 \x01(\v2\x19.mandate.v1.RevisionTokenR\blistedAt\"\xe5\x03\n" +
+	"\vMintedToken\x12\x19\n" +
+	"\btoken_id\x18\x01 \x01(\tR\atokenId\x12\x1b\n" +
+	"\tparent_id\x18\x02 \x01(\tR\bparentId\x12\x17\n" +
+	"\aroot_id\x18\x03 \x01(\tR\x06rootId\x123\n" +
+	"\x06holder\x18\x04 \x01(\v2\x1b.mandate.v1.ObjectReferenceR\x06holder\x12=\n" +
+	"\fon_behalf_of\x18\x05 \x01(\v2\x1b.mandate.v1.ObjectReferenceR\n" +
+	"onBehalfOf\x12.\n" +
+	"\x06rights\x18\x06 \x03(\v2\x16.mandate.v1.TokenRightR\x06rights\x129\n" +
+	"\n" +
+	"expires_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12\x12\n" +
+	"\x04task\x18\b \x01(\tR\x04task\x12\x19\n" +
+	"\bmax_uses\x18\t \x01(\rR\amaxUses\x127\n" +
+	"\tissued_at\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\bissuedAt\x12>\n" +
+	"\rregistered_at\x18\v \x01(\v2\x19.mandate.v1.RevisionTokenR\fregisteredAt2\xf7\x02\n" +
 	"\fTokenService\x129\n" +
 	"\x04Mint\x12\x17.mandate.v1.MintRequest\x1a\x18.mandate.v1.MintResponse\x12?\n" +
 	"\x06Revoke\x12\x19.mandate.v1.RevokeRequest\x1a\x1a.mandate.v1.RevokeResponse\x12B\n" +
 	"\aInspect\x12\x1a.mandate.v1.InspectRequest\x1a\x1b.mandate.v1.InspectResponse\x12Z\n" +
-	"\x0fListRevocations\x12\".mandate.v1.ListRevocationsRequest\x1a#.mandate.v1.ListRevocationsResponseB=Z;github.com/mandate-authz/mandate/proto/mandate/v1;mandatev1b\x06proto3"
+	"\x0fListRevocations\x12\".mandate.v1.ListRevocationsRequest\x1a#.mandate.v1.ListRevocationsResponse\x12K\n" +
+	"\n" +
+	"ListTokens\x12\x1d.mandate.v1.ListTokensRequest\x1a\x1e.mandate.v1.ListTokensResponseB=Z;github.com/mandate-authz/mandate/proto/mandate/v1;mandatev1b\x06proto3"
 
 var (
 	file_mandate_v1_token_proto_rawDescOnce sync.Once
@@ -1047,7 +1312,7 @@ func file_mandate_v1_token_proto_rawDescGZIP() []byte {
 	return file_mandate_v1_token_proto_rawDescData
 }
 
-var file_mandate_v1_token_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_mandate_v1_token_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_mandate_v1_token_proto_goTypes = []any{
 	(*TokenRight)(nil),              // 0: mandate.v1.TokenRight
 	(*MintRequest)(nil),             // 1: mandate.v1.MintRequest
@@ -1061,47 +1326,62 @@ var file_mandate_v1_token_proto_goTypes = []any{
 	(*ListRevocationsResponse)(nil), // 9: mandate.v1.ListRevocationsResponse
 	(*TokenRevocation)(nil),         // 10: mandate.v1.TokenRevocation
 	(*TokenExplanation)(nil),        // 11: mandate.v1.TokenExplanation
-	(*ObjectReference)(nil),         // 12: mandate.v1.ObjectReference
-	(*durationpb.Duration)(nil),     // 13: google.protobuf.Duration
-	(*structpb.Struct)(nil),         // 14: google.protobuf.Struct
-	(*timestamppb.Timestamp)(nil),   // 15: google.protobuf.Timestamp
-	(*RevisionToken)(nil),           // 16: mandate.v1.RevisionToken
+	(*ListTokensRequest)(nil),       // 12: mandate.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),      // 13: mandate.v1.ListTokensResponse
+	(*MintedToken)(nil),             // 14: mandate.v1.MintedToken
+	(*ObjectReference)(nil),         // 15: mandate.v1.ObjectReference
+	(*durationpb.Duration)(nil),     // 16: google.protobuf.Duration
+	(*structpb.Struct)(nil),         // 17: google.protobuf.Struct
+	(*timestamppb.Timestamp)(nil),   // 18: google.protobuf.Timestamp
+	(*RevisionToken)(nil),           // 19: mandate.v1.RevisionToken
 }
 var file_mandate_v1_token_proto_depIdxs = []int32{
-	12, // 0: mandate.v1.MintRequest.holder:type_name -> mandate.v1.ObjectReference
-	12, // 1: mandate.v1.MintRequest.on_behalf_of:type_name -> mandate.v1.ObjectReference
+	15, // 0: mandate.v1.MintRequest.holder:type_name -> mandate.v1.ObjectReference
+	15, // 1: mandate.v1.MintRequest.on_behalf_of:type_name -> mandate.v1.ObjectReference
 	0,  // 2: mandate.v1.MintRequest.rights:type_name -> mandate.v1.TokenRight
-	13, // 3: mandate.v1.MintRequest.ttl:type_name -> google.protobuf.Duration
-	14, // 4: mandate.v1.MintRequest.context:type_name -> google.protobuf.Struct
-	15, // 5: mandate.v1.MintResponse.expires_at:type_name -> google.protobuf.Timestamp
-	12, // 6: mandate.v1.RevokeRequest.holder:type_name -> mandate.v1.ObjectReference
-	12, // 7: mandate.v1.RevokeRequest.principal:type_name -> mandate.v1.ObjectReference
-	16, // 8: mandate.v1.RevokeResponse.revoked_at:type_name -> mandate.v1.RevisionToken
+	16, // 3: mandate.v1.MintRequest.ttl:type_name -> google.protobuf.Duration
+	17, // 4: mandate.v1.MintRequest.context:type_name -> google.protobuf.Struct
+	18, // 5: mandate.v1.MintResponse.expires_at:type_name -> google.protobuf.Timestamp
+	15, // 6: mandate.v1.RevokeRequest.holder:type_name -> mandate.v1.ObjectReference
+	15, // 7: mandate.v1.RevokeRequest.principal:type_name -> mandate.v1.ObjectReference
+	19, // 8: mandate.v1.RevokeResponse.revoked_at:type_name -> mandate.v1.RevisionToken
 	7,  // 9: mandate.v1.InspectResponse.blocks:type_name -> mandate.v1.TokenBlock
-	12, // 10: mandate.v1.TokenBlock.on_behalf_of:type_name -> mandate.v1.ObjectReference
-	12, // 11: mandate.v1.TokenBlock.holder:type_name -> mandate.v1.ObjectReference
+	15, // 10: mandate.v1.TokenBlock.on_behalf_of:type_name -> mandate.v1.ObjectReference
+	15, // 11: mandate.v1.TokenBlock.holder:type_name -> mandate.v1.ObjectReference
 	0,  // 12: mandate.v1.TokenBlock.rights:type_name -> mandate.v1.TokenRight
-	15, // 13: mandate.v1.TokenBlock.expires_at:type_name -> google.protobuf.Timestamp
-	14, // 14: mandate.v1.TokenBlock.context:type_name -> google.protobuf.Struct
-	15, // 15: mandate.v1.TokenBlock.issued_at:type_name -> google.protobuf.Timestamp
+	18, // 13: mandate.v1.TokenBlock.expires_at:type_name -> google.protobuf.Timestamp
+	17, // 14: mandate.v1.TokenBlock.context:type_name -> google.protobuf.Struct
+	18, // 15: mandate.v1.TokenBlock.issued_at:type_name -> google.protobuf.Timestamp
 	10, // 16: mandate.v1.ListRevocationsResponse.revocations:type_name -> mandate.v1.TokenRevocation
-	15, // 17: mandate.v1.TokenRevocation.revoked_at:type_name -> google.protobuf.Timestamp
-	16, // 18: mandate.v1.TokenRevocation.revision:type_name -> mandate.v1.RevisionToken
-	12, // 19: mandate.v1.TokenExplanation.holders:type_name -> mandate.v1.ObjectReference
-	12, // 20: mandate.v1.TokenExplanation.principal:type_name -> mandate.v1.ObjectReference
-	1,  // 21: mandate.v1.TokenService.Mint:input_type -> mandate.v1.MintRequest
-	3,  // 22: mandate.v1.TokenService.Revoke:input_type -> mandate.v1.RevokeRequest
-	5,  // 23: mandate.v1.TokenService.Inspect:input_type -> mandate.v1.InspectRequest
-	8,  // 24: mandate.v1.TokenService.ListRevocations:input_type -> mandate.v1.ListRevocationsRequest
-	2,  // 25: mandate.v1.TokenService.Mint:output_type -> mandate.v1.MintResponse
-	4,  // 26: mandate.v1.TokenService.Revoke:output_type -> mandate.v1.RevokeResponse
-	6,  // 27: mandate.v1.TokenService.Inspect:output_type -> mandate.v1.InspectResponse
-	9,  // 28: mandate.v1.TokenService.ListRevocations:output_type -> mandate.v1.ListRevocationsResponse
-	25, // [25:29] is the sub-list for method output_type
-	21, // [21:25] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	18, // 17: mandate.v1.TokenRevocation.revoked_at:type_name -> google.protobuf.Timestamp
+	19, // 18: mandate.v1.TokenRevocation.revision:type_name -> mandate.v1.RevisionToken
+	15, // 19: mandate.v1.TokenExplanation.holders:type_name -> mandate.v1.ObjectReference
+	15, // 20: mandate.v1.TokenExplanation.principal:type_name -> mandate.v1.ObjectReference
+	15, // 21: mandate.v1.ListTokensRequest.principal:type_name -> mandate.v1.ObjectReference
+	15, // 22: mandate.v1.ListTokensRequest.holder:type_name -> mandate.v1.ObjectReference
+	14, // 23: mandate.v1.ListTokensResponse.tokens:type_name -> mandate.v1.MintedToken
+	19, // 24: mandate.v1.ListTokensResponse.listed_at:type_name -> mandate.v1.RevisionToken
+	15, // 25: mandate.v1.MintedToken.holder:type_name -> mandate.v1.ObjectReference
+	15, // 26: mandate.v1.MintedToken.on_behalf_of:type_name -> mandate.v1.ObjectReference
+	0,  // 27: mandate.v1.MintedToken.rights:type_name -> mandate.v1.TokenRight
+	18, // 28: mandate.v1.MintedToken.expires_at:type_name -> google.protobuf.Timestamp
+	18, // 29: mandate.v1.MintedToken.issued_at:type_name -> google.protobuf.Timestamp
+	19, // 30: mandate.v1.MintedToken.registered_at:type_name -> mandate.v1.RevisionToken
+	1,  // 31: mandate.v1.TokenService.Mint:input_type -> mandate.v1.MintRequest
+	3,  // 32: mandate.v1.TokenService.Revoke:input_type -> mandate.v1.RevokeRequest
+	5,  // 33: mandate.v1.TokenService.Inspect:input_type -> mandate.v1.InspectRequest
+	8,  // 34: mandate.v1.TokenService.ListRevocations:input_type -> mandate.v1.ListRevocationsRequest
+	12, // 35: mandate.v1.TokenService.ListTokens:input_type -> mandate.v1.ListTokensRequest
+	2,  // 36: mandate.v1.TokenService.Mint:output_type -> mandate.v1.MintResponse
+	4,  // 37: mandate.v1.TokenService.Revoke:output_type -> mandate.v1.RevokeResponse
+	6,  // 38: mandate.v1.TokenService.Inspect:output_type -> mandate.v1.InspectResponse
+	9,  // 39: mandate.v1.TokenService.ListRevocations:output_type -> mandate.v1.ListRevocationsResponse
+	13, // 40: mandate.v1.TokenService.ListTokens:output_type -> mandate.v1.ListTokensResponse
+	36, // [36:41] is the sub-list for method output_type
+	31, // [31:36] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_mandate_v1_token_proto_init() }
@@ -1123,7 +1403,7 @@ func file_mandate_v1_token_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mandate_v1_token_proto_rawDesc), len(file_mandate_v1_token_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -23,6 +23,7 @@ const (
 	TokenService_Revoke_FullMethodName          = "/mandate.v1.TokenService/Revoke"
 	TokenService_Inspect_FullMethodName         = "/mandate.v1.TokenService/Inspect"
 	TokenService_ListRevocations_FullMethodName = "/mandate.v1.TokenService/ListRevocations"
+	TokenService_ListTokens_FullMethodName      = "/mandate.v1.TokenService/ListTokens"
 )
 
 // TokenServiceClient is the client API for TokenService service.
@@ -46,6 +47,10 @@ type TokenServiceClient interface {
 	Inspect(ctx context.Context, in *InspectRequest, opts ...grpc.CallOption) (*InspectResponse, error)
 	// ListRevocations lists every revocation in force.
 	ListRevocations(ctx context.Context, in *ListRevocationsRequest, opts ...grpc.CallOption) (*ListRevocationsResponse, error)
+	// ListTokens lists the tokens minted here that have not expired (their
+	// metadata, never the tokens), by principal, holder or task. A token
+	// attenuated offline is listed once a check on a server has allowed it.
+	ListTokens(ctx context.Context, in *ListTokensRequest, opts ...grpc.CallOption) (*ListTokensResponse, error)
 }
 
 type tokenServiceClient struct {
@@ -96,6 +101,16 @@ func (c *tokenServiceClient) ListRevocations(ctx context.Context, in *ListRevoca
 	return out, nil
 }
 
+func (c *tokenServiceClient) ListTokens(ctx context.Context, in *ListTokensRequest, opts ...grpc.CallOption) (*ListTokensResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListTokensResponse)
+	err := c.cc.Invoke(ctx, TokenService_ListTokens_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // TokenServiceServer is the server API for TokenService service.
 // All implementations must embed UnimplementedTokenServiceServer
 // for forward compatibility.
@@ -117,6 +132,10 @@ type TokenServiceServer interface {
 	Inspect(context.Context, *InspectRequest) (*InspectResponse, error)
 	// ListRevocations lists every revocation in force.
 	ListRevocations(context.Context, *ListRevocationsRequest) (*ListRevocationsResponse, error)
+	// ListTokens lists the tokens minted here that have not expired (their
+	// metadata, never the tokens), by principal, holder or task. A token
+	// attenuated offline is listed once a check on a server has allowed it.
+	ListTokens(context.Context, *ListTokensRequest) (*ListTokensResponse, error)
 	mustEmbedUnimplementedTokenServiceServer()
 }
 
@@ -138,6 +157,9 @@ func (UnimplementedTokenServiceServer) Inspect(context.Context, *InspectRequest)
 }
 func (UnimplementedTokenServiceServer) ListRevocations(context.Context, *ListRevocationsRequest) (*ListRevocationsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListRevocations not implemented")
+}
+func (UnimplementedTokenServiceServer) ListTokens(context.Context, *ListTokensRequest) (*ListTokensResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListTokens not implemented")
 }
 func (UnimplementedTokenServiceServer) mustEmbedUnimplementedTokenServiceServer() {}
 func (UnimplementedTokenServiceServer) testEmbeddedByValue()                      {}
@@ -232,6 +254,24 @@ func _TokenService_ListRevocations_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _TokenService_ListTokens_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListTokensRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TokenServiceServer).ListTokens(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TokenService_ListTokens_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TokenServiceServer).ListTokens(ctx, req.(*ListTokensRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // TokenService_ServiceDesc is the grpc.ServiceDesc for TokenService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -254,6 +294,10 @@ var TokenService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListRevocations",
 			Handler:    _TokenService_ListRevocations_Handler,
+		},
+		{
+			MethodName: "ListTokens",
+			Handler:    _TokenService_ListTokens_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

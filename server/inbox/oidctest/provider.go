@@ -114,16 +114,10 @@ func (p *Provider) jwks(w http.ResponseWriter, _ *http.Request) {
 }
 
 // authorize checks the authorization request and shows the login form
-// (or signs AutoLogin in). Errors about the client or the redirect URI are
-// shown here, never sent to an unchecked redirect URI.
+// (or signs AutoLogin in).
 func (p *Provider) authorize(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	if q.Get("client_id") != p.cfg.ClientID || q.Get("redirect_uri") != p.cfg.RedirectURL {
-		http.Error(w, "unknown client or redirect_uri", http.StatusBadRequest)
-		return
-	}
-	if msg := checkAuthRequest(q); msg != "" {
-		redirectError(w, r, q, "invalid_request", msg)
+	if !p.validRequest(w, r, q) {
 		return
 	}
 	if p.cfg.AutoLogin != "" {
@@ -131,6 +125,21 @@ func (p *Provider) authorize(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p.form(w, q, "")
+}
+
+// validRequest answers a bad authorization request: errors about the
+// client or the redirect URI here, never sent to an unchecked redirect
+// URI; the others to the client.
+func (p *Provider) validRequest(w http.ResponseWriter, r *http.Request, q url.Values) bool {
+	if q.Get("client_id") != p.cfg.ClientID || q.Get("redirect_uri") != p.cfg.RedirectURL {
+		http.Error(w, "unknown client or redirect_uri", http.StatusBadRequest)
+		return false
+	}
+	if msg := checkAuthRequest(q); msg != "" {
+		redirectError(w, r, q, "invalid_request", msg)
+		return false
+	}
+	return true
 }
 
 func checkAuthRequest(q url.Values) string {
@@ -178,12 +187,7 @@ func (p *Provider) signIn(w http.ResponseWriter, r *http.Request) {
 			q[k] = v
 		}
 	}
-	if q.Get("client_id") != p.cfg.ClientID || q.Get("redirect_uri") != p.cfg.RedirectURL {
-		http.Error(w, "unknown client or redirect_uri", http.StatusBadRequest)
-		return
-	}
-	if msg := checkAuthRequest(q); msg != "" {
-		redirectError(w, r, q, "invalid_request", msg)
+	if !p.validRequest(w, r, q) {
 		return
 	}
 	user := r.PostForm.Get("username")
