@@ -506,7 +506,7 @@ func (s *Server) buildHTTP() error {
 		mux.Handle("GET "+capability.PublicKeysPath, capability.PublicKeysHandler(s.tokens.keys))
 	}
 	s.http = &http.Server{
-		Handler:           mux,
+		Handler:           s.bodyDeadline(mux),
 		TLSConfig:         tlsCfg,
 		ReadHeaderTimeout: s.transport.HandshakeTimeout, // and the TLS handshake
 		IdleTimeout:       s.transport.IdleTimeout,

@@ -210,27 +210,34 @@ type tapped struct {
 	key *apikey.Key
 }
 
-// guardREST authenticates a REST call before anything reads its body. A
-// call without a valid key goes on with an empty body, so that the gRPC
-// server refuses it (and audits it) as it refuses any other, and the
-// connection is closed after the answer rather than drained. A call with
-// a valid key gets BodyTimeout to send its body (import: for each wait).
-func (s *Server) guardREST(h http.Handler) http.Handler {
+// bodyDeadline gives every HTTP request BodyTimeout to send its body
+// (import: for each wait), and with it the server's own reading of what a
+// handler left unread.
+func (s *Server) bodyDeadline(h http.Handler) http.Handler {
 	timeout := s.transport.BodyTimeout
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if _, _, err := s.auth.authenticateHeader(r.Header.Values("Authorization")); err != nil {
-			r.Body, r.ContentLength = http.NoBody, 0
-			r.Header.Del("Content-Length")
-			w.Header().Set("Connection", "close")
-			h.ServeHTTP(w, r)
-			return
-		}
-		rc := http.NewResponseController(w)
-		b := &deadlineBody{ReadCloser: r.Body, rc: rc, timeout: timeout, each: r.URL.Path == restImportPath}
+		b := &deadlineBody{ReadCloser: r.Body, rc: http.NewResponseController(w), timeout: timeout, each: r.URL.Path == restImportPath}
 		if !b.each {
 			b.setDeadline(time.Now().Add(timeout))
 		}
 		r.Body = b
+		h.ServeHTTP(w, r)
+	})
+}
+
+// guardREST authenticates a REST call before anything reads its body. A
+// call without a valid key goes on with an empty body, so that the gRPC
+// server refuses it (and audits it) as it refuses any other; its own body
+// is never read (not even drained after the answer: the read deadline is
+// now) and the connection closes after the answer.
+func (s *Server) guardREST(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, _, err := s.auth.authenticateHeader(r.Header.Values("Authorization")); err != nil {
+			_ = http.NewResponseController(w).SetReadDeadline(time.Now())
+			r.Body, r.ContentLength = http.NoBody, 0
+			r.Header.Del("Content-Length")
+			w.Header().Set("Connection", "close")
+		}
 		h.ServeHTTP(w, r)
 	})
 }

@@ -158,6 +158,15 @@ func TestUnauthenticatedBodyIsNotRead(t *testing.T) {
 			t.Errorf("refused call audited as %+v", ev)
 		}
 
+		// A small body, which the server would otherwise drain after its
+		// answer to keep the connection, trickled: not read either.
+		small := rawDial(t, ts.srv.HTTPAddr())
+		trickle(small, 100*time.Millisecond, append([]string{strings.Replace(restHead("not-the-key"), "4194304", "100", 1)}, repeat(" ", 100)...)...)
+		if got := waitClosed(t, small, "a refused call trickling a small body"); !strings.HasPrefix(got, "HTTP/1.1 401") {
+			t.Errorf("answer to a refused call trickling a small body: %.100q", got)
+		}
+		rec.take()
+
 		ok := rawDial(t, ts.srv.HTTPAddr())
 		io.WriteString(ok, restHead(testKey))
 		ok.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
