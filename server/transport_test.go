@@ -367,3 +367,39 @@ func TestStreamsOverTheCapWait(t *testing.T) {
 		t.Errorf("ReadSchema once a stream is free: %v", err)
 	}
 }
+
+// TestRESTWatchOutlivesTheBodyTimeout: the body deadline ends with the
+// body, so a REST Watch (a long response to a short body) keeps streaming
+// past it.
+func TestRESTWatchOutlivesTheBodyTimeout(t *testing.T) {
+	const limit = 200 * time.Millisecond
+	ts := startServer(t, func(c *server.Config) { c.Transport.BodyTimeout = limit })
+	ts.writeSchema(testSchema)
+	req, err := http.NewRequestWithContext(ts.ctx(), http.MethodPost, ts.base+"/v1/watch", strings.NewReader("{}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+testKey)
+	// The gateway answers with the first event, so the call returns once
+	// the write below is made.
+	type answer struct {
+		resp *http.Response
+		err  error
+	}
+	got := make(chan answer, 1)
+	go func() {
+		resp, err := http.DefaultClient.Do(req)
+		got <- answer{resp, err}
+	}()
+	time.Sleep(5 * limit)
+	ts.write(update(touch, mustParse(t, "doc:late#viewer@user:ann")...)...)
+	a := <-got
+	if a.err != nil {
+		t.Fatal(a.err)
+	}
+	defer a.resp.Body.Close()
+	line, err := bufio.NewReader(a.resp.Body).ReadString('\n')
+	if err != nil || !strings.Contains(line, "late") {
+		t.Fatalf("REST watch after %s, past the body timeout: %q, %v", 5*limit, line, err)
+	}
+}
