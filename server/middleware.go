@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	pb "github.com/mandate-authz/mandate/proto/mandate/v1"
+	"github.com/mandate-authz/mandate/server/apikey"
 	"github.com/mandate-authz/mandate/server/op"
 )
 
@@ -54,8 +55,14 @@ func transportOf(ctx context.Context) string {
 // and applies the request timeout. The returned cancel must be called when
 // the call ends.
 func (s *Server) begin(ctx context.Context, fullMethod string) (context.Context, context.CancelFunc, error) {
-	id, key, err := s.auth.authenticate(ctx, fullMethod)
-	if err != nil {
+	var (
+		id  op.Identity
+		key *apikey.Key
+		err error
+	)
+	if t, ok := ctx.Value(tappedKey{}).(tapped); ok {
+		id, key = t.id, t.key // authTap authenticated the call already
+	} else if id, key, err = s.auth.authenticate(ctx, fullMethod); err != nil {
 		return ctx, func() {}, err
 	}
 	ctx = op.WithIdentity(ctx, id)

@@ -89,6 +89,10 @@ type Config struct {
 	StoreName string
 	// Limits; zero fields take DefaultLimits' values.
 	Limits Limits
+	// Transport bounds connections, streams and slow clients on both
+	// listeners; zero fields take DefaultTransportLimits' values. See
+	// transport.go.
+	Transport TransportLimits
 	// Logger receives request and lifecycle logs; nil discards them. Keys
 	// and request payloads are never logged.
 	Logger *slog.Logger
@@ -127,15 +131,16 @@ type Config struct {
 
 // Server serves the API. Create it with New, run it with Run.
 type Server struct {
-	cfg     Config
-	lim     Limits
-	st      store.Store
-	eng     *engine.Engine
-	inst    instanceID
-	log     *slog.Logger
-	metrics *metrics
-	auth    *authenticator
-	reqIDs  *requestIDs
+	cfg       Config
+	lim       Limits
+	transport TransportLimits
+	st        store.Store
+	eng       *engine.Engine
+	inst      instanceID
+	log       *slog.Logger
+	metrics   *metrics
+	auth      *authenticator
+	reqIDs    *requestIDs
 	// core runs every operation of every API; see server/op.
 	core *op.Core
 	// retention decides which history to release; see retention.go.
@@ -198,8 +203,9 @@ func New(st store.Store, eng *engine.Engine, cfg Config) (*Server, error) {
 	}
 	s := &Server{
 		cfg: cfg, lim: lim, st: st, eng: eng, inst: inst, log: log, auth: auth, retention: ret,
-		metrics:  newMetrics(),
-		stopping: make(chan struct{}),
+		transport: cfg.Transport.WithDefaults(),
+		metrics:   newMetrics(),
+		stopping:  make(chan struct{}),
 	}
 	if err := s.setupAudit(); err != nil {
 		return nil, err
@@ -255,6 +261,13 @@ func (s *Server) listen() error {
 			return fmt.Errorf("HTTP listener on %q: %w", s.cfg.HTTPAddr, err)
 		}
 	}
+	// Each listener has its own connection cap, so clients exhausting one
+	// do not take the other down with it.
+	cm := newConnMetrics(s.metrics.reg)
+	s.grpcLis = newCapListener(s.grpcLis, s.transport.MaxConnections, "grpc", cm)
+	if s.httpLis != nil {
+		s.httpLis = newCapListener(s.httpLis, s.transport.MaxConnections, "http", cm)
+	}
 	// The REST gateway reaches the gRPC server through an in-process pipe,
 	// so REST calls pass the same interceptors (auth, limits, metrics) and
 	// support streaming, whatever TLS the gRPC listener uses.
@@ -279,7 +292,9 @@ func (s *Server) buildGRPC() error {
 		grpc.ForceServerCodecV2(newCodec()),
 		grpc.ChainUnaryInterceptor(s.unaryInterceptor, s.retentionUnary, serverVersionUnary),
 		grpc.ChainStreamInterceptor(decodeStreams, s.streamInterceptor, s.retentionStream, serverVersionStream),
+		grpc.InTapHandle(s.authTap),
 	}
+	opts = append(opts, s.transport.grpcTransportOptions()...)
 	tlsCfg, err := NewTLSConfig("gRPC", TLSFiles{s.cfg.GRPCTLSCertPath, s.cfg.GRPCTLSKeyPath, s.cfg.GRPCTLSClientCAPath}, s.log)
 	if err != nil {
 		return err
@@ -506,7 +521,7 @@ func (s *Server) buildHTTP() error {
 		return err
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/v1/", s.limitBody(oneJSONValue(gw)))
+	mux.Handle("/v1/", s.guardREST(s.limitBody(oneJSONValue(gw))))
 	mux.HandleFunc("GET /openapi.json", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		w.Write(pb.OpenAPIDocument())
@@ -535,9 +550,11 @@ func (s *Server) buildHTTP() error {
 		mux.Handle("GET "+capability.PublicKeysPath, capability.PublicKeysHandler(s.tokens.keys))
 	}
 	s.http = &http.Server{
-		Handler:           mux,
+		Handler:           s.bodyDeadline(mux),
 		TLSConfig:         tlsCfg,
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: s.transport.HandshakeTimeout, // and the TLS handshake
+		IdleTimeout:       s.transport.IdleTimeout,
+		MaxHeaderBytes:    s.transport.MaxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 	return nil

@@ -41,7 +41,7 @@ func addAuditFlags(f *pflag.FlagSet, o *auditOptions) {
 	f.StringVar(&o.overflow, "audit-overflow", string(audit.Block), "when the audit sink falls behind: block (calls wait for room; a check or lookup still unrecorded at its deadline fails rather than go unaudited) or drop (events are discarded, counted in mandate_audit_events_dropped_total, logged, and noted in the trail)")
 	f.IntVar(&o.buffer, "audit-buffer", 8192, "audit events queued for the sink before --audit-overflow applies")
 	f.StringVar(&o.table, "audit-table", audit.DefaultTable, "table (or schema.table) of the postgres audit sink")
-	f.StringVar(&o.retention, "audit-retention", "", "how much of the file audit trail to keep: an age (720h), a total size (10GiB) or both (720h,10GiB); the oldest rotated files beyond it are deleted, recorded in the trail first so that `mandate audit verify` still passes (default keep everything)")
+	f.StringVar(&o.retention, "audit-retention", "", "how much of the audit trail to keep: an age (720h), a total size (10GiB) or both (720h,10GiB); beyond it the oldest rotated files (file sink) or this server's oldest rows (postgres sink) are deleted, recorded in the trail first so that mandate audit verify still passes (default keep everything)")
 	f.BoolVar(&o.sync, "audit-sync", false, "make every audit event durable (fsynced) before the call is answered, checks and lookups included; writes, deletes, imports and schema changes always are")
 	f.StringVar(&o.chainID, "audit-chain-id", "", "this server's hash chain in the postgres audit table (default the host name); each server sharing the table needs its own")
 }
@@ -128,9 +128,12 @@ func openAudit(ctx context.Context, o *auditOptions, dsEngine, dataDir string, s
 		if !ok || pg.Engine() != "postgres" {
 			return nil, fmt.Errorf("--audit-sink postgres needs --datastore-engine postgres (the trail goes to a table of that database)")
 		}
-		if sink, err = audit.OpenPostgresSink(ctx, pg.Pool(), audit.PostgresOptions{Table: o.table, ChainID: o.chainID}); err != nil {
+		ps, err := audit.OpenPostgresSink(ctx, pg.Pool(), audit.PostgresOptions{Table: o.table, ChainID: o.chainID, Logger: log})
+		if err != nil {
 			return nil, fmt.Errorf("--audit-sink postgres: %w", err)
 		}
+		ps.SetRetention(plan.retention)
+		sink = ps
 	}
 	overflow := plan.overflow
 	var redactor *audit.Redactor

@@ -341,7 +341,7 @@ func TestOpenAuditFromFlags(t *testing.T) {
 		{"retention sync", func(o *auditOptions) { o.retention = "1GiB"; o.sync = true; o.dir = filepath.Join(dataDir, "ret2") }, "", "file", true},
 		{"retention garbage", func(o *auditOptions) { o.retention = "forever" }, `--audit-retention "forever": expected an age (720h), a size (10GiB) or both`, "", false},
 		{"retention twice", func(o *auditOptions) { o.retention = "1h,2h" }, `--audit-retention "1h,2h": expected one positive age`, "", false},
-		{"retention on stdout", func(o *auditOptions) { o.sink, o.retention = "stdout", "1h" }, "--audit-retention applies to the file audit sink only, not stdout", "", false},
+		{"retention on stdout", func(o *auditOptions) { o.sink, o.retention = "stdout", "1h" }, "--audit-retention applies to the file and postgres audit sinks only, not stdout", "", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			o := base
@@ -406,6 +406,25 @@ func TestOpenAuditFromFlags(t *testing.T) {
 	if out := mustCLI(t, "audit", "export", "--format", "jsonl", "--principal", "user:bob", url, "--table", o.table); strings.Count(out, "\n") != 1 || !strings.Contains(out, `"subject":"user:bob"`) {
 		t.Errorf("export of the table:\n%s", out)
 	}
+	// --audit-retention on the table: this server's oldest rows go, and
+	// verify says so.
+	ro := base
+	ro.table, ro.chainID, ro.retention = schema+".kept", "node-r", "2KiB"
+	rl, err := openAudit(ctx, &ro, "postgres", dataDir, pgStore{st, pool}, discardLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 60 {
+		rl.Record(ctx, &audit.Event{Operation: audit.OpCheck, Resource: "doc:" + strconv.Itoa(i), Permission: "view", Subject: "user:ann", Principal: "user:ann", SubjectKind: audit.Person, Decision: audit.Allowed})
+		if i%10 == 9 {
+			rl.Flush(ctx)
+		}
+	}
+	closeAudit(rl, discardLogger())
+	if out := mustCLI(t, "audit", "verify", url, "--table", ro.table); !strings.Contains(out, "deleted by retention") || !strings.Contains(out, "OK: ") {
+		t.Errorf("verify of a table retention shortened:\n%s", out)
+	}
+
 	pool.Exec(ctx, "UPDATE "+o.table+" SET record = replace(record, 'allowed', 'denied') WHERE seq = 2")
 	if out, _, code := cli(t, "", "audit", "verify", url, "--table", o.table); code != exitTrailBroken || !strings.Contains(out, "seq 2: record seq 2 altered") {
 		t.Errorf("verify of an altered table: exit %d\n%s", code, out)

@@ -57,7 +57,7 @@ type serveOptions struct {
 }
 
 func newServeCommand() *cobra.Command {
-	opts := &serveOptions{cfg: server.Config{Limits: server.DefaultLimits()}}
+	opts := &serveOptions{cfg: server.Config{Limits: server.DefaultLimits(), Transport: server.DefaultTransportLimits()}}
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Serve the mandate.v1 API over gRPC and REST",
@@ -124,6 +124,14 @@ in-flight requests get --grpc-shutdown-grace-period to finish.`,
 	f.DurationVar(&opts.cfg.Approvals.RequestTTL, "approval-request-ttl", approval.DefaultRequestTTL, "how long an approval request stays pending before it expires")
 	f.DurationVar(&opts.cfg.Approvals.DefaultGrant, "approval-default-grant", approval.DefaultGrantDuration, "how long an approval grant lasts when neither the approver nor the agent names a duration")
 	f.DurationVar(&opts.cfg.Approvals.MaxGrant, "approval-max-grant", approval.DefaultMaxGrantDuration, "the longest approval grant; longer durations are refused (an escalation rule's max_duration may bound it further)")
+	tl := &opts.cfg.Transport
+	f.IntVar(&tl.MaxConnections, "max-connections", tl.MaxConnections, "most open connections on each listener (gRPC and HTTP each); more are closed as they are accepted")
+	f.DurationVar(&tl.HandshakeTimeout, "connection-timeout", tl.HandshakeTimeout, "longest a new connection may take for its TLS handshake and first request headers (HTTP) or HTTP/2 setup (gRPC)")
+	f.DurationVar(&tl.BodyTimeout, "http-body-timeout", tl.BodyTimeout, "longest a REST request body may take to arrive (an import: each wait for more)")
+	f.DurationVar(&tl.IdleTimeout, "idle-timeout", tl.IdleTimeout, "how long an HTTP keep-alive connection, or a gRPC connection without calls, may stay idle before it is closed")
+	f.IntVar(&tl.MaxHeaderBytes, "max-header-bytes", tl.MaxHeaderBytes, "largest request headers of an HTTP request or gRPC call, in bytes")
+	f.Uint32Var(&tl.MaxConcurrentStreams, "grpc-max-concurrent-streams", tl.MaxConcurrentStreams, "most calls in progress on one gRPC connection; more wait at the client")
+	f.DurationVar(&tl.KeepaliveMinTime, "grpc-keepalive-min-time", tl.KeepaliveMinTime, "shortest interval between a client's keepalive pings; a client pinging more often is disconnected")
 	f.DurationVar(&opts.cfg.RevisionRetention, "revision-retention", server.DefaultRevisionRetention, "how long a revision stays readable (exact-snapshot reads, cursors, watch from its token) after a later write supersedes it; older history is released")
 	f.DurationVar(&opts.cfg.MaxRevisionWait, "max-revision-wait", server.DefaultMaxRevisionWait, "longest a read waits for this server to apply the revision its consistency asks for (at_least_as_fresh, at_exact_snapshot, fully_consistent) before failing with Unavailable, e.g. while the datastore is unreachable")
 	f.StringVar(&opts.authzenMapping, "authzen-mapping", "", "YAML file mapping AuthZEN subject and resource types, actions and properties onto the schema's types, permissions and caveat context (default: every name maps onto itself)")

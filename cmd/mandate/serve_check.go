@@ -103,7 +103,7 @@ type auditPlan struct {
 	dir       string // of the file sink
 	maxSize   int64
 	overflow  audit.Overflow
-	retention audit.Retention // of the file sink
+	retention audit.Retention // of the file or postgres sink
 }
 
 // resolveAudit validates the --audit-* flags and decides the sink without
@@ -154,8 +154,8 @@ func resolveAudit(o *auditOptions, dsEngine, dataDir string) (auditPlan, error) 
 	if p.retention, err = parseRetention(o.retention); err != nil {
 		return p, err
 	}
-	if p.retention.Active() && p.sink != "file" {
-		return p, fmt.Errorf("--audit-retention applies to the file audit sink only, not %s (keep a PostgreSQL table's size with the database's own tools)", p.sink)
+	if p.retention.Active() && p.sink != "file" && p.sink != "postgres" {
+		return p, fmt.Errorf("--audit-retention applies to the file and postgres audit sinks only, not %s", p.sink)
 	}
 	return p, nil
 }

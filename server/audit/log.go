@@ -145,6 +145,9 @@ type Log struct {
 	// failing is set while the writer retries a failing sink: Flush then
 	// fails at once instead of waiting out the outage.
 	failing atomic.Bool
+	// lastErr is the sink's latest write error, for the callers told it
+	// is failing.
+	lastErr atomic.Value // error
 	// writingSince is when the sink write in progress began (unix nanos;
 	// 0: none).
 	writingSince atomic.Int64
@@ -327,13 +330,23 @@ func (l *Log) RecordDurable(ctx context.Context, evs ...*Event) error {
 		}
 	}
 	l.mu.RUnlock()
-	select {
-	case err := <-done:
-		return err
-	case <-ctx.Done():
-		// The events stay queued and will be written; only their
-		// durability before the answer is unknown.
-		return fmt.Errorf("waiting for the audit records to be synced: %w", ctx.Err())
+	// While the sink fails (a full disk, a lost database) the wait could
+	// last as long as the outage: the caller is told at once, with the
+	// cause. The events stay queued and are written once the sink
+	// recovers; only their durability before the answer is lost.
+	poll := time.NewTicker(50 * time.Millisecond)
+	defer poll.Stop()
+	for {
+		select {
+		case err := <-done:
+			return err
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for the audit records to be synced: %w", ctx.Err())
+		case <-poll.C:
+			if err := l.sinkFailing(); err != nil {
+				return fmt.Errorf("the audit records could not be synced: %w", err)
+			}
+		}
 	}
 }
 
@@ -355,13 +368,27 @@ func (l *Log) lose(reason string, n int) {
 // is retrying, and waiting for it could last as long as the outage.
 var ErrSinkFailing = errors.New("the audit sink is failing; its writer is retrying")
 
+// sinkFailing returns ErrSinkFailing, with the sink's latest error, while
+// the writer retries a failing sink or a write has been stuck for longer
+// than Options.StuckWrite; nil otherwise.
+func (l *Log) sinkFailing() error {
+	since := l.writingSince.Load()
+	if !l.failing.Load() && (since == 0 || time.Since(time.Unix(0, since)) <= l.opts.StuckWrite) {
+		return nil
+	}
+	cause := "a write is stuck"
+	if err, _ := l.lastErr.Load().(error); err != nil && l.failing.Load() {
+		cause = err.Error()
+	}
+	return fmt.Errorf("%s (%s): %w", cause, l.opts.Sink.Describe(), ErrSinkFailing)
+}
+
 // Flush waits until every event recorded before it is written, or ctx ends.
 // It fails at once with ErrSinkFailing while the sink is failing or stuck
 // in a write for longer than Options.StuckWrite.
 func (l *Log) Flush(ctx context.Context) error {
-	since := l.writingSince.Load()
-	if l.failing.Load() || (since != 0 && time.Since(time.Unix(0, since)) > l.opts.StuckWrite) {
-		return fmt.Errorf("flushing the audit trail (%s): %w", l.opts.Sink.Describe(), ErrSinkFailing)
+	if err := l.sinkFailing(); err != nil {
+		return fmt.Errorf("flushing the audit trail: %w", err)
 	}
 	l.mu.RLock()
 	if l.closed {
@@ -691,6 +718,7 @@ func (l *Log) persist(recs []Record, stop <-chan struct{}) error {
 			}
 			return nil
 		}
+		l.lastErr.Store(err)
 		l.failing.Store(true)
 		l.writeErrs.Inc()
 		l.log.Error("writing audit events failed; retrying", "sink", l.opts.Sink.Describe(), "events", len(recs), "attempt", attempt, "error", err)

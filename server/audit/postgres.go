@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -26,6 +28,8 @@ type PostgresOptions struct {
 	// per writing server (default: the host name). Two servers must not
 	// share one: the sink locks it.
 	ChainID string
+	// Logger receives retention's reports; nil discards them.
+	Logger *slog.Logger
 }
 
 var identRe = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
@@ -62,6 +66,14 @@ type PostgresSink struct {
 	seq   uint64
 	hash  string
 	dirty bool // a write failed: re-read the head before the next one
+
+	// Retention (postgres_retention.go): the policy, the chain's record
+	// bytes once summed, and when age was last checked.
+	log          *slog.Logger
+	retention    Retention
+	sized        bool
+	bytes        int64
+	lastAgeCheck time.Time
 }
 
 // OpenPostgresSinkDSN connects to dsn and opens a sink there; Close closes
@@ -94,7 +106,11 @@ func OpenPostgresSink(ctx context.Context, pool *pgxpool.Pool, opts PostgresOpti
 			return nil, errors.New("audit chain id: the host name is unavailable; set one")
 		}
 	}
-	s := &PostgresSink{pool: pool, table: table, name: strings.Join(table, "."), chain: chain}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &PostgresSink{pool: pool, table: table, name: strings.Join(table, "."), chain: chain, log: log}
 	if err := s.migrate(ctx); err != nil {
 		return nil, err
 	}
@@ -173,6 +189,7 @@ func (s *PostgresSink) readHead(ctx context.Context) error {
 		s.seq, s.hash = uint64(seq), hash
 	}
 	s.dirty = false
+	s.sized = false // a failed write may have committed: re-sum for retention
 	return nil
 }
 
@@ -202,7 +219,9 @@ func (s *PostgresSink) Write(ctx context.Context, recs []Record) error {
 		return nil
 	}
 	rows := make([][]any, len(recs))
+	var bytes int64
 	for i, r := range recs {
+		bytes += int64(len(r.Line) - 1)
 		ev := r.Event
 		agents := ev.Agents()
 		if agents == nil {
@@ -222,6 +241,7 @@ func (s *PostgresSink) Write(ctx context.Context, recs []Record) error {
 	}
 	last := recs[len(recs)-1].Event
 	s.seq, s.hash = last.Seq, last.Hash
+	s.bytes += bytes
 	return nil
 }
 
