@@ -30,11 +30,13 @@ type CheckRequest struct {
 	// see capability.Checker). A task-restricted token allows only requests
 	// whose Context has "task" set to its task.
 	CapabilityToken string
+	// Contextual relationships hold for this check only: validated as a
+	// write is, never stored, named in the audit event.
+	Contextual []rel.Relationship
 
 	// What the next facades add per check goes here, resolved by the core
-	// before the engine is asked and named in the audit event: contextual
-	// relationships (AuthZEN's and SpiceDB's per-request relationships), an
-	// approval id.
+	// before the engine is asked and named in the audit event: an approval
+	// id.
 }
 
 // CheckResult is the engine's answer, at the revision it was computed at.
@@ -42,19 +44,27 @@ type CheckResult struct {
 	engine.CheckResult
 	// Token explains a check made with a capability token; nil otherwise.
 	Token *capability.Decision
+	// Contextual are the request's contextual relationships the answer was
+	// computed with.
+	Contextual []rel.Relationship
 }
 
 func (r CheckRequest) engine(rev store.Revision, explain bool) engine.CheckRequest {
 	return engine.CheckRequest{Resource: r.Resource, Permission: r.Permission, Subject: r.Subject,
-		Context: r.Context, OnBehalfOf: r.OnBehalfOf, Revision: rev, Explain: explain}
+		Context: r.Context, OnBehalfOf: r.OnBehalfOf, Revision: rev, Explain: explain, Contextual: r.Contextual}
 }
 
 // Check answers one check.
 func (c *Core) Check(ctx context.Context, req CheckRequest) (CheckResult, error) {
-	rev, err := c.engineRevision(ctx, req.Consistency)
+	err := c.contextualWithin(req.Contextual, req.CapabilityToken)
+	var rev store.Revision
+	if err == nil {
+		rev, err = c.engineRevision(ctx, req.Consistency)
+	}
 	var res CheckResult
 	if err == nil {
 		res, err = c.check(ctx, req, rev)
+		res.Contextual = req.Contextual
 	}
 	if err == nil {
 		c.decided(res.Decision)
@@ -147,6 +157,11 @@ func (c *Core) checkBulk(ctx context.Context, req CheckBulkRequest) (CheckBulkRe
 			}
 		}
 	}
+	for _, it := range req.Items {
+		if err := c.contextualWithin(it.Contextual, it.CapabilityToken); err != nil {
+			return CheckBulkResult{}, err
+		}
+	}
 	rev, err := c.pinnedRevision(ctx, req.Consistency)
 	if err != nil {
 		return CheckBulkResult{}, err
@@ -178,7 +193,7 @@ func (c *Core) checkBulk(ctx context.Context, req CheckBulkRequest) (CheckBulkRe
 				continue
 			}
 			c.decided(results[j].Decision)
-			out.Items[i].CheckResult = CheckResult{CheckResult: results[j]}
+			out.Items[i].CheckResult = CheckResult{CheckResult: results[j], Contextual: req.Items[i].Contextual}
 		}
 	}
 	if err := ctx.Err(); err != nil {
@@ -200,6 +215,7 @@ func describeCheck(ev *audit.Event, r CheckRequest) {
 		ev.OnBehalfOf = objectString(*r.OnBehalfOf)
 	}
 	ev.Context = r.Context
+	describeContextual(ev, r.Contextual)
 }
 
 // checkEvent fills a check's event from its request and the engine's
@@ -273,6 +289,8 @@ type LookupResourcesRequest struct {
 	After string
 	// Limit bounds the page (0: every result).
 	Limit int
+	// Contextual relationships hold for this lookup only.
+	Contextual []rel.Relationship
 }
 
 // LookupResult is a page of lookup results at the revision they were
@@ -284,10 +302,11 @@ type LookupResult struct {
 
 // LookupResources answers one page of a resource lookup.
 func (c *Core) LookupResources(ctx context.Context, req LookupResourcesRequest) (LookupResult, error) {
-	out, err := c.lookup(ctx, req.Limit, req.Consistency, func(rev store.Revision) ([]engine.LookupResult, store.Revision, error) {
+	out, err := c.lookup(ctx, req.Limit, req.Consistency, req.Contextual, func(rev store.Revision) ([]engine.LookupResult, store.Revision, error) {
 		return c.eng.LookupResources(ctx, engine.LookupResourcesRequest{
 			ResourceType: req.ResourceType, Permission: req.Permission, Subject: req.Subject,
 			Context: req.Context, OnBehalfOf: req.OnBehalfOf, Revision: rev, After: req.After, Limit: req.Limit,
+			Contextual: req.Contextual,
 		})
 	})
 	call := callFrom(ctx)
@@ -311,8 +330,11 @@ func (c *Core) LookupResources(ctx context.Context, req LookupResourcesRequest) 
 
 // lookup runs one page of a lookup within the limit, at the revision its
 // consistency asks for.
-func (c *Core) lookup(ctx context.Context, limit int, cons Consistency, run func(store.Revision) ([]engine.LookupResult, store.Revision, error)) (LookupResult, error) {
+func (c *Core) lookup(ctx context.Context, limit int, cons Consistency, contextual []rel.Relationship, run func(store.Revision) ([]engine.LookupResult, store.Revision, error)) (LookupResult, error) {
 	if err := c.within(LimitLookup, limit, c.lim.MaxLookupLimit); err != nil {
+		return LookupResult{}, err
+	}
+	if err := c.contextualWithin(contextual, ""); err != nil {
 		return LookupResult{}, err
 	}
 	rev, err := c.engineRevision(ctx, cons)
@@ -330,6 +352,7 @@ func describeLookupResources(ev *audit.Event, r LookupResourcesRequest) {
 		ev.OnBehalfOf = objectString(*r.OnBehalfOf)
 	}
 	ev.Context = r.Context
+	describeContextual(ev, r.Contextual)
 }
 
 func (r LookupResourcesRequest) events(call *Call, err error) []*audit.Event {
@@ -350,14 +373,17 @@ type LookupSubjectsRequest struct {
 	// After and Limit page as in LookupResourcesRequest.
 	After string
 	Limit int
+	// Contextual relationships hold for this lookup only.
+	Contextual []rel.Relationship
 }
 
 // LookupSubjects answers one page of a subject lookup.
 func (c *Core) LookupSubjects(ctx context.Context, req LookupSubjectsRequest) (LookupResult, error) {
-	out, err := c.lookup(ctx, req.Limit, req.Consistency, func(rev store.Revision) ([]engine.LookupResult, store.Revision, error) {
+	out, err := c.lookup(ctx, req.Limit, req.Consistency, req.Contextual, func(rev store.Revision) ([]engine.LookupResult, store.Revision, error) {
 		return c.eng.LookupSubjects(ctx, engine.LookupSubjectsRequest{
 			Resource: req.Resource, Permission: req.Permission, SubjectType: req.SubjectType,
 			SubjectRelation: req.SubjectRelation, Context: req.Context, Revision: rev, After: req.After, Limit: req.Limit,
+			Contextual: req.Contextual,
 		})
 	})
 	call := callFrom(ctx)
@@ -377,6 +403,7 @@ func describeLookupSubjects(ev *audit.Event, r LookupSubjectsRequest) {
 		ev.Subject += "#" + r.SubjectRelation
 	}
 	ev.Context = r.Context
+	describeContextual(ev, r.Contextual)
 }
 
 func (r LookupSubjectsRequest) events(call *Call, err error) []*audit.Event {

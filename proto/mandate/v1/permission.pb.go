@@ -43,8 +43,14 @@ type CheckRequest struct {
 	// restricted to a task allows only requests whose context has "task" set
 	// to that task.
 	CapabilityToken string `protobuf:"bytes,8,opt,name=capability_token,json=capabilityToken,proto3" json:"capability_token,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// contextual_relationships hold for this request only: validated
+	// against the schema as a write is (types, relations, caveats,
+	// expiration), never stored, never cached past the request. One with the
+	// key of a stored relationship replaces it for the request. At most the
+	// server's --max-contextual-relationships (default 100).
+	ContextualRelationships []*Relationship `protobuf:"bytes,9,rep,name=contextual_relationships,json=contextualRelationships,proto3" json:"contextual_relationships,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
 }
 
 func (x *CheckRequest) Reset() {
@@ -133,6 +139,13 @@ func (x *CheckRequest) GetCapabilityToken() string {
 	return ""
 }
 
+func (x *CheckRequest) GetContextualRelationships() []*Relationship {
+	if x != nil {
+		return x.ContextualRelationships
+	}
+	return nil
+}
+
 // CheckResponse is the answer to a CheckRequest.
 type CheckResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -145,9 +158,12 @@ type CheckResponse struct {
 	// delegation explains a check whose subject is an agent, when asked.
 	Delegation *DelegationExplanation `protobuf:"bytes,4,opt,name=delegation,proto3" json:"delegation,omitempty"`
 	// token explains a check made with a capability token.
-	Token         *TokenExplanation `protobuf:"bytes,5,opt,name=token,proto3" json:"token,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Token *TokenExplanation `protobuf:"bytes,5,opt,name=token,proto3" json:"token,omitempty"`
+	// contextual_relationships echoes, when explain is set, the request's
+	// contextual relationships the decision was computed with.
+	ContextualRelationships []*Relationship `protobuf:"bytes,6,rep,name=contextual_relationships,json=contextualRelationships,proto3" json:"contextual_relationships,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
 }
 
 func (x *CheckResponse) Reset() {
@@ -211,6 +227,13 @@ func (x *CheckResponse) GetDelegation() *DelegationExplanation {
 func (x *CheckResponse) GetToken() *TokenExplanation {
 	if x != nil {
 		return x.Token
+	}
+	return nil
+}
+
+func (x *CheckResponse) GetContextualRelationships() []*Relationship {
+	if x != nil {
+		return x.ContextualRelationships
 	}
 	return nil
 }
@@ -374,8 +397,11 @@ type CheckBulkRequest struct {
 	Explain bool `protobuf:"varint,3,opt,name=explain,proto3" json:"explain,omitempty"`
 	// capability_token checks every item with this token (see CheckRequest).
 	CapabilityToken string `protobuf:"bytes,4,opt,name=capability_token,json=capabilityToken,proto3" json:"capability_token,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// contextual_relationships hold for every item of this request (see
+	// CheckRequest).
+	ContextualRelationships []*Relationship `protobuf:"bytes,5,rep,name=contextual_relationships,json=contextualRelationships,proto3" json:"contextual_relationships,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
 }
 
 func (x *CheckBulkRequest) Reset() {
@@ -434,6 +460,13 @@ func (x *CheckBulkRequest) GetCapabilityToken() string {
 		return x.CapabilityToken
 	}
 	return ""
+}
+
+func (x *CheckBulkRequest) GetContextualRelationships() []*Relationship {
+	if x != nil {
+		return x.ContextualRelationships
+	}
+	return nil
 }
 
 // CheckBulkRequestItem is one check of a CheckBulkRequest.
@@ -800,8 +833,11 @@ type LookupResourcesRequest struct {
 	// capability_token lists only resources the token allows the subject
 	// (its holder) and its principal still holds.
 	CapabilityToken string `protobuf:"bytes,9,opt,name=capability_token,json=capabilityToken,proto3" json:"capability_token,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// contextual_relationships: see CheckRequest. A cursor resumes only a
+	// request carrying the same ones.
+	ContextualRelationships []*Relationship `protobuf:"bytes,10,rep,name=contextual_relationships,json=contextualRelationships,proto3" json:"contextual_relationships,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
 }
 
 func (x *LookupResourcesRequest) Reset() {
@@ -897,6 +933,13 @@ func (x *LookupResourcesRequest) GetCapabilityToken() string {
 	return ""
 }
 
+func (x *LookupResourcesRequest) GetContextualRelationships() []*Relationship {
+	if x != nil {
+		return x.ContextualRelationships
+	}
+	return nil
+}
+
 // LookupResourcesResponse is one resource found.
 type LookupResourcesResponse struct {
 	state            protoimpl.MessageState `protogen:"open.v1"`
@@ -989,8 +1032,11 @@ type LookupSubjectsRequest struct {
 	// optional_limit bounds the results of this call (0: all of them).
 	OptionalLimit  uint32  `protobuf:"varint,7,opt,name=optional_limit,json=optionalLimit,proto3" json:"optional_limit,omitempty"`
 	OptionalCursor *Cursor `protobuf:"bytes,8,opt,name=optional_cursor,json=optionalCursor,proto3" json:"optional_cursor,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// contextual_relationships: see CheckRequest. A cursor resumes only a
+	// request carrying the same ones.
+	ContextualRelationships []*Relationship `protobuf:"bytes,9,rep,name=contextual_relationships,json=contextualRelationships,proto3" json:"contextual_relationships,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
 }
 
 func (x *LookupSubjectsRequest) Reset() {
@@ -1075,6 +1121,13 @@ func (x *LookupSubjectsRequest) GetOptionalLimit() uint32 {
 func (x *LookupSubjectsRequest) GetOptionalCursor() *Cursor {
 	if x != nil {
 		return x.OptionalCursor
+	}
+	return nil
+}
+
+func (x *LookupSubjectsRequest) GetContextualRelationships() []*Relationship {
+	if x != nil {
+		return x.ContextualRelationships
 	}
 	return nil
 }
@@ -1438,7 +1491,7 @@ var File_mandate_v1_permission_proto protoreflect.FileDescriptor
 const file_mandate_v1_permission_proto_rawDesc = "" +
 	"\n" +
 	"\x1bmandate/v1/permission.proto\x12\n" +
-	"mandate.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x15mandate/v1/core.proto\x1a\x16mandate/v1/token.proto\"\x91\x03\n" +
+	"mandate.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x15mandate/v1/core.proto\x1a\x16mandate/v1/token.proto\"\xe6\x03\n" +
 	"\fCheckRequest\x129\n" +
 	"\vconsistency\x18\x01 \x01(\v2\x17.mandate.v1.ConsistencyR\vconsistency\x127\n" +
 	"\bresource\x18\x02 \x01(\v2\x1b.mandate.v1.ObjectReferenceR\bresource\x12\x1e\n" +
@@ -1450,7 +1503,8 @@ const file_mandate_v1_permission_proto_rawDesc = "" +
 	"\fon_behalf_of\x18\x06 \x01(\v2\x1b.mandate.v1.ObjectReferenceR\n" +
 	"onBehalfOf\x12\x18\n" +
 	"\aexplain\x18\a \x01(\bR\aexplain\x12)\n" +
-	"\x10capability_token\x18\b \x01(\tR\x0fcapabilityToken\"\xa1\x02\n" +
+	"\x10capability_token\x18\b \x01(\tR\x0fcapabilityToken\x12S\n" +
+	"\x18contextual_relationships\x18\t \x03(\v2\x18.mandate.v1.RelationshipR\x17contextualRelationships\"\xf6\x02\n" +
 	"\rCheckResponse\x128\n" +
 	"\n" +
 	"checked_at\x18\x01 \x01(\v2\x19.mandate.v1.RevisionTokenR\tcheckedAt\x120\n" +
@@ -1459,7 +1513,8 @@ const file_mandate_v1_permission_proto_rawDesc = "" +
 	"\n" +
 	"delegation\x18\x04 \x01(\v2!.mandate.v1.DelegationExplanationR\n" +
 	"delegation\x122\n" +
-	"\x05token\x18\x05 \x01(\v2\x1c.mandate.v1.TokenExplanationR\x05token\"\xb2\x01\n" +
+	"\x05token\x18\x05 \x01(\v2\x1c.mandate.v1.TokenExplanationR\x05token\x12S\n" +
+	"\x18contextual_relationships\x18\x06 \x03(\v2\x18.mandate.v1.RelationshipR\x17contextualRelationships\"\xb2\x01\n" +
 	"\x15DelegationExplanation\x12.\n" +
 	"\x05chain\x18\x01 \x03(\v2\x18.mandate.v1.ChainElementR\x05chain\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x1b\n" +
@@ -1469,12 +1524,13 @@ const file_mandate_v1_permission_proto_rawDesc = "" +
 	"\asubject\x18\x01 \x01(\v2\x1b.mandate.v1.ObjectReferenceR\asubject\x12*\n" +
 	"\x05grant\x18\x02 \x01(\x0e2\x14.mandate.v1.DecisionR\x05grant\x12(\n" +
 	"\x04link\x18\x03 \x01(\x0e2\x14.mandate.v1.DecisionR\x04link\x12-\n" +
-	"\x12missing_parameters\x18\x04 \x03(\tR\x11missingParameters\"\xca\x01\n" +
+	"\x12missing_parameters\x18\x04 \x03(\tR\x11missingParameters\"\x9f\x02\n" +
 	"\x10CheckBulkRequest\x129\n" +
 	"\vconsistency\x18\x01 \x01(\v2\x17.mandate.v1.ConsistencyR\vconsistency\x126\n" +
 	"\x05items\x18\x02 \x03(\v2 .mandate.v1.CheckBulkRequestItemR\x05items\x12\x18\n" +
 	"\aexplain\x18\x03 \x01(\bR\aexplain\x12)\n" +
-	"\x10capability_token\x18\x04 \x01(\tR\x0fcapabilityToken\"\x99\x02\n" +
+	"\x10capability_token\x18\x04 \x01(\tR\x0fcapabilityToken\x12S\n" +
+	"\x18contextual_relationships\x18\x05 \x03(\v2\x18.mandate.v1.RelationshipR\x17contextualRelationships\"\x99\x02\n" +
 	"\x14CheckBulkRequestItem\x127\n" +
 	"\bresource\x18\x01 \x01(\v2\x1b.mandate.v1.ObjectReferenceR\bresource\x12\x1e\n" +
 	"\n" +
@@ -1503,7 +1559,7 @@ const file_mandate_v1_permission_proto_rawDesc = "" +
 	"\x05token\x18\x04 \x01(\v2\x1c.mandate.v1.TokenExplanationR\x05token\"9\n" +
 	"\tItemError\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage\"\xde\x03\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"\xb3\x04\n" +
 	"\x16LookupResourcesRequest\x129\n" +
 	"\vconsistency\x18\x01 \x01(\v2\x17.mandate.v1.ConsistencyR\vconsistency\x120\n" +
 	"\x14resource_object_type\x18\x02 \x01(\tR\x12resourceObjectType\x12\x1e\n" +
@@ -1516,14 +1572,16 @@ const file_mandate_v1_permission_proto_rawDesc = "" +
 	"onBehalfOf\x12%\n" +
 	"\x0eoptional_limit\x18\a \x01(\rR\roptionalLimit\x12;\n" +
 	"\x0foptional_cursor\x18\b \x01(\v2\x12.mandate.v1.CursorR\x0eoptionalCursor\x12)\n" +
-	"\x10capability_token\x18\t \x01(\tR\x0fcapabilityToken\"\xa9\x02\n" +
+	"\x10capability_token\x18\t \x01(\tR\x0fcapabilityToken\x12S\n" +
+	"\x18contextual_relationships\x18\n" +
+	" \x03(\v2\x18.mandate.v1.RelationshipR\x17contextualRelationships\"\xa9\x02\n" +
 	"\x17LookupResourcesResponse\x12;\n" +
 	"\flooked_up_at\x18\x01 \x01(\v2\x19.mandate.v1.RevisionTokenR\n" +
 	"lookedUpAt\x12,\n" +
 	"\x12resource_object_id\x18\x02 \x01(\tR\x10resourceObjectId\x120\n" +
 	"\bdecision\x18\x03 \x01(\x0e2\x14.mandate.v1.DecisionR\bdecision\x12-\n" +
 	"\x12missing_parameters\x18\x04 \x03(\tR\x11missingParameters\x12B\n" +
-	"\x13after_result_cursor\x18\x05 \x01(\v2\x12.mandate.v1.CursorR\x11afterResultCursor\"\xae\x03\n" +
+	"\x13after_result_cursor\x18\x05 \x01(\v2\x12.mandate.v1.CursorR\x11afterResultCursor\"\x83\x04\n" +
 	"\x15LookupSubjectsRequest\x129\n" +
 	"\vconsistency\x18\x01 \x01(\v2\x17.mandate.v1.ConsistencyR\vconsistency\x127\n" +
 	"\bresource\x18\x02 \x01(\v2\x1b.mandate.v1.ObjectReferenceR\bresource\x12\x1e\n" +
@@ -1534,7 +1592,8 @@ const file_mandate_v1_permission_proto_rawDesc = "" +
 	"\x19optional_subject_relation\x18\x05 \x01(\tR\x17optionalSubjectRelation\x121\n" +
 	"\acontext\x18\x06 \x01(\v2\x17.google.protobuf.StructR\acontext\x12%\n" +
 	"\x0eoptional_limit\x18\a \x01(\rR\roptionalLimit\x12;\n" +
-	"\x0foptional_cursor\x18\b \x01(\v2\x12.mandate.v1.CursorR\x0eoptionalCursor\"\xf0\x02\n" +
+	"\x0foptional_cursor\x18\b \x01(\v2\x12.mandate.v1.CursorR\x0eoptionalCursor\x12S\n" +
+	"\x18contextual_relationships\x18\t \x03(\v2\x18.mandate.v1.RelationshipR\x17contextualRelationships\"\xf0\x02\n" +
 	"\x16LookupSubjectsResponse\x12;\n" +
 	"\flooked_up_at\x18\x01 \x01(\v2\x19.mandate.v1.RevisionTokenR\n" +
 	"lookedUpAt\x12*\n" +
@@ -1608,11 +1667,11 @@ var file_mandate_v1_permission_proto_goTypes = []any{
 	(*ObjectReference)(nil),         // 19: mandate.v1.ObjectReference
 	(*SubjectReference)(nil),        // 20: mandate.v1.SubjectReference
 	(*structpb.Struct)(nil),         // 21: google.protobuf.Struct
-	(*RevisionToken)(nil),           // 22: mandate.v1.RevisionToken
-	(Decision)(0),                   // 23: mandate.v1.Decision
-	(*TokenExplanation)(nil),        // 24: mandate.v1.TokenExplanation
-	(*Cursor)(nil),                  // 25: mandate.v1.Cursor
-	(*Relationship)(nil),            // 26: mandate.v1.Relationship
+	(*Relationship)(nil),            // 22: mandate.v1.Relationship
+	(*RevisionToken)(nil),           // 23: mandate.v1.RevisionToken
+	(Decision)(0),                   // 24: mandate.v1.Decision
+	(*TokenExplanation)(nil),        // 25: mandate.v1.TokenExplanation
+	(*Cursor)(nil),                  // 26: mandate.v1.Cursor
 }
 var file_mandate_v1_permission_proto_depIdxs = []int32{
 	18, // 0: mandate.v1.CheckRequest.consistency:type_name -> mandate.v1.Consistency
@@ -1620,67 +1679,72 @@ var file_mandate_v1_permission_proto_depIdxs = []int32{
 	20, // 2: mandate.v1.CheckRequest.subject:type_name -> mandate.v1.SubjectReference
 	21, // 3: mandate.v1.CheckRequest.context:type_name -> google.protobuf.Struct
 	19, // 4: mandate.v1.CheckRequest.on_behalf_of:type_name -> mandate.v1.ObjectReference
-	22, // 5: mandate.v1.CheckResponse.checked_at:type_name -> mandate.v1.RevisionToken
-	23, // 6: mandate.v1.CheckResponse.decision:type_name -> mandate.v1.Decision
-	2,  // 7: mandate.v1.CheckResponse.delegation:type_name -> mandate.v1.DelegationExplanation
-	24, // 8: mandate.v1.CheckResponse.token:type_name -> mandate.v1.TokenExplanation
-	3,  // 9: mandate.v1.DelegationExplanation.chain:type_name -> mandate.v1.ChainElement
-	19, // 10: mandate.v1.ChainElement.subject:type_name -> mandate.v1.ObjectReference
-	23, // 11: mandate.v1.ChainElement.grant:type_name -> mandate.v1.Decision
-	23, // 12: mandate.v1.ChainElement.link:type_name -> mandate.v1.Decision
-	18, // 13: mandate.v1.CheckBulkRequest.consistency:type_name -> mandate.v1.Consistency
-	5,  // 14: mandate.v1.CheckBulkRequest.items:type_name -> mandate.v1.CheckBulkRequestItem
-	19, // 15: mandate.v1.CheckBulkRequestItem.resource:type_name -> mandate.v1.ObjectReference
-	20, // 16: mandate.v1.CheckBulkRequestItem.subject:type_name -> mandate.v1.SubjectReference
-	21, // 17: mandate.v1.CheckBulkRequestItem.context:type_name -> google.protobuf.Struct
-	19, // 18: mandate.v1.CheckBulkRequestItem.on_behalf_of:type_name -> mandate.v1.ObjectReference
-	22, // 19: mandate.v1.CheckBulkResponse.checked_at:type_name -> mandate.v1.RevisionToken
-	7,  // 20: mandate.v1.CheckBulkResponse.pairs:type_name -> mandate.v1.CheckBulkPair
-	5,  // 21: mandate.v1.CheckBulkPair.request:type_name -> mandate.v1.CheckBulkRequestItem
-	8,  // 22: mandate.v1.CheckBulkPair.item:type_name -> mandate.v1.CheckBulkItemResult
-	9,  // 23: mandate.v1.CheckBulkPair.error:type_name -> mandate.v1.ItemError
-	23, // 24: mandate.v1.CheckBulkItemResult.decision:type_name -> mandate.v1.Decision
-	2,  // 25: mandate.v1.CheckBulkItemResult.delegation:type_name -> mandate.v1.DelegationExplanation
-	24, // 26: mandate.v1.CheckBulkItemResult.token:type_name -> mandate.v1.TokenExplanation
-	18, // 27: mandate.v1.LookupResourcesRequest.consistency:type_name -> mandate.v1.Consistency
-	20, // 28: mandate.v1.LookupResourcesRequest.subject:type_name -> mandate.v1.SubjectReference
-	21, // 29: mandate.v1.LookupResourcesRequest.context:type_name -> google.protobuf.Struct
-	19, // 30: mandate.v1.LookupResourcesRequest.on_behalf_of:type_name -> mandate.v1.ObjectReference
-	25, // 31: mandate.v1.LookupResourcesRequest.optional_cursor:type_name -> mandate.v1.Cursor
-	22, // 32: mandate.v1.LookupResourcesResponse.looked_up_at:type_name -> mandate.v1.RevisionToken
-	23, // 33: mandate.v1.LookupResourcesResponse.decision:type_name -> mandate.v1.Decision
-	25, // 34: mandate.v1.LookupResourcesResponse.after_result_cursor:type_name -> mandate.v1.Cursor
-	18, // 35: mandate.v1.LookupSubjectsRequest.consistency:type_name -> mandate.v1.Consistency
-	19, // 36: mandate.v1.LookupSubjectsRequest.resource:type_name -> mandate.v1.ObjectReference
-	21, // 37: mandate.v1.LookupSubjectsRequest.context:type_name -> google.protobuf.Struct
-	25, // 38: mandate.v1.LookupSubjectsRequest.optional_cursor:type_name -> mandate.v1.Cursor
-	22, // 39: mandate.v1.LookupSubjectsResponse.looked_up_at:type_name -> mandate.v1.RevisionToken
-	23, // 40: mandate.v1.LookupSubjectsResponse.decision:type_name -> mandate.v1.Decision
-	14, // 41: mandate.v1.LookupSubjectsResponse.excluded_subjects:type_name -> mandate.v1.ExcludedSubject
-	25, // 42: mandate.v1.LookupSubjectsResponse.after_result_cursor:type_name -> mandate.v1.Cursor
-	23, // 43: mandate.v1.ExcludedSubject.decision:type_name -> mandate.v1.Decision
-	18, // 44: mandate.v1.ExpandRequest.consistency:type_name -> mandate.v1.Consistency
-	19, // 45: mandate.v1.ExpandRequest.resource:type_name -> mandate.v1.ObjectReference
-	22, // 46: mandate.v1.ExpandResponse.expanded_at:type_name -> mandate.v1.RevisionToken
-	17, // 47: mandate.v1.ExpandResponse.tree:type_name -> mandate.v1.ExpandNode
-	19, // 48: mandate.v1.ExpandNode.object:type_name -> mandate.v1.ObjectReference
-	17, // 49: mandate.v1.ExpandNode.children:type_name -> mandate.v1.ExpandNode
-	26, // 50: mandate.v1.ExpandNode.subjects:type_name -> mandate.v1.Relationship
-	0,  // 51: mandate.v1.PermissionService.Check:input_type -> mandate.v1.CheckRequest
-	4,  // 52: mandate.v1.PermissionService.CheckBulk:input_type -> mandate.v1.CheckBulkRequest
-	10, // 53: mandate.v1.PermissionService.LookupResources:input_type -> mandate.v1.LookupResourcesRequest
-	12, // 54: mandate.v1.PermissionService.LookupSubjects:input_type -> mandate.v1.LookupSubjectsRequest
-	15, // 55: mandate.v1.PermissionService.Expand:input_type -> mandate.v1.ExpandRequest
-	1,  // 56: mandate.v1.PermissionService.Check:output_type -> mandate.v1.CheckResponse
-	6,  // 57: mandate.v1.PermissionService.CheckBulk:output_type -> mandate.v1.CheckBulkResponse
-	11, // 58: mandate.v1.PermissionService.LookupResources:output_type -> mandate.v1.LookupResourcesResponse
-	13, // 59: mandate.v1.PermissionService.LookupSubjects:output_type -> mandate.v1.LookupSubjectsResponse
-	16, // 60: mandate.v1.PermissionService.Expand:output_type -> mandate.v1.ExpandResponse
-	56, // [56:61] is the sub-list for method output_type
-	51, // [51:56] is the sub-list for method input_type
-	51, // [51:51] is the sub-list for extension type_name
-	51, // [51:51] is the sub-list for extension extendee
-	0,  // [0:51] is the sub-list for field type_name
+	22, // 5: mandate.v1.CheckRequest.contextual_relationships:type_name -> mandate.v1.Relationship
+	23, // 6: mandate.v1.CheckResponse.checked_at:type_name -> mandate.v1.RevisionToken
+	24, // 7: mandate.v1.CheckResponse.decision:type_name -> mandate.v1.Decision
+	2,  // 8: mandate.v1.CheckResponse.delegation:type_name -> mandate.v1.DelegationExplanation
+	25, // 9: mandate.v1.CheckResponse.token:type_name -> mandate.v1.TokenExplanation
+	22, // 10: mandate.v1.CheckResponse.contextual_relationships:type_name -> mandate.v1.Relationship
+	3,  // 11: mandate.v1.DelegationExplanation.chain:type_name -> mandate.v1.ChainElement
+	19, // 12: mandate.v1.ChainElement.subject:type_name -> mandate.v1.ObjectReference
+	24, // 13: mandate.v1.ChainElement.grant:type_name -> mandate.v1.Decision
+	24, // 14: mandate.v1.ChainElement.link:type_name -> mandate.v1.Decision
+	18, // 15: mandate.v1.CheckBulkRequest.consistency:type_name -> mandate.v1.Consistency
+	5,  // 16: mandate.v1.CheckBulkRequest.items:type_name -> mandate.v1.CheckBulkRequestItem
+	22, // 17: mandate.v1.CheckBulkRequest.contextual_relationships:type_name -> mandate.v1.Relationship
+	19, // 18: mandate.v1.CheckBulkRequestItem.resource:type_name -> mandate.v1.ObjectReference
+	20, // 19: mandate.v1.CheckBulkRequestItem.subject:type_name -> mandate.v1.SubjectReference
+	21, // 20: mandate.v1.CheckBulkRequestItem.context:type_name -> google.protobuf.Struct
+	19, // 21: mandate.v1.CheckBulkRequestItem.on_behalf_of:type_name -> mandate.v1.ObjectReference
+	23, // 22: mandate.v1.CheckBulkResponse.checked_at:type_name -> mandate.v1.RevisionToken
+	7,  // 23: mandate.v1.CheckBulkResponse.pairs:type_name -> mandate.v1.CheckBulkPair
+	5,  // 24: mandate.v1.CheckBulkPair.request:type_name -> mandate.v1.CheckBulkRequestItem
+	8,  // 25: mandate.v1.CheckBulkPair.item:type_name -> mandate.v1.CheckBulkItemResult
+	9,  // 26: mandate.v1.CheckBulkPair.error:type_name -> mandate.v1.ItemError
+	24, // 27: mandate.v1.CheckBulkItemResult.decision:type_name -> mandate.v1.Decision
+	2,  // 28: mandate.v1.CheckBulkItemResult.delegation:type_name -> mandate.v1.DelegationExplanation
+	25, // 29: mandate.v1.CheckBulkItemResult.token:type_name -> mandate.v1.TokenExplanation
+	18, // 30: mandate.v1.LookupResourcesRequest.consistency:type_name -> mandate.v1.Consistency
+	20, // 31: mandate.v1.LookupResourcesRequest.subject:type_name -> mandate.v1.SubjectReference
+	21, // 32: mandate.v1.LookupResourcesRequest.context:type_name -> google.protobuf.Struct
+	19, // 33: mandate.v1.LookupResourcesRequest.on_behalf_of:type_name -> mandate.v1.ObjectReference
+	26, // 34: mandate.v1.LookupResourcesRequest.optional_cursor:type_name -> mandate.v1.Cursor
+	22, // 35: mandate.v1.LookupResourcesRequest.contextual_relationships:type_name -> mandate.v1.Relationship
+	23, // 36: mandate.v1.LookupResourcesResponse.looked_up_at:type_name -> mandate.v1.RevisionToken
+	24, // 37: mandate.v1.LookupResourcesResponse.decision:type_name -> mandate.v1.Decision
+	26, // 38: mandate.v1.LookupResourcesResponse.after_result_cursor:type_name -> mandate.v1.Cursor
+	18, // 39: mandate.v1.LookupSubjectsRequest.consistency:type_name -> mandate.v1.Consistency
+	19, // 40: mandate.v1.LookupSubjectsRequest.resource:type_name -> mandate.v1.ObjectReference
+	21, // 41: mandate.v1.LookupSubjectsRequest.context:type_name -> google.protobuf.Struct
+	26, // 42: mandate.v1.LookupSubjectsRequest.optional_cursor:type_name -> mandate.v1.Cursor
+	22, // 43: mandate.v1.LookupSubjectsRequest.contextual_relationships:type_name -> mandate.v1.Relationship
+	23, // 44: mandate.v1.LookupSubjectsResponse.looked_up_at:type_name -> mandate.v1.RevisionToken
+	24, // 45: mandate.v1.LookupSubjectsResponse.decision:type_name -> mandate.v1.Decision
+	14, // 46: mandate.v1.LookupSubjectsResponse.excluded_subjects:type_name -> mandate.v1.ExcludedSubject
+	26, // 47: mandate.v1.LookupSubjectsResponse.after_result_cursor:type_name -> mandate.v1.Cursor
+	24, // 48: mandate.v1.ExcludedSubject.decision:type_name -> mandate.v1.Decision
+	18, // 49: mandate.v1.ExpandRequest.consistency:type_name -> mandate.v1.Consistency
+	19, // 50: mandate.v1.ExpandRequest.resource:type_name -> mandate.v1.ObjectReference
+	23, // 51: mandate.v1.ExpandResponse.expanded_at:type_name -> mandate.v1.RevisionToken
+	17, // 52: mandate.v1.ExpandResponse.tree:type_name -> mandate.v1.ExpandNode
+	19, // 53: mandate.v1.ExpandNode.object:type_name -> mandate.v1.ObjectReference
+	17, // 54: mandate.v1.ExpandNode.children:type_name -> mandate.v1.ExpandNode
+	22, // 55: mandate.v1.ExpandNode.subjects:type_name -> mandate.v1.Relationship
+	0,  // 56: mandate.v1.PermissionService.Check:input_type -> mandate.v1.CheckRequest
+	4,  // 57: mandate.v1.PermissionService.CheckBulk:input_type -> mandate.v1.CheckBulkRequest
+	10, // 58: mandate.v1.PermissionService.LookupResources:input_type -> mandate.v1.LookupResourcesRequest
+	12, // 59: mandate.v1.PermissionService.LookupSubjects:input_type -> mandate.v1.LookupSubjectsRequest
+	15, // 60: mandate.v1.PermissionService.Expand:input_type -> mandate.v1.ExpandRequest
+	1,  // 61: mandate.v1.PermissionService.Check:output_type -> mandate.v1.CheckResponse
+	6,  // 62: mandate.v1.PermissionService.CheckBulk:output_type -> mandate.v1.CheckBulkResponse
+	11, // 63: mandate.v1.PermissionService.LookupResources:output_type -> mandate.v1.LookupResourcesResponse
+	13, // 64: mandate.v1.PermissionService.LookupSubjects:output_type -> mandate.v1.LookupSubjectsResponse
+	16, // 65: mandate.v1.PermissionService.Expand:output_type -> mandate.v1.ExpandResponse
+	61, // [61:66] is the sub-list for method output_type
+	56, // [56:61] is the sub-list for method input_type
+	56, // [56:56] is the sub-list for extension type_name
+	56, // [56:56] is the sub-list for extension extendee
+	0,  // [0:56] is the sub-list for field type_name
 }
 
 func init() { file_mandate_v1_permission_proto_init() }
