@@ -157,11 +157,15 @@ func (h *Handler) convert(sch *schema.Schema, e evaluationRequest, at string) (c
 	if err != nil {
 		return converted{}, err
 	}
+	contextual, err := h.contextual(requestMembers{subject: e.Subject, resource: e.Resource, action: e.Action, context: e.Context, at: at})
+	if err != nil {
+		return converted{}, err
+	}
 	if len(ctx) == 0 {
 		ctx = nil
 	}
 	return converted{
-		req:     op.CheckRequest{Resource: obj, Permission: perm, Subject: sub, Context: ctx, OnBehalfOf: obo},
+		req:     op.CheckRequest{Resource: obj, Permission: perm, Subject: sub, Context: ctx, OnBehalfOf: obo, Contextual: contextual},
 		unknown: !ok,
 		sources: sources,
 	}, nil
@@ -219,10 +223,18 @@ func explain(res op.CheckResult) *decisionContext {
 			})
 		}
 	}
-	if out.Reason == "" && out.Chain == nil {
+	for _, r := range res.Contextual {
+		out.Contextual = append(out.Contextual, r.String())
+	}
+	if out.Reason == "" && out.Chain == nil && out.Contextual == nil {
 		return nil
 	}
 	return &out
+}
+
+// contextual fills the mapping's relationship templates from a request.
+func (h *Handler) contextual(m requestMembers) ([]rel.Relationship, error) {
+	return h.m.contextual(m, h.cfg.Core.Limits().MaxContextualRelationships)
 }
 
 func (h *Handler) evaluations(ctx context.Context, body []byte, parsed *op.Request) (any, error) {
