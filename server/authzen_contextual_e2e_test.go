@@ -6,9 +6,12 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/mandate-authz/mandate/server"
+	"github.com/mandate-authz/mandate/server/audit"
 	"github.com/mandate-authz/mandate/server/authzen"
+	"github.com/mandate-authz/mandate/server/capability"
 )
 
 // TestAuthZENContextualRelationships: the mapping's relationship templates
@@ -97,5 +100,85 @@ relationships:
 	}
 	if after := ts.state(); !after.equal(before) {
 		t.Errorf("the store changed: %v, was %v", after, before)
+	}
+}
+
+// TestAuthZENCapabilityToken: a capability token in context.capability_token
+// decides an agent's evaluation as mandate.v1's capability_token does; the
+// decision's context names the token and the reason; the audit records its
+// id, never the token; searches that cannot honour it refuse it; a server
+// without capability keys refuses it instead of ignoring it.
+func TestAuthZENCapabilityToken(t *testing.T) {
+	key, err := capability.GenerateKey("k-authzen", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := capability.NewKeySet(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &recorder{}
+	ts := startServer(t, func(c *server.Config) { c.CapabilityKeys, c.Audit = keys, rec })
+	ts.writeSchema(calendarSchema)
+	ts.write(update(create, mustParse(t, "calendar:bob#owner@user:bob")...)...)
+	code, minted := ts.restCall("/v1/tokens/mint", testKey, `{"holder":{"objectType":"agent","objectId":"a"},
+		"onBehalfOf":{"objectType":"user","objectId":"bob"},
+		"rights":[{"resourceType":"calendar","resourceId":"bob","permissions":["read"]}],"ttl":"3600s"}`)
+	tok, _ := minted["token"].(string)
+	if code != http.StatusOK || tok == "" {
+		t.Fatalf("mint: HTTP %d %v", code, minted)
+	}
+	rec.take()
+	eval := func(action, context string) (int, map[string]any) {
+		t.Helper()
+		status, _, out := ts.authzenPost("/access/v1/evaluation", "Bearer "+testKey, "",
+			`{"subject":{"type":"agent","id":"a"},"action":{"name":"`+action+`"},"resource":{"type":"calendar","id":"bob"},"context":`+context+`}`)
+		var v map[string]any
+		if err := json.Unmarshal(out, &v); err != nil {
+			t.Fatalf("%s", out)
+		}
+		return status, v
+	}
+	withToken := `{"capability_token":"` + tok + `"}`
+	status, v := eval("read", withToken)
+	dctx, _ := v["context"].(map[string]any)
+	if status != 200 || v["decision"] != true || dctx["token_id"] != minted["tokenId"] {
+		t.Fatalf("read with the token: %d %v", status, v)
+	}
+	ev := one(t, rec.take())
+	if ev.TokenID != minted["tokenId"] || ev.Decision != audit.Allowed {
+		t.Errorf("audit event: %+v", ev)
+	}
+	if b, _ := json.Marshal(ev); strings.Contains(string(b), tok) {
+		t.Errorf("the audit event holds the token itself: %s", b)
+	}
+	status, v = eval("write", withToken)
+	dctx, _ = v["context"].(map[string]any)
+	if status != 200 || v["decision"] != false || dctx["reason"] != string(capability.ReasonOutOfScope) {
+		t.Errorf("write with a read token: %d %v", status, v)
+	}
+	if status, v = eval("read", `{}`); status != 200 || v["decision"] != false {
+		t.Errorf("read without the token: %d %v", status, v)
+	}
+	if status, v = eval("read", `{"capability_token":7}`); status != 400 || !strings.Contains(v["error"].(map[string]any)["message"].(string), "context.capability_token") {
+		t.Errorf("a token that is not a string: %d %v", status, v)
+	}
+	status, _, out := ts.authzenPost("/access/v1/search/resource", "Bearer "+testKey, "",
+		`{"subject":{"type":"agent","id":"a"},"action":{"name":"read"},"resource":{"type":"calendar"},"context":`+withToken+`}`)
+	if status != 400 || !strings.Contains(string(out), "context.capability_token") {
+		t.Errorf("resource search with a token: %d %s", status, out)
+	}
+	status, _, out = ts.authzenPost("/access/v1/search/action", "Bearer "+testKey, "",
+		`{"subject":{"type":"agent","id":"a"},"resource":{"type":"calendar","id":"bob"},"context":`+withToken+`}`)
+	if status != 200 || !strings.Contains(string(out), `"results":[{"name":"read"}]`) {
+		t.Errorf("action search with a token: %d %s", status, out)
+	}
+
+	off := startServer(t, nil)
+	off.writeSchema(calendarSchema)
+	status, _, out = off.authzenPost("/access/v1/evaluation", "Bearer "+testKey, "",
+		`{"subject":{"type":"agent","id":"a"},"action":{"name":"read"},"resource":{"type":"calendar","id":"bob"},"context":`+withToken+`}`)
+	if status != 400 || !strings.Contains(string(out), "context.capability_token") || strings.Contains(string(out), `"decision":true`) {
+		t.Errorf("a server without capability keys: %d %s", status, out)
 	}
 }

@@ -82,6 +82,10 @@ func toError(ctx context.Context, err error) *Error {
 		return &Error{Status: http.StatusInternalServerError, Code: "no_schema", Message: "the PDP has no schema: write one with mandate schema write"}
 	case is(engine.ErrInvalidContext):
 		return badRequest("context", "%v", err)
+	case is(op.ErrTokensOff):
+		return badRequest("context."+ContextCapabilityToken, "this PDP does not verify capability tokens (start mandate serve with capability keys)")
+	case is(op.ErrInvalidTokenCheck):
+		return badRequest("context."+ContextCapabilityToken, "%v", err)
 	case is(engine.ErrInvalidContextual):
 		return badRequest("", "%v (made by the mapping's relationships from the request)", err)
 	case is(engine.ErrUnknownType, engine.ErrUnknownRelation, engine.ErrInvalidOnBehalfOf, engine.ErrAmbiguousAgent):

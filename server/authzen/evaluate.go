@@ -161,11 +161,16 @@ func (h *Handler) convert(sch *schema.Schema, e evaluationRequest, at string) (c
 	if err != nil {
 		return converted{}, err
 	}
+	token, err := tokenOf(e.Context, at)
+	if err != nil {
+		return converted{}, err
+	}
 	if len(ctx) == 0 {
 		ctx = nil
 	}
 	return converted{
-		req:     op.CheckRequest{Resource: obj, Permission: perm, Subject: sub, Context: ctx, OnBehalfOf: obo, Contextual: contextual},
+		req: op.CheckRequest{Resource: obj, Permission: perm, Subject: sub, Context: ctx, OnBehalfOf: obo,
+			Contextual: contextual, CapabilityToken: token},
 		unknown: !ok,
 		sources: sources,
 	}, nil
@@ -223,13 +228,39 @@ func explain(res op.CheckResult) *decisionContext {
 			})
 		}
 	}
+	if t := res.Token; t != nil {
+		out.TokenID = t.TokenID
+		if !t.Allowed && t.Reason != "" {
+			out.Reason = string(t.Reason)
+		}
+	}
 	for _, r := range res.Contextual {
 		out.Contextual = append(out.Contextual, r.String())
 	}
-	if out.Reason == "" && out.Chain == nil && out.Contextual == nil {
+	if out.Reason == "" && out.Chain == nil && out.Contextual == nil && out.TokenID == "" {
 		return nil
 	}
 	return &out
+}
+
+// ContextCapabilityToken is the context member carrying a capability
+// token: the subject must be its holder, and the token stands in for the
+// holder's own grant and acts_for link (mandate.v1's capability_token).
+// It is a credential: it never becomes caveat context (map it under
+// `context:` and it would) and the audit records only the token's id.
+const ContextCapabilityToken = "capability_token"
+
+// tokenOf returns the capability token a request's context carries, or "".
+func tokenOf(ctx map[string]any, at string) (string, error) {
+	v, ok := ctx[ContextCapabilityToken]
+	if !ok {
+		return "", nil
+	}
+	s, isStr := v.(string)
+	if !isStr || s == "" {
+		return "", badRequest(at+"context."+ContextCapabilityToken, "expected the capability token as a non-empty string")
+	}
+	return s, nil
 }
 
 // contextual fills the mapping's relationship templates from a request.

@@ -25,6 +25,7 @@ type searched struct {
 	obj        rel.Object
 	rm         ResourceMapping
 	contextual []rel.Relationship
+	token      string
 }
 
 // search parses a search request and maps its subject and resource (whose
@@ -46,14 +47,25 @@ func (h *Handler) search(ctx context.Context, body []byte, subjectID, resourceID
 	if s.obj, s.rm, err = h.resourceOf(s.sch, s.req.Resource, "", resourceID, s.cctx); err != nil {
 		return s, err
 	}
-	s.contextual, err = h.contextual(requestMembers{subject: s.req.Subject, resource: s.req.Resource, action: s.req.Action, context: s.req.Context})
+	if s.contextual, err = h.contextual(requestMembers{subject: s.req.Subject, resource: s.req.Resource, action: s.req.Action, context: s.req.Context}); err != nil {
+		return s, err
+	}
+	s.token, err = tokenOf(s.req.Context, "")
 	return s, err
 }
+
+// errTokenSearch refuses a capability token on the subject and resource
+// searches, which the core does not answer with one: ignoring it would
+// search the bare subject's rights instead.
+var errTokenSearch = badRequest("context."+ContextCapabilityToken, "not served by the subject and resource searches (the action search and the evaluations take it)")
 
 func (h *Handler) searchSubject(ctx context.Context, body []byte, parsed *op.Request) (any, error) {
 	s, err := h.search(ctx, body, false, true)
 	if err != nil {
 		return nil, err
+	}
+	if s.token != "" {
+		return nil, errTokenSearch
 	}
 	perm, ok, err := h.permissionOf(s.sch, s.obj, s.rm, s.req.Action, "")
 	if err != nil {
@@ -81,6 +93,9 @@ func (h *Handler) searchResource(ctx context.Context, body []byte, parsed *op.Re
 	s, err := h.search(ctx, body, true, false)
 	if err != nil {
 		return nil, err
+	}
+	if s.token != "" {
+		return nil, errTokenSearch
 	}
 	if s.rm.ID != "" {
 		return nil, badRequest("resource.type", "%q stands for the one object %s:%s in the mapping, so it cannot be searched", s.req.Resource.Type, s.rm.Type, s.rm.ID)
@@ -133,6 +148,7 @@ func (h *Handler) searchAction(ctx context.Context, body []byte, parsed *op.Requ
 		names = append(names, a)
 		bulk.Items = append(bulk.Items, op.CheckItem{CheckRequest: op.CheckRequest{
 			Resource: s.obj, Permission: p, Subject: s.sub, Context: nonEmpty(s.cctx), OnBehalfOf: s.obo, Contextual: s.contextual,
+			CapabilityToken: s.token,
 		}})
 	}
 	*parsed = bulk
