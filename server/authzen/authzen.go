@@ -49,8 +49,10 @@ type Config struct {
 	// onto itself.
 	Mapping *Mapping
 	// Authenticate resolves the caller from the request's Authorization
-	// header; its error is answered 401 with the error's text.
-	Authenticate func(r *http.Request) (op.Identity, error)
+	// header; its error is answered 401 with the error's text (403 for
+	// PermissionDenied, 429 for ResourceExhausted). release, never nil, is
+	// called when the call ends: a key's concurrency slot is held until then.
+	Authenticate func(r *http.Request) (id op.Identity, release func(), err error)
 	// RequestID returns the client's X-Request-ID when acceptable, or one
 	// the server draws.
 	RequestID func(r *http.Request) string
@@ -125,7 +127,8 @@ func (h *Handler) endpoint(path string, refused op.Request, run operation) http.
 			h.cfg.Observe(path, status, time.Since(start))
 		}()
 		ctx := r.Context()
-		id, err := h.cfg.Authenticate(r)
+		id, release, err := h.cfg.Authenticate(r)
+		defer release()
 		if err != nil {
 			err = authError(err)
 		} else {
