@@ -42,14 +42,16 @@ func (s *Server) mountAuthZEN(mux *http.ServeMux) error {
 		Observe: func(path string, status int, d time.Duration) {
 			s.metrics.observe(path, authzen.Transport, httpCode(status), d)
 		},
-		Audited: s.cfg.Audit != nil,
-		Log:     s.log,
+		Audited:  s.cfg.Audit != nil,
+		Log:      s.log,
+		BasePath: s.cfg.AuthZENBasePath,
 	})
 	if err != nil {
 		return err
 	}
-	mux.Handle("/access/v1/", h)
-	mux.Handle("GET "+authzen.PathMetadata, h)
+	for _, p := range h.Patterns() {
+		mux.Handle(p, h)
+	}
 	return nil
 }
 

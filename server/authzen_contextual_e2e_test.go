@@ -182,3 +182,39 @@ func TestAuthZENCapabilityToken(t *testing.T) {
 		t.Errorf("a server without capability keys: %d %s", status, out)
 	}
 }
+
+// TestAuthZENBasePath: a PDP whose identifier has a path serves its
+// endpoints under it and its metadata at the well-known path with it
+// appended, the metadata naming those URLs; the root paths are not served.
+func TestAuthZENBasePath(t *testing.T) {
+	ts := startServer(t, func(c *server.Config) { c.AuthZENBasePath = "/pdp/tenant1" })
+	tok := ts.writeSchema(testSchema)
+	if _, err := ts.perm.Check(ts.ctx(), checkRequest(fresh(tok), "doc:1", "user:ann")); err != nil {
+		t.Fatal(err)
+	}
+	resp := ts.restRaw(http.MethodGet, "/.well-known/authzen-configuration/pdp/tenant1", "", nil)
+	var meta map[string]string
+	err := json.NewDecoder(resp.Body).Decode(&meta)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != 200 || meta["policy_decision_point"] != ts.base+"/pdp/tenant1" ||
+		meta["access_evaluation_endpoint"] != ts.base+"/pdp/tenant1/access/v1/evaluation" ||
+		meta["search_action_endpoint"] != ts.base+"/pdp/tenant1/access/v1/search/action" {
+		t.Fatalf("metadata: %d %v %v", resp.StatusCode, meta, err)
+	}
+	body := `{"subject":{"type":"user","id":"ann"},"action":{"name":"view"},"resource":{"type":"doc","id":"1"}}`
+	if status, _, out := ts.authzenPost("/pdp/tenant1/access/v1/evaluation", "Bearer "+testKey, "", body); status != 200 || !strings.Contains(string(out), `"decision":false`) {
+		t.Errorf("evaluation under the base path: %d %s", status, out)
+	}
+	if status, _, _ := ts.authzenPost("/access/v1/evaluation", "Bearer "+testKey, "", body); status == 200 {
+		t.Errorf("the root path still serves evaluations")
+	}
+	if resp := ts.restRaw(http.MethodGet, "/.well-known/authzen-configuration", "", nil); resp.StatusCode == 200 {
+		resp.Body.Close()
+		t.Errorf("metadata at the root path")
+	}
+	for p, ok := range map[string]bool{"": true, "/a": true, "/a/b-c.d": true, "/trailing/": false, "no-slash": false, "/a//b": false, "/a b": false} {
+		if err := authzen.CheckBasePath(p); (err == nil) != ok {
+			t.Errorf("base path %q: %v", p, err)
+		}
+	}
+}
