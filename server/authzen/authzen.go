@@ -15,9 +15,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"regexp"
 	"log/slog"
 	"net/http"
+	"regexp"
 	"runtime/debug"
 	"time"
 
