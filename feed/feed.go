@@ -1,6 +1,8 @@
 // Package feed feeds an engine from a store: a snapshot of the store's head
 // through Engine.LoadSnapshot, then the store's change stream through
-// Engine.Apply. The engine reads no store itself; this package is where
+// Engine.Apply. The same stream keeps record sets current (RecordSet,
+// Records): server state built from store records, such as capability
+// token revocations. The engine reads no store itself; this package is where
 // the two meet. It does no retrying: the server's follower
 // (server/follow.go) wraps LoadSnapshot and ApplyChanges in the loop that
 // resumes, backs off and reloads, and tests, benchmarks and embeddings that
@@ -42,9 +44,22 @@ func LoadSnapshot(ctx context.Context, eng *engine.Engine, st store.Store, head 
 // done (returning ctx's error) or something fails: the stream (its error,
 // wrapped), or applying a change (an *ApplyError).
 func ApplyChanges(ctx context.Context, eng *engine.Engine, st store.Store) error {
+	return ApplyChangesWith(ctx, eng, st, nil)
+}
+
+// ApplyChangesWith is ApplyChanges that also feeds every change to recs
+// (nil: none), before the engine, so that what a record set holds (a
+// revocation) is in effect no later than the engine's revision. recs must
+// have been loaded (Records.Load) after eng's head.
+func ApplyChangesWith(ctx context.Context, eng *engine.Engine, st store.Store, recs *Records) error {
 	for ch, err := range st.Watch(ctx, eng.Head()) {
 		if err != nil {
 			return fmt.Errorf("following the store's changes after revision %d: %w", eng.Head(), err)
+		}
+		if recs != nil {
+			if err := recs.Apply(ctx, ch); err != nil {
+				return fmt.Errorf("following the store's records at revision %d: %w", ch.Revision, err)
+			}
 		}
 		if err := eng.Apply(ch); err != nil {
 			return &ApplyError{err}

@@ -94,7 +94,7 @@ func (a *authenticator) authenticateHeader(values []string) (op.Identity, *apike
 	}
 	if a.scoped != nil {
 		if k, ok := a.scoped.Lookup(strings.TrimSpace(key)); ok {
-			return op.Identity{Name: k.Name}, k, nil
+			return op.Identity{Name: k.Name, Person: k.Person}, k, nil
 		}
 	}
 	return op.Identity{}, nil, status.Error(codes.Unauthenticated, "invalid preshared key")

@@ -67,6 +67,9 @@ func (p *authzedPermissions) CheckPermission(ctx context.Context, req *v1.CheckP
 		return nil, err
 	}
 	creq.CapabilityToken = capTok
+	if creq.ApprovalID, err = approvalIDFromMetadata(ctx); err != nil {
+		return nil, err
+	}
 	if creq.Consistency, err = p.s.consistencyFromV1(req.GetConsistency()); err != nil {
 		return nil, err
 	}
@@ -74,6 +77,7 @@ func (p *authzedPermissions) CheckPermission(ctx context.Context, req *v1.CheckP
 	if err != nil {
 		return nil, engineError(err, obo)
 	}
+	setApprovalTrailer(ctx, res.Approval)
 	return &v1.CheckPermissionResponse{
 		CheckedAt:         p.s.zedToken(res.Revision),
 		Permissionship:    checkPermissionshipToV1(res.Decision),

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"context"
 	"errors"
 	"time"
 
@@ -14,10 +13,10 @@ import (
 // Capability tokens (see server/capability): with Config.CapabilityKeys
 // set, the server checks requests carrying a token through the operation
 // core, serves mandate.v1 TokenService, publishes the keys' public halves
-// on the HTTP port (capability.PublicKeysPath), and follows the store's
-// revocation records in a loop of its own beside the engine's follower:
-// the engine takes no records, and the revocation set fails closed while
-// it lags (a check waits for it to reach the revision it answered at).
+// on the HTTP port (capability.PublicKeysPath), and keeps the revocation
+// set current as a record set of the server's one follower (follow.go):
+// the set fails closed while it lags (a check waits for it to reach the
+// revision it answered at, then denies).
 
 // capabilityTokens is what serving tokens needs.
 type capabilityTokens struct {
@@ -25,17 +24,6 @@ type capabilityTokens struct {
 	checker     *capability.Checker
 	revocations *capability.RevocationSet
 	records     store.RecordStore
-	source      capability.RevocationSource
-}
-
-// revocationSource reads a store's records and change stream.
-type revocationSource struct {
-	store.RecordStore
-	store.Store
-}
-
-func (r revocationSource) ReadRecords(ctx context.Context, kind string) ([]store.Record, store.Revision, error) {
-	return r.RecordStore.ReadRecords(ctx, kind)
 }
 
 // newCapabilityTokens prepares tokens checked against keys; max-uses limits
@@ -47,7 +35,7 @@ func newCapabilityTokens(st store.Store, keys *capability.KeySet, wait time.Dura
 	}
 	revs := capability.NewRevocationSet()
 	return &capabilityTokens{
-		keys: keys, revocations: revs, records: rs, source: revocationSource{rs, st},
+		keys: keys, revocations: revs, records: rs,
 		checker: &capability.Checker{
 			Keys: keys, Verifier: capability.NewVerifier(keys, capability.VerifierOptions{}),
 			Revocations: revs, Uses: &capability.StoreUses{Records: rs}, RevocationWait: wait,
@@ -61,26 +49,4 @@ func (s *Server) registerTokens() {
 		return
 	}
 	pb.RegisterTokenServiceServer(s.grpc, tokenapi.New(s.tokens.checker, capability.ForEngine(s.eng), s.tokens.records, s.token))
-}
-
-// followRevocations keeps the revocation set following the store until ctx
-// is done, retrying failures with the engine follower's backoff.
-func (s *Server) followRevocations(ctx context.Context) {
-	delay := followRetryMin
-	for {
-		err := capability.Follow(ctx, s.tokens.source, s.tokens.revocations)
-		if ctx.Err() != nil {
-			return
-		}
-		if err == nil {
-			err = errors.New("the store's change stream ended")
-		}
-		wait := jitter(delay)
-		s.log.Error("cannot follow capability token revocations; checks with tokens fail closed until it can", "error", err,
-			"revocations_revision", uint64(s.tokens.revocations.Revision()), "retry_in", wait.String())
-		if !sleep(ctx, wait) {
-			return
-		}
-		delay = min(delay*2, followRetryMax)
-	}
 }

@@ -25,6 +25,14 @@ import (
 // (collected while this server was cut off), or a change cannot be applied,
 // the engine reloads a snapshot of the store instead.
 //
+// The same loop keeps every registered record set current (feed.RecordSet:
+// the capability token revocations, and any set registered with
+// Config.RecordSets or RegisterRecordSet): each (re)start of following
+// reads the sets' kinds afresh, and every change of the stream is applied
+// to the sets before the engine. A set whose Load or Apply fails is fed
+// nothing until it is read again (at the next restart, or when a change
+// touches its kinds), so what depends on it fails closed.
+//
 // Meanwhile reads keep their consistency promises (see consistency.go) and
 // writes fail with Unavailable (see storeUnreachable in errors.go).
 
@@ -51,15 +59,17 @@ func maxRevisionWait(d time.Duration) (time.Duration, error) {
 	return d, nil
 }
 
-// follow keeps the engine following the store until ctx is done. It never
-// gives up: every failure is logged and retried.
+// follow keeps the engine and the record sets following the store until
+// ctx is done. It never gives up: every failure is logged and retried,
+// with a delay that starts over after an attempt that made progress.
 func (s *Server) follow(ctx context.Context) {
 	delay := followRetryMin
 	reload := false
 	for {
 		// Load a snapshot at first (an engine at revision 0 has loaded
 		// nothing), and when resuming cannot work.
-		caughtUp, err := s.followOnce(ctx, reload || s.eng.Head() == 0)
+		from := s.eng.Head()
+		caughtUp, err := s.followOnce(ctx, reload || from == 0)
 		if ctx.Err() != nil {
 			return
 		}
@@ -70,11 +80,13 @@ func (s *Server) follow(ctx context.Context) {
 		var ae *feed.ApplyError
 		needReload := errors.Is(err, store.ErrRevisionGone) || errors.As(err, &ae)
 		if caughtUp {
-			delay = followRetryMin
 			reload = needReload
 		} else {
 			// A reload that has not got through yet is still needed.
 			reload = reload || needReload
+		}
+		if caughtUp || s.eng.Head() > from {
+			delay = followRetryMin
 		}
 		wait := jitter(delay)
 		s.log.Error("cannot follow the store; not ready until it can", "error", err,
@@ -142,7 +154,40 @@ func (s *Server) followOnce(ctx context.Context, resync bool) (caughtUp bool, er
 			return false, err
 		}
 	}
+	// The record sets are read afresh on every attempt: they are small,
+	// and a stopped stream may have missed anything.
+	if err := s.records.Load(actx); err != nil {
+		return false, err
+	}
 	// Resume from the engine's head: nothing applied is loaded twice, and
 	// the engine keeps its history.
-	return false, feed.ApplyChanges(actx, s.eng, s.st)
+	return false, feed.ApplyChangesWith(actx, s.eng, s.st, s.records)
+}
+
+// RegisterRecordSet adds a record set for the follower to keep current
+// (see feed.RecordSet), like Config.RecordSets. It must be called before
+// Run; the store must keep records.
+func (s *Server) RegisterRecordSet(rs feed.RecordSet) error {
+	s.stateMu.Lock()
+	defer s.stateMu.Unlock()
+	if s.running {
+		return errors.New("server: RegisterRecordSet after Run")
+	}
+	if _, ok := s.st.(store.RecordStore); !ok {
+		return errors.New("server: record sets need a store that keeps records")
+	}
+	s.recordSets = append(s.recordSets, rs)
+	return nil
+}
+
+// startRecords fixes the record sets the follower feeds, as Run starts.
+func (s *Server) startRecords() {
+	s.stateMu.Lock()
+	defer s.stateMu.Unlock()
+	s.running = true
+	rs, _ := s.st.(store.RecordStore)
+	s.records = feed.NewRecords(rs, s.recordSets, func(set feed.RecordSet, err error) {
+		s.log.Error("a record set failed; what depends on it fails closed until it is read again",
+			"kinds", set.Kinds(), "error", err)
+	})
 }

@@ -62,6 +62,7 @@ func (p *permissionService) Check(ctx context.Context, req *pb.CheckRequest) (*p
 	}
 	creq.Explain = req.GetExplain()
 	creq.CapabilityToken = req.GetCapabilityToken()
+	creq.ApprovalID = req.GetApprovalId()
 	if creq.Contextual, err = contextualFromProto(req.GetContextualRelationships()); err != nil {
 		return nil, err
 	}
@@ -71,10 +72,11 @@ func (p *permissionService) Check(ctx context.Context, req *pb.CheckRequest) (*p
 	}
 	resp := &pb.CheckResponse{
 		CheckedAt:         p.s.token(res.Revision),
-		Decision:          decisionToProto(res.Decision),
+		Decision:          checkDecisionToProto(res),
 		MissingParameters: res.Missing,
 		Delegation:        delegationToProto(res.Delegation),
 		Token:             tokenExplanationToProto(res.Token),
+		Approval:          approvalContextToProto(res.Approval),
 	}
 	if creq.Explain {
 		// The request's own messages, as it sent them.
@@ -147,7 +149,7 @@ func (p *permissionService) CheckBulk(ctx context.Context, req *pb.CheckBulkRequ
 			continue
 		}
 		item := &itemStore[i]
-		item.Decision = decisionToProto(res.Decision)
+		item.Decision = checkDecisionToProto(res.CheckResult)
 		item.MissingParameters = res.Missing
 		item.Delegation = delegationToProto(res.Delegation)
 		item.Token = tokenExplanationToProto(res.Token)

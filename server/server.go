@@ -31,10 +31,13 @@ import (
 	"google.golang.org/grpc/test/bufconn"
 
 	"github.com/mandate-authz/mandate/engine"
+	"github.com/mandate-authz/mandate/feed"
 	pb "github.com/mandate-authz/mandate/proto/mandate/v1"
 	"github.com/mandate-authz/mandate/server/apikey"
+	"github.com/mandate-authz/mandate/server/approval"
 	"github.com/mandate-authz/mandate/server/authzen"
 	"github.com/mandate-authz/mandate/server/capability"
+	"github.com/mandate-authz/mandate/server/escalation"
 	"github.com/mandate-authz/mandate/server/op"
 	"github.com/mandate-authz/mandate/store"
 )
@@ -108,6 +111,16 @@ type Config struct {
 	// and verified against; nil serves no tokens (checks carrying one are
 	// refused). See capability.go.
 	CapabilityKeys *capability.KeySet
+	// Escalation decides which allowed agent checks need a person's
+	// approval (nil: none do; grants still resolve denials only the agent's
+	// own grant is missing for). Approvals bounds requests and grants. See
+	// approval.go.
+	Escalation *escalation.Escalator
+	Approvals  ApprovalConfig
+	// RecordSets are kept current by the server's follower from the
+	// store's change stream (see follow.go); the store must keep records.
+	// More can be added with RegisterRecordSet before Run.
+	RecordSets []feed.RecordSet
 }
 
 // Server serves the API. Create it with New, run it with Run.
@@ -127,6 +140,14 @@ type Server struct {
 	retention *retention
 	// tokens serves capability tokens; nil when off. See capability.go.
 	tokens *capabilityTokens
+	// approvals keeps approval requests and grants; nil when the store
+	// keeps no records. See approval.go.
+	approvals *approval.Service
+	// recordSets are fed by the follower through records (follow.go);
+	// running (under stateMu) fixes them.
+	recordSets []feed.RecordSet
+	records    *feed.Records
+	running    bool
 
 	grpc    *grpc.Server
 	health  *health.Server
@@ -190,11 +211,20 @@ func New(st store.Store, eng *engine.Engine, cfg Config) (*Server, error) {
 			return nil, err
 		}
 		checker = s.tokens.checker
+		s.recordSets = append(s.recordSets, s.tokens.revocations)
+	}
+	for _, rs := range cfg.RecordSets {
+		if err := s.RegisterRecordSet(rs); err != nil {
+			return nil, err
+		}
 	}
 	if s.core, err = op.New(op.Config{
 		Engine: eng, Store: st, Auditor: auditor, Limits: lim, MaxRevisionWait: cfg.MaxRevisionWait,
 		Decided: s.metrics.decision, Classify: classifyMandate, Log: log, Tokens: checker,
 	}); err != nil {
+		return nil, err
+	}
+	if err := s.newApprovals(); err != nil {
 		return nil, err
 	}
 	if err := s.listen(); err != nil {
@@ -261,6 +291,7 @@ func (s *Server) buildGRPC() error {
 	pb.RegisterAuditServiceServer(s.grpc, &auditService{s: s})
 	s.registerAuthzed(s.grpc)
 	s.registerTokens()
+	s.registerApprovals(s.grpc)
 	s.health = health.NewServer()
 	// Not serving until the engine has caught up with the store.
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
@@ -347,6 +378,7 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	}
 
+	s.startRecords()
 	var background sync.WaitGroup
 	background.Add(2)
 	go func() {
@@ -357,11 +389,11 @@ func (s *Server) Run(ctx context.Context) error {
 		defer background.Done()
 		s.follow(followCtx)
 	}()
-	if s.tokens != nil {
+	if s.approvals != nil {
 		background.Add(1)
 		go func() {
 			defer background.Done()
-			s.followRevocations(followCtx)
+			s.approvals.RunSweeper(followCtx, approvalSweepInterval)
 		}()
 	}
 
@@ -519,6 +551,8 @@ func newGateway(ctx context.Context, conn *grpc.ClientConn) (http.Handler, error
 		"AuditService":        pb.RegisterAuditServiceHandler,
 		// Unimplemented unless the server serves tokens.
 		"TokenService": pb.RegisterTokenServiceHandler,
+		// Unimplemented unless the store keeps records.
+		"ApprovalService": pb.RegisterApprovalServiceHandler,
 	} {
 		if err := register(ctx, gw, conn); err != nil {
 			return nil, fmt.Errorf("registering the REST gateway for %s: %w", name, err)

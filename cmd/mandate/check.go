@@ -58,6 +58,7 @@ type checkOptions struct {
 	explain         bool
 	failOnDenied    bool
 	capabilityToken string
+	approvalID      string
 }
 
 func newCheckCommand() *cobra.Command {
@@ -97,6 +98,7 @@ The exit status is 0 for any answer, allowed or not, and 1 for errors. With
 	f.StringVar(&o.onBehalfOf, "on-behalf-of", "", "the principal (type:id) an agent subject acts for, when it acts for several")
 	f.BoolVar(&o.explain, "explain", false, "print the delegation chain and the reason of a denial")
 	f.BoolVar(&o.failOnDenied, "fail-on-denied", false, "exit 2 when denied and 3 when conditional")
+	f.StringVar(&o.approvalID, "approval-id", "", "redeem this approval grant (a single-use grant allows only a check naming it)")
 	f.StringVar(&o.capabilityToken, "capability-token", "", "check with this capability token (- reads it from stdin); SUBJECT must be its holder")
 	return cmd
 }
@@ -112,6 +114,7 @@ func runCheck(cmd *cobra.Command, o *checkOptions, args []string) error {
 		return err
 	}
 	req.Subject, req.Context, req.OnBehalfOf, req.Consistency = q.subject, q.context, q.onBehalfOf, q.consistency
+	req.ApprovalId = o.approvalID
 	if o.capabilityToken != "" {
 		if req.CapabilityToken, err = readTokenArg(cmd, o.capabilityToken); err != nil {
 			return fmt.Errorf("--capability-token: %w", err)
@@ -130,6 +133,7 @@ func runCheck(cmd *cobra.Command, o *checkOptions, args []string) error {
 	out := cmd.OutOrStdout()
 	printDecision(out, resp.GetDecision(), resp.GetMissingParameters())
 	fmt.Fprintf(out, "revision: %s\n", resp.GetCheckedAt().GetToken())
+	printApprovalContext(out, resp.GetApproval())
 	if o.explain {
 		if t := resp.GetToken(); t != nil {
 			printTokenExplanation(out, t)
@@ -139,7 +143,7 @@ func runCheck(cmd *cobra.Command, o *checkOptions, args []string) error {
 	}
 	if o.failOnDenied {
 		switch resp.GetDecision() {
-		case pb.Decision_DECISION_DENIED:
+		case pb.Decision_DECISION_DENIED, pb.Decision_DECISION_APPROVAL_REQUIRED:
 			return exitCode(exitDenied)
 		case pb.Decision_DECISION_CONDITIONAL:
 			return exitCode(exitConditional)

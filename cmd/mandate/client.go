@@ -296,6 +296,8 @@ func decisionString(d pb.Decision) string {
 		return "denied"
 	case pb.Decision_DECISION_CONDITIONAL:
 		return "conditional"
+	case pb.Decision_DECISION_APPROVAL_REQUIRED:
+		return "approval_required"
 	}
 	return "unspecified(" + strconv.Itoa(int(d)) + ")"
 }

@@ -50,6 +50,8 @@ func newRootCommand() *cobra.Command {
 	root.AddCommand(newCompactCommand())
 	root.AddCommand(newTokenCommand())
 	root.AddCommand(newKeyCommand())
+	root.AddCommand(newApprovalsCommand())
+	root.AddCommand(newTaskCommand())
 	root.AddCommand(newMCPGatewayCommand())
 	return root
 }

@@ -18,8 +18,10 @@ import (
 	"github.com/mandate-authz/mandate/engine"
 	"github.com/mandate-authz/mandate/server"
 	"github.com/mandate-authz/mandate/server/apikey"
+	"github.com/mandate-authz/mandate/server/approval"
 	"github.com/mandate-authz/mandate/server/authzen"
 	"github.com/mandate-authz/mandate/server/capability"
+	"github.com/mandate-authz/mandate/server/escalation"
 	"github.com/mandate-authz/mandate/store"
 	"github.com/mandate-authz/mandate/store/embedded"
 	"github.com/mandate-authz/mandate/store/memory"
@@ -48,6 +50,8 @@ type serveOptions struct {
 	keysFile string
 	// authzenMapping is the AuthZEN mapping file (--authzen-mapping).
 	authzenMapping string
+	// escalationRules is the escalation rules file (--escalation-rules).
+	escalationRules string
 }
 
 func newServeCommand() *cobra.Command {
@@ -114,6 +118,10 @@ in-flight requests get --grpc-shutdown-grace-period to finish.`,
 	f.IntVar(&opts.maxCaveatContext, "max-caveat-context-size", engine.DefaultMaxCaveatContextBytes, "largest caveat context of a check or lookup, in bytes as JSON (0: no limit)")
 	f.IntVar(&opts.cfg.Limits.MaxConcurrentSchemaCompiles, "schema-max-concurrent-compiles", opts.cfg.Limits.MaxConcurrentSchemaCompiles, "most schema writes and validations compiling at once; more wait within their deadline")
 	f.DurationVar(&opts.cfg.Limits.RequestTimeout, "request-timeout", opts.cfg.Limits.RequestTimeout, "longest a call may run (Watch, import and export excepted)")
+	f.StringVar(&opts.escalationRules, "escalation-rules", "", "YAML file of escalation rules: allowed agent checks they match need a person's approval (see examples/approvals/rules.yaml); validated at start, reloaded when it changes (a bad file keeps the rules in force)")
+	f.DurationVar(&opts.cfg.Approvals.RequestTTL, "approval-request-ttl", approval.DefaultRequestTTL, "how long an approval request stays pending before it expires")
+	f.DurationVar(&opts.cfg.Approvals.DefaultGrant, "approval-default-grant", approval.DefaultGrantDuration, "how long an approval grant lasts when neither the approver nor the agent names a duration")
+	f.DurationVar(&opts.cfg.Approvals.MaxGrant, "approval-max-grant", approval.DefaultMaxGrantDuration, "the longest approval grant; longer durations are refused (an escalation rule's max_duration may bound it further)")
 	f.DurationVar(&opts.cfg.RevisionRetention, "revision-retention", server.DefaultRevisionRetention, "how long a revision stays readable (exact-snapshot reads, cursors, watch from its token) after a later write supersedes it; older history is released")
 	f.DurationVar(&opts.cfg.MaxRevisionWait, "max-revision-wait", server.DefaultMaxRevisionWait, "longest a read waits for this server to apply the revision its consistency asks for (at_least_as_fresh, at_exact_snapshot, fully_consistent) before failing with Unavailable, e.g. while the datastore is unreachable")
 	f.IntVar(&opts.cfg.Limits.MaxContextualRelationships, "max-contextual-relationships", opts.cfg.Limits.MaxContextualRelationships, "most contextual relationships (held for one request only) in one check, CheckBulk, lookup or AuthZEN request")
@@ -188,6 +196,13 @@ func runServe(ctx context.Context, stderr io.Writer, opts *serveOptions) error {
 		}
 		opts.cfg.Keys = ring
 	}
+	if opts.escalationRules != "" {
+		rules, err := escalation.Load(opts.escalationRules)
+		if err != nil {
+			return fmt.Errorf("--escalation-rules: %w", err)
+		}
+		opts.cfg.Escalation = escalation.New(rules, escalation.Options{})
+	}
 	if err := checkServeFlags(opts); err != nil {
 		return err
 	}
@@ -218,6 +233,9 @@ func runServe(ctx context.Context, stderr io.Writer, opts *serveOptions) error {
 	}
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, os.Interrupt)
 	defer stop()
+	if opts.cfg.Escalation != nil {
+		go opts.cfg.Escalation.WatchFile(ctx, opts.escalationRules, log)
+	}
 	if ring := opts.cfg.Keys; ring != nil {
 		// Registered before serving, so a SIGHUP never meets the default
 		// action (exit).

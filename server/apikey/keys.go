@@ -54,6 +54,9 @@ type fileKey struct {
 	Rate        float64 `yaml:"rate"`
 	Burst       int     `yaml:"burst"`
 	Concurrency int     `yaml:"concurrency"`
+	// Person binds the key to a person (type:id): its holder decides
+	// approval requests as that person.
+	Person string `yaml:"person"`
 }
 
 type keysFile struct {
@@ -64,6 +67,8 @@ type keysFile struct {
 type Key struct {
 	Name   string
 	Scopes []Scope
+	// Person is the person the key speaks for (type:id), or empty.
+	Person string
 	digest [sha256.Size]byte
 	rate   *rate.Limiter // nil: unlimited
 	slots  chan struct{} // nil: unlimited
@@ -125,6 +130,13 @@ func parse(data []byte) ([]*Key, error) {
 			return nil, fmt.Errorf("%s: hash: expected sha256: and 64 hex digits, as mandate key generate prints", where)
 		}
 		k := &Key{Name: fk.Name}
+		if fk.Person != "" {
+			typ, id, ok := strings.Cut(fk.Person, ":")
+			if !ok || typ == "" || id == "" || strings.ContainsAny(fk.Person, " #\t") {
+				return nil, fmt.Errorf("%s: person: expected type:id, such as user:alice", where)
+			}
+			k.Person = fk.Person
+		}
 		copy(k.digest[:], raw)
 		if other, dup := digests[k.digest]; dup {
 			return nil, fmt.Errorf("%s: hash: the same key as %q", where, other)

@@ -79,6 +79,15 @@ var methodScopes = map[string]Scope{
 	"/mandate.v1.TokenService/Inspect":         Tokens,
 	"/mandate.v1.TokenService/ListRevocations": Tokens,
 
+	"/mandate.v1.ApprovalService/Request": Approvals,
+	"/mandate.v1.ApprovalService/Get":     Approvals,
+	"/mandate.v1.ApprovalService/List":    Approvals,
+	"/mandate.v1.ApprovalService/Approve": Approvals,
+	"/mandate.v1.ApprovalService/Deny":    Approvals,
+	"/mandate.v1.ApprovalService/Revoke":  Approvals,
+	"/mandate.v1.ApprovalService/Watch":   Approvals,
+	"/mandate.v1.ApprovalService/EndTask": Approvals,
+
 	// authzed.api.v1
 	"/authzed.api.v1.PermissionsService/CheckPermission":         Check,
 	"/authzed.api.v1.PermissionsService/CheckBulkPermissions":    Check,

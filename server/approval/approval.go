@@ -48,6 +48,12 @@ type Request struct {
 	// Rule names the escalation rule that matched; empty when the request
 	// resolves a denial (the agent's own grant is missing).
 	Rule string
+	// EvaluationID is the id of the check answered "approval required"
+	// that the agent quotes (the audit trail's evaluation_id), if any.
+	EvaluationID string
+	// MaxDuration is the matched rule's bound on the grant (0: the
+	// server's maximum).
+	MaxDuration time.Duration
 	// Duration is the grant duration the agent asks for.
 	Duration time.Duration
 	Created  time.Time

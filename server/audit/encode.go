@@ -33,6 +33,10 @@ func appendPrefix(b []byte, ev *Event) ([]byte, error) {
 	b = appendStrField(b, "on_behalf_of", ev.OnBehalfOf, true)
 	b = appendStrField(b, "principal", ev.Principal, true)
 	b = appendStrField(b, "token_id", ev.TokenID, true)
+	b = appendStrField(b, "approval_id", ev.ApprovalID, true)
+	b = appendStrField(b, "evaluation_id", ev.EvaluationID, true)
+	b = appendStrField(b, "rule", ev.Rule, true)
+	b = appendStrField(b, "decider", ev.Decider, true)
 	if len(ev.Chain) > 0 {
 		b = append(b, `,"chain":[`...)
 		for i, l := range ev.Chain {

@@ -47,6 +47,13 @@ const (
 	OpReadSchema          Operation = "read_schema"
 	OpValidateSchema      Operation = "validate_schema"
 	OpAuditQuery          Operation = "audit_query"
+	// The steps of an approval request (server/approval).
+	OpApprovalRequested Operation = "approval_requested"
+	OpApprovalApproved  Operation = "approval_approved"
+	OpApprovalDenied    Operation = "approval_denied"
+	OpApprovalExpired   Operation = "approval_expired"
+	OpApprovalRedeemed  Operation = "approval_redeemed"
+	OpApprovalRevoked   Operation = "approval_revoked"
 	// OpEventsDropped is written by the Log itself when the drop policy
 	// discarded events: Count says how many, since the previous record.
 	OpEventsDropped Operation = "audit_events_dropped"
@@ -131,6 +138,16 @@ type Event struct {
 	// TokenID is the capability token a check was made with (its id, not
 	// its text, which is a credential).
 	TokenID string `json:"token_id,omitempty"`
+	// ApprovalID names the approval request (and its grant) an approval
+	// step is about, or the grant that allowed a check.
+	ApprovalID string `json:"approval_id,omitempty"`
+	// EvaluationID identifies a check answered "approval required"; the
+	// agent's request quotes it.
+	EvaluationID string `json:"evaluation_id,omitempty"`
+	// Rule is the escalation rule that matched.
+	Rule string `json:"rule,omitempty"`
+	// Decider is the person who approved, denied or revoked.
+	Decider string `json:"decider,omitempty"`
 	// Chain runs from the agent checked to its principal.
 	Chain []Link `json:"chain,omitempty"`
 	// Contextual names the request's contextual relationships (held for

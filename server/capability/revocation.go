@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mandate-authz/mandate/feed"
 	"github.com/mandate-authz/mandate/store"
 )
 
@@ -105,25 +106,32 @@ func Revoke(ctx context.Context, w RecordWriter, revs ...Revocation) (store.Revi
 }
 
 // RevocationSet is the in-memory set of revocations a replica checks on
-// every call, fed by the store's change stream. It knows the revision it
-// has applied through, so that a check answered at a revision waits until
-// the set has caught up with it (or fails closed). Safe for concurrent use.
+// every call, fed by the store's change stream: it is a feed.RecordSet the
+// server's follower keeps current. It knows the revision it has applied
+// through, so that a check answered at a revision waits until the set has
+// caught up with it (or fails closed: a set the follower stopped feeding
+// never catches up). Safe for concurrent use.
 type RevocationSet struct {
-	mu      sync.RWMutex
-	byID    map[string]Revocation // by recordID
-	applied store.Revision
-	wake    chan struct{}
+	mu       sync.RWMutex
+	byID     map[string]Revocation // by recordID
+	progress feed.Progress
 }
 
 // NewRevocationSet returns an empty set at revision zero.
 func NewRevocationSet() *RevocationSet {
-	return &RevocationSet{byID: make(map[string]Revocation), wake: make(chan struct{})}
+	return &RevocationSet{byID: make(map[string]Revocation)}
 }
+
+// Kinds is the one record kind the set keeps (feed.RecordSet).
+func (s *RevocationSet) Kinds() []string { return []string{RevocationKind} }
 
 // Load replaces the set with the revocation records current at rev.
 func (s *RevocationSet) Load(records []store.Record, rev store.Revision) error {
 	byID := make(map[string]Revocation, len(records))
 	for _, rec := range records {
+		if rec.Kind != RevocationKind {
+			continue
+		}
 		r, err := decodeRevocation(rec)
 		if err != nil {
 			return err
@@ -132,44 +140,42 @@ func (s *RevocationSet) Load(records []store.Record, rev store.Revision) error {
 	}
 	s.mu.Lock()
 	s.byID = byID
-	s.advance(rev)
 	s.mu.Unlock()
+	s.progress.Advance(rev)
 	return nil
 }
 
 // Apply applies one change of the stream: its revocation records, and the
-// revision it brings the set to.
+// revision it brings the set to. A change that fails leaves the set as it
+// was, at the revision before.
 func (s *RevocationSet) Apply(ch store.Change) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if ch.Revision <= s.applied {
+	if ch.Revision <= s.progress.Revision() {
 		return nil
 	}
-	for _, u := range ch.Records {
-		if u.Record.Kind != RevocationKind {
-			continue
-		}
-		if u.Op == store.Delete {
-			delete(s.byID, u.Record.ID)
+	decoded := make([]Revocation, len(ch.Records))
+	for i, u := range ch.Records {
+		if u.Record.Kind != RevocationKind || u.Op == store.Delete {
 			continue
 		}
 		r, err := decodeRevocation(u.Record)
 		if err != nil {
 			return err
 		}
-		s.byID[u.Record.ID] = r
+		decoded[i] = r
 	}
-	s.advance(ch.Revision)
+	s.mu.Lock()
+	for i, u := range ch.Records {
+		switch {
+		case u.Record.Kind != RevocationKind:
+		case u.Op == store.Delete:
+			delete(s.byID, u.Record.ID)
+		default:
+			s.byID[u.Record.ID] = decoded[i]
+		}
+	}
+	s.mu.Unlock()
+	s.progress.Advance(ch.Revision)
 	return nil
-}
-
-// advance moves the applied revision and wakes waiters. Callers hold mu.
-func (s *RevocationSet) advance(rev store.Revision) {
-	if rev > s.applied {
-		s.applied = rev
-		close(s.wake)
-		s.wake = make(chan struct{})
-	}
 }
 
 func decodeRevocation(rec store.Record) (Revocation, error) {
@@ -185,27 +191,14 @@ func decodeRevocation(rec store.Record) (Revocation, error) {
 }
 
 // Revision is the store revision the set has applied through.
-func (s *RevocationSet) Revision() store.Revision {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return s.applied
-}
+func (s *RevocationSet) Revision() store.Revision { return s.progress.Revision() }
 
 // WaitFor waits until the set has applied rev, or ctx ends.
 func (s *RevocationSet) WaitFor(ctx context.Context, rev store.Revision) error {
-	for {
-		s.mu.RLock()
-		applied, wake := s.applied, s.wake
-		s.mu.RUnlock()
-		if applied >= rev {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("revocations applied through revision %d, waiting for %d: %w", applied, rev, ctx.Err())
-		case <-wake:
-		}
+	if err := s.progress.WaitFor(ctx, rev); err != nil {
+		return fmt.Errorf("revocations %w", err)
 	}
+	return nil
 }
 
 // Revoked returns the revocation matching t, with the index of the block

@@ -20,6 +20,10 @@ type Identity struct {
 	// Name names the credential the call presented (a preshared key's
 	// name, never the key), as the audit trail shows it.
 	Name string
+	// Person is the person a scoped key is bound to (keys file field
+	// "person", type:id); empty for keys that speak for no one. Only such
+	// keys may decide approval requests, as that person.
+	Person string
 }
 
 type identityKey struct{}

@@ -30,13 +30,16 @@ type CheckRequest struct {
 	// see capability.Checker). A task-restricted token allows only requests
 	// whose Context has "task" set to its task.
 	CapabilityToken string
+	// ApprovalID names the approval grant the check redeems: a single-use
+	// grant allows only a check naming it (see approval.go).
+	ApprovalID string
 	// Contextual relationships hold for this check only: validated as a
 	// write is, never stored, named in the audit event.
 	Contextual []rel.Relationship
 
-	// What the next facades add per check goes here, resolved by the core
-	// before the engine is asked and named in the audit event: an approval
-	// id.
+	// noApprovals answers without escalation rules or grants
+	// (CheckWithoutApprovals).
+	noApprovals bool
 }
 
 // CheckResult is the engine's answer, at the revision it was computed at.
@@ -44,6 +47,9 @@ type CheckResult struct {
 	engine.CheckResult
 	// Token explains a check made with a capability token; nil otherwise.
 	Token *capability.Decision
+	// Approval says how an escalation rule or an approval grant shaped
+	// the answer; nil when neither did (see approval.go).
+	Approval *ApprovalOutcome
 	// Contextual are the request's contextual relationships the answer was
 	// computed with.
 	Contextual []rel.Relationship
@@ -67,6 +73,7 @@ func (c *Core) Check(ctx context.Context, req CheckRequest) (CheckResult, error)
 		res.Contextual = req.Contextual
 	}
 	if err == nil {
+		c.applyApprovals(ctx, req, &res)
 		c.decided(res.Decision)
 	}
 	if c.aud == nil {
@@ -177,6 +184,7 @@ func (c *Core) checkBulk(ctx context.Context, req CheckBulkRequest) (CheckBulkRe
 		if it.CapabilityToken != "" {
 			res, err := c.checkToken(ctx, it.CheckRequest, rev)
 			if err == nil {
+				c.applyApprovals(ctx, it.CheckRequest, &res)
 				c.decided(res.Decision)
 			}
 			out.Items[i] = CheckItemResult{CheckResult: res, Err: err}
@@ -192,8 +200,10 @@ func (c *Core) checkBulk(ctx context.Context, req CheckBulkRequest) (CheckBulkRe
 				out.Items[i].Err = errs[j]
 				continue
 			}
-			c.decided(results[j].Decision)
-			out.Items[i].CheckResult = CheckResult{CheckResult: results[j], Contextual: req.Items[i].Contextual}
+			res := CheckResult{CheckResult: results[j], Contextual: req.Items[i].Contextual}
+			c.applyApprovals(ctx, req.Items[i].CheckRequest, &res)
+			c.decided(res.Decision)
+			out.Items[i].CheckResult = res
 		}
 	}
 	if err := ctx.Err(); err != nil {
@@ -225,6 +235,7 @@ func describeCheck(ev *audit.Event, r CheckRequest) {
 func (c *Core) checkEvent(ev *audit.Event, r CheckRequest, res CheckResult, err error, rev store.Revision) {
 	describeCheck(ev, r)
 	ev.Revision = uint64(rev)
+	defer approvalEvent(ev, res.Approval)
 	if r.CapabilityToken != "" {
 		tokenEvent(ev, res, err)
 		return

@@ -175,6 +175,10 @@ type Core struct {
 	kinds schemaCache
 	// schemas compiles what callers send, within limits, a few at a time.
 	schemas *schema.Compiler
+	// grants and escalator shape agents' checks by approvals (nil: none);
+	// see approval.go.
+	grants    Grants
+	escalator Escalator
 }
 
 // New builds a Core.

@@ -40,6 +40,11 @@ const (
 	// DECISION_CONDITIONAL: the answer depends on caveat context that was not
 	// supplied; missing_parameters names it.
 	Decision_DECISION_CONDITIONAL Decision = 3
+	// DECISION_APPROVAL_REQUIRED: a denial a person's approval can lift. An
+	// escalation rule held an otherwise allowed agent check, or only the
+	// agent's own grant is missing; CheckResponse.approval says what to file.
+	// Treat it as denied.
+	Decision_DECISION_APPROVAL_REQUIRED Decision = 4
 )
 
 // Enum value maps for Decision.
@@ -49,12 +54,14 @@ var (
 		1: "DECISION_DENIED",
 		2: "DECISION_ALLOWED",
 		3: "DECISION_CONDITIONAL",
+		4: "DECISION_APPROVAL_REQUIRED",
 	}
 	Decision_value = map[string]int32{
-		"DECISION_UNSPECIFIED": 0,
-		"DECISION_DENIED":      1,
-		"DECISION_ALLOWED":     2,
-		"DECISION_CONDITIONAL": 3,
+		"DECISION_UNSPECIFIED":       0,
+		"DECISION_DENIED":            1,
+		"DECISION_ALLOWED":           2,
+		"DECISION_CONDITIONAL":       3,
+		"DECISION_APPROVAL_REQUIRED": 4,
 	}
 )
 
@@ -1001,12 +1008,13 @@ const file_mandate_v1_core_proto_rawDesc = "" +
 	"\x0fOPERATION_TOUCH\x10\x02\x12\x14\n" +
 	"\x10OPERATION_DELETE\x10\x03\"\x1e\n" +
 	"\x06Cursor\x12\x14\n" +
-	"\x05token\x18\x01 \x01(\tR\x05token*i\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token*\x89\x01\n" +
 	"\bDecision\x12\x18\n" +
 	"\x14DECISION_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fDECISION_DENIED\x10\x01\x12\x14\n" +
 	"\x10DECISION_ALLOWED\x10\x02\x12\x18\n" +
-	"\x14DECISION_CONDITIONAL\x10\x03B=Z;github.com/mandate-authz/mandate/proto/mandate/v1;mandatev1b\x06proto3"
+	"\x14DECISION_CONDITIONAL\x10\x03\x12\x1e\n" +
+	"\x1aDECISION_APPROVAL_REQUIRED\x10\x04B=Z;github.com/mandate-authz/mandate/proto/mandate/v1;mandatev1b\x06proto3"
 
 var (
 	file_mandate_v1_core_proto_rawDescOnce sync.Once

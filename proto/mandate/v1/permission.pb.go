@@ -43,12 +43,15 @@ type CheckRequest struct {
 	// restricted to a task allows only requests whose context has "task" set
 	// to that task.
 	CapabilityToken string `protobuf:"bytes,8,opt,name=capability_token,json=capabilityToken,proto3" json:"capability_token,omitempty"`
+	// approval_id names the approval grant the check redeems: a single-use
+	// grant allows only a check naming it, once.
+	ApprovalId string `protobuf:"bytes,9,opt,name=approval_id,json=approvalId,proto3" json:"approval_id,omitempty"`
 	// contextual_relationships hold for this request only: validated
 	// against the schema as a write is (types, relations, caveats,
 	// expiration), never stored, never cached past the request. One with the
 	// key of a stored relationship replaces it for the request. At most the
 	// server's --max-contextual-relationships (default 100).
-	ContextualRelationships []*Relationship `protobuf:"bytes,9,rep,name=contextual_relationships,json=contextualRelationships,proto3" json:"contextual_relationships,omitempty"`
+	ContextualRelationships []*Relationship `protobuf:"bytes,10,rep,name=contextual_relationships,json=contextualRelationships,proto3" json:"contextual_relationships,omitempty"`
 	unknownFields           protoimpl.UnknownFields
 	sizeCache               protoimpl.SizeCache
 }
@@ -139,6 +142,13 @@ func (x *CheckRequest) GetCapabilityToken() string {
 	return ""
 }
 
+func (x *CheckRequest) GetApprovalId() string {
+	if x != nil {
+		return x.ApprovalId
+	}
+	return ""
+}
+
 func (x *CheckRequest) GetContextualRelationships() []*Relationship {
 	if x != nil {
 		return x.ContextualRelationships
@@ -159,9 +169,15 @@ type CheckResponse struct {
 	Delegation *DelegationExplanation `protobuf:"bytes,4,opt,name=delegation,proto3" json:"delegation,omitempty"`
 	// token explains a check made with a capability token.
 	Token *TokenExplanation `protobuf:"bytes,5,opt,name=token,proto3" json:"token,omitempty"`
+	// approval says what a person's approval would lift (decision
+	// approval_required, or a denial where only the agent's own grant is
+	// missing), or which grant allowed the check. Shaped after the OpenID
+	// AuthZEN Access Request and Approval Profile: a requestable denial with
+	// the request to file and the evaluation's id.
+	Approval *ApprovalContext `protobuf:"bytes,6,opt,name=approval,proto3" json:"approval,omitempty"`
 	// contextual_relationships echoes, when explain is set, the request's
 	// contextual relationships the decision was computed with.
-	ContextualRelationships []*Relationship `protobuf:"bytes,6,rep,name=contextual_relationships,json=contextualRelationships,proto3" json:"contextual_relationships,omitempty"`
+	ContextualRelationships []*Relationship `protobuf:"bytes,7,rep,name=contextual_relationships,json=contextualRelationships,proto3" json:"contextual_relationships,omitempty"`
 	unknownFields           protoimpl.UnknownFields
 	sizeCache               protoimpl.SizeCache
 }
@@ -231,11 +247,111 @@ func (x *CheckResponse) GetToken() *TokenExplanation {
 	return nil
 }
 
+func (x *CheckResponse) GetApproval() *ApprovalContext {
+	if x != nil {
+		return x.Approval
+	}
+	return nil
+}
+
 func (x *CheckResponse) GetContextualRelationships() []*Relationship {
 	if x != nil {
 		return x.ContextualRelationships
 	}
 	return nil
+}
+
+// ApprovalContext is the requestable-denial context of a check.
+type ApprovalContext struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// rule names the escalation rule that matched; empty for a denial only
+	// the agent's own grant is missing for.
+	Rule        string `protobuf:"bytes,1,opt,name=rule,proto3" json:"rule,omitempty"`
+	Description string `protobuf:"bytes,2,opt,name=description,proto3" json:"description,omitempty"`
+	// evaluation_id identifies this evaluation in the audit trail; quote it
+	// when filing.
+	EvaluationId string `protobuf:"bytes,3,opt,name=evaluation_id,json=evaluationId,proto3" json:"evaluation_id,omitempty"`
+	// request is what to file with ApprovalService.Request (POST
+	// /v1/approvals/request); retry the check once it is approved.
+	Request *ApprovalServiceRequestRequest `protobuf:"bytes,4,opt,name=request,proto3" json:"request,omitempty"`
+	// chain is the delegation chain the check resolved.
+	Chain []*ObjectReference `protobuf:"bytes,5,rep,name=chain,proto3" json:"chain,omitempty"`
+	// grant_id names the grant that allowed the check (decision allowed).
+	GrantId       string `protobuf:"bytes,6,opt,name=grant_id,json=grantId,proto3" json:"grant_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApprovalContext) Reset() {
+	*x = ApprovalContext{}
+	mi := &file_mandate_v1_permission_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApprovalContext) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApprovalContext) ProtoMessage() {}
+
+func (x *ApprovalContext) ProtoReflect() protoreflect.Message {
+	mi := &file_mandate_v1_permission_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApprovalContext.ProtoReflect.Descriptor instead.
+func (*ApprovalContext) Descriptor() ([]byte, []int) {
+	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ApprovalContext) GetRule() string {
+	if x != nil {
+		return x.Rule
+	}
+	return ""
+}
+
+func (x *ApprovalContext) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *ApprovalContext) GetEvaluationId() string {
+	if x != nil {
+		return x.EvaluationId
+	}
+	return ""
+}
+
+func (x *ApprovalContext) GetRequest() *ApprovalServiceRequestRequest {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+func (x *ApprovalContext) GetChain() []*ObjectReference {
+	if x != nil {
+		return x.Chain
+	}
+	return nil
+}
+
+func (x *ApprovalContext) GetGrantId() string {
+	if x != nil {
+		return x.GrantId
+	}
+	return ""
 }
 
 // DelegationExplanation explains a check made through an agent's delegation
@@ -260,7 +376,7 @@ type DelegationExplanation struct {
 
 func (x *DelegationExplanation) Reset() {
 	*x = DelegationExplanation{}
-	mi := &file_mandate_v1_permission_proto_msgTypes[2]
+	mi := &file_mandate_v1_permission_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -272,7 +388,7 @@ func (x *DelegationExplanation) String() string {
 func (*DelegationExplanation) ProtoMessage() {}
 
 func (x *DelegationExplanation) ProtoReflect() protoreflect.Message {
-	mi := &file_mandate_v1_permission_proto_msgTypes[2]
+	mi := &file_mandate_v1_permission_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -285,7 +401,7 @@ func (x *DelegationExplanation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DelegationExplanation.ProtoReflect.Descriptor instead.
 func (*DelegationExplanation) Descriptor() ([]byte, []int) {
-	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{2}
+	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *DelegationExplanation) GetChain() []*ChainElement {
@@ -332,7 +448,7 @@ type ChainElement struct {
 
 func (x *ChainElement) Reset() {
 	*x = ChainElement{}
-	mi := &file_mandate_v1_permission_proto_msgTypes[3]
+	mi := &file_mandate_v1_permission_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -344,7 +460,7 @@ func (x *ChainElement) String() string {
 func (*ChainElement) ProtoMessage() {}
 
 func (x *ChainElement) ProtoReflect() protoreflect.Message {
-	mi := &file_mandate_v1_permission_proto_msgTypes[3]
+	mi := &file_mandate_v1_permission_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -357,7 +473,7 @@ func (x *ChainElement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChainElement.ProtoReflect.Descriptor instead.
 func (*ChainElement) Descriptor() ([]byte, []int) {
-	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{3}
+	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ChainElement) GetSubject() *ObjectReference {
@@ -406,7 +522,7 @@ type CheckBulkRequest struct {
 
 func (x *CheckBulkRequest) Reset() {
 	*x = CheckBulkRequest{}
-	mi := &file_mandate_v1_permission_proto_msgTypes[4]
+	mi := &file_mandate_v1_permission_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -418,7 +534,7 @@ func (x *CheckBulkRequest) String() string {
 func (*CheckBulkRequest) ProtoMessage() {}
 
 func (x *CheckBulkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mandate_v1_permission_proto_msgTypes[4]
+	mi := &file_mandate_v1_permission_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -431,7 +547,7 @@ func (x *CheckBulkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckBulkRequest.ProtoReflect.Descriptor instead.
 func (*CheckBulkRequest) Descriptor() ([]byte, []int) {
-	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{4}
+	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *CheckBulkRequest) GetConsistency() *Consistency {
@@ -483,7 +599,7 @@ type CheckBulkRequestItem struct {
 
 func (x *CheckBulkRequestItem) Reset() {
 	*x = CheckBulkRequestItem{}
-	mi := &file_mandate_v1_permission_proto_msgTypes[5]
+	mi := &file_mandate_v1_permission_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -495,7 +611,7 @@ func (x *CheckBulkRequestItem) String() string {
 func (*CheckBulkRequestItem) ProtoMessage() {}
 
 func (x *CheckBulkRequestItem) ProtoReflect() protoreflect.Message {
-	mi := &file_mandate_v1_permission_proto_msgTypes[5]
+	mi := &file_mandate_v1_permission_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -508,7 +624,7 @@ func (x *CheckBulkRequestItem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckBulkRequestItem.ProtoReflect.Descriptor instead.
 func (*CheckBulkRequestItem) Descriptor() ([]byte, []int) {
-	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{5}
+	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CheckBulkRequestItem) GetResource() *ObjectReference {
@@ -557,7 +673,7 @@ type CheckBulkResponse struct {
 
 func (x *CheckBulkResponse) Reset() {
 	*x = CheckBulkResponse{}
-	mi := &file_mandate_v1_permission_proto_msgTypes[6]
+	mi := &file_mandate_v1_permission_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -569,7 +685,7 @@ func (x *CheckBulkResponse) String() string {
 func (*CheckBulkResponse) ProtoMessage() {}
 
 func (x *CheckBulkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mandate_v1_permission_proto_msgTypes[6]
+	mi := &file_mandate_v1_permission_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -582,7 +698,7 @@ func (x *CheckBulkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckBulkResponse.ProtoReflect.Descriptor instead.
 func (*CheckBulkResponse) Descriptor() ([]byte, []int) {
-	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{6}
+	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CheckBulkResponse) GetCheckedAt() *RevisionToken {
@@ -614,7 +730,7 @@ type CheckBulkPair struct {
 
 func (x *CheckBulkPair) Reset() {
 	*x = CheckBulkPair{}
-	mi := &file_mandate_v1_permission_proto_msgTypes[7]
+	mi := &file_mandate_v1_permission_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -626,7 +742,7 @@ func (x *CheckBulkPair) String() string {
 func (*CheckBulkPair) ProtoMessage() {}
 
 func (x *CheckBulkPair) ProtoReflect() protoreflect.Message {
-	mi := &file_mandate_v1_permission_proto_msgTypes[7]
+	mi := &file_mandate_v1_permission_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -639,7 +755,7 @@ func (x *CheckBulkPair) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckBulkPair.ProtoReflect.Descriptor instead.
 func (*CheckBulkPair) Descriptor() ([]byte, []int) {
-	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{7}
+	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CheckBulkPair) GetRequest() *CheckBulkRequestItem {
@@ -704,7 +820,7 @@ type CheckBulkItemResult struct {
 
 func (x *CheckBulkItemResult) Reset() {
 	*x = CheckBulkItemResult{}
-	mi := &file_mandate_v1_permission_proto_msgTypes[8]
+	mi := &file_mandate_v1_permission_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -716,7 +832,7 @@ func (x *CheckBulkItemResult) String() string {
 func (*CheckBulkItemResult) ProtoMessage() {}
 
 func (x *CheckBulkItemResult) ProtoReflect() protoreflect.Message {
-	mi := &file_mandate_v1_permission_proto_msgTypes[8]
+	mi := &file_mandate_v1_permission_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -729,7 +845,7 @@ func (x *CheckBulkItemResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckBulkItemResult.ProtoReflect.Descriptor instead.
 func (*CheckBulkItemResult) Descriptor() ([]byte, []int) {
-	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{8}
+	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CheckBulkItemResult) GetDecision() Decision {
@@ -772,7 +888,7 @@ type ItemError struct {
 
 func (x *ItemError) Reset() {
 	*x = ItemError{}
-	mi := &file_mandate_v1_permission_proto_msgTypes[9]
+	mi := &file_mandate_v1_permission_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -784,7 +900,7 @@ func (x *ItemError) String() string {
 func (*ItemError) ProtoMessage() {}
 
 func (x *ItemError) ProtoReflect() protoreflect.Message {
-	mi := &file_mandate_v1_permission_proto_msgTypes[9]
+	mi := &file_mandate_v1_permission_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -797,7 +913,7 @@ func (x *ItemError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ItemError.ProtoReflect.Descriptor instead.
 func (*ItemError) Descriptor() ([]byte, []int) {
-	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{9}
+	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ItemError) GetCode() int32 {
@@ -842,7 +958,7 @@ type LookupResourcesRequest struct {
 
 func (x *LookupResourcesRequest) Reset() {
 	*x = LookupResourcesRequest{}
-	mi := &file_mandate_v1_permission_proto_msgTypes[10]
+	mi := &file_mandate_v1_permission_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -854,7 +970,7 @@ func (x *LookupResourcesRequest) String() string {
 func (*LookupResourcesRequest) ProtoMessage() {}
 
 func (x *LookupResourcesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mandate_v1_permission_proto_msgTypes[10]
+	mi := &file_mandate_v1_permission_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -867,7 +983,7 @@ func (x *LookupResourcesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LookupResourcesRequest.ProtoReflect.Descriptor instead.
 func (*LookupResourcesRequest) Descriptor() ([]byte, []int) {
-	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{10}
+	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *LookupResourcesRequest) GetConsistency() *Consistency {
@@ -956,7 +1072,7 @@ type LookupResourcesResponse struct {
 
 func (x *LookupResourcesResponse) Reset() {
 	*x = LookupResourcesResponse{}
-	mi := &file_mandate_v1_permission_proto_msgTypes[11]
+	mi := &file_mandate_v1_permission_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -968,7 +1084,7 @@ func (x *LookupResourcesResponse) String() string {
 func (*LookupResourcesResponse) ProtoMessage() {}
 
 func (x *LookupResourcesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mandate_v1_permission_proto_msgTypes[11]
+	mi := &file_mandate_v1_permission_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -981,7 +1097,7 @@ func (x *LookupResourcesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LookupResourcesResponse.ProtoReflect.Descriptor instead.
 func (*LookupResourcesResponse) Descriptor() ([]byte, []int) {
-	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{11}
+	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *LookupResourcesResponse) GetLookedUpAt() *RevisionToken {
@@ -1041,7 +1157,7 @@ type LookupSubjectsRequest struct {
 
 func (x *LookupSubjectsRequest) Reset() {
 	*x = LookupSubjectsRequest{}
-	mi := &file_mandate_v1_permission_proto_msgTypes[12]
+	mi := &file_mandate_v1_permission_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1053,7 +1169,7 @@ func (x *LookupSubjectsRequest) String() string {
 func (*LookupSubjectsRequest) ProtoMessage() {}
 
 func (x *LookupSubjectsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mandate_v1_permission_proto_msgTypes[12]
+	mi := &file_mandate_v1_permission_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1066,7 +1182,7 @@ func (x *LookupSubjectsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LookupSubjectsRequest.ProtoReflect.Descriptor instead.
 func (*LookupSubjectsRequest) Descriptor() ([]byte, []int) {
-	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{12}
+	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *LookupSubjectsRequest) GetConsistency() *Consistency {
@@ -1151,7 +1267,7 @@ type LookupSubjectsResponse struct {
 
 func (x *LookupSubjectsResponse) Reset() {
 	*x = LookupSubjectsResponse{}
-	mi := &file_mandate_v1_permission_proto_msgTypes[13]
+	mi := &file_mandate_v1_permission_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1163,7 +1279,7 @@ func (x *LookupSubjectsResponse) String() string {
 func (*LookupSubjectsResponse) ProtoMessage() {}
 
 func (x *LookupSubjectsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mandate_v1_permission_proto_msgTypes[13]
+	mi := &file_mandate_v1_permission_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1176,7 +1292,7 @@ func (x *LookupSubjectsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LookupSubjectsResponse.ProtoReflect.Descriptor instead.
 func (*LookupSubjectsResponse) Descriptor() ([]byte, []int) {
-	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{13}
+	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *LookupSubjectsResponse) GetLookedUpAt() *RevisionToken {
@@ -1234,7 +1350,7 @@ type ExcludedSubject struct {
 
 func (x *ExcludedSubject) Reset() {
 	*x = ExcludedSubject{}
-	mi := &file_mandate_v1_permission_proto_msgTypes[14]
+	mi := &file_mandate_v1_permission_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1246,7 +1362,7 @@ func (x *ExcludedSubject) String() string {
 func (*ExcludedSubject) ProtoMessage() {}
 
 func (x *ExcludedSubject) ProtoReflect() protoreflect.Message {
-	mi := &file_mandate_v1_permission_proto_msgTypes[14]
+	mi := &file_mandate_v1_permission_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1259,7 +1375,7 @@ func (x *ExcludedSubject) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExcludedSubject.ProtoReflect.Descriptor instead.
 func (*ExcludedSubject) Descriptor() ([]byte, []int) {
-	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{14}
+	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ExcludedSubject) GetSubjectObjectId() string {
@@ -1297,7 +1413,7 @@ type ExpandRequest struct {
 
 func (x *ExpandRequest) Reset() {
 	*x = ExpandRequest{}
-	mi := &file_mandate_v1_permission_proto_msgTypes[15]
+	mi := &file_mandate_v1_permission_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1309,7 +1425,7 @@ func (x *ExpandRequest) String() string {
 func (*ExpandRequest) ProtoMessage() {}
 
 func (x *ExpandRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mandate_v1_permission_proto_msgTypes[15]
+	mi := &file_mandate_v1_permission_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1322,7 +1438,7 @@ func (x *ExpandRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExpandRequest.ProtoReflect.Descriptor instead.
 func (*ExpandRequest) Descriptor() ([]byte, []int) {
-	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{15}
+	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ExpandRequest) GetConsistency() *Consistency {
@@ -1364,7 +1480,7 @@ type ExpandResponse struct {
 
 func (x *ExpandResponse) Reset() {
 	*x = ExpandResponse{}
-	mi := &file_mandate_v1_permission_proto_msgTypes[16]
+	mi := &file_mandate_v1_permission_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1376,7 +1492,7 @@ func (x *ExpandResponse) String() string {
 func (*ExpandResponse) ProtoMessage() {}
 
 func (x *ExpandResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mandate_v1_permission_proto_msgTypes[16]
+	mi := &file_mandate_v1_permission_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1389,7 +1505,7 @@ func (x *ExpandResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExpandResponse.ProtoReflect.Descriptor instead.
 func (*ExpandResponse) Descriptor() ([]byte, []int) {
-	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{16}
+	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ExpandResponse) GetExpandedAt() *RevisionToken {
@@ -1423,7 +1539,7 @@ type ExpandNode struct {
 
 func (x *ExpandNode) Reset() {
 	*x = ExpandNode{}
-	mi := &file_mandate_v1_permission_proto_msgTypes[17]
+	mi := &file_mandate_v1_permission_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1435,7 +1551,7 @@ func (x *ExpandNode) String() string {
 func (*ExpandNode) ProtoMessage() {}
 
 func (x *ExpandNode) ProtoReflect() protoreflect.Message {
-	mi := &file_mandate_v1_permission_proto_msgTypes[17]
+	mi := &file_mandate_v1_permission_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1448,7 +1564,7 @@ func (x *ExpandNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExpandNode.ProtoReflect.Descriptor instead.
 func (*ExpandNode) Descriptor() ([]byte, []int) {
-	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{17}
+	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ExpandNode) GetObject() *ObjectReference {
@@ -1491,7 +1607,7 @@ var File_mandate_v1_permission_proto protoreflect.FileDescriptor
 const file_mandate_v1_permission_proto_rawDesc = "" +
 	"\n" +
 	"\x1bmandate/v1/permission.proto\x12\n" +
-	"mandate.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x15mandate/v1/core.proto\x1a\x16mandate/v1/token.proto\"\xe6\x03\n" +
+	"mandate.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x19mandate/v1/approval.proto\x1a\x15mandate/v1/core.proto\x1a\x16mandate/v1/token.proto\"\x87\x04\n" +
 	"\fCheckRequest\x129\n" +
 	"\vconsistency\x18\x01 \x01(\v2\x17.mandate.v1.ConsistencyR\vconsistency\x127\n" +
 	"\bresource\x18\x02 \x01(\v2\x1b.mandate.v1.ObjectReferenceR\bresource\x12\x1e\n" +
@@ -1503,8 +1619,11 @@ const file_mandate_v1_permission_proto_rawDesc = "" +
 	"\fon_behalf_of\x18\x06 \x01(\v2\x1b.mandate.v1.ObjectReferenceR\n" +
 	"onBehalfOf\x12\x18\n" +
 	"\aexplain\x18\a \x01(\bR\aexplain\x12)\n" +
-	"\x10capability_token\x18\b \x01(\tR\x0fcapabilityToken\x12S\n" +
-	"\x18contextual_relationships\x18\t \x03(\v2\x18.mandate.v1.RelationshipR\x17contextualRelationships\"\xf6\x02\n" +
+	"\x10capability_token\x18\b \x01(\tR\x0fcapabilityToken\x12\x1f\n" +
+	"\vapproval_id\x18\t \x01(\tR\n" +
+	"approvalId\x12S\n" +
+	"\x18contextual_relationships\x18\n" +
+	" \x03(\v2\x18.mandate.v1.RelationshipR\x17contextualRelationships\"\xaf\x03\n" +
 	"\rCheckResponse\x128\n" +
 	"\n" +
 	"checked_at\x18\x01 \x01(\v2\x19.mandate.v1.RevisionTokenR\tcheckedAt\x120\n" +
@@ -1513,8 +1632,16 @@ const file_mandate_v1_permission_proto_rawDesc = "" +
 	"\n" +
 	"delegation\x18\x04 \x01(\v2!.mandate.v1.DelegationExplanationR\n" +
 	"delegation\x122\n" +
-	"\x05token\x18\x05 \x01(\v2\x1c.mandate.v1.TokenExplanationR\x05token\x12S\n" +
-	"\x18contextual_relationships\x18\x06 \x03(\v2\x18.mandate.v1.RelationshipR\x17contextualRelationships\"\xb2\x01\n" +
+	"\x05token\x18\x05 \x01(\v2\x1c.mandate.v1.TokenExplanationR\x05token\x127\n" +
+	"\bapproval\x18\x06 \x01(\v2\x1b.mandate.v1.ApprovalContextR\bapproval\x12S\n" +
+	"\x18contextual_relationships\x18\a \x03(\v2\x18.mandate.v1.RelationshipR\x17contextualRelationships\"\xff\x01\n" +
+	"\x0fApprovalContext\x12\x12\n" +
+	"\x04rule\x18\x01 \x01(\tR\x04rule\x12 \n" +
+	"\vdescription\x18\x02 \x01(\tR\vdescription\x12#\n" +
+	"\revaluation_id\x18\x03 \x01(\tR\fevaluationId\x12C\n" +
+	"\arequest\x18\x04 \x01(\v2).mandate.v1.ApprovalServiceRequestRequestR\arequest\x121\n" +
+	"\x05chain\x18\x05 \x03(\v2\x1b.mandate.v1.ObjectReferenceR\x05chain\x12\x19\n" +
+	"\bgrant_id\x18\x06 \x01(\tR\agrantId\"\xb2\x01\n" +
 	"\x15DelegationExplanation\x12.\n" +
 	"\x05chain\x18\x01 \x03(\v2\x18.mandate.v1.ChainElementR\x05chain\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x1b\n" +
@@ -1643,108 +1770,113 @@ func file_mandate_v1_permission_proto_rawDescGZIP() []byte {
 	return file_mandate_v1_permission_proto_rawDescData
 }
 
-var file_mandate_v1_permission_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_mandate_v1_permission_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_mandate_v1_permission_proto_goTypes = []any{
-	(*CheckRequest)(nil),            // 0: mandate.v1.CheckRequest
-	(*CheckResponse)(nil),           // 1: mandate.v1.CheckResponse
-	(*DelegationExplanation)(nil),   // 2: mandate.v1.DelegationExplanation
-	(*ChainElement)(nil),            // 3: mandate.v1.ChainElement
-	(*CheckBulkRequest)(nil),        // 4: mandate.v1.CheckBulkRequest
-	(*CheckBulkRequestItem)(nil),    // 5: mandate.v1.CheckBulkRequestItem
-	(*CheckBulkResponse)(nil),       // 6: mandate.v1.CheckBulkResponse
-	(*CheckBulkPair)(nil),           // 7: mandate.v1.CheckBulkPair
-	(*CheckBulkItemResult)(nil),     // 8: mandate.v1.CheckBulkItemResult
-	(*ItemError)(nil),               // 9: mandate.v1.ItemError
-	(*LookupResourcesRequest)(nil),  // 10: mandate.v1.LookupResourcesRequest
-	(*LookupResourcesResponse)(nil), // 11: mandate.v1.LookupResourcesResponse
-	(*LookupSubjectsRequest)(nil),   // 12: mandate.v1.LookupSubjectsRequest
-	(*LookupSubjectsResponse)(nil),  // 13: mandate.v1.LookupSubjectsResponse
-	(*ExcludedSubject)(nil),         // 14: mandate.v1.ExcludedSubject
-	(*ExpandRequest)(nil),           // 15: mandate.v1.ExpandRequest
-	(*ExpandResponse)(nil),          // 16: mandate.v1.ExpandResponse
-	(*ExpandNode)(nil),              // 17: mandate.v1.ExpandNode
-	(*Consistency)(nil),             // 18: mandate.v1.Consistency
-	(*ObjectReference)(nil),         // 19: mandate.v1.ObjectReference
-	(*SubjectReference)(nil),        // 20: mandate.v1.SubjectReference
-	(*structpb.Struct)(nil),         // 21: google.protobuf.Struct
-	(*Relationship)(nil),            // 22: mandate.v1.Relationship
-	(*RevisionToken)(nil),           // 23: mandate.v1.RevisionToken
-	(Decision)(0),                   // 24: mandate.v1.Decision
-	(*TokenExplanation)(nil),        // 25: mandate.v1.TokenExplanation
-	(*Cursor)(nil),                  // 26: mandate.v1.Cursor
+	(*CheckRequest)(nil),                  // 0: mandate.v1.CheckRequest
+	(*CheckResponse)(nil),                 // 1: mandate.v1.CheckResponse
+	(*ApprovalContext)(nil),               // 2: mandate.v1.ApprovalContext
+	(*DelegationExplanation)(nil),         // 3: mandate.v1.DelegationExplanation
+	(*ChainElement)(nil),                  // 4: mandate.v1.ChainElement
+	(*CheckBulkRequest)(nil),              // 5: mandate.v1.CheckBulkRequest
+	(*CheckBulkRequestItem)(nil),          // 6: mandate.v1.CheckBulkRequestItem
+	(*CheckBulkResponse)(nil),             // 7: mandate.v1.CheckBulkResponse
+	(*CheckBulkPair)(nil),                 // 8: mandate.v1.CheckBulkPair
+	(*CheckBulkItemResult)(nil),           // 9: mandate.v1.CheckBulkItemResult
+	(*ItemError)(nil),                     // 10: mandate.v1.ItemError
+	(*LookupResourcesRequest)(nil),        // 11: mandate.v1.LookupResourcesRequest
+	(*LookupResourcesResponse)(nil),       // 12: mandate.v1.LookupResourcesResponse
+	(*LookupSubjectsRequest)(nil),         // 13: mandate.v1.LookupSubjectsRequest
+	(*LookupSubjectsResponse)(nil),        // 14: mandate.v1.LookupSubjectsResponse
+	(*ExcludedSubject)(nil),               // 15: mandate.v1.ExcludedSubject
+	(*ExpandRequest)(nil),                 // 16: mandate.v1.ExpandRequest
+	(*ExpandResponse)(nil),                // 17: mandate.v1.ExpandResponse
+	(*ExpandNode)(nil),                    // 18: mandate.v1.ExpandNode
+	(*Consistency)(nil),                   // 19: mandate.v1.Consistency
+	(*ObjectReference)(nil),               // 20: mandate.v1.ObjectReference
+	(*SubjectReference)(nil),              // 21: mandate.v1.SubjectReference
+	(*structpb.Struct)(nil),               // 22: google.protobuf.Struct
+	(*Relationship)(nil),                  // 23: mandate.v1.Relationship
+	(*RevisionToken)(nil),                 // 24: mandate.v1.RevisionToken
+	(Decision)(0),                         // 25: mandate.v1.Decision
+	(*TokenExplanation)(nil),              // 26: mandate.v1.TokenExplanation
+	(*ApprovalServiceRequestRequest)(nil), // 27: mandate.v1.ApprovalServiceRequestRequest
+	(*Cursor)(nil),                        // 28: mandate.v1.Cursor
 }
 var file_mandate_v1_permission_proto_depIdxs = []int32{
-	18, // 0: mandate.v1.CheckRequest.consistency:type_name -> mandate.v1.Consistency
-	19, // 1: mandate.v1.CheckRequest.resource:type_name -> mandate.v1.ObjectReference
-	20, // 2: mandate.v1.CheckRequest.subject:type_name -> mandate.v1.SubjectReference
-	21, // 3: mandate.v1.CheckRequest.context:type_name -> google.protobuf.Struct
-	19, // 4: mandate.v1.CheckRequest.on_behalf_of:type_name -> mandate.v1.ObjectReference
-	22, // 5: mandate.v1.CheckRequest.contextual_relationships:type_name -> mandate.v1.Relationship
-	23, // 6: mandate.v1.CheckResponse.checked_at:type_name -> mandate.v1.RevisionToken
-	24, // 7: mandate.v1.CheckResponse.decision:type_name -> mandate.v1.Decision
-	2,  // 8: mandate.v1.CheckResponse.delegation:type_name -> mandate.v1.DelegationExplanation
-	25, // 9: mandate.v1.CheckResponse.token:type_name -> mandate.v1.TokenExplanation
-	22, // 10: mandate.v1.CheckResponse.contextual_relationships:type_name -> mandate.v1.Relationship
-	3,  // 11: mandate.v1.DelegationExplanation.chain:type_name -> mandate.v1.ChainElement
-	19, // 12: mandate.v1.ChainElement.subject:type_name -> mandate.v1.ObjectReference
-	24, // 13: mandate.v1.ChainElement.grant:type_name -> mandate.v1.Decision
-	24, // 14: mandate.v1.ChainElement.link:type_name -> mandate.v1.Decision
-	18, // 15: mandate.v1.CheckBulkRequest.consistency:type_name -> mandate.v1.Consistency
-	5,  // 16: mandate.v1.CheckBulkRequest.items:type_name -> mandate.v1.CheckBulkRequestItem
-	22, // 17: mandate.v1.CheckBulkRequest.contextual_relationships:type_name -> mandate.v1.Relationship
-	19, // 18: mandate.v1.CheckBulkRequestItem.resource:type_name -> mandate.v1.ObjectReference
-	20, // 19: mandate.v1.CheckBulkRequestItem.subject:type_name -> mandate.v1.SubjectReference
-	21, // 20: mandate.v1.CheckBulkRequestItem.context:type_name -> google.protobuf.Struct
-	19, // 21: mandate.v1.CheckBulkRequestItem.on_behalf_of:type_name -> mandate.v1.ObjectReference
-	23, // 22: mandate.v1.CheckBulkResponse.checked_at:type_name -> mandate.v1.RevisionToken
-	7,  // 23: mandate.v1.CheckBulkResponse.pairs:type_name -> mandate.v1.CheckBulkPair
-	5,  // 24: mandate.v1.CheckBulkPair.request:type_name -> mandate.v1.CheckBulkRequestItem
-	8,  // 25: mandate.v1.CheckBulkPair.item:type_name -> mandate.v1.CheckBulkItemResult
-	9,  // 26: mandate.v1.CheckBulkPair.error:type_name -> mandate.v1.ItemError
-	24, // 27: mandate.v1.CheckBulkItemResult.decision:type_name -> mandate.v1.Decision
-	2,  // 28: mandate.v1.CheckBulkItemResult.delegation:type_name -> mandate.v1.DelegationExplanation
-	25, // 29: mandate.v1.CheckBulkItemResult.token:type_name -> mandate.v1.TokenExplanation
-	18, // 30: mandate.v1.LookupResourcesRequest.consistency:type_name -> mandate.v1.Consistency
-	20, // 31: mandate.v1.LookupResourcesRequest.subject:type_name -> mandate.v1.SubjectReference
-	21, // 32: mandate.v1.LookupResourcesRequest.context:type_name -> google.protobuf.Struct
-	19, // 33: mandate.v1.LookupResourcesRequest.on_behalf_of:type_name -> mandate.v1.ObjectReference
-	26, // 34: mandate.v1.LookupResourcesRequest.optional_cursor:type_name -> mandate.v1.Cursor
-	22, // 35: mandate.v1.LookupResourcesRequest.contextual_relationships:type_name -> mandate.v1.Relationship
-	23, // 36: mandate.v1.LookupResourcesResponse.looked_up_at:type_name -> mandate.v1.RevisionToken
-	24, // 37: mandate.v1.LookupResourcesResponse.decision:type_name -> mandate.v1.Decision
-	26, // 38: mandate.v1.LookupResourcesResponse.after_result_cursor:type_name -> mandate.v1.Cursor
-	18, // 39: mandate.v1.LookupSubjectsRequest.consistency:type_name -> mandate.v1.Consistency
-	19, // 40: mandate.v1.LookupSubjectsRequest.resource:type_name -> mandate.v1.ObjectReference
-	21, // 41: mandate.v1.LookupSubjectsRequest.context:type_name -> google.protobuf.Struct
-	26, // 42: mandate.v1.LookupSubjectsRequest.optional_cursor:type_name -> mandate.v1.Cursor
-	22, // 43: mandate.v1.LookupSubjectsRequest.contextual_relationships:type_name -> mandate.v1.Relationship
-	23, // 44: mandate.v1.LookupSubjectsResponse.looked_up_at:type_name -> mandate.v1.RevisionToken
-	24, // 45: mandate.v1.LookupSubjectsResponse.decision:type_name -> mandate.v1.Decision
-	14, // 46: mandate.v1.LookupSubjectsResponse.excluded_subjects:type_name -> mandate.v1.ExcludedSubject
-	26, // 47: mandate.v1.LookupSubjectsResponse.after_result_cursor:type_name -> mandate.v1.Cursor
-	24, // 48: mandate.v1.ExcludedSubject.decision:type_name -> mandate.v1.Decision
-	18, // 49: mandate.v1.ExpandRequest.consistency:type_name -> mandate.v1.Consistency
-	19, // 50: mandate.v1.ExpandRequest.resource:type_name -> mandate.v1.ObjectReference
-	23, // 51: mandate.v1.ExpandResponse.expanded_at:type_name -> mandate.v1.RevisionToken
-	17, // 52: mandate.v1.ExpandResponse.tree:type_name -> mandate.v1.ExpandNode
-	19, // 53: mandate.v1.ExpandNode.object:type_name -> mandate.v1.ObjectReference
-	17, // 54: mandate.v1.ExpandNode.children:type_name -> mandate.v1.ExpandNode
-	22, // 55: mandate.v1.ExpandNode.subjects:type_name -> mandate.v1.Relationship
-	0,  // 56: mandate.v1.PermissionService.Check:input_type -> mandate.v1.CheckRequest
-	4,  // 57: mandate.v1.PermissionService.CheckBulk:input_type -> mandate.v1.CheckBulkRequest
-	10, // 58: mandate.v1.PermissionService.LookupResources:input_type -> mandate.v1.LookupResourcesRequest
-	12, // 59: mandate.v1.PermissionService.LookupSubjects:input_type -> mandate.v1.LookupSubjectsRequest
-	15, // 60: mandate.v1.PermissionService.Expand:input_type -> mandate.v1.ExpandRequest
-	1,  // 61: mandate.v1.PermissionService.Check:output_type -> mandate.v1.CheckResponse
-	6,  // 62: mandate.v1.PermissionService.CheckBulk:output_type -> mandate.v1.CheckBulkResponse
-	11, // 63: mandate.v1.PermissionService.LookupResources:output_type -> mandate.v1.LookupResourcesResponse
-	13, // 64: mandate.v1.PermissionService.LookupSubjects:output_type -> mandate.v1.LookupSubjectsResponse
-	16, // 65: mandate.v1.PermissionService.Expand:output_type -> mandate.v1.ExpandResponse
-	61, // [61:66] is the sub-list for method output_type
-	56, // [56:61] is the sub-list for method input_type
-	56, // [56:56] is the sub-list for extension type_name
-	56, // [56:56] is the sub-list for extension extendee
-	0,  // [0:56] is the sub-list for field type_name
+	19, // 0: mandate.v1.CheckRequest.consistency:type_name -> mandate.v1.Consistency
+	20, // 1: mandate.v1.CheckRequest.resource:type_name -> mandate.v1.ObjectReference
+	21, // 2: mandate.v1.CheckRequest.subject:type_name -> mandate.v1.SubjectReference
+	22, // 3: mandate.v1.CheckRequest.context:type_name -> google.protobuf.Struct
+	20, // 4: mandate.v1.CheckRequest.on_behalf_of:type_name -> mandate.v1.ObjectReference
+	23, // 5: mandate.v1.CheckRequest.contextual_relationships:type_name -> mandate.v1.Relationship
+	24, // 6: mandate.v1.CheckResponse.checked_at:type_name -> mandate.v1.RevisionToken
+	25, // 7: mandate.v1.CheckResponse.decision:type_name -> mandate.v1.Decision
+	3,  // 8: mandate.v1.CheckResponse.delegation:type_name -> mandate.v1.DelegationExplanation
+	26, // 9: mandate.v1.CheckResponse.token:type_name -> mandate.v1.TokenExplanation
+	2,  // 10: mandate.v1.CheckResponse.approval:type_name -> mandate.v1.ApprovalContext
+	23, // 11: mandate.v1.CheckResponse.contextual_relationships:type_name -> mandate.v1.Relationship
+	27, // 12: mandate.v1.ApprovalContext.request:type_name -> mandate.v1.ApprovalServiceRequestRequest
+	20, // 13: mandate.v1.ApprovalContext.chain:type_name -> mandate.v1.ObjectReference
+	4,  // 14: mandate.v1.DelegationExplanation.chain:type_name -> mandate.v1.ChainElement
+	20, // 15: mandate.v1.ChainElement.subject:type_name -> mandate.v1.ObjectReference
+	25, // 16: mandate.v1.ChainElement.grant:type_name -> mandate.v1.Decision
+	25, // 17: mandate.v1.ChainElement.link:type_name -> mandate.v1.Decision
+	19, // 18: mandate.v1.CheckBulkRequest.consistency:type_name -> mandate.v1.Consistency
+	6,  // 19: mandate.v1.CheckBulkRequest.items:type_name -> mandate.v1.CheckBulkRequestItem
+	23, // 20: mandate.v1.CheckBulkRequest.contextual_relationships:type_name -> mandate.v1.Relationship
+	20, // 21: mandate.v1.CheckBulkRequestItem.resource:type_name -> mandate.v1.ObjectReference
+	21, // 22: mandate.v1.CheckBulkRequestItem.subject:type_name -> mandate.v1.SubjectReference
+	22, // 23: mandate.v1.CheckBulkRequestItem.context:type_name -> google.protobuf.Struct
+	20, // 24: mandate.v1.CheckBulkRequestItem.on_behalf_of:type_name -> mandate.v1.ObjectReference
+	24, // 25: mandate.v1.CheckBulkResponse.checked_at:type_name -> mandate.v1.RevisionToken
+	8,  // 26: mandate.v1.CheckBulkResponse.pairs:type_name -> mandate.v1.CheckBulkPair
+	6,  // 27: mandate.v1.CheckBulkPair.request:type_name -> mandate.v1.CheckBulkRequestItem
+	9,  // 28: mandate.v1.CheckBulkPair.item:type_name -> mandate.v1.CheckBulkItemResult
+	10, // 29: mandate.v1.CheckBulkPair.error:type_name -> mandate.v1.ItemError
+	25, // 30: mandate.v1.CheckBulkItemResult.decision:type_name -> mandate.v1.Decision
+	3,  // 31: mandate.v1.CheckBulkItemResult.delegation:type_name -> mandate.v1.DelegationExplanation
+	26, // 32: mandate.v1.CheckBulkItemResult.token:type_name -> mandate.v1.TokenExplanation
+	19, // 33: mandate.v1.LookupResourcesRequest.consistency:type_name -> mandate.v1.Consistency
+	21, // 34: mandate.v1.LookupResourcesRequest.subject:type_name -> mandate.v1.SubjectReference
+	22, // 35: mandate.v1.LookupResourcesRequest.context:type_name -> google.protobuf.Struct
+	20, // 36: mandate.v1.LookupResourcesRequest.on_behalf_of:type_name -> mandate.v1.ObjectReference
+	28, // 37: mandate.v1.LookupResourcesRequest.optional_cursor:type_name -> mandate.v1.Cursor
+	23, // 38: mandate.v1.LookupResourcesRequest.contextual_relationships:type_name -> mandate.v1.Relationship
+	24, // 39: mandate.v1.LookupResourcesResponse.looked_up_at:type_name -> mandate.v1.RevisionToken
+	25, // 40: mandate.v1.LookupResourcesResponse.decision:type_name -> mandate.v1.Decision
+	28, // 41: mandate.v1.LookupResourcesResponse.after_result_cursor:type_name -> mandate.v1.Cursor
+	19, // 42: mandate.v1.LookupSubjectsRequest.consistency:type_name -> mandate.v1.Consistency
+	20, // 43: mandate.v1.LookupSubjectsRequest.resource:type_name -> mandate.v1.ObjectReference
+	22, // 44: mandate.v1.LookupSubjectsRequest.context:type_name -> google.protobuf.Struct
+	28, // 45: mandate.v1.LookupSubjectsRequest.optional_cursor:type_name -> mandate.v1.Cursor
+	23, // 46: mandate.v1.LookupSubjectsRequest.contextual_relationships:type_name -> mandate.v1.Relationship
+	24, // 47: mandate.v1.LookupSubjectsResponse.looked_up_at:type_name -> mandate.v1.RevisionToken
+	25, // 48: mandate.v1.LookupSubjectsResponse.decision:type_name -> mandate.v1.Decision
+	15, // 49: mandate.v1.LookupSubjectsResponse.excluded_subjects:type_name -> mandate.v1.ExcludedSubject
+	28, // 50: mandate.v1.LookupSubjectsResponse.after_result_cursor:type_name -> mandate.v1.Cursor
+	25, // 51: mandate.v1.ExcludedSubject.decision:type_name -> mandate.v1.Decision
+	19, // 52: mandate.v1.ExpandRequest.consistency:type_name -> mandate.v1.Consistency
+	20, // 53: mandate.v1.ExpandRequest.resource:type_name -> mandate.v1.ObjectReference
+	24, // 54: mandate.v1.ExpandResponse.expanded_at:type_name -> mandate.v1.RevisionToken
+	18, // 55: mandate.v1.ExpandResponse.tree:type_name -> mandate.v1.ExpandNode
+	20, // 56: mandate.v1.ExpandNode.object:type_name -> mandate.v1.ObjectReference
+	18, // 57: mandate.v1.ExpandNode.children:type_name -> mandate.v1.ExpandNode
+	23, // 58: mandate.v1.ExpandNode.subjects:type_name -> mandate.v1.Relationship
+	0,  // 59: mandate.v1.PermissionService.Check:input_type -> mandate.v1.CheckRequest
+	5,  // 60: mandate.v1.PermissionService.CheckBulk:input_type -> mandate.v1.CheckBulkRequest
+	11, // 61: mandate.v1.PermissionService.LookupResources:input_type -> mandate.v1.LookupResourcesRequest
+	13, // 62: mandate.v1.PermissionService.LookupSubjects:input_type -> mandate.v1.LookupSubjectsRequest
+	16, // 63: mandate.v1.PermissionService.Expand:input_type -> mandate.v1.ExpandRequest
+	1,  // 64: mandate.v1.PermissionService.Check:output_type -> mandate.v1.CheckResponse
+	7,  // 65: mandate.v1.PermissionService.CheckBulk:output_type -> mandate.v1.CheckBulkResponse
+	12, // 66: mandate.v1.PermissionService.LookupResources:output_type -> mandate.v1.LookupResourcesResponse
+	14, // 67: mandate.v1.PermissionService.LookupSubjects:output_type -> mandate.v1.LookupSubjectsResponse
+	17, // 68: mandate.v1.PermissionService.Expand:output_type -> mandate.v1.ExpandResponse
+	64, // [64:69] is the sub-list for method output_type
+	59, // [59:64] is the sub-list for method input_type
+	59, // [59:59] is the sub-list for extension type_name
+	59, // [59:59] is the sub-list for extension extendee
+	0,  // [0:59] is the sub-list for field type_name
 }
 
 func init() { file_mandate_v1_permission_proto_init() }
@@ -1752,9 +1884,10 @@ func file_mandate_v1_permission_proto_init() {
 	if File_mandate_v1_permission_proto != nil {
 		return
 	}
+	file_mandate_v1_approval_proto_init()
 	file_mandate_v1_core_proto_init()
 	file_mandate_v1_token_proto_init()
-	file_mandate_v1_permission_proto_msgTypes[7].OneofWrappers = []any{
+	file_mandate_v1_permission_proto_msgTypes[8].OneofWrappers = []any{
 		(*CheckBulkPair_Item)(nil),
 		(*CheckBulkPair_Error)(nil),
 	}
@@ -1764,7 +1897,7 @@ func file_mandate_v1_permission_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mandate_v1_permission_proto_rawDesc), len(file_mandate_v1_permission_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   18,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1,0 +1,353 @@
+package approval_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/mandate-authz/mandate/engine"
+	"github.com/mandate-authz/mandate/feed"
+	"github.com/mandate-authz/mandate/server/approval"
+	"github.com/mandate-authz/mandate/server/audit"
+	"github.com/mandate-authz/mandate/server/op"
+	"github.com/mandate-authz/mandate/store"
+	"github.com/mandate-authz/mandate/store/memory"
+	"github.com/mandate-authz/mandate/store/rel"
+)
+
+const schemaText = `definition user {}
+
+definition agent {
+	relation acts_for: user
+}
+
+definition doc {
+	relation viewer: user | agent
+	relation editor: user | agent
+	permission view = viewer + editor
+	permission edit = editor
+}
+`
+
+type recorder struct {
+	mu  sync.Mutex
+	evs []*audit.Event
+}
+
+func (r *recorder) Record(_ context.Context, ev *audit.Event) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.evs = append(r.evs, ev)
+	return nil
+}
+
+func (r *recorder) ops() []audit.Operation {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []audit.Operation
+	for _, ev := range r.evs {
+		if ev.Operation != audit.OpCheck {
+			out = append(out, ev.Operation)
+		}
+	}
+	return out
+}
+
+// rulePermission escalates every allowed agent check of one permission.
+type rulePermission struct {
+	perm string
+	err  error
+}
+
+func (e rulePermission) Escalate(_ context.Context, in op.EscalationInput) (op.EscalationMatch, bool, error) {
+	if e.err != nil {
+		return op.EscalationMatch{}, false, e.err
+	}
+	return op.EscalationMatch{Rule: "risky-" + e.perm}, in.Permission == e.perm, nil
+}
+func (rulePermission) Observe(op.EscalationInput, bool) {}
+
+type fixture struct {
+	t    *testing.T
+	st   *memory.Store
+	core *op.Core
+	svc  *approval.Service
+	rec  *recorder
+	now  time.Time
+	mu   sync.Mutex
+}
+
+func newFixture(t *testing.T, esc op.Escalator, rels ...string) *fixture {
+	t.Helper()
+	f := &fixture{t: t, st: memory.New(), rec: &recorder{}, now: time.Now()}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	eng := engine.New()
+	var err error
+	f.core, err = op.New(op.Config{Engine: eng, Store: f.st, Auditor: f.rec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.svc, err = approval.New(approval.Config{Records: f.st, Core: f.core, Now: f.clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.core.SetApprovals(f.svc, esc)
+	if _, err := f.st.WriteSchema(ctx, schemaText); err != nil {
+		t.Fatal(err)
+	}
+	var muts []store.Mutation
+	for _, text := range rels {
+		r, err := rel.Parse(text)
+		if err != nil {
+			t.Fatal(err)
+		}
+		muts = append(muts, store.Mutation{Op: store.Touch, Rel: r})
+	}
+	if len(muts) > 0 {
+		if _, err := f.st.Write(ctx, nil, muts); err != nil {
+			t.Fatal(err)
+		}
+	}
+	go feed.Follow(ctx, eng, f.st, nil)
+	go f.svc.Follow(ctx, f.st)
+	return f
+}
+
+func (f *fixture) clock() time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.now
+}
+
+func (f *fixture) advance(d time.Duration) {
+	f.mu.Lock()
+	f.now = f.now.Add(d)
+	f.mu.Unlock()
+}
+
+var (
+	alice = rel.Object{Type: "user", ID: "alice"}
+	bob   = rel.Object{Type: "user", ID: "bob"}
+	carol = rel.Object{Type: "user", ID: "carol"}
+	bot   = rel.Object{Type: "agent", ID: "bot"}
+	doc1  = rel.Object{Type: "doc", ID: "1"}
+)
+
+func (f *fixture) check(perm, approvalID string) op.CheckResult {
+	f.t.Helper()
+	res, err := f.core.Check(context.Background(), op.CheckRequest{
+		Resource: doc1, Permission: perm, Subject: rel.Subject{Type: "agent", ID: "bot"},
+		ApprovalID: approvalID, Consistency: op.Consistency{Mode: op.FullyConsistent},
+	})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return res
+}
+
+func (f *fixture) file(perm string) approval.Request {
+	f.t.Helper()
+	r, err := f.svc.File(context.Background(), approval.Request{Agent: bot, Principal: alice, Resource: doc1, Permission: perm, Task: "T", Reason: "need it"})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return r
+}
+
+// bot acts for alice, who edits doc:1; bob views it; bot itself may view.
+var baseRels = []string{"agent:bot#acts_for@user:alice", "doc:1#editor@user:alice", "doc:1#viewer@user:bob", "doc:1#viewer@agent:bot"}
+
+func TestEscalatedCheckApprovedThenAllowed(t *testing.T) {
+	f := newFixture(t, rulePermission{perm: "view"}, baseRels...)
+	res := f.check("view", "")
+	if res.Decision != engine.Denied || res.Approval == nil || !res.Approval.Required || res.Approval.Rule != "risky-view" || res.Approval.EvaluationID == "" {
+		t.Fatalf("escalated check = %v %+v, want denied, approval required by risky-view with an evaluation id", res.Decision, res.Approval)
+	}
+	r := f.file("view")
+	if r.Status != approval.Pending || len(r.Chain) != 2 || r.Chain[1] != alice {
+		t.Fatalf("filed %+v", r)
+	}
+	// Still required while pending.
+	if res := f.check("view", ""); res.Decision != engine.Denied {
+		t.Fatalf("pending: %v, want denied", res.Decision)
+	}
+	// carol holds nothing: refused. bob views doc:1 now: may decide.
+	if _, err := f.svc.Approve(context.Background(), r.ID, approval.Decision{Approver: carol}); !errors.Is(err, approval.ErrNotAllowed) {
+		t.Fatalf("carol approves: %v, want ErrNotAllowed", err)
+	}
+	if _, err := f.svc.Approve(context.Background(), r.ID, approval.Decision{Approver: bot}); !errors.Is(err, approval.ErrNotAllowed) {
+		t.Fatalf("the agent approves itself: %v, want ErrNotAllowed", err)
+	}
+	if _, err := f.svc.Approve(context.Background(), r.ID, approval.Decision{Approver: alice, Duration: 10 * time.Hour}); !errors.Is(err, approval.ErrInvalid) {
+		t.Fatalf("over the maximum: %v, want ErrInvalid", err)
+	}
+	got, err := f.svc.Approve(context.Background(), r.ID, approval.Decision{Approver: bob, Note: "ok"})
+	if err != nil || got.Status != approval.Approved || got.Decider != bob {
+		t.Fatalf("bob approves: %+v %v", got, err)
+	}
+	if res := f.check("view", ""); res.Decision != engine.Allowed || res.Approval == nil || res.Approval.GrantID != r.ID {
+		t.Fatalf("after approval: %v %+v, want allowed by grant %s", res.Decision, res.Approval, r.ID)
+	}
+	// The grant is for view only.
+	if _, err := f.svc.Deny(context.Background(), r.ID, approval.Decision{Approver: alice}); !errors.Is(err, approval.ErrNotPending) {
+		t.Fatalf("deny after approve: %v, want ErrNotPending", err)
+	}
+	// Grants expire.
+	f.advance(16 * time.Minute)
+	if res := f.check("view", ""); res.Decision != engine.Denied {
+		t.Fatalf("expired grant: %v, want denied", res.Decision)
+	}
+	if n, err := f.svc.Sweep(context.Background()); err != nil || n != 1 {
+		t.Fatalf("sweep = %d, %v; want 1", n, err)
+	}
+	want := []audit.Operation{audit.OpApprovalRequested, audit.OpApprovalApproved, audit.OpApprovalExpired}
+	if got := f.rec.ops(); !equalOps(got, want) {
+		t.Fatalf("audited %v, want %v", got, want)
+	}
+}
+
+func equalOps(a, b []audit.Operation) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func TestResolvableDenialAndSingleUse(t *testing.T) {
+	f := newFixture(t, nil, baseRels...)
+	// bot may not edit by its own grant; alice may: resolvable.
+	res := f.check("edit", "")
+	if res.Decision != engine.Denied || res.Approval == nil || !res.Approval.Required || res.Approval.Rule != "" {
+		t.Fatalf("resolvable denial = %v %+v", res.Decision, res.Approval)
+	}
+	r := f.file("edit")
+	if _, err := f.svc.Approve(context.Background(), r.ID, approval.Decision{Approver: alice, SingleUse: true}); err != nil {
+		t.Fatal(err)
+	}
+	if res := f.check("edit", ""); res.Decision != engine.Denied {
+		t.Fatalf("single-use grant not named: %v, want denied", res.Decision)
+	}
+	if res := f.check("edit", "0123"); res.Decision != engine.Denied {
+		t.Fatalf("another id: %v, want denied", res.Decision)
+	}
+	if res := f.check("edit", r.ID); res.Decision != engine.Allowed {
+		t.Fatalf("named: %v, want allowed", res.Decision)
+	}
+	if res := f.check("edit", r.ID); res.Decision != engine.Denied {
+		t.Fatalf("second use: %v, want denied", res.Decision)
+	}
+	got, _ := f.svc.Get(context.Background(), r.ID)
+	if got.Status != approval.Redeemed {
+		t.Fatalf("status %s, want redeemed", got.Status)
+	}
+}
+
+func TestPlainDenialNeverAllowed(t *testing.T) {
+	// carol's agent: carol holds nothing, so a grant cannot help.
+	f := newFixture(t, nil, "agent:bot#acts_for@user:carol")
+	res, err := f.core.Check(context.Background(), op.CheckRequest{Resource: doc1, Permission: "view", Subject: rel.Subject{Type: "agent", ID: "bot"}, Consistency: op.Consistency{Mode: op.FullyConsistent}})
+	if err != nil || res.Decision != engine.Denied || res.Approval != nil {
+		t.Fatalf("principal denied: %v %+v %v", res.Decision, res.Approval, err)
+	}
+	_, err = f.svc.File(context.Background(), approval.Request{Agent: bot, Principal: carol, Resource: doc1, Permission: "view"})
+	if !errors.Is(err, approval.ErrInvalid) {
+		t.Fatalf("filing what no grant resolves: %v, want ErrInvalid", err)
+	}
+}
+
+func TestRuleErrorFailsClosed(t *testing.T) {
+	f := newFixture(t, rulePermission{perm: "view", err: errors.New("boom")}, baseRels...)
+	if res := f.check("view", ""); res.Decision != engine.Denied || res.Approval == nil || res.Approval.Rule != "escalation-error" {
+		t.Fatalf("rule error: %v %+v, want denied (escalated)", res.Decision, res.Approval)
+	}
+	// A person's own check is never escalated.
+	res, err := f.core.Check(context.Background(), op.CheckRequest{Resource: doc1, Permission: "view", Subject: rel.Subject{Type: "user", ID: "bob"}, Consistency: op.Consistency{Mode: op.FullyConsistent}})
+	if err != nil || res.Decision != engine.Allowed || res.Approval != nil {
+		t.Fatalf("person: %v %+v %v", res.Decision, res.Approval, err)
+	}
+}
+
+func TestDenyEndTaskAndPendingExpiry(t *testing.T) {
+	f := newFixture(t, rulePermission{perm: "view"}, baseRels...)
+	ctx := context.Background()
+	r1 := f.file("view")
+	if got, err := f.svc.Deny(ctx, r1.ID, approval.Decision{Approver: alice, Note: "no"}); err != nil || got.Status != approval.Denied {
+		t.Fatalf("deny: %+v %v", got, err)
+	}
+	if _, err := f.svc.Approve(ctx, r1.ID, approval.Decision{Approver: alice}); !errors.Is(err, approval.ErrNotPending) {
+		t.Fatalf("approve after deny: %v", err)
+	}
+	r2 := f.file("view")
+	if _, err := f.svc.Approve(ctx, r2.ID, approval.Decision{Approver: alice, Duration: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	r3 := f.file("edit")
+	if res := f.check("view", ""); res.Decision != engine.Allowed {
+		t.Fatalf("granted: %v", res.Decision)
+	}
+	n, err := f.svc.EndTask(ctx, "T", alice)
+	if err != nil || n != 2 {
+		t.Fatalf("EndTask = %d, %v; want 2 (a grant and a pending request)", n, err)
+	}
+	if res := f.check("view", ""); res.Decision != engine.Denied {
+		t.Fatalf("after EndTask: %v, want denied", res.Decision)
+	}
+	if got, _ := f.svc.Get(ctx, r3.ID); got.Status != approval.Revoked {
+		t.Fatalf("pending request after EndTask: %s", got.Status)
+	}
+	recs, _, err := f.st.ReadRecords(ctx, "capability.revocation")
+	if err != nil || len(recs) != 1 || recs[0].ID != "task:T" {
+		t.Fatalf("token revocation by task: %v %v", recs, err)
+	}
+	r4 := f.file("view")
+	f.advance(25 * time.Hour)
+	if _, err := f.svc.Approve(ctx, r4.ID, approval.Decision{Approver: alice}); !errors.Is(err, approval.ErrNotPending) {
+		t.Fatalf("approve an expired request: %v", err)
+	}
+	l, err := f.svc.List(ctx, approval.Filter{Status: approval.Expired})
+	if err != nil || len(l) != 1 || l[0].ID != r4.ID {
+		t.Fatalf("list expired: %v %v", l, err)
+	}
+	l, err = f.svc.List(ctx, approval.Filter{Approver: &carol})
+	if err != nil || len(l) != 0 {
+		t.Fatalf("carol's inbox: %v %v", l, err)
+	}
+	l, err = f.svc.List(ctx, approval.Filter{Approver: &bob})
+	if err != nil || len(l) != 3 { // the view requests; bob does not edit
+		t.Fatalf("bob's inbox: %d %v", len(l), err)
+	}
+}
+
+func TestRedeemOnceUnderConcurrency(t *testing.T) {
+	f := newFixture(t, nil, baseRels...)
+	r := f.file("edit")
+	if _, err := f.svc.Approve(context.Background(), r.ID, approval.Decision{Approver: alice, SingleUse: true}); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	allowed := 0
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if f.check("edit", r.ID).Decision == engine.Allowed {
+				mu.Lock()
+				allowed++
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if allowed != 1 {
+		t.Fatalf("%d of 8 concurrent checks allowed, want exactly 1", allowed)
+	}
+}
