@@ -3,15 +3,20 @@ package server_test
 import (
 	"encoding/json"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	pb "github.com/mandate-authz/mandate/proto/mandate/v1"
 	"github.com/mandate-authz/mandate/server"
+	"github.com/mandate-authz/mandate/server/apikey"
 	"github.com/mandate-authz/mandate/server/audit"
 	"github.com/mandate-authz/mandate/server/authzen"
 	"github.com/mandate-authz/mandate/server/capability"
+	"github.com/mandate-authz/mandate/server/escalation"
 )
 
 // TestAuthZENContextualRelationships: the mapping's relationship templates
@@ -120,7 +125,11 @@ func TestAuthZENCapabilityToken(t *testing.T) {
 	rec := &recorder{}
 	ts := startServer(t, func(c *server.Config) { c.CapabilityKeys, c.Audit = keys, rec })
 	ts.writeSchema(calendarSchema)
-	ts.write(update(create, mustParse(t, "calendar:bob#owner@user:bob")...)...)
+	wtok := ts.write(update(create, mustParse(t, "calendar:bob#owner@user:bob")...)...)
+	// Wait for the engine to apply them (minting and AuthZEN read its latest).
+	if _, err := ts.perm.Check(ts.ctx(), &pb.CheckRequest{Resource: obj("calendar", "bob"), Permission: "read", Subject: subj("user", "bob"), Consistency: fresh(wtok)}); err != nil {
+		t.Fatal(err)
+	}
 	code, minted := ts.restCall("/v1/tokens/mint", testKey, `{"holder":{"objectType":"agent","objectId":"a"},
 		"onBehalfOf":{"objectType":"user","objectId":"bob"},
 		"rights":[{"resourceType":"calendar","resourceId":"bob","permissions":["read"]}],"ttl":"3600s"}`)
@@ -175,7 +184,10 @@ func TestAuthZENCapabilityToken(t *testing.T) {
 	}
 
 	off := startServer(t, nil)
-	off.writeSchema(calendarSchema)
+	offTok := off.writeSchema(calendarSchema)
+	if _, err := off.perm.Check(off.ctx(), &pb.CheckRequest{Resource: obj("calendar", "bob"), Permission: "read", Subject: subj("user", "bob"), Consistency: fresh(offTok)}); err != nil {
+		t.Fatal(err)
+	}
 	status, _, out = off.authzenPost("/access/v1/evaluation", "Bearer "+testKey, "",
 		`{"subject":{"type":"agent","id":"a"},"action":{"name":"read"},"resource":{"type":"calendar","id":"bob"},"context":`+withToken+`}`)
 	if status != 400 || !strings.Contains(string(out), "context.capability_token") || strings.Contains(string(out), `"decision":true`) {
@@ -216,5 +228,101 @@ func TestAuthZENBasePath(t *testing.T) {
 		if err := authzen.CheckBasePath(p); (err == nil) != ok {
 			t.Errorf("base path %q: %v", p, err)
 		}
+	}
+}
+
+// TestAuthZENApprovals: an agent's evaluation an escalation rule holds is
+// denied with reason approval_required and the approval hint (the request
+// to file, the evaluation id); once a person approves a single-use grant,
+// the retry naming it in context.approval_id is allowed (the context names
+// the grant), and a second retry is denied again.
+func TestAuthZENApprovals(t *testing.T) {
+	rules, err := escalation.Parse("rules.yaml", []byte("rules:\n  - name: view-needs-consent\n    description: Viewing needs the owner's consent.\n    match:\n      permissions: [view]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	aliceKey, aliceHash, err := apikey.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "keys.yaml")
+	if err := os.WriteFile(path, []byte("keys:\n  - {name: alice, hash: "+aliceHash+", scopes: [approvals], person: \"user:ann\"}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ring, err := apikey.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := startServer(t, func(c *server.Config) { c.Keys, c.Escalation = ring, escalation.New(rules, escalation.Options{}) })
+	ts.writeSchema(testSchema)
+	tok := ts.write(update(touch, mustParse(t, "doc:1#owner@user:ann", "doc:1#viewer@agent:bot", "agent:bot#acts_for@user:ann")...)...)
+	if _, err := ts.perm.Check(ts.ctx(), checkRequest(fresh(tok), "doc:1", "user:ann")); err != nil {
+		t.Fatal(err)
+	}
+	type hint struct {
+		Required     bool
+		Rule         string
+		EvaluationID string `json:"evaluation_id"`
+		GrantID      string `json:"grant_id"`
+		Request      *struct {
+			Agent, Principal, Resource struct{ Type, ID string }
+			Permission                 string
+		}
+	}
+	eval := func(context string) (bool, string, hint) {
+		t.Helper()
+		status, _, out := ts.authzenPost("/access/v1/evaluation", "Bearer "+testKey, "",
+			`{"subject":{"type":"agent","id":"bot"},"action":{"name":"edit"},"resource":{"type":"doc","id":"1"},"context":`+context+`}`)
+		var v struct {
+			Decision bool
+			Context  struct {
+				Reason   string
+				Approval hint
+			}
+		}
+		if status != 200 || json.Unmarshal(out, &v) != nil {
+			t.Fatalf("evaluation: %d %s", status, out)
+		}
+		return v.Decision, v.Context.Reason, v.Context.Approval
+	}
+	// An allowed check a rule holds: approval_required, naming the rule.
+	status, _, out := ts.authzenPost("/access/v1/evaluation", "Bearer "+testKey, "",
+		`{"subject":{"type":"agent","id":"bot"},"action":{"name":"view"},"resource":{"type":"doc","id":"1"}}`)
+	if status != 200 || !strings.Contains(string(out), `"decision":false`) || !strings.Contains(string(out), `"reason":"approval_required"`) ||
+		!strings.Contains(string(out), `"rule":"view-needs-consent"`) || !strings.Contains(string(out), `"evaluation_id":"`) {
+		t.Fatalf("an escalated evaluation: %d %s", status, out)
+	}
+	allowed, reason, h := eval(`{}`)
+	if allowed || reason != "agent_not_granted" || !h.Required || h.EvaluationID == "" || h.Request == nil ||
+		h.Request.Agent.ID != "bot" || h.Request.Principal.ID != "ann" || h.Request.Resource.ID != "1" || h.Request.Permission != "edit" {
+		t.Fatalf("a denial an approval would lift: %v %q %+v", allowed, reason, h)
+	}
+	code, filed := ts.restCall("/v1/approvals/request", testKey, map[string]any{
+		"agent": map[string]any{"objectType": "agent", "objectId": "bot"}, "principal": map[string]any{"objectType": "user", "objectId": "ann"},
+		"resource": map[string]any{"objectType": "doc", "objectId": "1"}, "permission": "edit", "evaluationId": h.EvaluationID})
+	id, _ := filed["approval"].(map[string]any)["id"].(string)
+	if code != 200 || id == "" {
+		t.Fatalf("filing: %d %v", code, filed)
+	}
+	if code, out := ts.restCall("/v1/approvals/approve", aliceKey, map[string]any{"id": id, "singleUse": true}); code != 200 {
+		t.Fatalf("approving: %d %v", code, out)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		allowed, _, h = eval(`{"approval_id":"` + id + `"}`)
+		if allowed || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond) // the grant reaches the core through the change stream
+	}
+	if !allowed || h.GrantID != id {
+		t.Fatalf("the retry naming the grant: %v %+v", allowed, h)
+	}
+	if allowed, _, _ = eval(`{"approval_id":"` + id + `"}`); allowed {
+		t.Errorf("a single-use grant allowed twice")
+	}
+	if status, _, out := ts.authzenPost("/access/v1/evaluation", "Bearer "+testKey, "",
+		`{"subject":{"type":"agent","id":"bot"},"action":{"name":"edit"},"resource":{"type":"doc","id":"1"},"context":{"approval_id":5}}`); status != 400 || !strings.Contains(string(out), "context.approval_id") {
+		t.Errorf("an approval id that is not a string: %d %s", status, out)
 	}
 }

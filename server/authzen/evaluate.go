@@ -161,7 +161,11 @@ func (h *Handler) convert(sch *schema.Schema, e evaluationRequest, at string) (c
 	if err != nil {
 		return converted{}, err
 	}
-	token, err := tokenOf(e.Context, at)
+	token, err := stringIn(e.Context, ContextCapabilityToken, at)
+	if err != nil {
+		return converted{}, err
+	}
+	approvalID, err := stringIn(e.Context, ContextApprovalID, at)
 	if err != nil {
 		return converted{}, err
 	}
@@ -170,7 +174,7 @@ func (h *Handler) convert(sch *schema.Schema, e evaluationRequest, at string) (c
 	}
 	return converted{
 		req: op.CheckRequest{Resource: obj, Permission: perm, Subject: sub, Context: ctx, OnBehalfOf: obo,
-			Contextual: contextual, CapabilityToken: token},
+			Contextual: contextual, CapabilityToken: token, ApprovalID: approvalID},
 		unknown: !ok,
 		sources: sources,
 	}, nil
@@ -234,10 +238,19 @@ func explain(res op.CheckResult) *decisionContext {
 			out.Reason = string(t.Reason)
 		}
 	}
+	if a := res.Approval; a != nil {
+		out.Approval = approvalHintOf(a)
+		// An escalation rule's hold is approval_required; a denial where
+		// only the agent's own grant is missing keeps the engine's reason
+		// (agent_not_granted), the hint saying what would lift it.
+		if a.Required && a.Rule != "" {
+			out.Reason = op.ReasonApprovalRequired
+		}
+	}
 	for _, r := range res.Contextual {
 		out.Contextual = append(out.Contextual, r.String())
 	}
-	if out.Reason == "" && out.Chain == nil && out.Contextual == nil && out.TokenID == "" {
+	if out.Reason == "" && out.Chain == nil && out.Contextual == nil && out.TokenID == "" && out.Approval == nil {
 		return nil
 	}
 	return &out
@@ -250,15 +263,20 @@ func explain(res op.CheckResult) *decisionContext {
 // `context:` and it would) and the audit records only the token's id.
 const ContextCapabilityToken = "capability_token"
 
-// tokenOf returns the capability token a request's context carries, or "".
-func tokenOf(ctx map[string]any, at string) (string, error) {
-	v, ok := ctx[ContextCapabilityToken]
+// ContextApprovalID is the context member naming the approval grant an
+// agent's retry redeems (mandate.v1's approval_id).
+const ContextApprovalID = "approval_id"
+
+// stringIn returns the string a request's context carries as member name,
+// or "" when it carries none.
+func stringIn(ctx map[string]any, name, at string) (string, error) {
+	v, ok := ctx[name]
 	if !ok {
 		return "", nil
 	}
 	s, isStr := v.(string)
 	if !isStr || s == "" {
-		return "", badRequest(at+"context."+ContextCapabilityToken, "expected the capability token as a non-empty string")
+		return "", badRequest(at+"context."+name, "expected a non-empty string")
 	}
 	return s, nil
 }

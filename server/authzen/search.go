@@ -50,7 +50,7 @@ func (h *Handler) search(ctx context.Context, body []byte, subjectID, resourceID
 	if s.contextual, err = h.contextual(requestMembers{subject: s.req.Subject, resource: s.req.Resource, action: s.req.Action, context: s.req.Context}); err != nil {
 		return s, err
 	}
-	s.token, err = tokenOf(s.req.Context, "")
+	s.token, err = stringIn(s.req.Context, ContextCapabilityToken, "")
 	return s, err
 }
 
