@@ -452,3 +452,27 @@ func mustRel(s string) rel.Relationship {
 	}
 	return r
 }
+
+// BenchmarkCheckContextual measures BenchmarkCheck's checks each carrying
+// n contextual relationships (group memberships of the checked user): the
+// cost of building the overlay and reading through it, against
+// BenchmarkCheck in the same run.
+func BenchmarkCheckContextual(b *testing.B) {
+	e, w := loadBench(b, flagShape())
+	for _, n := range []int{1, 10, 100} {
+		b.Run(fmt.Sprintf("n=%d", n), func(b *testing.B) {
+			reqs := make([]engine.CheckRequest, len(w.checks))
+			for i, c := range w.checks {
+				for j := range n {
+					c.Contextual = append(c.Contextual, rel.Relationship{
+						Resource: rel.Object{Type: "group", ID: fmt.Sprintf("g%d", (i+j)%s0(w.shape.groups))},
+						Relation: "member", Subject: c.Subject})
+				}
+				reqs[i] = c
+			}
+			runChecks(b, e, reqs)
+		})
+	}
+}
+
+func s0(n int) int { return max(n, 1) }
