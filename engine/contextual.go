@@ -3,7 +3,6 @@ package engine
 import (
 	"errors"
 	"fmt"
-	"maps"
 	"slices"
 	"strings"
 
@@ -93,14 +92,7 @@ func (ov *overlay) add(p *plan, r rel.Relationship) {
 	obj := ov.intern(rp.typ, r.Resource.ID)
 	sid := ov.intern(st, r.Subject.ID)
 	e := edge{kind: subjectKind(srel, st.sym), subjID: sid, deleted: never}
-	if !r.Expiration.IsZero() || r.Caveat != nil {
-		var x edgeExtra
-		if !r.Expiration.IsZero() {
-			x.expires = r.Expiration.UnixMicro()
-		}
-		if r.Caveat != nil {
-			x.caveat = &edgeCaveat{name: r.Caveat.Name, context: maps.Clone(r.Caveat.Context)}
-		}
+	if x, ok := extraOf(r); ok {
 		ov.extras = append(ov.extras, x)
 		e.extra = overlayExtra + uint32(len(ov.extras)-1)
 	}
