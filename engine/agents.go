@@ -68,7 +68,7 @@ func (c *checker) resolveChains(agent chainMember, maxChain int) ([]chain, *chai
 			fail(ReasonNoDelegation, path)
 			return nil
 		}
-		edges := cur.tp.actsFor.edges(cur.id)
+		edges := c.edges(cur.tp.actsFor, cur.id)
 		var live, expired, outOfScope int
 		for i := range edges {
 			e := &edges[i]
@@ -76,7 +76,7 @@ func (c *checker) resolveChains(agent chainMember, maxChain int) ([]chain, *chai
 				continue
 			}
 			if e.extra != 0 {
-				if x := c.idx.extras[e.extra].expires; x != 0 && c.nowMicros() >= x {
+				if x := c.extra(e.extra).expires; x != 0 && c.nowMicros() >= x {
 					expired++
 					continue
 				}
@@ -90,7 +90,7 @@ func (c *checker) resolveChains(agent chainMember, maxChain int) ([]chain, *chai
 				continue
 			}
 			tt := c.idx.types[e.subjType()]
-			next := chainMember{tp: c.pl.typeBySym(e.subjType()), typ: e.subjType(), id: e.subjID, obj: rel.Object{Type: tt.name, ID: tt.names[e.subjID]}}
+			next := chainMember{tp: c.pl.typeBySym(e.subjType()), typ: e.subjType(), id: e.subjID, obj: rel.Object{Type: tt.name, ID: c.ov.name(tt, e.subjID)}}
 			if containsMember(path, next) {
 				fail(ReasonCycle, append(path, next))
 				continue

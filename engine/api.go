@@ -52,6 +52,8 @@ type CheckRequest struct {
 	Revision store.Revision
 	// Explain asks for the delegation chain and reasons in the result.
 	Explain bool
+	// Contextual relationships hold for this request only (contextual.go).
+	Contextual []rel.Relationship
 }
 
 // CheckResult is the answer to a CheckRequest.
@@ -137,6 +139,8 @@ type LookupResourcesRequest struct {
 	// Limit, when positive, bounds the results; the lookup stops
 	// evaluating once it has them.
 	Limit int
+	// Contextual relationships hold for this request only (contextual.go).
+	Contextual []rel.Relationship
 }
 
 // LookupResult is one resource or subject found by a lookup.
@@ -165,6 +169,8 @@ type LookupSubjectsRequest struct {
 	After string
 	// Limit, when positive, bounds the results (counting "*").
 	Limit int
+	// Contextual relationships hold for this request only (contextual.go).
+	Contextual []rel.Relationship
 }
 
 // ExpandNode is a node of a permission's expansion tree.

@@ -166,7 +166,7 @@ func (c *checker) caveat(e *edge) (outcome, error) {
 	if e.extra == 0 {
 		return outTrue, nil
 	}
-	x := c.idx.extras[e.extra].caveat
+	x := c.extra(e.extra).caveat
 	if x == nil {
 		return outTrue, nil
 	}

@@ -152,6 +152,10 @@ type checker struct {
 	// reach is the deepest depth reached so far, for memo heights.
 	reach int
 
+	// ov is the request's contextual relationships (contextual.go); nil
+	// for most requests.
+	ov *overlay
+
 	// walk is a lookup's reverse walk (walk.go), reused between requests.
 	walk lookupWalk
 
@@ -179,7 +183,7 @@ func (c *checker) nowMicros() int64 {
 }
 
 func (e *Engine) putChecker(c *checker) {
-	c.idx, c.pl = nil, nil
+	c.idx, c.pl, c.ov = nil, nil, nil
 	c.resetConverted()
 	c.req, c.now, c.nowSet = CheckRequest{}, 0, false
 	c.evalCtx = nil
@@ -221,7 +225,7 @@ func (c *checker) live(e *edge) bool {
 		return false
 	}
 	if e.extra != 0 {
-		if x := c.idx.extras[e.extra].expires; x != 0 && c.nowMicros() >= x {
+		if x := c.extra(e.extra).expires; x != 0 && c.nowMicros() >= x {
 			return false
 		}
 	}
@@ -291,8 +295,8 @@ func (c *checker) relation(rp *relPlan, obj oid, t target, depth int, shared boo
 }
 
 func (c *checker) objectName(tp *typePlan, obj oid) string {
-	if int(obj) < len(tp.table.names) {
-		return tp.table.names[obj]
+	if int(obj) < len(tp.table.names) || local(obj) {
+		return c.ov.name(tp.table, obj)
 	}
 	return "(unseen)"
 }
@@ -324,7 +328,7 @@ func (c *checker) edgeRun(edges []edge, kind uint64, id oid) (outcome, error) {
 // direct evaluates a stored relation: the subject itself, a wildcard of its
 // type, or a userset that contains it.
 func (c *checker) direct(rp *relPlan, obj oid, t target, depth int) (outcome, error) {
-	edges := rp.table.edges(obj)
+	edges := c.edges(rp.table, obj)
 	if len(edges) == 0 {
 		return outFalse, nil
 	}
@@ -449,7 +453,7 @@ func (c *checker) rewrite(typ sym, obj oid, n *node, t target, depth int) (outco
 func (c *checker) arrow(obj oid, n *node, t target, depth int, all bool) (outcome, error) {
 	var edges []edge
 	if n.tupleset != nil {
-		edges = n.tupleset.edges(obj)
+		edges = c.edges(n.tupleset, obj)
 	}
 	result := outFalse
 	if all {
@@ -504,8 +508,20 @@ func (e *Engine) Check(ctx context.Context, req CheckRequest) (CheckResult, erro
 	}
 	c := e.getChecker(rev, p)
 	defer e.putChecker(c)
+	if c.ov, err = e.overlayFor(p, req.Contextual); err != nil {
+		return CheckResult{}, err
+	}
 	c.req = req
 	return c.check(ctx)
+}
+
+// overlayFor lays a request's contextual relationships over the index, or
+// returns nil when it has none. Callers hold e.mu.
+func (e *Engine) overlayFor(p *plan, rels []rel.Relationship) (*overlay, error) {
+	if len(rels) == 0 {
+		return nil, nil
+	}
+	return newOverlay(e.idx, p, rels)
 }
 
 // planFor resolves the revision to answer at and the schema in force there.
@@ -542,7 +558,7 @@ func (c *checker) prepare(validateResource bool) (checkSpec, error) {
 	}
 	s := checkSpec{req: req, resType: resType, perm: perm, subType: subType}
 	s.t = target{typ: subType.sym, id: unknownID}
-	if id, ok := subType.table.lookup(req.Subject.ID); ok {
+	if id, ok := c.ov.lookup(subType.table, subType.sym, req.Subject.ID); ok {
 		s.t.id = id
 	}
 	if req.Subject.Relation != "" {
@@ -570,7 +586,7 @@ func (c *checker) check(ctx context.Context) (CheckResult, error) {
 		return CheckResult{}, err
 	}
 	c.evalCtx = ctx
-	obj, ok := s.resType.table.lookup(req.Resource.ID)
+	obj, ok := c.ov.lookup(s.resType.table, s.resType.sym, req.Resource.ID)
 	if !ok {
 		obj = unseenResource
 	}
@@ -661,6 +677,9 @@ func (e *Engine) CheckBulk(ctx context.Context, reqs []CheckRequest) ([]CheckRes
 	defer e.putChecker(c)
 	// Items share one time, as they may share subproblems.
 	c.now, c.nowSet = now, true
+	// Items usually share one list of contextual relationships: its overlay
+	// is built once per plan.
+	var ov *overlay
 	for i := range reqs {
 		req := &reqs[i]
 		rev, p, err := e.planFor(req.Revision)
@@ -668,10 +687,22 @@ func (e *Engine) CheckBulk(ctx context.Context, reqs []CheckRequest) ([]CheckRes
 			errs[i] = err
 			continue
 		}
-		// A group fixes the revision, hence the plan, of its entries.
+		if len(req.Contextual) == 0 {
+			c.ov = nil
+		} else if ov == nil || ov.plan != p || !sameSlice(ov.rels, req.Contextual) {
+			if ov, err = newOverlay(e.idx, p, req.Contextual); err != nil {
+				errs[i] = err
+				continue
+			}
+			c.ov = ov
+		} else {
+			c.ov = ov
+		}
+		// A group fixes the revision, hence the plan, and the overlay of its
+		// entries.
 		c.rev, c.pl, c.useMemo = rev, p, false
 		if subjects[req.Subject] > 1 {
-			c.group, c.useMemo = groupOf(&groups, rev, req.Context)
+			c.group, c.useMemo = groupOf(&groups, rev, c.ov, req.Context)
 		}
 		c.req = *req
 		results[i], errs[i] = c.check(ctx)
@@ -683,6 +714,7 @@ func (e *Engine) CheckBulk(ctx context.Context, reqs []CheckRequest) ([]CheckRes
 // memoized subproblems.
 type bulkGroup struct {
 	rev store.Revision
+	ov  *overlay
 	ctx map[string]any
 }
 
@@ -691,15 +723,15 @@ const maxBulkGroups = 16
 
 // groupOf returns the group of items at rev with context ctx, adding one;
 // ok is false past maxBulkGroups.
-func groupOf(groups *[]bulkGroup, rev store.Revision, ctx map[string]any) (uint32, bool) {
+func groupOf(groups *[]bulkGroup, rev store.Revision, ov *overlay, ctx map[string]any) (uint32, bool) {
 	for i, g := range *groups {
-		if g.rev == rev && (len(g.ctx) == 0 && len(ctx) == 0 || reflect.DeepEqual(g.ctx, ctx)) {
+		if g.rev == rev && g.ov == ov && (len(g.ctx) == 0 && len(ctx) == 0 || reflect.DeepEqual(g.ctx, ctx)) {
 			return uint32(i), true
 		}
 	}
 	if len(*groups) >= maxBulkGroups {
 		return 0, false
 	}
-	*groups = append(*groups, bulkGroup{rev: rev, ctx: ctx})
+	*groups = append(*groups, bulkGroup{rev: rev, ov: ov, ctx: ctx})
 	return uint32(len(*groups) - 1), true
 }

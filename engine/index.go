@@ -345,14 +345,7 @@ func (idx *index) touch(rev store.Revision, r rel.Relationship) {
 	t := idx.table(typ, idx.relSym(r.Relation))
 	kind := subjectKind(srel, st)
 	e := edge{kind: kind, subjID: sid, created: rev, deleted: never}
-	if !r.Expiration.IsZero() || r.Caveat != nil {
-		var x edgeExtra
-		if !r.Expiration.IsZero() {
-			x.expires = r.Expiration.UnixMicro()
-		}
-		if r.Caveat != nil {
-			x.caveat = &edgeCaveat{name: r.Caveat.Name, context: maps.Clone(r.Caveat.Context)}
-		}
+	if x, ok := extraOf(r); ok {
 		e.extra = idx.newExtra(x)
 	}
 	if int(obj) >= len(t.slots) {
@@ -379,6 +372,22 @@ func (idx *index) touch(rev store.Revision, r rel.Relationship) {
 	}
 	edges = slices.Insert(edges, j, e)
 	t.slots[obj] = edges
+}
+
+// extraOf returns what an edge carries beside its subject: the
+// relationship's expiration and caveat, if it has either.
+func extraOf(r rel.Relationship) (edgeExtra, bool) {
+	if r.Expiration.IsZero() && r.Caveat == nil {
+		return edgeExtra{}, false
+	}
+	var x edgeExtra
+	if !r.Expiration.IsZero() {
+		x.expires = r.Expiration.UnixMicro()
+	}
+	if r.Caveat != nil {
+		x.caveat = &edgeCaveat{name: r.Caveat.Name, context: maps.Clone(r.Caveat.Context)}
+	}
+	return x, true
 }
 
 func (idx *index) releaseExtra(x uint32) {

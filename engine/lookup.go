@@ -25,14 +25,15 @@ type candidate struct {
 // object of a type that appears in a live or historical relationship, plus
 // extra (an ID the request names) when no relationship does. It stops when
 // yield returns false.
-func candidates(t *typeTable, after, extra string, yield func(candidate) bool) {
-	ids := t.objects()
-	i := sort.Search(len(ids), func(i int) bool { return t.names[ids[i]] > after })
-	if _, ok := t.lookup(extra); ok || extra == "" || extra <= after {
+func candidates(ov *overlay, tp *typePlan, after, extra string, yield func(candidate) bool) {
+	t := tp.table
+	ids := ov.objects(t, tp.sym)
+	i := sort.Search(len(ids), func(i int) bool { return ov.name(t, ids[i]) > after })
+	if _, ok := ov.lookup(t, tp.sym, extra); ok || extra == "" || extra <= after {
 		extra = ""
 	}
 	for ; i < len(ids); i++ {
-		name := t.names[ids[i]]
+		name := ov.name(t, ids[i])
 		if extra != "" && extra < name {
 			if !yield(candidate{id: unseenResource, name: extra}) {
 				return
@@ -126,6 +127,9 @@ func (e *Engine) streamResources(ctx context.Context, req LookupResourcesRequest
 		Resource: rel.Object{Type: req.ResourceType, ID: "x"}, Permission: req.Permission,
 		Subject: req.Subject, Context: req.Context, OnBehalfOf: req.OnBehalfOf, Revision: rev,
 	}
+	if c.ov, err = e.overlayFor(p, req.Contextual); err != nil {
+		return 0, err
+	}
 	s, err := c.prepare(true)
 	if err != nil {
 		return 0, err
@@ -142,7 +146,7 @@ func (e *Engine) streamResources(ctx context.Context, req LookupResourcesRequest
 	var ids []oid
 	walk := !scan && (!s.agent || req.OnBehalfOf != nil || !c.maySeveralPrincipals(&s))
 	if walk {
-		ids, extra = withExtra(s.resType.table, c.resourceCandidates(e.idx.reverseFor(p), &s), extra)
+		ids, extra = withExtra(c.ov, s.resType, c.resourceCandidates(e.idx.reverseFor(p), &s), extra)
 	}
 	var out []LookupResult
 	after, found, n := req.After, 0, 0
@@ -169,9 +173,9 @@ func (e *Engine) streamResources(ctx context.Context, req LookupResourcesRequest
 	for {
 		full = false
 		if walk {
-			eachCandidate(s.resType.table, ids, after, extra, evaluate)
+			eachCandidate(c.ov, s.resType.table, ids, after, extra, evaluate)
 		} else {
-			candidates(s.resType.table, after, extra, evaluate)
+			candidates(c.ov, s.resType, after, extra, evaluate)
 		}
 		if err == nil {
 			err = ctx.Err()
@@ -209,10 +213,11 @@ func (e *Engine) streamResources(ctx context.Context, req LookupResourcesRequest
 // grants.
 func (c *checker) resourceCandidates(rv *reversePlan, s *checkSpec) []oid {
 	w := &c.walk
-	w.found = w.found[:0]
+	w.found, w.ov = w.found[:0], c.ov
+	defer func() { w.ov = nil }()
 	if !s.agent {
 		w.run(c.idx, c.pl, rv, s.perm, s.t)
-		sortByName(s.resType.table, w.found)
+		sortByName(c.ov, s.resType.table, w.found)
 		return w.found
 	}
 	w.run(c.idx, c.pl, rv, s.perm, target{typ: s.t.typ, id: s.t.id})
@@ -221,7 +226,7 @@ func (c *checker) resourceCandidates(rv *reversePlan, s *checkSpec) []oid {
 		return nil
 	}
 	w.found = w.found[:0]
-	edges := s.subType.actsFor.edges(s.t.id)
+	edges := c.edges(s.subType.actsFor, s.t.id)
 	for i := range edges {
 		if e := &edges[i]; c.live(e) {
 			w.run(c.idx, c.pl, rv, s.perm, target{typ: e.subjType(), id: e.subjID})
@@ -232,7 +237,7 @@ func (c *checker) resourceCandidates(rv *reversePlan, s *checkSpec) []oid {
 		hop[o] = struct{}{}
 	}
 	own = slices.DeleteFunc(own, func(o oid) bool { _, ok := hop[o]; return !ok })
-	sortByName(s.resType.table, own)
+	sortByName(c.ov, s.resType.table, own)
 	return own
 }
 
@@ -259,7 +264,7 @@ func (c *checker) maySeveralPrincipals(s *checkSpec) bool {
 		if depth >= c.maxChain || id >= unseenResource || tp.actsFor == nil {
 			return
 		}
-		edges := tp.actsFor.edges(id)
+		edges := c.edges(tp.actsFor, id)
 		for i := range edges {
 			if e := &edges[i]; c.live(e) {
 				walk(c.pl.typeBySym(e.subjType()), e.subjType(), e.subjID, depth+1)
@@ -273,12 +278,13 @@ func (c *checker) maySeveralPrincipals(s *checkSpec) bool {
 // withExtra adds to ids (sorted by name) the object an ID the request
 // names, when some relationship names it; otherwise it returns the ID for
 // eachCandidate to yield in its place.
-func withExtra(t *typeTable, ids []oid, extra string) ([]oid, string) {
-	o, ok := t.lookup(extra)
+func withExtra(ov *overlay, tp *typePlan, ids []oid, extra string) ([]oid, string) {
+	t := tp.table
+	o, ok := ov.lookup(t, tp.sym, extra)
 	if extra == "" || !ok {
 		return ids, extra
 	}
-	i, _ := slices.BinarySearchFunc(ids, extra, func(o oid, name string) int { return strings.Compare(t.names[o], name) })
+	i, _ := slices.BinarySearchFunc(ids, extra, func(o oid, name string) int { return strings.Compare(ov.name(t, o), name) })
 	return slices.Insert(slices.Clip(ids), i, o), ""
 }
 
@@ -286,12 +292,12 @@ func withExtra(t *typeTable, ids []oid, extra string) ([]oid, string) {
 // objects ids (sorted by name, possibly repeating) and extra, an ID the
 // request names that no relationship does (see withExtra). It stops when
 // yield returns false.
-func eachCandidate(t *typeTable, ids []oid, after, extra string, yield func(candidate) bool) {
+func eachCandidate(ov *overlay, t *typeTable, ids []oid, after, extra string, yield func(candidate) bool) {
 	if extra <= after {
 		extra = ""
 	}
 	i, _ := slices.BinarySearchFunc(ids, after, func(o oid, name string) int {
-		if c := strings.Compare(t.names[o], name); c != 0 {
+		if c := strings.Compare(ov.name(t, o), name); c != 0 {
 			return c
 		}
 		return -1 // after itself is excluded
@@ -302,7 +308,7 @@ func eachCandidate(t *typeTable, ids []oid, after, extra string, yield func(cand
 			continue
 		}
 		last = ids[i]
-		name := t.names[ids[i]]
+		name := ov.name(t, ids[i])
 		if extra != "" && extra < name {
 			if !yield(candidate{id: unseenResource, name: extra}) {
 				return
@@ -352,12 +358,15 @@ func (e *Engine) lookupSubjects(ctx context.Context, req LookupSubjectsRequest, 
 		Subject: rel.Subject{Type: req.SubjectType, ID: "x", Relation: req.SubjectRelation},
 		Context: req.Context, Revision: rev,
 	}
+	if c.ov, err = e.overlayFor(p, req.Contextual); err != nil {
+		return nil, 0, err
+	}
 	s, err := c.prepare(true)
 	if err != nil {
 		return nil, 0, err
 	}
 	c.setContext(req.Context)
-	obj, ok := s.resType.table.lookup(req.Resource.ID)
+	obj, ok := c.ov.lookup(s.resType.table, s.resType.sym, req.Resource.ID)
 	if !ok {
 		obj = unseenResource
 	}
@@ -409,16 +418,17 @@ func (e *Engine) lookupSubjects(ctx context.Context, req LookupSubjectsRequest, 
 	// stops when the page is full.
 	full := func() bool { return req.Limit > 0 && len(out) >= req.Limit }
 	n := 0
-	each := func(yield func(candidate) bool) { candidates(s.subType.table, req.After, extra, yield) }
+	each := func(yield func(candidate) bool) { candidates(c.ov, s.subType, req.After, extra, yield) }
 	if !scan && !s.agent {
 		w := &c.walk
-		w.found = w.found[:0]
+		w.found, w.ov = w.found[:0], c.ov
 		if obj != unseenResource {
 			w.forward(c.idx, p, s.perm, obj, s.t)
 		}
-		sortByName(s.subType.table, w.found)
-		ids, extra := withExtra(s.subType.table, w.found, extra)
-		each = func(yield func(candidate) bool) { eachCandidate(s.subType.table, ids, req.After, extra, yield) }
+		w.ov = nil
+		sortByName(c.ov, s.subType.table, w.found)
+		ids, extra := withExtra(c.ov, s.subType, w.found, extra)
+		each = func(yield func(candidate) bool) { eachCandidate(c.ov, s.subType.table, ids, req.After, extra, yield) }
 	}
 	each(func(cand candidate) bool {
 		if n++; n%ctxCheckEvery == 0 {

@@ -69,7 +69,7 @@ func (n named) done(needWild bool) bool {
 }
 
 func (c *checker) nameDirect(rp *relPlan, obj oid, t target, depth int, needWild bool) (named, error) {
-	edges := rp.table.edges(obj)
+	edges := c.edges(rp.table, obj)
 	res := notNamed
 	kind := subjectKind(t.rel, t.typ)
 	var err error
@@ -213,7 +213,7 @@ func excludedFromWildcard(b named, bHasWildcard outcome) outcome {
 func (c *checker) nameArrow(obj oid, n *node, t target, depth int, needWild, all bool) (named, error) {
 	var edges []edge
 	if n.tupleset != nil {
-		edges = n.tupleset.edges(obj)
+		edges = c.edges(n.tupleset, obj)
 	}
 	res := notNamed
 	var parts []named

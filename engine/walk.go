@@ -117,6 +117,7 @@ func forEachSource(n *node, f func(*node)) {
 type lookupWalk struct {
 	rv       *reversePlan
 	idx      *index
+	ov       *overlay // the request's contextual relationships, or nil
 	pl       *plan
 	target   *relPlan
 	kind     uint64
@@ -138,8 +139,8 @@ func (w *lookupWalk) run(idx *index, pl *plan, rv *reversePlan, perm *relPlan, t
 	w.markRelevant(perm)
 
 	if t.id != unknownID && t.id != wildcardID {
-		for _, r := range idx.reverseOf(t.typ, t.id) {
-			if idx.vias[r.via].subjRel != t.rel {
+		for _, r := range w.ov.reverseOf(idx, t.typ, t.id) {
+			if w.ov.via(idx, r.via).subjRel != t.rel {
 				continue
 			}
 			if rp := w.relationOf(r); rp != nil && slices.Contains(rp.kinds, w.kind) {
@@ -156,8 +157,8 @@ func (w *lookupWalk) run(idx *index, pl *plan, rv *reversePlan, perm *relPlan, t
 		}
 	}
 	if t.rel == noSym {
-		for _, r := range idx.reverseOf(t.typ, wildcardID) {
-			if idx.vias[r.via].subjRel != noSym {
+		for _, r := range w.ov.reverseOf(idx, t.typ, wildcardID) {
+			if w.ov.via(idx, r.via).subjRel != noSym {
 				continue
 			}
 			if rp := w.relationOf(r); rp != nil && slices.Contains(rp.wildcards, t.typ) {
@@ -186,7 +187,7 @@ func (w *lookupWalk) reset() {
 // relationOf returns the relation of the table a reverse edge lies in, or
 // nil when the plan has none (or it is a permission).
 func (w *lookupWalk) relationOf(r revEdge) *relPlan {
-	ref := w.idx.tables[w.idx.vias[r.via].table]
+	ref := w.idx.tables[w.ov.via(w.idx, r.via).table]
 	rp := w.pl.rel(ref.typ, ref.rel)
 	if rp == nil || rp.rewrite != nil {
 		return nil
@@ -240,8 +241,8 @@ func (w *lookupWalk) climb(rp *relPlan, obj oid) {
 	}
 	arrows := w.rv.arrows[rp.num]
 	userset := subjectKind(rp.sym, rp.typ.sym)
-	for _, r := range w.idx.reverseOf(rp.typ.sym, obj) {
-		via := w.idx.vias[r.via]
+	for _, r := range w.ov.reverseOf(w.idx, rp.typ.sym, obj) {
+		via := w.ov.via(w.idx, r.via)
 		if via.subjRel == rp.sym {
 			if q := w.relationOf(r); q != nil && slices.Contains(q.kinds, userset) {
 				w.visit(q, r.obj)
@@ -256,8 +257,8 @@ func (w *lookupWalk) climb(rp *relPlan, obj oid) {
 }
 
 // sortByName sorts object IDs of a type by their names, the cursor order.
-func sortByName(t *typeTable, ids []oid) {
-	slices.SortFunc(ids, func(a, b oid) int { return strings.Compare(t.names[a], t.names[b]) })
+func sortByName(ov *overlay, t *typeTable, ids []oid) {
+	slices.SortFunc(ids, func(a, b oid) int { return strings.Compare(ov.name(t, a), ov.name(t, b)) })
 }
 
 // forward appends to w.found, unsorted and possibly repeated, the subjects
@@ -279,7 +280,7 @@ func (w *lookupWalk) forward(idx *index, pl *plan, perm *relPlan, obj oid, t tar
 			w.found = append(w.found, obj)
 		}
 		if rp.rewrite == nil {
-			edges := rp.table.edges(obj)
+			edges := w.ov.slot(rp.table, obj)
 			for i := range edges {
 				e := &edges[i]
 				if e.kind == w.kind && e.subjID != wildcardID {
@@ -305,7 +306,7 @@ func (w *lookupWalk) descend(rp *relPlan, obj oid, n *node, t target) {
 		if n.tupleset == nil {
 			return
 		}
-		edges := n.tupleset.edges(obj)
+		edges := w.ov.slot(n.tupleset, obj)
 		for i := range edges {
 			if st := edges[i].subjType(); int(st) < len(n.targets) {
 				w.enqueue(n.targets[st], edges[i].subjID)

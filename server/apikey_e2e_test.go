@@ -1,10 +1,12 @@
 package server_test
 
 import (
+	"context"
 	"net/http"
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	v1 "github.com/authzed/authzed-go/proto/authzed/api/v1"
 	"google.golang.org/grpc/codes"
@@ -99,4 +101,59 @@ func TestCheckOnlyKey(t *testing.T) {
 	if got := ts.state(); len(got.rels) != 0 {
 		t.Errorf("a refused write reached the store: %+v", got)
 	}
+}
+
+// TestKeyConcurrencyCountsAuthZEN: a scoped key's concurrency limit counts
+// AuthZEN calls beside gRPC ones: while the key's one slot is held by a
+// Watch stream, its AuthZEN evaluation is refused 429 (never a 500), and
+// once the stream ends the evaluation is answered.
+func TestKeyConcurrencyCountsAuthZEN(t *testing.T) {
+	key, hash, err := apikey.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "keys.yaml")
+	if err := os.WriteFile(path, []byte("keys:\n  - {name: one-at-a-time, hash: "+hash+", scopes: [check], concurrency: 1}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ring, err := apikey.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := startServer(t, func(c *server.Config) { c.Keys = ring })
+	tok := ts.writeSchema(testSchema)
+	// Wait for the engine to apply the schema (AuthZEN reads its latest).
+	if _, err := pb.NewPermissionServiceClient(ts.dial(key)).Check(ts.ctx(), checkRequest(fresh(tok), "doc:1", "user:ann")); err != nil {
+		t.Fatal(err)
+	}
+	eval := func() int {
+		status, _, _ := ts.authzenPost("/access/v1/evaluation", "Bearer "+key, "",
+			`{"subject":{"type":"user","id":"ann"},"action":{"name":"view"},"resource":{"type":"doc","id":"1"}}`)
+		return status
+	}
+	if got := eval(); got != http.StatusOK {
+		t.Fatalf("an evaluation with the slot free: %d", got)
+	}
+	ctx, cancel := context.WithCancel(ts.ctx())
+	stream, err := pb.NewRelationshipServiceClient(ts.dial(key)).Watch(ctx, &pb.WatchRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor := func(want int) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for got := eval(); got != want; got = eval() {
+			if got != http.StatusOK && got != http.StatusTooManyRequests {
+				t.Fatalf("evaluation answered %d", got)
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("evaluation answered %d, want %d", got, want)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	waitFor(http.StatusTooManyRequests)
+	cancel()
+	stream.Recv()
+	waitFor(http.StatusOK)
 }

@@ -19,16 +19,19 @@ func (s *Server) mountAuthZEN(mux *http.ServeMux) error {
 	h, err := authzen.New(authzen.Config{
 		Core:    s.core,
 		Mapping: s.cfg.AuthZEN,
-		Authenticate: func(r *http.Request) (op.Identity, error) {
+		Authenticate: func(r *http.Request) (op.Identity, func(), error) {
 			id, key, err := s.auth.authenticateHeader(r.Header.Values("Authorization"))
 			if err != nil || key == nil {
-				return id, err
+				return id, func() {}, err
 			}
-			// A scoped key needs the check scope and is held to its rate;
-			// its concurrency limit counts only gRPC and REST calls.
+			// A scoped key needs the check scope and is held to its rate
+			// and its concurrency limit, which counts AuthZEN calls beside
+			// gRPC and REST ones until the call ends.
 			release, err := authorize(key, r.URL.Path)
-			release()
-			return id, err
+			if err != nil || release == nil {
+				return id, func() {}, err
+			}
+			return id, release, nil
 		},
 		RequestID: func(r *http.Request) string {
 			if id := r.Header.Get(RequestIDHeader); validRequestID(id) {
@@ -39,14 +42,16 @@ func (s *Server) mountAuthZEN(mux *http.ServeMux) error {
 		Observe: func(path string, status int, d time.Duration) {
 			s.metrics.observe(path, authzen.Transport, httpCode(status), d)
 		},
-		Audited: s.cfg.Audit != nil,
-		Log:     s.log,
+		Audited:  s.cfg.Audit != nil,
+		Log:      s.log,
+		BasePath: s.cfg.AuthZENBasePath,
 	})
 	if err != nil {
 		return err
 	}
-	mux.Handle("/access/v1/", h)
-	mux.Handle("GET "+authzen.PathMetadata, h)
+	for _, p := range h.Patterns() {
+		mux.Handle(p, h)
+	}
 	return nil
 }
 

@@ -64,6 +64,8 @@ func limitStatus(e *op.LimitError) error {
 		return over("optional_limit", "--max-delete-relationships-limit")
 	case op.LimitBulkBatch:
 		return over("optional_batch_size", "--max-bulk-relationships-batch")
+	case op.LimitContextual:
+		return invalid("contextual_relationships", "%d relationships, at most %d per request (--max-contextual-relationships)", e.Got, e.Max)
 	}
 	return status.Error(codes.InvalidArgument, e.Error())
 }
@@ -103,7 +105,7 @@ func codeOf(err error) codes.Code {
 	case is(engine.ErrNoSchema, store.ErrNoSchema, store.ErrSchemaOrphans, store.ErrPreconditionFailed,
 		store.ErrLimitExceeded, engine.ErrRevisionGone, store.ErrRevisionGone, op.ErrAuditOff, audit.ErrNotQueryable):
 		return codes.FailedPrecondition
-	case is(engine.ErrUnknownType, engine.ErrUnknownRelation, engine.ErrInvalidContext,
+	case is(engine.ErrUnknownType, engine.ErrUnknownRelation, engine.ErrInvalidContext, engine.ErrInvalidContextual,
 		engine.ErrInvalidOnBehalfOf, engine.ErrAmbiguousAgent, op.ErrInvalidTokenCheck, op.ErrInvalidTokenRequest, store.ErrInvalidSchema,
 		store.ErrInvalidRelationship, store.ErrFutureRevision, store.ErrTooManyMutations):
 		return codes.InvalidArgument

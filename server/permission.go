@@ -57,18 +57,42 @@ func (p *permissionService) Check(ctx context.Context, req *pb.CheckRequest) (*p
 	creq.Explain = req.GetExplain()
 	creq.CapabilityToken = req.GetCapabilityToken()
 	creq.ApprovalID = req.GetApprovalId()
+	if creq.Contextual, err = contextualFromProto(req.GetContextualRelationships()); err != nil {
+		return nil, err
+	}
 	res, err := p.s.core.Check(ctx, creq)
 	if err != nil {
 		return nil, err
 	}
-	return &pb.CheckResponse{
+	resp := &pb.CheckResponse{
 		CheckedAt:         p.s.token(res.Revision),
 		Decision:          checkDecisionToProto(res),
 		MissingParameters: res.Missing,
 		Delegation:        delegationToProto(res.Delegation),
 		Token:             tokenExplanationToProto(res.Token),
 		Approval:          approvalContextToProto(res.Approval),
-	}, nil
+	}
+	if creq.Explain {
+		// The request's own messages, as it sent them.
+		resp.ContextualRelationships = req.GetContextualRelationships()
+	}
+	return resp, nil
+}
+
+// contextualFromProto parses a request's contextual relationships; the
+// core validates them against the schema.
+func contextualFromProto(rs []*pb.Relationship) ([]rel.Relationship, error) {
+	if len(rs) == 0 {
+		return nil, nil
+	}
+	out := make([]rel.Relationship, len(rs))
+	for i, r := range rs {
+		var err error
+		if out[i], err = relationshipFromProto(fmt.Sprintf("contextual_relationships[%d]", i), r); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
 }
 
 func (p *permissionService) CheckBulk(ctx context.Context, req *pb.CheckBulkRequest) (*pb.CheckBulkResponse, error) {
@@ -81,6 +105,10 @@ func (p *permissionService) CheckBulk(ctx context.Context, req *pb.CheckBulkRequ
 		return nil, err
 	}
 	breq := op.CheckBulkRequest{Items: make([]op.CheckItem, len(items)), Consistency: cons, Explain: req.GetExplain()}
+	contextual, err := contextualFromProto(req.GetContextualRelationships())
+	if err != nil {
+		return nil, err
+	}
 	for i, it := range items {
 		// Field names are built only for an item that fails: building the
 		// "items[i]." prefix for every item was a measurable cost per check.
@@ -89,6 +117,7 @@ func (p *permissionService) CheckBulk(ctx context.Context, req *pb.CheckBulkRequ
 			_, err = checkFromProto(fmt.Sprintf("items[%d].", i), it.GetResource(), it.GetPermission(), it.GetSubject(), it.GetContext(), it.GetOnBehalfOf())
 		}
 		creq.CapabilityToken = req.GetCapabilityToken()
+		creq.Contextual = contextual
 		breq.Items[i] = op.CheckItem{CheckRequest: creq, Err: err}
 	}
 	out, err := p.s.core.CheckBulk(ctx, breq)
@@ -154,6 +183,10 @@ func (p *permissionService) LookupResources(req *pb.LookupResourcesRequest, stre
 	if err != nil {
 		return err
 	}
+	contextual, err := contextualFromProto(req.GetContextualRelationships())
+	if err != nil {
+		return err
+	}
 	hash := requestHash(req, func(r *pb.LookupResourcesRequest) { r.OptionalCursor, r.OptionalLimit, r.Consistency = nil, 0, nil })
 	cons, after, err := p.s.resume(req.GetOptionalCursor(), req.GetConsistency(), hash)
 	if err != nil {
@@ -168,6 +201,7 @@ func (p *permissionService) LookupResources(req *pb.LookupResourcesRequest, stre
 		Consistency:  cons,
 		After:        after,
 		Limit:        int(req.GetOptionalLimit()),
+		Contextual:   contextual,
 
 		CapabilityToken: req.GetCapabilityToken(),
 	})
@@ -204,6 +238,10 @@ func (p *permissionService) LookupSubjects(req *pb.LookupSubjectsRequest, stream
 	if err := rel.ValidateSubject(probe); err != nil {
 		return invalid("subject_object_type", "%v", err)
 	}
+	contextual, err := contextualFromProto(req.GetContextualRelationships())
+	if err != nil {
+		return err
+	}
 	hash := requestHash(req, func(r *pb.LookupSubjectsRequest) { r.OptionalCursor, r.OptionalLimit, r.Consistency = nil, 0, nil })
 	cons, after, err := p.s.resume(req.GetOptionalCursor(), req.GetConsistency(), hash)
 	if err != nil {
@@ -218,6 +256,7 @@ func (p *permissionService) LookupSubjects(req *pb.LookupSubjectsRequest, stream
 		Consistency:     cons,
 		After:           after,
 		Limit:           int(req.GetOptionalLimit()),
+		Contextual:      contextual,
 	})
 	if err != nil {
 		return err

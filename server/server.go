@@ -110,6 +110,9 @@ type Config struct {
 	// on the HTTP listener; nil maps every name onto itself. See
 	// authzen.go.
 	AuthZEN *authzen.Mapping
+	// AuthZENBasePath is the path of the AuthZEN PDP's identifier ("" or
+	// /a/b): endpoints under it, metadata at the well-known path plus it.
+	AuthZENBasePath string
 	// CapabilityKeys are the root keys capability tokens are minted with
 	// and verified against; nil serves no tokens (checks carrying one are
 	// refused). See capability.go.

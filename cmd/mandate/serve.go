@@ -134,6 +134,8 @@ in-flight requests get --grpc-shutdown-grace-period to finish.`,
 	f.DurationVar(&tl.KeepaliveMinTime, "grpc-keepalive-min-time", tl.KeepaliveMinTime, "shortest interval between a client's keepalive pings; a client pinging more often is disconnected")
 	f.DurationVar(&opts.cfg.RevisionRetention, "revision-retention", server.DefaultRevisionRetention, "how long a revision stays readable (exact-snapshot reads, cursors, watch from its token) after a later write supersedes it; older history is released")
 	f.DurationVar(&opts.cfg.MaxRevisionWait, "max-revision-wait", server.DefaultMaxRevisionWait, "longest a read waits for this server to apply the revision its consistency asks for (at_least_as_fresh, at_exact_snapshot, fully_consistent) before failing with Unavailable, e.g. while the datastore is unreachable")
+	f.IntVar(&opts.cfg.Limits.MaxContextualRelationships, "max-contextual-relationships", opts.cfg.Limits.MaxContextualRelationships, "most contextual relationships (held for one request only) in one check, CheckBulk, lookup or AuthZEN request")
+	f.StringVar(&opts.cfg.AuthZENBasePath, "authzen-base-path", "", "path of the AuthZEN PDP's identifier, e.g. /authz: endpoints under /authz/access/v1/, metadata at /.well-known/authzen-configuration/authz (default: the root)")
 	f.StringVar(&opts.authzenMapping, "authzen-mapping", "", "YAML file mapping AuthZEN subject and resource types, actions and properties onto the schema's types, permissions and caveat context (default: every name maps onto itself)")
 	f.StringVar(&opts.logLevel, "log-level", "info", "debug, info, warn or error")
 	addAuditFlags(f, &opts.audit)
@@ -191,6 +193,9 @@ func runServe(ctx context.Context, stderr io.Writer, opts *serveOptions) error {
 			return err
 		}
 		opts.cfg.AuthZEN = m
+	}
+	if err := authzen.CheckBasePath(opts.cfg.AuthZENBasePath); err != nil {
+		return fmt.Errorf("--authzen-base-path: %w", err)
 	}
 
 	// Everything that can be refused is refused before the data directory

@@ -118,6 +118,7 @@ func applyCaps(ev *Event) {
 	ev.Error = capString(ev.Error, CapText)
 	ev.Detail = capString(ev.Detail, CapText)
 	ev.Missing = capList(ev.Missing, CapShort, CapList)
+	ev.Contextual = capList(ev.Contextual, CapObject, CapList)
 	if len(ev.Chain) > 0 {
 		chain := ev.Chain
 		if len(chain) > CapChain {

@@ -157,6 +157,10 @@ type Event struct {
 	Decider string `json:"decider,omitempty"`
 	// Chain runs from the agent checked to its principal.
 	Chain []Link `json:"chain,omitempty"`
+	// Contextual names the request's contextual relationships (held for
+	// that request only): key, caveat name and expiration, never the
+	// caveat's context.
+	Contextual []string `json:"contextual,omitempty"`
 	// Context is the request's caveat context (a check's task context, or
 	// a written relationship's caveat context), with the values of the
 	// configured keys replaced by keyed hashes.

@@ -17,6 +17,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"regexp"
 	"runtime/debug"
 	"time"
 
@@ -49,8 +50,10 @@ type Config struct {
 	// onto itself.
 	Mapping *Mapping
 	// Authenticate resolves the caller from the request's Authorization
-	// header; its error is answered 401 with the error's text.
-	Authenticate func(r *http.Request) (op.Identity, error)
+	// header; its error is answered 401 with the error's text (403 for
+	// PermissionDenied, 429 for ResourceExhausted). release, never nil, is
+	// called when the call ends: a key's concurrency slot is held until then.
+	Authenticate func(r *http.Request) (id op.Identity, release func(), err error)
 	// RequestID returns the client's X-Request-ID when acceptable, or one
 	// the server draws.
 	RequestID func(r *http.Request) string
@@ -59,6 +62,26 @@ type Config struct {
 	// Audited starts an audited call in the core for every request.
 	Audited bool
 	Log     *slog.Logger
+	// BasePath is the path of the PDP identifier ("" or "/a/b"): the
+	// endpoints are served under it, and the metadata at the well-known
+	// path with it appended, as AuthZEN 1.0's metadata section forms the
+	// well-known URL from an identifier with a path.
+	BasePath string
+}
+
+var basePath = regexp.MustCompile(`^(/[A-Za-z0-9._~\-]+)*$`)
+
+// CheckBasePath validates a PDP base path.
+func CheckBasePath(p string) error {
+	if !basePath.MatchString(p) {
+		return fmt.Errorf("AuthZEN base path %q: expected \"\" or /segment[/segment...] (letters, digits and ._~-), without a trailing slash", p)
+	}
+	return nil
+}
+
+// Patterns are the ServeMux patterns the handler serves, to mount it.
+func (h *Handler) Patterns() []string {
+	return []string{h.cfg.BasePath + "/access/v1/", "GET " + PathMetadata + h.cfg.BasePath}
 }
 
 // Handler serves the AuthZEN API.
@@ -73,6 +96,10 @@ func New(cfg Config) (*Handler, error) {
 	if cfg.Core == nil || cfg.Authenticate == nil {
 		return nil, errors.New("authzen: a core and an authenticator are required")
 	}
+	if err := CheckBasePath(cfg.BasePath); err != nil {
+		return nil, err
+	}
+	base := cfg.BasePath
 	if cfg.RequestID == nil {
 		cfg.RequestID = func(r *http.Request) string { return r.Header.Get(RequestIDHeader) }
 	}
@@ -86,13 +113,13 @@ func New(cfg Config) (*Handler, error) {
 	if h.m == nil {
 		h.m = &Mapping{}
 	}
-	h.mux.Handle("POST "+PathEvaluation, h.endpoint(PathEvaluation, op.CheckRequest{}, h.evaluation))
-	h.mux.Handle("POST "+PathEvaluations, h.endpoint(PathEvaluations, op.CheckBulkRequest{}, h.evaluations))
-	h.mux.Handle("POST "+PathSearchSubject, h.endpoint(PathSearchSubject, op.LookupSubjectsRequest{}, h.searchSubject))
-	h.mux.Handle("POST "+PathSearchResource, h.endpoint(PathSearchResource, op.LookupResourcesRequest{}, h.searchResource))
-	h.mux.Handle("POST "+PathSearchAction, h.endpoint(PathSearchAction, op.CheckBulkRequest{}, h.searchAction))
-	h.mux.HandleFunc("GET "+PathMetadata, h.metadata)
-	h.mux.HandleFunc("/access/v1/", func(w http.ResponseWriter, r *http.Request) {
+	h.mux.Handle("POST "+base+PathEvaluation, h.endpoint(PathEvaluation, op.CheckRequest{}, h.evaluation))
+	h.mux.Handle("POST "+base+PathEvaluations, h.endpoint(PathEvaluations, op.CheckBulkRequest{}, h.evaluations))
+	h.mux.Handle("POST "+base+PathSearchSubject, h.endpoint(PathSearchSubject, op.LookupSubjectsRequest{}, h.searchSubject))
+	h.mux.Handle("POST "+base+PathSearchResource, h.endpoint(PathSearchResource, op.LookupResourcesRequest{}, h.searchResource))
+	h.mux.Handle("POST "+base+PathSearchAction, h.endpoint(PathSearchAction, op.CheckBulkRequest{}, h.searchAction))
+	h.mux.HandleFunc("GET "+PathMetadata+base, h.metadata)
+	h.mux.HandleFunc(base+"/access/v1/", func(w http.ResponseWriter, r *http.Request) {
 		status := http.StatusNotFound
 		msg := fmt.Sprintf("%s is not an AuthZEN 1.0 endpoint (evaluation, evaluations, search/subject, search/resource, search/action)", r.URL.Path)
 		if r.Method != http.MethodPost {
@@ -125,7 +152,8 @@ func (h *Handler) endpoint(path string, refused op.Request, run operation) http.
 			h.cfg.Observe(path, status, time.Since(start))
 		}()
 		ctx := r.Context()
-		id, err := h.cfg.Authenticate(r)
+		id, release, err := h.cfg.Authenticate(r)
+		defer release()
 		if err != nil {
 			err = authError(err)
 		} else {
@@ -235,7 +263,7 @@ func (h *Handler) metadata(w http.ResponseWriter, r *http.Request) {
 	if r.TLS != nil {
 		scheme = "https"
 	}
-	base := scheme + "://" + r.Host
+	base := scheme + "://" + r.Host + h.cfg.BasePath
 	writeJSON(w, http.StatusOK, map[string]string{
 		"policy_decision_point":       base,
 		"access_evaluation_endpoint":  base + PathEvaluation,

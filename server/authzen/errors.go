@@ -57,8 +57,11 @@ func toError(ctx context.Context, err error) *Error {
 	}
 	var limit *op.LimitError
 	if errors.As(err, &limit) {
-		if limit.Limit == op.LimitCheckBulkItems {
+		switch limit.Limit {
+		case op.LimitCheckBulkItems:
 			return badRequest("evaluations", "%d evaluations, at most %d per request (--max-check-bulk-items)", limit.Got, limit.Max)
+		case op.LimitContextual:
+			return badRequest("", "the mapping's relationships made more than %d contextual relationships from the request, at most %d per request (--max-contextual-relationships)", limit.Max, limit.Max)
 		}
 		return badRequest("", "%v", limit)
 	}
@@ -79,6 +82,12 @@ func toError(ctx context.Context, err error) *Error {
 		return &Error{Status: http.StatusInternalServerError, Code: "no_schema", Message: "the PDP has no schema: write one with mandate schema write"}
 	case is(engine.ErrInvalidContext):
 		return badRequest("context", "%v", err)
+	case is(op.ErrTokensOff):
+		return badRequest("context."+ContextCapabilityToken, "this PDP does not verify capability tokens (start mandate serve with capability keys)")
+	case is(op.ErrInvalidTokenCheck):
+		return badRequest("context."+ContextCapabilityToken, "%v", err)
+	case is(engine.ErrInvalidContextual):
+		return badRequest("", "%v (made by the mapping's relationships from the request)", err)
 	case is(engine.ErrUnknownType, engine.ErrUnknownRelation, engine.ErrInvalidOnBehalfOf, engine.ErrAmbiguousAgent):
 		return badRequest("", "%v", err)
 	case is(engine.ErrMaxDepth):

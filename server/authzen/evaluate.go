@@ -157,11 +157,24 @@ func (h *Handler) convert(sch *schema.Schema, e evaluationRequest, at string) (c
 	if err != nil {
 		return converted{}, err
 	}
+	contextual, err := h.contextual(requestMembers{subject: e.Subject, resource: e.Resource, action: e.Action, context: e.Context, at: at})
+	if err != nil {
+		return converted{}, err
+	}
+	token, err := stringIn(e.Context, ContextCapabilityToken, at)
+	if err != nil {
+		return converted{}, err
+	}
+	approvalID, err := stringIn(e.Context, ContextApprovalID, at)
+	if err != nil {
+		return converted{}, err
+	}
 	if len(ctx) == 0 {
 		ctx = nil
 	}
 	return converted{
-		req:     op.CheckRequest{Resource: obj, Permission: perm, Subject: sub, Context: ctx, OnBehalfOf: obo},
+		req: op.CheckRequest{Resource: obj, Permission: perm, Subject: sub, Context: ctx, OnBehalfOf: obo,
+			Contextual: contextual, CapabilityToken: token, ApprovalID: approvalID},
 		unknown: !ok,
 		sources: sources,
 	}, nil
@@ -219,10 +232,58 @@ func explain(res op.CheckResult) *decisionContext {
 			})
 		}
 	}
-	if out.Reason == "" && out.Chain == nil {
+	if t := res.Token; t != nil {
+		out.TokenID = t.TokenID
+		if !t.Allowed && t.Reason != "" {
+			out.Reason = string(t.Reason)
+		}
+	}
+	if a := res.Approval; a != nil {
+		out.Approval = approvalHintOf(a)
+		// An escalation rule's hold is approval_required; a denial where
+		// only the agent's own grant is missing keeps the engine's reason
+		// (agent_not_granted), the hint saying what would lift it.
+		if a.Required && a.Rule != "" {
+			out.Reason = op.ReasonApprovalRequired
+		}
+	}
+	for _, r := range res.Contextual {
+		out.Contextual = append(out.Contextual, r.String())
+	}
+	if out.Reason == "" && out.Chain == nil && out.Contextual == nil && out.TokenID == "" && out.Approval == nil {
 		return nil
 	}
 	return &out
+}
+
+// ContextCapabilityToken is the context member carrying a capability
+// token: the subject must be its holder, and the token stands in for the
+// holder's own grant and acts_for link (mandate.v1's capability_token).
+// It is a credential: it never becomes caveat context (map it under
+// `context:` and it would) and the audit records only the token's id.
+const ContextCapabilityToken = "capability_token"
+
+// ContextApprovalID is the context member naming the approval grant an
+// agent's retry redeems (mandate.v1's approval_id).
+const ContextApprovalID = "approval_id"
+
+// stringIn returns the string a request's context carries as member name,
+// or "" when it carries none.
+func stringIn(ctx map[string]any, name, at string) (string, error) {
+	v, ok := ctx[name]
+	if !ok {
+		return "", nil
+	}
+	s, isStr := v.(string)
+	if !isStr || s == "" {
+		return "", badRequest(at+"context."+name, "expected a non-empty string")
+	}
+	return s, nil
+}
+
+// contextual fills the mapping's relationship templates from a request.
+func (h *Handler) contextual(m requestMembers) ([]rel.Relationship, error) {
+	return h.m.contextual(m, h.cfg.Core.Limits().MaxContextualRelationships)
 }
 
 func (h *Handler) evaluations(ctx context.Context, body []byte, parsed *op.Request) (any, error) {

@@ -29,6 +29,9 @@ type Mapping struct {
 	// Context maps members of the request's context onto caveat
 	// parameters; unlisted members are not passed.
 	Context map[string]string `yaml:"context"`
+	// Relationships are templates of contextual relationships filled from
+	// each request's members (relationships.go).
+	Relationships []string `yaml:"relationships"`
 }
 
 // SubjectMapping maps one AuthZEN subject type.
@@ -173,6 +176,13 @@ func validate(root *yaml.Node, m *Mapping) error {
 	}
 	names(doc, "actions", "permission", relExpect, relName)
 	names(doc, "context", "caveat parameter", paramExpect, paramName)
+	if rs := child(doc, "relationships"); rs != nil {
+		for i, n := range rs.Content {
+			if err := checkTemplate(n.Value); err != nil {
+				bad(n, "relationships[%d]: %v", i, err)
+			}
+		}
+	}
 	return errors.Join(errs...)
 }
 

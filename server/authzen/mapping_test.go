@@ -21,6 +21,9 @@ func TestParseMappingErrors(t *testing.T) {
 		{"bad id", "resources:\n  todo:\n    id: \"a b\"\n", []string{"line 3", "object id"}},
 		{"not a map", "resources: [1, 2]\n", []string{"line 1"}},
 		{"two errors", "subjects:\n  user:\n    type: Bad\nactions:\n  x: Bad\n", []string{"line 3", "line 5"}},
+		{"unknown placeholder", "relationships:\n  - \"group:g#member@user:{subject.name}\"\n", []string{"line 2", "relationships[0]", "{subject.name}"}},
+		{"not a relationship", "relationships:\n  - ok:x#member@user:x\n  - \"group:{subject.id}\"\n", []string{"line 3", "relationships[1]", "not a relationship"}},
+		{"unmatched brace", "relationships:\n  - \"group:{subject.id#member@user:x\"\n", []string{"line 2", "brace"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := ParseMapping([]byte(tc.yaml))

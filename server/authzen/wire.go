@@ -59,6 +59,14 @@ type decisionContext struct {
 	Chain []chainLink `json:"chain,omitempty"`
 	// ResolvableByApproval: only the agents' own grants are missing.
 	ResolvableByApproval bool `json:"resolvable_by_approval,omitempty"`
+	// Approval is the approval hint: what to file for a decision a
+	// person's approval would lift, or the grant that allowed it.
+	Approval *approvalHint `json:"approval,omitempty"`
+	// TokenID names the capability token the decision was made with.
+	TokenID string `json:"token_id,omitempty"`
+	// Contextual lists the contextual relationships the mapping made from
+	// the request, which the decision was computed with.
+	Contextual []string `json:"contextual_relationships,omitempty"`
 }
 
 type chainLink struct {

@@ -33,10 +33,9 @@ type CheckRequest struct {
 	// ApprovalID names the approval grant the check redeems: a single-use
 	// grant allows only a check naming it (see approval.go).
 	ApprovalID string
-
-	// What the next facades add per check goes here, resolved by the core
-	// before the engine is asked and named in the audit event: contextual
-	// relationships (AuthZEN's and SpiceDB's per-request relationships).
+	// Contextual relationships hold for this check only: validated as a
+	// write is, never stored, named in the audit event.
+	Contextual []rel.Relationship
 
 	// noApprovals answers without escalation rules or grants
 	// (CheckWithoutApprovals).
@@ -51,19 +50,27 @@ type CheckResult struct {
 	// Approval says how an escalation rule or an approval grant shaped
 	// the answer; nil when neither did (see approval.go).
 	Approval *ApprovalOutcome
+	// Contextual are the request's contextual relationships the answer was
+	// computed with.
+	Contextual []rel.Relationship
 }
 
 func (r CheckRequest) engine(rev store.Revision, explain bool) engine.CheckRequest {
 	return engine.CheckRequest{Resource: r.Resource, Permission: r.Permission, Subject: r.Subject,
-		Context: r.Context, OnBehalfOf: r.OnBehalfOf, Revision: rev, Explain: explain}
+		Context: r.Context, OnBehalfOf: r.OnBehalfOf, Revision: rev, Explain: explain, Contextual: r.Contextual}
 }
 
 // Check answers one check.
 func (c *Core) Check(ctx context.Context, req CheckRequest) (CheckResult, error) {
-	rev, err := c.engineRevision(ctx, req.Consistency)
+	err := c.contextualWithin(req.Contextual, req.CapabilityToken)
+	var rev store.Revision
+	if err == nil {
+		rev, err = c.engineRevision(ctx, req.Consistency)
+	}
 	var res CheckResult
 	if err == nil {
 		res, err = c.check(ctx, req, rev)
+		res.Contextual = req.Contextual
 	}
 	if err == nil {
 		c.applyApprovals(ctx, req, &res)
@@ -157,6 +164,11 @@ func (c *Core) checkBulk(ctx context.Context, req CheckBulkRequest) (CheckBulkRe
 			}
 		}
 	}
+	for _, it := range req.Items {
+		if err := c.contextualWithin(it.Contextual, it.CapabilityToken); err != nil {
+			return CheckBulkResult{}, err
+		}
+	}
 	rev, err := c.pinnedRevision(ctx, req.Consistency)
 	if err != nil {
 		return CheckBulkResult{}, err
@@ -188,7 +200,7 @@ func (c *Core) checkBulk(ctx context.Context, req CheckBulkRequest) (CheckBulkRe
 				out.Items[i].Err = errs[j]
 				continue
 			}
-			res := CheckResult{CheckResult: results[j]}
+			res := CheckResult{CheckResult: results[j], Contextual: req.Items[i].Contextual}
 			c.applyApprovals(ctx, req.Items[i].CheckRequest, &res)
 			c.decided(res.Decision)
 			out.Items[i].CheckResult = res
@@ -213,6 +225,7 @@ func describeCheck(ev *audit.Event, r CheckRequest) {
 		ev.OnBehalfOf = objectString(*r.OnBehalfOf)
 	}
 	ev.Context = r.Context
+	describeContextual(ev, r.Contextual)
 }
 
 // checkEvent fills a check's event from its request and the engine's
@@ -291,6 +304,8 @@ type LookupResourcesRequest struct {
 	// the resources the token's rights cover that its principal holds
 	// now (see token.go).
 	CapabilityToken string
+	// Contextual relationships hold for this lookup only.
+	Contextual []rel.Relationship
 }
 
 // LookupResult is a page of lookup results at the revision they were
@@ -303,7 +318,7 @@ type LookupResult struct {
 // LookupResources answers one page of a resource lookup.
 func (c *Core) LookupResources(ctx context.Context, req LookupResourcesRequest) (LookupResult, error) {
 	var d *capability.Decision
-	out, err := c.lookup(ctx, req.Limit, req.Consistency, func(rev store.Revision) ([]engine.LookupResult, store.Revision, error) {
+	out, err := c.lookup(ctx, req.Limit, req.Consistency, req.Contextual, func(rev store.Revision) ([]engine.LookupResult, store.Revision, error) {
 		if req.CapabilityToken != "" {
 			res, rev, dec, err := c.lookupToken(ctx, req, rev)
 			d = dec
@@ -312,6 +327,7 @@ func (c *Core) LookupResources(ctx context.Context, req LookupResourcesRequest) 
 		return c.eng.LookupResources(ctx, engine.LookupResourcesRequest{
 			ResourceType: req.ResourceType, Permission: req.Permission, Subject: req.Subject,
 			Context: req.Context, OnBehalfOf: req.OnBehalfOf, Revision: rev, After: req.After, Limit: req.Limit,
+			Contextual: req.Contextual,
 		})
 	})
 	call := callFrom(ctx)
@@ -337,8 +353,11 @@ func (c *Core) LookupResources(ctx context.Context, req LookupResourcesRequest) 
 
 // lookup runs one page of a lookup within the limit, at the revision its
 // consistency asks for.
-func (c *Core) lookup(ctx context.Context, limit int, cons Consistency, run func(store.Revision) ([]engine.LookupResult, store.Revision, error)) (LookupResult, error) {
+func (c *Core) lookup(ctx context.Context, limit int, cons Consistency, contextual []rel.Relationship, run func(store.Revision) ([]engine.LookupResult, store.Revision, error)) (LookupResult, error) {
 	if err := c.within(LimitLookup, limit, c.lim.MaxLookupLimit); err != nil {
+		return LookupResult{}, err
+	}
+	if err := c.contextualWithin(contextual, ""); err != nil {
 		return LookupResult{}, err
 	}
 	rev, err := c.engineRevision(ctx, cons)
@@ -356,6 +375,7 @@ func describeLookupResources(ev *audit.Event, r LookupResourcesRequest) {
 		ev.OnBehalfOf = objectString(*r.OnBehalfOf)
 	}
 	ev.Context = r.Context
+	describeContextual(ev, r.Contextual)
 }
 
 func (r LookupResourcesRequest) events(call *Call, err error) []*audit.Event {
@@ -376,14 +396,17 @@ type LookupSubjectsRequest struct {
 	// After and Limit page as in LookupResourcesRequest.
 	After string
 	Limit int
+	// Contextual relationships hold for this lookup only.
+	Contextual []rel.Relationship
 }
 
 // LookupSubjects answers one page of a subject lookup.
 func (c *Core) LookupSubjects(ctx context.Context, req LookupSubjectsRequest) (LookupResult, error) {
-	out, err := c.lookup(ctx, req.Limit, req.Consistency, func(rev store.Revision) ([]engine.LookupResult, store.Revision, error) {
+	out, err := c.lookup(ctx, req.Limit, req.Consistency, req.Contextual, func(rev store.Revision) ([]engine.LookupResult, store.Revision, error) {
 		return c.eng.LookupSubjects(ctx, engine.LookupSubjectsRequest{
 			Resource: req.Resource, Permission: req.Permission, SubjectType: req.SubjectType,
 			SubjectRelation: req.SubjectRelation, Context: req.Context, Revision: rev, After: req.After, Limit: req.Limit,
+			Contextual: req.Contextual,
 		})
 	})
 	call := callFrom(ctx)
@@ -403,6 +426,7 @@ func describeLookupSubjects(ev *audit.Event, r LookupSubjectsRequest) {
 		ev.Subject += "#" + r.SubjectRelation
 	}
 	ev.Context = r.Context
+	describeContextual(ev, r.Contextual)
 }
 
 func (r LookupSubjectsRequest) events(call *Call, err error) []*audit.Event {

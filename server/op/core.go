@@ -61,6 +61,9 @@ type Limits struct {
 	// compiling at once; more wait, within their deadline. Each schema is
 	// also bounded on its own by schema.DefaultLimits.
 	MaxConcurrentSchemaCompiles int
+	// MaxContextualRelationships bounds the contextual relationships of one
+	// check, bulk check item or lookup.
+	MaxContextualRelationships int
 }
 
 // DefaultLimits are the limits `mandate serve` starts with.
@@ -77,6 +80,7 @@ func DefaultLimits() Limits {
 		RequestTimeout:    30 * time.Second,
 
 		MaxConcurrentSchemaCompiles: schema.DefaultConcurrentCompiles,
+		MaxContextualRelationships:  DefaultMaxContextualRelationships,
 	}
 }
 
@@ -98,6 +102,8 @@ func (l Limits) WithDefaults() Limits {
 	set(&l.MaxDeleteLimit, d.MaxDeleteLimit)
 	set(&l.MaxBulkBatch, d.MaxBulkBatch)
 	set(&l.MaxConcurrentSchemaCompiles, d.MaxConcurrentSchemaCompiles)
+	set(&l.MaxContextualRelationships, d.MaxContextualRelationships)
+	l.MaxContextualRelationships = min(l.MaxContextualRelationships, engine.MaxContextualRelationships)
 	if l.MaxBulkBatch > store.MaxMutationsPerWrite {
 		l.MaxBulkBatch = store.MaxMutationsPerWrite
 	}

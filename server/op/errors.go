@@ -54,6 +54,7 @@ const (
 	LimitRead           Limit = "read_limit"
 	LimitDelete         Limit = "delete_limit"
 	LimitBulkBatch      Limit = "bulk_batch"
+	LimitContextual     Limit = "contextual_relationships"
 )
 
 // LimitError reports a request over one of the core's limits.

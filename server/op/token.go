@@ -43,6 +43,10 @@ func (c *Core) checkToken(ctx context.Context, req CheckRequest, rev store.Revis
 		return CheckResult{}, fmt.Errorf("%w: subject: a token is held by an object, not the userset %s", ErrInvalidTokenCheck, subjectString(req.Subject))
 	case req.OnBehalfOf != nil:
 		return CheckResult{}, fmt.Errorf("%w: on_behalf_of: not allowed with a capability token, which names its own principal", ErrInvalidTokenCheck)
+	case len(req.Contextual) > 0:
+		// The token's principal is checked against stored relationships
+		// only; answering without the request's own would not be what it asked.
+		return CheckResult{}, fmt.Errorf("%w: contextual_relationships: not allowed with a capability token", ErrInvalidTokenCheck)
 	case rev == engine.EmptyRevision:
 		// Revision zero has no schema: nothing can be allowed there.
 		return CheckResult{}, fmt.Errorf("checking a capability token at revision zero: %w", engine.ErrNoSchema)
@@ -116,6 +120,8 @@ func (c *Core) lookupToken(ctx context.Context, req LookupResourcesRequest, rev 
 		return nil, 0, nil, fmt.Errorf("%w: subject: a token is held by an object, not the userset %s", ErrInvalidTokenCheck, subjectString(req.Subject))
 	case req.OnBehalfOf != nil:
 		return nil, 0, nil, fmt.Errorf("%w: on_behalf_of: not allowed with a capability token, which names its own principal", ErrInvalidTokenCheck)
+	case len(req.Contextual) > 0:
+		return nil, 0, nil, fmt.Errorf("%w: contextual_relationships: not allowed with a capability token", ErrInvalidTokenCheck)
 	case rev == engine.EmptyRevision:
 		return nil, 0, nil, fmt.Errorf("looking up with a capability token at revision zero: %w", engine.ErrNoSchema)
 	}

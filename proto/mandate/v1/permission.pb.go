@@ -51,9 +51,15 @@ type CheckRequest struct {
 	CapabilityToken string `protobuf:"bytes,8,opt,name=capability_token,json=capabilityToken,proto3" json:"capability_token,omitempty"`
 	// approval_id names the approval grant the check redeems: a single-use
 	// grant allows only a check naming it, once.
-	ApprovalId    string `protobuf:"bytes,9,opt,name=approval_id,json=approvalId,proto3" json:"approval_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ApprovalId string `protobuf:"bytes,9,opt,name=approval_id,json=approvalId,proto3" json:"approval_id,omitempty"`
+	// contextual_relationships hold for this request only: validated
+	// against the schema as a write is (types, relations, caveats,
+	// expiration), never stored, never cached past the request. One with the
+	// key of a stored relationship replaces it for the request. At most the
+	// server's --max-contextual-relationships (default 100).
+	ContextualRelationships []*Relationship `protobuf:"bytes,10,rep,name=contextual_relationships,json=contextualRelationships,proto3" json:"contextual_relationships,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
 }
 
 func (x *CheckRequest) Reset() {
@@ -149,6 +155,13 @@ func (x *CheckRequest) GetApprovalId() string {
 	return ""
 }
 
+func (x *CheckRequest) GetContextualRelationships() []*Relationship {
+	if x != nil {
+		return x.ContextualRelationships
+	}
+	return nil
+}
+
 // CheckResponse is the answer to a CheckRequest.
 type CheckResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -168,9 +181,12 @@ type CheckResponse struct {
 	// missing), or which grant allowed the check. Shaped after the OpenID
 	// AuthZEN Access Request and Approval Profile: a requestable denial with
 	// the request to file and the evaluation's id.
-	Approval      *ApprovalContext `protobuf:"bytes,6,opt,name=approval,proto3" json:"approval,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Approval *ApprovalContext `protobuf:"bytes,6,opt,name=approval,proto3" json:"approval,omitempty"`
+	// contextual_relationships echoes, when explain is set, the request's
+	// contextual relationships the decision was computed with.
+	ContextualRelationships []*Relationship `protobuf:"bytes,7,rep,name=contextual_relationships,json=contextualRelationships,proto3" json:"contextual_relationships,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
 }
 
 func (x *CheckResponse) Reset() {
@@ -241,6 +257,13 @@ func (x *CheckResponse) GetToken() *TokenExplanation {
 func (x *CheckResponse) GetApproval() *ApprovalContext {
 	if x != nil {
 		return x.Approval
+	}
+	return nil
+}
+
+func (x *CheckResponse) GetContextualRelationships() []*Relationship {
+	if x != nil {
+		return x.ContextualRelationships
 	}
 	return nil
 }
@@ -497,8 +520,11 @@ type CheckBulkRequest struct {
 	Explain bool `protobuf:"varint,3,opt,name=explain,proto3" json:"explain,omitempty"`
 	// capability_token checks every item with this token (see CheckRequest).
 	CapabilityToken string `protobuf:"bytes,4,opt,name=capability_token,json=capabilityToken,proto3" json:"capability_token,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// contextual_relationships hold for every item of this request (see
+	// CheckRequest).
+	ContextualRelationships []*Relationship `protobuf:"bytes,5,rep,name=contextual_relationships,json=contextualRelationships,proto3" json:"contextual_relationships,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
 }
 
 func (x *CheckBulkRequest) Reset() {
@@ -557,6 +583,13 @@ func (x *CheckBulkRequest) GetCapabilityToken() string {
 		return x.CapabilityToken
 	}
 	return ""
+}
+
+func (x *CheckBulkRequest) GetContextualRelationships() []*Relationship {
+	if x != nil {
+		return x.ContextualRelationships
+	}
+	return nil
 }
 
 // CheckBulkRequestItem is one check of a CheckBulkRequest.
@@ -923,8 +956,11 @@ type LookupResourcesRequest struct {
 	// capability_token lists only resources the token allows the subject
 	// (its holder) and its principal still holds.
 	CapabilityToken string `protobuf:"bytes,9,opt,name=capability_token,json=capabilityToken,proto3" json:"capability_token,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// contextual_relationships: see CheckRequest. A cursor resumes only a
+	// request carrying the same ones.
+	ContextualRelationships []*Relationship `protobuf:"bytes,10,rep,name=contextual_relationships,json=contextualRelationships,proto3" json:"contextual_relationships,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
 }
 
 func (x *LookupResourcesRequest) Reset() {
@@ -1020,6 +1056,13 @@ func (x *LookupResourcesRequest) GetCapabilityToken() string {
 	return ""
 }
 
+func (x *LookupResourcesRequest) GetContextualRelationships() []*Relationship {
+	if x != nil {
+		return x.ContextualRelationships
+	}
+	return nil
+}
+
 // LookupResourcesResponse is one resource found.
 type LookupResourcesResponse struct {
 	state            protoimpl.MessageState `protogen:"open.v1"`
@@ -1112,8 +1155,11 @@ type LookupSubjectsRequest struct {
 	// optional_limit bounds the results of this call (0: all of them).
 	OptionalLimit  uint32  `protobuf:"varint,7,opt,name=optional_limit,json=optionalLimit,proto3" json:"optional_limit,omitempty"`
 	OptionalCursor *Cursor `protobuf:"bytes,8,opt,name=optional_cursor,json=optionalCursor,proto3" json:"optional_cursor,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// contextual_relationships: see CheckRequest. A cursor resumes only a
+	// request carrying the same ones.
+	ContextualRelationships []*Relationship `protobuf:"bytes,9,rep,name=contextual_relationships,json=contextualRelationships,proto3" json:"contextual_relationships,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
 }
 
 func (x *LookupSubjectsRequest) Reset() {
@@ -1198,6 +1244,13 @@ func (x *LookupSubjectsRequest) GetOptionalLimit() uint32 {
 func (x *LookupSubjectsRequest) GetOptionalCursor() *Cursor {
 	if x != nil {
 		return x.OptionalCursor
+	}
+	return nil
+}
+
+func (x *LookupSubjectsRequest) GetContextualRelationships() []*Relationship {
+	if x != nil {
+		return x.ContextualRelationships
 	}
 	return nil
 }
@@ -1561,7 +1614,7 @@ var File_mandate_v1_permission_proto protoreflect.FileDescriptor
 const file_mandate_v1_permission_proto_rawDesc = "" +
 	"\n" +
 	"\x1bmandate/v1/permission.proto\x12\n" +
-	"mandate.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x19mandate/v1/approval.proto\x1a\x15mandate/v1/core.proto\x1a\x16mandate/v1/token.proto\"\xb2\x03\n" +
+	"mandate.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x19mandate/v1/approval.proto\x1a\x15mandate/v1/core.proto\x1a\x16mandate/v1/token.proto\"\x87\x04\n" +
 	"\fCheckRequest\x129\n" +
 	"\vconsistency\x18\x01 \x01(\v2\x17.mandate.v1.ConsistencyR\vconsistency\x127\n" +
 	"\bresource\x18\x02 \x01(\v2\x1b.mandate.v1.ObjectReferenceR\bresource\x12\x1e\n" +
@@ -1575,7 +1628,9 @@ const file_mandate_v1_permission_proto_rawDesc = "" +
 	"\aexplain\x18\a \x01(\bR\aexplain\x12)\n" +
 	"\x10capability_token\x18\b \x01(\tR\x0fcapabilityToken\x12\x1f\n" +
 	"\vapproval_id\x18\t \x01(\tR\n" +
-	"approvalId\"\xda\x02\n" +
+	"approvalId\x12S\n" +
+	"\x18contextual_relationships\x18\n" +
+	" \x03(\v2\x18.mandate.v1.RelationshipR\x17contextualRelationships\"\xaf\x03\n" +
 	"\rCheckResponse\x128\n" +
 	"\n" +
 	"checked_at\x18\x01 \x01(\v2\x19.mandate.v1.RevisionTokenR\tcheckedAt\x120\n" +
@@ -1585,7 +1640,8 @@ const file_mandate_v1_permission_proto_rawDesc = "" +
 	"delegation\x18\x04 \x01(\v2!.mandate.v1.DelegationExplanationR\n" +
 	"delegation\x122\n" +
 	"\x05token\x18\x05 \x01(\v2\x1c.mandate.v1.TokenExplanationR\x05token\x127\n" +
-	"\bapproval\x18\x06 \x01(\v2\x1b.mandate.v1.ApprovalContextR\bapproval\"\xff\x01\n" +
+	"\bapproval\x18\x06 \x01(\v2\x1b.mandate.v1.ApprovalContextR\bapproval\x12S\n" +
+	"\x18contextual_relationships\x18\a \x03(\v2\x18.mandate.v1.RelationshipR\x17contextualRelationships\"\xff\x01\n" +
 	"\x0fApprovalContext\x12\x12\n" +
 	"\x04rule\x18\x01 \x01(\tR\x04rule\x12 \n" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\x12#\n" +
@@ -1602,12 +1658,13 @@ const file_mandate_v1_permission_proto_rawDesc = "" +
 	"\asubject\x18\x01 \x01(\v2\x1b.mandate.v1.ObjectReferenceR\asubject\x12*\n" +
 	"\x05grant\x18\x02 \x01(\x0e2\x14.mandate.v1.DecisionR\x05grant\x12(\n" +
 	"\x04link\x18\x03 \x01(\x0e2\x14.mandate.v1.DecisionR\x04link\x12-\n" +
-	"\x12missing_parameters\x18\x04 \x03(\tR\x11missingParameters\"\xca\x01\n" +
+	"\x12missing_parameters\x18\x04 \x03(\tR\x11missingParameters\"\x9f\x02\n" +
 	"\x10CheckBulkRequest\x129\n" +
 	"\vconsistency\x18\x01 \x01(\v2\x17.mandate.v1.ConsistencyR\vconsistency\x126\n" +
 	"\x05items\x18\x02 \x03(\v2 .mandate.v1.CheckBulkRequestItemR\x05items\x12\x18\n" +
 	"\aexplain\x18\x03 \x01(\bR\aexplain\x12)\n" +
-	"\x10capability_token\x18\x04 \x01(\tR\x0fcapabilityToken\"\x99\x02\n" +
+	"\x10capability_token\x18\x04 \x01(\tR\x0fcapabilityToken\x12S\n" +
+	"\x18contextual_relationships\x18\x05 \x03(\v2\x18.mandate.v1.RelationshipR\x17contextualRelationships\"\x99\x02\n" +
 	"\x14CheckBulkRequestItem\x127\n" +
 	"\bresource\x18\x01 \x01(\v2\x1b.mandate.v1.ObjectReferenceR\bresource\x12\x1e\n" +
 	"\n" +
@@ -1636,7 +1693,7 @@ const file_mandate_v1_permission_proto_rawDesc = "" +
 	"\x05token\x18\x04 \x01(\v2\x1c.mandate.v1.TokenExplanationR\x05token\"9\n" +
 	"\tItemError\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage\"\xde\x03\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"\xb3\x04\n" +
 	"\x16LookupResourcesRequest\x129\n" +
 	"\vconsistency\x18\x01 \x01(\v2\x17.mandate.v1.ConsistencyR\vconsistency\x120\n" +
 	"\x14resource_object_type\x18\x02 \x01(\tR\x12resourceObjectType\x12\x1e\n" +
@@ -1649,14 +1706,16 @@ const file_mandate_v1_permission_proto_rawDesc = "" +
 	"onBehalfOf\x12%\n" +
 	"\x0eoptional_limit\x18\a \x01(\rR\roptionalLimit\x12;\n" +
 	"\x0foptional_cursor\x18\b \x01(\v2\x12.mandate.v1.CursorR\x0eoptionalCursor\x12)\n" +
-	"\x10capability_token\x18\t \x01(\tR\x0fcapabilityToken\"\xa9\x02\n" +
+	"\x10capability_token\x18\t \x01(\tR\x0fcapabilityToken\x12S\n" +
+	"\x18contextual_relationships\x18\n" +
+	" \x03(\v2\x18.mandate.v1.RelationshipR\x17contextualRelationships\"\xa9\x02\n" +
 	"\x17LookupResourcesResponse\x12;\n" +
 	"\flooked_up_at\x18\x01 \x01(\v2\x19.mandate.v1.RevisionTokenR\n" +
 	"lookedUpAt\x12,\n" +
 	"\x12resource_object_id\x18\x02 \x01(\tR\x10resourceObjectId\x120\n" +
 	"\bdecision\x18\x03 \x01(\x0e2\x14.mandate.v1.DecisionR\bdecision\x12-\n" +
 	"\x12missing_parameters\x18\x04 \x03(\tR\x11missingParameters\x12B\n" +
-	"\x13after_result_cursor\x18\x05 \x01(\v2\x12.mandate.v1.CursorR\x11afterResultCursor\"\xae\x03\n" +
+	"\x13after_result_cursor\x18\x05 \x01(\v2\x12.mandate.v1.CursorR\x11afterResultCursor\"\x83\x04\n" +
 	"\x15LookupSubjectsRequest\x129\n" +
 	"\vconsistency\x18\x01 \x01(\v2\x17.mandate.v1.ConsistencyR\vconsistency\x127\n" +
 	"\bresource\x18\x02 \x01(\v2\x1b.mandate.v1.ObjectReferenceR\bresource\x12\x1e\n" +
@@ -1667,7 +1726,8 @@ const file_mandate_v1_permission_proto_rawDesc = "" +
 	"\x19optional_subject_relation\x18\x05 \x01(\tR\x17optionalSubjectRelation\x121\n" +
 	"\acontext\x18\x06 \x01(\v2\x17.google.protobuf.StructR\acontext\x12%\n" +
 	"\x0eoptional_limit\x18\a \x01(\rR\roptionalLimit\x12;\n" +
-	"\x0foptional_cursor\x18\b \x01(\v2\x12.mandate.v1.CursorR\x0eoptionalCursor\"\xf0\x02\n" +
+	"\x0foptional_cursor\x18\b \x01(\v2\x12.mandate.v1.CursorR\x0eoptionalCursor\x12S\n" +
+	"\x18contextual_relationships\x18\t \x03(\v2\x18.mandate.v1.RelationshipR\x17contextualRelationships\"\xf0\x02\n" +
 	"\x16LookupSubjectsResponse\x12;\n" +
 	"\flooked_up_at\x18\x01 \x01(\v2\x19.mandate.v1.RevisionTokenR\n" +
 	"lookedUpAt\x12*\n" +
@@ -1742,12 +1802,12 @@ var file_mandate_v1_permission_proto_goTypes = []any{
 	(*ObjectReference)(nil),               // 20: mandate.v1.ObjectReference
 	(*SubjectReference)(nil),              // 21: mandate.v1.SubjectReference
 	(*structpb.Struct)(nil),               // 22: google.protobuf.Struct
-	(*RevisionToken)(nil),                 // 23: mandate.v1.RevisionToken
-	(Decision)(0),                         // 24: mandate.v1.Decision
-	(*TokenExplanation)(nil),              // 25: mandate.v1.TokenExplanation
-	(*ApprovalServiceRequestRequest)(nil), // 26: mandate.v1.ApprovalServiceRequestRequest
-	(*Cursor)(nil),                        // 27: mandate.v1.Cursor
-	(*Relationship)(nil),                  // 28: mandate.v1.Relationship
+	(*Relationship)(nil),                  // 23: mandate.v1.Relationship
+	(*RevisionToken)(nil),                 // 24: mandate.v1.RevisionToken
+	(Decision)(0),                         // 25: mandate.v1.Decision
+	(*TokenExplanation)(nil),              // 26: mandate.v1.TokenExplanation
+	(*ApprovalServiceRequestRequest)(nil), // 27: mandate.v1.ApprovalServiceRequestRequest
+	(*Cursor)(nil),                        // 28: mandate.v1.Cursor
 }
 var file_mandate_v1_permission_proto_depIdxs = []int32{
 	19, // 0: mandate.v1.CheckRequest.consistency:type_name -> mandate.v1.Consistency
@@ -1755,70 +1815,75 @@ var file_mandate_v1_permission_proto_depIdxs = []int32{
 	21, // 2: mandate.v1.CheckRequest.subject:type_name -> mandate.v1.SubjectReference
 	22, // 3: mandate.v1.CheckRequest.context:type_name -> google.protobuf.Struct
 	20, // 4: mandate.v1.CheckRequest.on_behalf_of:type_name -> mandate.v1.ObjectReference
-	23, // 5: mandate.v1.CheckResponse.checked_at:type_name -> mandate.v1.RevisionToken
-	24, // 6: mandate.v1.CheckResponse.decision:type_name -> mandate.v1.Decision
-	3,  // 7: mandate.v1.CheckResponse.delegation:type_name -> mandate.v1.DelegationExplanation
-	25, // 8: mandate.v1.CheckResponse.token:type_name -> mandate.v1.TokenExplanation
-	2,  // 9: mandate.v1.CheckResponse.approval:type_name -> mandate.v1.ApprovalContext
-	26, // 10: mandate.v1.ApprovalContext.request:type_name -> mandate.v1.ApprovalServiceRequestRequest
-	20, // 11: mandate.v1.ApprovalContext.chain:type_name -> mandate.v1.ObjectReference
-	4,  // 12: mandate.v1.DelegationExplanation.chain:type_name -> mandate.v1.ChainElement
-	20, // 13: mandate.v1.ChainElement.subject:type_name -> mandate.v1.ObjectReference
-	24, // 14: mandate.v1.ChainElement.grant:type_name -> mandate.v1.Decision
-	24, // 15: mandate.v1.ChainElement.link:type_name -> mandate.v1.Decision
-	19, // 16: mandate.v1.CheckBulkRequest.consistency:type_name -> mandate.v1.Consistency
-	6,  // 17: mandate.v1.CheckBulkRequest.items:type_name -> mandate.v1.CheckBulkRequestItem
-	20, // 18: mandate.v1.CheckBulkRequestItem.resource:type_name -> mandate.v1.ObjectReference
-	21, // 19: mandate.v1.CheckBulkRequestItem.subject:type_name -> mandate.v1.SubjectReference
-	22, // 20: mandate.v1.CheckBulkRequestItem.context:type_name -> google.protobuf.Struct
-	20, // 21: mandate.v1.CheckBulkRequestItem.on_behalf_of:type_name -> mandate.v1.ObjectReference
-	23, // 22: mandate.v1.CheckBulkResponse.checked_at:type_name -> mandate.v1.RevisionToken
-	8,  // 23: mandate.v1.CheckBulkResponse.pairs:type_name -> mandate.v1.CheckBulkPair
-	6,  // 24: mandate.v1.CheckBulkPair.request:type_name -> mandate.v1.CheckBulkRequestItem
-	9,  // 25: mandate.v1.CheckBulkPair.item:type_name -> mandate.v1.CheckBulkItemResult
-	10, // 26: mandate.v1.CheckBulkPair.error:type_name -> mandate.v1.ItemError
-	24, // 27: mandate.v1.CheckBulkItemResult.decision:type_name -> mandate.v1.Decision
-	3,  // 28: mandate.v1.CheckBulkItemResult.delegation:type_name -> mandate.v1.DelegationExplanation
-	25, // 29: mandate.v1.CheckBulkItemResult.token:type_name -> mandate.v1.TokenExplanation
-	19, // 30: mandate.v1.LookupResourcesRequest.consistency:type_name -> mandate.v1.Consistency
-	21, // 31: mandate.v1.LookupResourcesRequest.subject:type_name -> mandate.v1.SubjectReference
-	22, // 32: mandate.v1.LookupResourcesRequest.context:type_name -> google.protobuf.Struct
-	20, // 33: mandate.v1.LookupResourcesRequest.on_behalf_of:type_name -> mandate.v1.ObjectReference
-	27, // 34: mandate.v1.LookupResourcesRequest.optional_cursor:type_name -> mandate.v1.Cursor
-	23, // 35: mandate.v1.LookupResourcesResponse.looked_up_at:type_name -> mandate.v1.RevisionToken
-	24, // 36: mandate.v1.LookupResourcesResponse.decision:type_name -> mandate.v1.Decision
-	27, // 37: mandate.v1.LookupResourcesResponse.after_result_cursor:type_name -> mandate.v1.Cursor
-	19, // 38: mandate.v1.LookupSubjectsRequest.consistency:type_name -> mandate.v1.Consistency
-	20, // 39: mandate.v1.LookupSubjectsRequest.resource:type_name -> mandate.v1.ObjectReference
-	22, // 40: mandate.v1.LookupSubjectsRequest.context:type_name -> google.protobuf.Struct
-	27, // 41: mandate.v1.LookupSubjectsRequest.optional_cursor:type_name -> mandate.v1.Cursor
-	23, // 42: mandate.v1.LookupSubjectsResponse.looked_up_at:type_name -> mandate.v1.RevisionToken
-	24, // 43: mandate.v1.LookupSubjectsResponse.decision:type_name -> mandate.v1.Decision
-	15, // 44: mandate.v1.LookupSubjectsResponse.excluded_subjects:type_name -> mandate.v1.ExcludedSubject
-	27, // 45: mandate.v1.LookupSubjectsResponse.after_result_cursor:type_name -> mandate.v1.Cursor
-	24, // 46: mandate.v1.ExcludedSubject.decision:type_name -> mandate.v1.Decision
-	19, // 47: mandate.v1.ExpandRequest.consistency:type_name -> mandate.v1.Consistency
-	20, // 48: mandate.v1.ExpandRequest.resource:type_name -> mandate.v1.ObjectReference
-	23, // 49: mandate.v1.ExpandResponse.expanded_at:type_name -> mandate.v1.RevisionToken
-	18, // 50: mandate.v1.ExpandResponse.tree:type_name -> mandate.v1.ExpandNode
-	20, // 51: mandate.v1.ExpandNode.object:type_name -> mandate.v1.ObjectReference
-	18, // 52: mandate.v1.ExpandNode.children:type_name -> mandate.v1.ExpandNode
-	28, // 53: mandate.v1.ExpandNode.subjects:type_name -> mandate.v1.Relationship
-	0,  // 54: mandate.v1.PermissionService.Check:input_type -> mandate.v1.CheckRequest
-	5,  // 55: mandate.v1.PermissionService.CheckBulk:input_type -> mandate.v1.CheckBulkRequest
-	11, // 56: mandate.v1.PermissionService.LookupResources:input_type -> mandate.v1.LookupResourcesRequest
-	13, // 57: mandate.v1.PermissionService.LookupSubjects:input_type -> mandate.v1.LookupSubjectsRequest
-	16, // 58: mandate.v1.PermissionService.Expand:input_type -> mandate.v1.ExpandRequest
-	1,  // 59: mandate.v1.PermissionService.Check:output_type -> mandate.v1.CheckResponse
-	7,  // 60: mandate.v1.PermissionService.CheckBulk:output_type -> mandate.v1.CheckBulkResponse
-	12, // 61: mandate.v1.PermissionService.LookupResources:output_type -> mandate.v1.LookupResourcesResponse
-	14, // 62: mandate.v1.PermissionService.LookupSubjects:output_type -> mandate.v1.LookupSubjectsResponse
-	17, // 63: mandate.v1.PermissionService.Expand:output_type -> mandate.v1.ExpandResponse
-	59, // [59:64] is the sub-list for method output_type
-	54, // [54:59] is the sub-list for method input_type
-	54, // [54:54] is the sub-list for extension type_name
-	54, // [54:54] is the sub-list for extension extendee
-	0,  // [0:54] is the sub-list for field type_name
+	23, // 5: mandate.v1.CheckRequest.contextual_relationships:type_name -> mandate.v1.Relationship
+	24, // 6: mandate.v1.CheckResponse.checked_at:type_name -> mandate.v1.RevisionToken
+	25, // 7: mandate.v1.CheckResponse.decision:type_name -> mandate.v1.Decision
+	3,  // 8: mandate.v1.CheckResponse.delegation:type_name -> mandate.v1.DelegationExplanation
+	26, // 9: mandate.v1.CheckResponse.token:type_name -> mandate.v1.TokenExplanation
+	2,  // 10: mandate.v1.CheckResponse.approval:type_name -> mandate.v1.ApprovalContext
+	23, // 11: mandate.v1.CheckResponse.contextual_relationships:type_name -> mandate.v1.Relationship
+	27, // 12: mandate.v1.ApprovalContext.request:type_name -> mandate.v1.ApprovalServiceRequestRequest
+	20, // 13: mandate.v1.ApprovalContext.chain:type_name -> mandate.v1.ObjectReference
+	4,  // 14: mandate.v1.DelegationExplanation.chain:type_name -> mandate.v1.ChainElement
+	20, // 15: mandate.v1.ChainElement.subject:type_name -> mandate.v1.ObjectReference
+	25, // 16: mandate.v1.ChainElement.grant:type_name -> mandate.v1.Decision
+	25, // 17: mandate.v1.ChainElement.link:type_name -> mandate.v1.Decision
+	19, // 18: mandate.v1.CheckBulkRequest.consistency:type_name -> mandate.v1.Consistency
+	6,  // 19: mandate.v1.CheckBulkRequest.items:type_name -> mandate.v1.CheckBulkRequestItem
+	23, // 20: mandate.v1.CheckBulkRequest.contextual_relationships:type_name -> mandate.v1.Relationship
+	20, // 21: mandate.v1.CheckBulkRequestItem.resource:type_name -> mandate.v1.ObjectReference
+	21, // 22: mandate.v1.CheckBulkRequestItem.subject:type_name -> mandate.v1.SubjectReference
+	22, // 23: mandate.v1.CheckBulkRequestItem.context:type_name -> google.protobuf.Struct
+	20, // 24: mandate.v1.CheckBulkRequestItem.on_behalf_of:type_name -> mandate.v1.ObjectReference
+	24, // 25: mandate.v1.CheckBulkResponse.checked_at:type_name -> mandate.v1.RevisionToken
+	8,  // 26: mandate.v1.CheckBulkResponse.pairs:type_name -> mandate.v1.CheckBulkPair
+	6,  // 27: mandate.v1.CheckBulkPair.request:type_name -> mandate.v1.CheckBulkRequestItem
+	9,  // 28: mandate.v1.CheckBulkPair.item:type_name -> mandate.v1.CheckBulkItemResult
+	10, // 29: mandate.v1.CheckBulkPair.error:type_name -> mandate.v1.ItemError
+	25, // 30: mandate.v1.CheckBulkItemResult.decision:type_name -> mandate.v1.Decision
+	3,  // 31: mandate.v1.CheckBulkItemResult.delegation:type_name -> mandate.v1.DelegationExplanation
+	26, // 32: mandate.v1.CheckBulkItemResult.token:type_name -> mandate.v1.TokenExplanation
+	19, // 33: mandate.v1.LookupResourcesRequest.consistency:type_name -> mandate.v1.Consistency
+	21, // 34: mandate.v1.LookupResourcesRequest.subject:type_name -> mandate.v1.SubjectReference
+	22, // 35: mandate.v1.LookupResourcesRequest.context:type_name -> google.protobuf.Struct
+	20, // 36: mandate.v1.LookupResourcesRequest.on_behalf_of:type_name -> mandate.v1.ObjectReference
+	28, // 37: mandate.v1.LookupResourcesRequest.optional_cursor:type_name -> mandate.v1.Cursor
+	23, // 38: mandate.v1.LookupResourcesRequest.contextual_relationships:type_name -> mandate.v1.Relationship
+	24, // 39: mandate.v1.LookupResourcesResponse.looked_up_at:type_name -> mandate.v1.RevisionToken
+	25, // 40: mandate.v1.LookupResourcesResponse.decision:type_name -> mandate.v1.Decision
+	28, // 41: mandate.v1.LookupResourcesResponse.after_result_cursor:type_name -> mandate.v1.Cursor
+	19, // 42: mandate.v1.LookupSubjectsRequest.consistency:type_name -> mandate.v1.Consistency
+	20, // 43: mandate.v1.LookupSubjectsRequest.resource:type_name -> mandate.v1.ObjectReference
+	22, // 44: mandate.v1.LookupSubjectsRequest.context:type_name -> google.protobuf.Struct
+	28, // 45: mandate.v1.LookupSubjectsRequest.optional_cursor:type_name -> mandate.v1.Cursor
+	23, // 46: mandate.v1.LookupSubjectsRequest.contextual_relationships:type_name -> mandate.v1.Relationship
+	24, // 47: mandate.v1.LookupSubjectsResponse.looked_up_at:type_name -> mandate.v1.RevisionToken
+	25, // 48: mandate.v1.LookupSubjectsResponse.decision:type_name -> mandate.v1.Decision
+	15, // 49: mandate.v1.LookupSubjectsResponse.excluded_subjects:type_name -> mandate.v1.ExcludedSubject
+	28, // 50: mandate.v1.LookupSubjectsResponse.after_result_cursor:type_name -> mandate.v1.Cursor
+	25, // 51: mandate.v1.ExcludedSubject.decision:type_name -> mandate.v1.Decision
+	19, // 52: mandate.v1.ExpandRequest.consistency:type_name -> mandate.v1.Consistency
+	20, // 53: mandate.v1.ExpandRequest.resource:type_name -> mandate.v1.ObjectReference
+	24, // 54: mandate.v1.ExpandResponse.expanded_at:type_name -> mandate.v1.RevisionToken
+	18, // 55: mandate.v1.ExpandResponse.tree:type_name -> mandate.v1.ExpandNode
+	20, // 56: mandate.v1.ExpandNode.object:type_name -> mandate.v1.ObjectReference
+	18, // 57: mandate.v1.ExpandNode.children:type_name -> mandate.v1.ExpandNode
+	23, // 58: mandate.v1.ExpandNode.subjects:type_name -> mandate.v1.Relationship
+	0,  // 59: mandate.v1.PermissionService.Check:input_type -> mandate.v1.CheckRequest
+	5,  // 60: mandate.v1.PermissionService.CheckBulk:input_type -> mandate.v1.CheckBulkRequest
+	11, // 61: mandate.v1.PermissionService.LookupResources:input_type -> mandate.v1.LookupResourcesRequest
+	13, // 62: mandate.v1.PermissionService.LookupSubjects:input_type -> mandate.v1.LookupSubjectsRequest
+	16, // 63: mandate.v1.PermissionService.Expand:input_type -> mandate.v1.ExpandRequest
+	1,  // 64: mandate.v1.PermissionService.Check:output_type -> mandate.v1.CheckResponse
+	7,  // 65: mandate.v1.PermissionService.CheckBulk:output_type -> mandate.v1.CheckBulkResponse
+	12, // 66: mandate.v1.PermissionService.LookupResources:output_type -> mandate.v1.LookupResourcesResponse
+	14, // 67: mandate.v1.PermissionService.LookupSubjects:output_type -> mandate.v1.LookupSubjectsResponse
+	17, // 68: mandate.v1.PermissionService.Expand:output_type -> mandate.v1.ExpandResponse
+	64, // [64:69] is the sub-list for method output_type
+	59, // [59:64] is the sub-list for method input_type
+	59, // [59:59] is the sub-list for extension type_name
+	59, // [59:59] is the sub-list for extension extendee
+	0,  // [0:59] is the sub-list for field type_name
 }
 
 func init() { file_mandate_v1_permission_proto_init() }
