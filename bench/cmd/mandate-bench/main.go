@@ -56,6 +56,7 @@ func run() error {
 	fs.DurationVar(&o.VerifyTimeout, "verify-timeout", o.VerifyTimeout, "longest one engine's verification pass may take")
 	fs.DurationVar(&o.LoadTimeout, "load-timeout", o.LoadTimeout, "longest one engine may take to load")
 	fs.StringVar(&o.ProfileDir, "cpuprofile-dir", "", "directory receiving CPU profiles of each engine's check measurements")
+	measure := fs.String("measure", "all", "comma-separated measurements: all, or of "+strings.Join(harness.Measurements, ", "))
 	jsonPath := fs.String("json", "mandate-bench.json", "file the JSON results are written to (empty: none)")
 	mdPath := fs.String("markdown", "", "file the markdown tables are also written to")
 	verbose := fs.Bool("v", false, "show the peers' own logs")
@@ -69,6 +70,9 @@ func run() error {
 	var err error
 	if o.Consistency, err = harness.ParseConsistency(*consistency); err != nil {
 		return err
+	}
+	if *measure != "all" {
+		o.Measure = strings.Split(*measure, ",")
 	}
 	if *engines != "all" {
 		o.Engines = strings.Split(*engines, ",")
