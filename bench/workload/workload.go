@@ -9,6 +9,7 @@ package workload
 import (
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -312,7 +313,7 @@ func generate(cfg Config, w *Workload, emit func(rel.Relationship) error) error 
 		if n > cfg.Groups {
 			n = cfg.Groups
 		}
-		for _, g := range r.Perm(cfg.Groups)[:n] {
+		for _, g := range distinct(r, cfg.Groups, n) {
 			w.groupUsers[g] = append(w.groupUsers[g], int32(u))
 			w.userGroups[u] = append(w.userGroups[u], int32(g))
 			add(Group(g), "member", subject(User(u)))
@@ -349,6 +350,26 @@ func generate(cfg Config, w *Workload, emit func(rel.Relationship) error) error 
 	w.generateChecks(r)
 	return nil
 }
+
+// distinct draws n distinct numbers below max. Up to permThreshold it
+// takes a permutation's first n, the draw every published figure used;
+// above, a permutation per user would make generation quadratic in the
+// workload's size, so it draws until n differ.
+func distinct(r *rand.Rand, max, n int) []int {
+	if max <= permThreshold {
+		return r.Perm(max)[:n]
+	}
+	out := make([]int, 0, n)
+	for len(out) < n {
+		if v := r.IntN(max); !slices.Contains(out, v) {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// permThreshold is the largest group count distinct draws by permutation.
+const permThreshold = 10_000
 
 // memberOf returns a random user that is a member of group g, directly or
 // through nested groups, or -1 when the group has no members at all.
