@@ -38,12 +38,6 @@ type ScaleOptions struct {
 	// Duration and Concurrency are each measurement's.
 	Duration    time.Duration
 	Concurrency int
-	// ExpireAfter is when, from the start, the expiring links begin to
-	// expire, spread over the next 5 Durations: the import and the
-	// replica's load must be done by then for them to expire during the
-	// measurements (ScaleResult.ExpiredBeforeMeasuring says how many did
-	// not). 0: estimated from the rate the workload imported at.
-	ExpireAfter time.Duration
 	Log         io.Writer
 }
 
@@ -63,17 +57,16 @@ type ScaleResult struct {
 	RSSMiB          float64 `json:"rss_mib"`
 	HeapBytesPerRel float64 `json:"heap_bytes_per_relationship"`
 	RSSBytesPerRel  float64 `json:"rss_bytes_per_relationship"`
-	// ExpiringLinks expire in the window; ExpiredBeforeMeasuring of them
-	// had already expired when the measurements began.
-	ExpiringLinks          int        `json:"expiring_links"`
-	ExpiredBeforeMeasuring int        `json:"expired_before_measuring"`
-	Check                  *Stats     `json:"check_in_process"`
-	CheckGRPC              *Stats     `json:"check_grpc"`
-	AgentCheck             *Stats     `json:"agent_check_in_process"`
-	Lookup                 *Stats     `json:"lookup_in_process"`
-	LookupGRPC             *Stats     `json:"lookup_grpc"`
-	LoadAvgStart           [3]float64 `json:"load_average_start"`
-	LoadAvgEnd             [3]float64 `json:"load_average_end"`
+	// ExpiringLinks are the links that expire during the measurements
+	// (written once the replica serves; see RunScale).
+	ExpiringLinks int        `json:"expiring_links"`
+	Check         *Stats     `json:"check_in_process"`
+	CheckGRPC     *Stats     `json:"check_grpc"`
+	AgentCheck    *Stats     `json:"agent_check_in_process"`
+	Lookup        *Stats     `json:"lookup_in_process"`
+	LookupGRPC    *Stats     `json:"lookup_grpc"`
+	LoadAvgStart  [3]float64 `json:"load_average_start"`
+	LoadAvgEnd    [3]float64 `json:"load_average_end"`
 }
 
 // RunScale runs the scale mode.
@@ -139,17 +132,17 @@ func RunScale(ctx context.Context, o ScaleOptions) (*ScaleResult, error) {
 		return nil, err
 	}
 	count = &res.AgentLinks
-	expireFrom := start.Add(o.ExpireAfter)
-	if o.ExpireAfter == 0 {
-		// The agents' import and the replica's load, at the rate the
-		// workload just imported (loading is faster than importing).
-		rate := float64(res.Relationships) / time.Since(start).Seconds()
-		expireFrom = time.Now().Add(time.Duration(float64(o.Agents+res.Relationships) / rate * float64(time.Second)))
-	}
-	var expiring []time.Time
-	agents, _, err := workload.ScaleAgents(o.Seed, o.Agents, cfg.Users, expireFrom, 5*o.Duration, func(r rel.Relationship) error {
+	// The expiring links are held back and written once the replica
+	// serves, expiring over the measurements' first five Durations:
+	// however long the import and the load take, they expire during the
+	// run. ScaleAgents draws their expiries as offsets from the epoch.
+	var held []rel.Relationship
+	epoch := time.Unix(0, 0)
+	agents, _, err := workload.ScaleAgents(o.Seed, o.Agents, cfg.Users, epoch, 5*o.Duration, func(r rel.Relationship) error {
 		if !r.Expiration.IsZero() {
-			expiring = append(expiring, r.Expiration)
+			held = append(held, r)
+			res.AgentLinks++
+			return nil
 		}
 		return emit(r)
 	})
@@ -213,13 +206,36 @@ func RunScale(ctx context.Context, o ScaleOptions) (*ScaleResult, error) {
 	defer conn.Close()
 	client := pb.NewPermissionServiceClient(conn)
 	inproc := &mandateInProcess{eng: eng}
-	res.ExpiringLinks = len(expiring)
-	for _, t := range expiring {
-		if time.Now().After(t) {
-			res.ExpiredBeforeMeasuring++
+	measureStart := time.Now().Add(5 * time.Second)
+	var expiring []time.Time
+	batch = batch[:0]
+	for _, l := range held {
+		l.Expiration = measureStart.Add(l.Expiration.Sub(epoch))
+		expiring = append(expiring, l.Expiration)
+		batch = append(batch, store.Mutation{Op: store.Create, Rel: l})
+		if len(batch) == cap(batch) {
+			if err := flush(); err != nil {
+				return nil, err
+			}
 		}
 	}
-	logf("%d links expire during the run, %d of them already have", res.ExpiringLinks, res.ExpiredBeforeMeasuring)
+	if err := flush(); err != nil {
+		return nil, err
+	}
+	for i := range agents {
+		if !agents[i].Expires.IsZero() {
+			agents[i].Expires = measureStart.Add(agents[i].Expires.Sub(epoch))
+		}
+	}
+	if head, err = st.Head(ctx); err == nil {
+		err = eng.WaitForRevision(ctx, head)
+	}
+	if err != nil {
+		return nil, err
+	}
+	res.ExpiringLinks = len(expiring)
+	logf("wrote the %d links that expire during the run", res.ExpiringLinks)
+	time.Sleep(time.Until(measureStart))
 	remote := &mandateGRPC{perm: client, cons: &pb.Consistency{Requirement: &pb.Consistency_MinimizeLatency{MinimizeLatency: true}}}
 
 	checks := func(e Engine) Stats {

@@ -22,7 +22,7 @@ func TestScaleMode(t *testing.T) {
 		t.Run(kind, func(t *testing.T) {
 			res, err := RunScale(context.Background(), ScaleOptions{
 				Relationships: 3_000, Agents: 400, Seed: 5, Store: kind, PostgresURL: PostgresURLFromEnv(),
-				Duration: 300 * time.Millisecond, Concurrency: 2, ExpireAfter: time.Nanosecond, Log: testWriter{t},
+				Duration: 300 * time.Millisecond, Concurrency: 2, Log: testWriter{t},
 			})
 			if err != nil {
 				t.Fatal(err)
