@@ -14,6 +14,7 @@ import (
 
 	"github.com/mandate-authz/mandate/engine"
 	"github.com/mandate-authz/mandate/server/op"
+	"github.com/mandate-authz/mandate/store"
 	"github.com/mandate-authz/mandate/store/rel"
 )
 
@@ -167,33 +168,43 @@ func (p *authzedPermissions) LookupResources(req *v1.LookupResourcesRequest, str
 	if err != nil {
 		return err
 	}
-	out, err := p.s.core.LookupResources(ctx, op.LookupResourcesRequest{
-		ResourceType: req.GetResourceObjectType(),
-		Permission:   req.GetPermission(),
-		Subject:      sub,
-		Context:      contextFromProto(req.GetContext()),
-		OnBehalfOf:   obo,
-		Consistency:  cons,
-		After:        after,
-		Limit:        int(req.GetOptionalLimit()),
-
+	var token *v1.ZedToken
+	var sendErr error
+	err = p.s.core.StreamLookupResources(ctx, op.LookupResourcesRequest{
+		ResourceType:    req.GetResourceObjectType(),
+		Permission:      req.GetPermission(),
+		Subject:         sub,
+		Context:         contextFromProto(req.GetContext()),
+		OnBehalfOf:      obo,
+		Consistency:     cons,
+		After:           after,
+		Limit:           int(req.GetOptionalLimit()),
 		CapabilityToken: capTok,
+	}, func(rev store.Revision, results []engine.LookupResult) error {
+		if token == nil {
+			token = p.s.zedToken(rev) // one revision for the whole lookup
+		}
+		// As SpiceDB: one message per result, each with its cursor; a
+		// batch's messages in three allocations.
+		cursors := p.s.cursorsAfter(rev, hash, results)
+		msgs := make([]v1.LookupResourcesResponse, len(results))
+		next := make([]v1.Cursor, len(results))
+		for i, r := range results {
+			next[i].Token = cursors[i]
+			m := &msgs[i]
+			m.LookedUpAt, m.ResourceObjectId, m.AfterResultCursor = token, r.ID, &next[i]
+			m.Permissionship, m.PartialCaveatInfo = lookupPermissionshipToV1(r.Decision), partialCaveat(r.Decision, r.Missing)
+			if sendErr = stream.Send(m); sendErr != nil {
+				return sendErr
+			}
+		}
+		return nil
 	})
+	if sendErr != nil {
+		return sendErr
+	}
 	if err != nil {
 		return engineError(err, obo)
-	}
-	token := p.s.zedToken(out.Revision)
-	for _, r := range out.Results {
-		err := stream.Send(&v1.LookupResourcesResponse{
-			LookedUpAt:        token,
-			ResourceObjectId:  r.ID,
-			Permissionship:    lookupPermissionshipToV1(r.Decision),
-			PartialCaveatInfo: partialCaveat(r.Decision, r.Missing),
-			AfterResultCursor: &v1.Cursor{Token: p.s.cursorAfter(out.Revision, hash, r.ID)},
-		})
-		if err != nil {
-			return err
-		}
 	}
 	return nil
 }

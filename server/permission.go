@@ -187,36 +187,67 @@ func (p *permissionService) LookupResources(req *pb.LookupResourcesRequest, stre
 	if err != nil {
 		return err
 	}
-	hash := requestHash(req, func(r *pb.LookupResourcesRequest) { r.OptionalCursor, r.OptionalLimit, r.Consistency = nil, 0, nil })
+	// A cursor resumes after an ID either way, batched or not.
+	hash := requestHash(req, func(r *pb.LookupResourcesRequest) {
+		r.OptionalCursor, r.OptionalLimit, r.Consistency, r.BatchResults = nil, 0, nil, false
+	})
 	cons, after, err := p.s.resume(req.GetOptionalCursor(), req.GetConsistency(), hash)
 	if err != nil {
 		return err
 	}
-	out, err := p.s.core.LookupResources(ctx, op.LookupResourcesRequest{
-		ResourceType: req.GetResourceObjectType(),
-		Permission:   creq.Permission,
-		Subject:      creq.Subject,
-		Context:      creq.Context,
-		OnBehalfOf:   creq.OnBehalfOf,
-		Consistency:  cons,
-		After:        after,
-		Limit:        int(req.GetOptionalLimit()),
-		Contextual:   contextual,
-
+	var token *pb.RevisionToken
+	var sendErr error
+	err = p.s.core.StreamLookupResources(ctx, op.LookupResourcesRequest{
+		ResourceType:    req.GetResourceObjectType(),
+		Permission:      creq.Permission,
+		Subject:         creq.Subject,
+		Context:         creq.Context,
+		OnBehalfOf:      creq.OnBehalfOf,
+		Consistency:     cons,
+		After:           after,
+		Limit:           int(req.GetOptionalLimit()),
+		Contextual:      contextual,
 		CapabilityToken: req.GetCapabilityToken(),
+	}, func(rev store.Revision, results []engine.LookupResult) error {
+		if token == nil {
+			token = p.s.token(rev) // one revision for the whole lookup
+		}
+		if req.GetBatchResults() {
+			sendErr = stream.Send(lookupBatch(token, p.s.cursorAfter(rev, hash, results[len(results)-1].ID), results))
+			return sendErr
+		}
+		// A batch's messages in three allocations; gRPC encodes each
+		// before Send returns.
+		cursors := p.s.cursorsAfter(rev, hash, results)
+		msgs := make([]pb.LookupResourcesResponse, len(results))
+		next := make([]pb.Cursor, len(results))
+		for i, r := range results {
+			next[i].Token = cursors[i]
+			m := &msgs[i]
+			m.LookedUpAt, m.ResourceObjectId, m.Decision, m.MissingParameters, m.AfterResultCursor =
+				token, r.ID, decisionToProto(r.Decision), r.Missing, &next[i]
+			if sendErr = stream.Send(m); sendErr != nil {
+				return sendErr
+			}
+		}
+		return nil
 	})
-	if err != nil {
-		return err
+	if sendErr != nil {
+		return sendErr
 	}
-	return p.s.sendLookupPage(out.Results, out.Revision, hash, func(r engine.LookupResult, token *pb.RevisionToken, next *pb.Cursor) error {
-		return stream.Send(&pb.LookupResourcesResponse{
-			LookedUpAt:        token,
-			ResourceObjectId:  r.ID,
-			Decision:          decisionToProto(r.Decision),
-			MissingParameters: r.Missing,
-			AfterResultCursor: next,
-		})
-	})
+	return err
+}
+
+// lookupBatch is one batched LookupResources response (batch_results):
+// the engine's batch of results, resuming after the last.
+func lookupBatch(token *pb.RevisionToken, next string, results []engine.LookupResult) *pb.LookupResourcesResponse {
+	items := make([]pb.LookedUpResource, len(results))
+	m := &pb.LookupResourcesResponse{LookedUpAt: token, AfterResultCursor: &pb.Cursor{Token: next}, Results: make([]*pb.LookedUpResource, len(results))}
+	for i, r := range results {
+		items[i].ResourceObjectId, items[i].Decision, items[i].MissingParameters = r.ID, decisionToProto(r.Decision), r.Missing
+		m.Results[i] = &items[i]
+	}
+	return m
 }
 
 func (p *permissionService) LookupSubjects(req *pb.LookupSubjectsRequest, stream pb.PermissionService_LookupSubjectsServer) error {

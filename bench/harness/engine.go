@@ -18,8 +18,10 @@ type Engine interface {
 	Check(ctx context.Context, c workload.Check) (bool, error)
 	// CheckBulk answers the checks in one call, in order.
 	CheckBulk(ctx context.Context, cs []workload.Check) ([]bool, error)
-	// LookupResources lists the IDs of every document subject may view.
-	LookupResources(ctx context.Context, subject rel.Object) ([]string, error)
+	// LookupResources lists the IDs of every document subject may view,
+	// calling first (when not nil) as the first result arrives, so that
+	// the harness can time a streamed lookup's first result.
+	LookupResources(ctx context.Context, subject rel.Object, first func()) ([]string, error)
 	// Write writes one new relationship.
 	Write(ctx context.Context, r rel.Relationship) error
 	// Close stops the engine and releases what it holds.

@@ -171,6 +171,11 @@ func TestBadOptionsNameTheField(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 	o = tinyOptions(t)
+	o.Measure = []string{"lookups"}
+	if _, err := Run(context.Background(), o); err == nil || !strings.Contains(err.Error(), `measurement "lookups": expected one of`) {
+		t.Fatalf("got %v", err)
+	}
+	o = tinyOptions(t)
 	o.Concurrency = 0
 	if _, err := Run(context.Background(), o); err == nil || !strings.Contains(err.Error(), "concurrency 0") {
 		t.Fatalf("got %v", err)

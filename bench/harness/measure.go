@@ -95,6 +95,10 @@ type Stats struct {
 	FirstError  string  `json:"first_error,omitempty"`
 	// Results is the mean number of results per call (lookups only).
 	Results float64 `json:"mean_results,omitempty"`
+	// FirstP50Ms and FirstP99Ms time a lookup's first result from the
+	// call (lookups only).
+	FirstP50Ms float64 `json:"first_result_p50_ms,omitempty"`
+	FirstP99Ms float64 `json:"first_result_p99_ms,omitempty"`
 	// CPUCores is the CPU time this process used during the window divided
 	// by the window: the cores the harness's callers and the in-process
 	// server together got (a database server's CPU is not included).

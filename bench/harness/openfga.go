@@ -249,13 +249,17 @@ func (f *openFGA) CheckBulk(ctx context.Context, cs []workload.Check) ([]bool, e
 	return out, nil
 }
 
-func (f *openFGA) LookupResources(ctx context.Context, subject rel.Object) ([]string, error) {
+func (f *openFGA) LookupResources(ctx context.Context, subject rel.Object, first func()) ([]string, error) {
 	resp, err := f.client.ListObjects(ctx, &openfgav1.ListObjectsRequest{
 		StoreId: f.store, AuthorizationModelId: f.model, Type: workload.DocumentType, Relation: workload.Permission,
 		User: subject.String(), Consistency: f.cons,
 	})
 	if err != nil {
 		return nil, err
+	}
+	// ListObjects answers in one message: its first result is its last.
+	if len(resp.GetObjects()) > 0 && first != nil {
+		first()
 	}
 	ids := make([]string, len(resp.GetObjects()))
 	for i, o := range resp.GetObjects() {

@@ -17,6 +17,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -54,11 +55,22 @@ type Options struct {
 	// in time is reported and skipped.
 	LoadTimeout time.Duration
 	// ProfileDir, when set, receives a CPU profile of each engine's check
-	// measurements (<engine>-<measurement>.pprof): the whole process, so
+	// and lookup measurements (<engine>-<measurement>.pprof): the whole process, so
 	// an in-process peer's server shows in it too.
 	ProfileDir string
+	// Measure names the measurements to run (Measurements; nil: all of
+	// them). The verification pass always runs.
+	Measure []string
 	// Log receives progress lines; nil discards them.
 	Log io.Writer
+}
+
+// Measurements are the measurements a run can make, in run order.
+var Measurements = []string{"check", "agent", "bulk", "lookup", "write"}
+
+// measures reports whether the run makes measurement m.
+func (o Options) measures(m string) bool {
+	return o.Measure == nil || slices.Contains(o.Measure, m)
 }
 
 // DefaultOptions are the settings.
@@ -219,6 +231,11 @@ type opener func(ctx context.Context, name, dbURL string) (Engine, error)
 func run(ctx context.Context, opts Options, open opener) (*Report, error) {
 	if opts.Concurrency < 1 || opts.BulkSize < 1 || opts.Duration <= 0 {
 		return nil, fmt.Errorf("concurrency %d, bulk size %d, duration %s: expected positive values", opts.Concurrency, opts.BulkSize, opts.Duration)
+	}
+	for _, m := range opts.Measure {
+		if !slices.Contains(Measurements, m) {
+			return nil, fmt.Errorf("measurement %q: expected one of %s", m, strings.Join(Measurements, ", "))
+		}
 	}
 	for _, e := range opts.Engines {
 		if !knownEngine(e) {
@@ -415,20 +432,29 @@ func (r *runner) runEngine(ctx context.Context, name string) (res EngineResult) 
 		return &s
 	}
 
-	res.Check = profile("check", func() Stats { return r.measureChecks(ctx, e, checks) })
-	logf("checks: %.0f/s on %.2f cores, p50 %.3f ms, p99 %.3f ms", res.Check.ItemsPerSec, res.Check.CPUCores, res.Check.P50Ms, res.Check.P99Ms)
+	if r.opts.measures("check") {
+		res.Check = profile("check", func() Stats { return r.measureChecks(ctx, e, checks) })
+		logf("checks: %.0f/s on %.2f cores, p50 %.3f ms, p99 %.3f ms", res.Check.ItemsPerSec, res.Check.CPUCores, res.Check.P50Ms, res.Check.P99Ms)
+	}
 	if ae, ok := e.(AgentEngine); ok {
 		agents := newAnswers(len(r.w.AgentChecks))
 		r.agents[name] = agents
-		res.AgentCheck = profile("agent-check", func() Stats { return r.measureAgentChecks(ctx, ae, agents) })
-		logf("agent checks (2-link chain): %.0f/s on %.2f cores, p99 %.3f ms", res.AgentCheck.ItemsPerSec, res.AgentCheck.CPUCores, res.AgentCheck.P99Ms)
+		if r.opts.measures("agent") {
+			res.AgentCheck = profile("agent-check", func() Stats { return r.measureAgentChecks(ctx, ae, agents) })
+			logf("agent checks (2-link chain): %.0f/s on %.2f cores, p99 %.3f ms", res.AgentCheck.ItemsPerSec, res.AgentCheck.CPUCores, res.AgentCheck.P99Ms)
+		}
 	}
-	res.CheckBulk = profile("check-bulk", func() Stats { return r.measureBulk(ctx, e, checks) })
-	logf("bulk checks: %.0f items/s on %.2f cores, p99 %.3f ms per call", res.CheckBulk.ItemsPerSec, res.CheckBulk.CPUCores, res.CheckBulk.P99Ms)
+	if r.opts.measures("bulk") {
+		res.CheckBulk = profile("check-bulk", func() Stats { return r.measureBulk(ctx, e, checks) })
+		logf("bulk checks: %.0f items/s on %.2f cores, p99 %.3f ms per call", res.CheckBulk.ItemsPerSec, res.CheckBulk.CPUCores, res.CheckBulk.P99Ms)
+	}
 	lookups := make([]lookupAnswer, len(r.w.LookupUsers))
 	r.lookups[name] = lookups
-	res.Lookup = ptr(r.measureLookups(ctx, e, lookups))
-	logf("lookups: %.1f/s, p50 %.1f ms, mean %.0f results", res.Lookup.CallsPerSec, res.Lookup.P50Ms, res.Lookup.Results)
+	if r.opts.measures("lookup") {
+		res.Lookup = profile("lookup", func() Stats { return r.measureLookups(ctx, e, lookups) })
+		logf("lookups: %.1f/s on %.2f cores, p50 %.1f ms, first result p50 %.2f ms p99 %.2f ms, mean %.0f results",
+			res.Lookup.CallsPerSec, res.Lookup.CPUCores, res.Lookup.P50Ms, res.Lookup.FirstP50Ms, res.Lookup.FirstP99Ms, res.Lookup.Results)
+	}
 
 	vctx, cancelVerify := context.WithTimeout(ctx, r.opts.VerifyTimeout)
 	err = r.verify(vctx, e, name, checks, lookups)
@@ -446,8 +472,10 @@ func (r *runner) runEngine(ctx context.Context, name string) (res EngineResult) 
 		res.AgentAnswered = a.count()
 	}
 
-	res.Write = ptr(r.measureWrites(ctx, e))
-	logf("writes: %.0f/s, p99 %.2f ms", res.Write.ItemsPerSec, res.Write.P99Ms)
+	if r.opts.measures("write") {
+		res.Write = ptr(r.measureWrites(ctx, e))
+		logf("writes: %.0f/s, p99 %.2f ms", res.Write.ItemsPerSec, res.Write.P99Ms)
+	}
 	return res
 }
 
@@ -544,21 +572,36 @@ func (r *runner) measureBulk(ctx context.Context, e Engine, a *answers) Stats {
 	})
 }
 
+// measureLookups also times each lookup's first result (Stats.First*):
+// the latency a caller streaming the answer waits before it can act.
 func (r *runner) measureLookups(ctx context.Context, e Engine, out []lookupAnswer) Stats {
 	users := r.w.LookupUsers
 	var next atomic.Int64
-	return measure(ctx, r.opts.Duration, r.opts.Concurrency, func(ctx context.Context, _, _ int) (int, int, error) {
+	var mu sync.Mutex
+	first := new(histogram)
+	s := measure(ctx, r.opts.Duration, r.opts.Concurrency, func(ctx context.Context, _, _ int) (int, int, error) {
 		i := int(next.Add(1) - 1)
 		u := users[i%len(users)]
-		ids, err := e.LookupResources(ctx, u)
+		t0 := time.Now()
+		var firstAt time.Time
+		ids, err := e.LookupResources(ctx, u, func() { firstAt = time.Now() })
 		if err != nil {
 			return 0, 0, fmt.Errorf("lookup of documents %s may view: %w", u, err)
+		}
+		if !firstAt.IsZero() {
+			mu.Lock()
+			first.record(firstAt.Sub(t0))
+			mu.Unlock()
 		}
 		if i < len(users) {
 			out[i] = summarize(ids)
 		}
 		return 1, len(ids), nil
 	})
+	// Lookups finishing after the window were not counted, but their first
+	// results may have been recorded: a few more samples, never fewer.
+	s.FirstP50Ms, s.FirstP99Ms = ms(first.quantile(0.50)), ms(first.quantile(0.99))
+	return s
 }
 
 func (r *runner) measureWrites(ctx context.Context, e Engine) Stats {
@@ -624,7 +667,7 @@ func (r *runner) verify(ctx context.Context, e Engine, name string, checks *answ
 		}
 		lctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 		defer cancel()
-		ids, err := retry(lctx, func() ([]string, error) { return e.LookupResources(lctx, r.w.LookupUsers[i]) })
+		ids, err := retry(lctx, func() ([]string, error) { return e.LookupResources(lctx, r.w.LookupUsers[i], nil) })
 		if err != nil {
 			if lctx.Err() != nil {
 				return nil // too slow to verify; left uncompared

@@ -280,7 +280,7 @@ func (s *spiceDB) CheckBulk(ctx context.Context, cs []workload.Check) ([]bool, e
 	})
 }
 
-func (s *spiceDB) LookupResources(ctx context.Context, subject rel.Object) ([]string, error) {
+func (s *spiceDB) LookupResources(ctx context.Context, subject rel.Object, first func()) ([]string, error) {
 	stream, err := s.perm.LookupResources(ctx, &v1.LookupResourcesRequest{
 		Consistency: s.cons, ResourceObjectType: workload.DocumentType, Permission: workload.Permission, Subject: spiceSubject(subject),
 	})
@@ -291,6 +291,9 @@ func (s *spiceDB) LookupResources(ctx context.Context, subject rel.Object) ([]st
 	err = drain(stream.Recv, func(resp *v1.LookupResourcesResponse) error {
 		if resp.GetPermissionship() != v1.LookupPermissionship_LOOKUP_PERMISSIONSHIP_HAS_PERMISSION {
 			return fmt.Errorf("lookup result %s is %s", resp.GetResourceObjectId(), resp.GetPermissionship())
+		}
+		if len(ids) == 0 && first != nil {
+			first()
 		}
 		ids = append(ids, resp.GetResourceObjectId())
 		return nil

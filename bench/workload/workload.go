@@ -9,7 +9,10 @@ package workload
 import (
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strconv"
+	"strings"
+	"time"
 
 	"github.com/mandate-authz/mandate/store/rel"
 )
@@ -122,14 +125,15 @@ type Workload struct {
 	AgentChecks []AgentCheck
 	LookupUsers []rel.Object
 
-	owner      []int32   // document -> owning user
-	groupViews []int32   // document -> group viewer, -1 when none
-	groupUsers [][]int32 // group -> direct user members
-	children   [][]int32 // group -> direct subgroups
-	parent     []int32   // group -> the group it is nested in, -1 for g0
-	userGroups [][]int32 // user -> groups it is a direct member of
-	ownedDocs  [][]int32 // user -> documents it owns
-	groupDocs  [][]int32 // group -> documents it may view directly
+	rand       *rand.Rand // the generator, after the relationships and checks
+	owner      []int32    // document -> owning user
+	groupViews []int32    // document -> group viewer, -1 when none
+	groupUsers [][]int32  // group -> direct user members
+	children   [][]int32  // group -> direct subgroups
+	parent     []int32    // group -> the group it is nested in, -1 for g0
+	userGroups [][]int32  // user -> groups it is a direct member of
+	ownedDocs  [][]int32  // user -> documents it owns
+	groupDocs  [][]int32  // group -> documents it may view directly
 }
 
 // SpiceDBSchema is the model in SpiceDB's schema language.
@@ -238,12 +242,50 @@ func members(g rel.Object) rel.Subject {
 // document has an owner and a folder, a third a group viewer and a third a
 // user viewer. At the default sizes that is about 298k relationships.
 func Generate(cfg Config) (*Workload, error) {
-	if err := cfg.Validate(); err != nil {
+	w := &Workload{}
+	w.Rels = make([]rel.Relationship, 0, cfg.Groups+2*cfg.Users+cfg.Folders*11/10+cfg.Documents*8/3)
+	err := generate(cfg, w, func(r rel.Relationship) error {
+		w.Rels = append(w.Rels, r)
+		return nil
+	})
+	if err != nil {
 		return nil, err
 	}
+	w.generateAgents(w.rand)
+	w.LookupUsers = make([]rel.Object, cfg.Lookups)
+	for i := range w.LookupUsers {
+		w.LookupUsers[i] = User(w.rand.IntN(cfg.Users))
+	}
+	return w, nil
+}
+
+// Stream is Generate for workloads too large to hold: it passes each
+// relationship to emit instead of keeping it (Rels stays empty; an error
+// from emit stops it), then draws the check pool and lookup users as
+// Generate does. Agents are left out: see ScaleAgents.
+func Stream(cfg Config, emit func(rel.Relationship) error) (*Workload, error) {
+	w := &Workload{}
+	if err := generate(cfg, w, emit); err != nil {
+		return nil, err
+	}
+	w.LookupUsers = make([]rel.Object, cfg.Lookups)
+	for i := range w.LookupUsers {
+		w.LookupUsers[i] = User(w.rand.IntN(cfg.Users))
+	}
+	return w, nil
+}
+
+// generate draws the relationships of cfg's shape into emit and the check
+// pool into w, keeping in w only the per-object facts the checks need.
+func generate(cfg Config, w *Workload, emit func(rel.Relationship) error) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
 	r := rand.New(rand.NewPCG(cfg.Seed, 0x6d616e64617465))
-	w := &Workload{
+	*w = Workload{
 		Config:     cfg,
+		Rels:       w.Rels,
+		rand:       r,
 		owner:      make([]int32, cfg.Documents),
 		groupViews: make([]int32, cfg.Documents),
 		groupUsers: make([][]int32, cfg.Groups),
@@ -254,9 +296,11 @@ func Generate(cfg Config) (*Workload, error) {
 		groupDocs:  make([][]int32, cfg.Groups),
 	}
 	w.parent[0] = -1
-	w.Rels = make([]rel.Relationship, 0, cfg.Groups+2*cfg.Users+cfg.Folders*11/10+cfg.Documents*8/3)
+	var err error
 	add := func(res rel.Object, relation string, s rel.Subject) {
-		w.Rels = append(w.Rels, rel.Relationship{Resource: res, Relation: relation, Subject: s})
+		if err == nil {
+			err = emit(rel.Relationship{Resource: res, Relation: relation, Subject: s})
+		}
 	}
 	for g := 1; g < cfg.Groups; g++ {
 		p := r.IntN(g)
@@ -269,7 +313,7 @@ func Generate(cfg Config) (*Workload, error) {
 		if n > cfg.Groups {
 			n = cfg.Groups
 		}
-		for _, g := range r.Perm(cfg.Groups)[:n] {
+		for _, g := range distinct(r, cfg.Groups, n) {
 			w.groupUsers[g] = append(w.groupUsers[g], int32(u))
 			w.userGroups[u] = append(w.userGroups[u], int32(g))
 			add(Group(g), "member", subject(User(u)))
@@ -300,14 +344,32 @@ func Generate(cfg Config) (*Workload, error) {
 			}
 		}
 	}
-	w.generateChecks(r)
-	w.generateAgents(r)
-	w.LookupUsers = make([]rel.Object, cfg.Lookups)
-	for i := range w.LookupUsers {
-		w.LookupUsers[i] = User(r.IntN(cfg.Users))
+	if err != nil {
+		return err
 	}
-	return w, nil
+	w.generateChecks(r)
+	return nil
 }
+
+// distinct draws n distinct numbers below max. Up to permThreshold it
+// takes a permutation's first n, the draw every published figure used;
+// above, a permutation per user would make generation quadratic in the
+// workload's size, so it draws until n differ.
+func distinct(r *rand.Rand, max, n int) []int {
+	if max <= permThreshold {
+		return r.Perm(max)[:n]
+	}
+	out := make([]int, 0, n)
+	for len(out) < n {
+		if v := r.IntN(max); !slices.Contains(out, v) {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// permThreshold is the largest group count distinct draws by permutation.
+const permThreshold = 10_000
 
 // memberOf returns a random user that is a member of group g, directly or
 // through nested groups, or -1 when the group has no members at all.
@@ -445,4 +507,74 @@ func WriteRel(runID string, worker, n, users int) rel.Relationship {
 		Relation: "owner",
 		Subject:  subject(User((worker*7919 + n*104729) % users)),
 	}
+}
+
+// ScaleSchema is MandateSchema with expiring delegation links, for the
+// scale mode's agents (ScaleAgents).
+var ScaleSchema = "use expiration\n\n" + strings.Replace(MandateSchema,
+	"relation acts_for: user with delegation_scope | agent with delegation_scope",
+	"relation acts_for: user with delegation_scope | agent with delegation_scope | user with delegation_scope and expiration | agent with delegation_scope and expiration", 1)
+
+// ScaleAgent is the last agent of one ScaleAgents chain and the user the
+// chain acts for.
+type ScaleAgent struct {
+	Agent, Principal rel.Object
+	// Expires is when the chain's expiring link ends (zero: none does).
+	Expires time.Time
+}
+
+// ScaleAgents emits n agents in chains of 1-3 acts_for links (agent:cK_0
+// acts for a user, agent:cK_i for agent:cK_(i-1)), every link scoped to
+// viewing and editing documents; one link in ten expires at a random
+// instant in [from, from+within). It returns each chain's last agent, for
+// checks, and the number of links emitted.
+func ScaleAgents(seed uint64, n, users int, from time.Time, within time.Duration, emit func(rel.Relationship) error) ([]ScaleAgent, int, error) {
+	r := rand.New(rand.NewPCG(seed, 0x6167656e7473))
+	scope := func() *rel.Caveat {
+		return &rel.Caveat{Name: "delegation_scope", Context: map[string]any{
+			"allowed_actions": []any{"view", "edit"}, "allowed_type": DocumentType,
+		}}
+	}
+	if err := emit(rel.Relationship{Resource: Folder(0), Relation: "viewer", Subject: rel.Subject{Type: AgentType, ID: rel.Wildcard}}); err != nil {
+		return nil, 0, err
+	}
+	var chains []ScaleAgent
+	links := 0
+	for made, k := 0, 0; made < n; k++ {
+		length := min(1+r.IntN(3), n-made)
+		principal := User(r.IntN(users))
+		prev := subject(principal)
+		var expires time.Time
+		for i := 0; i < length; i++ {
+			a := rel.Object{Type: AgentType, ID: "c" + strconv.Itoa(k) + "_" + strconv.Itoa(i)}
+			l := rel.Relationship{Resource: a, Relation: "acts_for", Subject: prev, Caveat: scope()}
+			if r.IntN(10) == 0 {
+				l.Expiration = from.Add(time.Duration(r.Int64N(int64(within) + 1)))
+				if expires.IsZero() || l.Expiration.Before(expires) {
+					expires = l.Expiration
+				}
+			}
+			if err := emit(l); err != nil {
+				return nil, links, err
+			}
+			links++
+			prev = subject(a)
+			if i == length-1 {
+				chains = append(chains, ScaleAgent{Agent: a, Principal: principal, Expires: expires})
+			}
+		}
+		made += length
+	}
+	return chains, links, nil
+}
+
+// ScaledConfig is DefaultConfig's shape grown (or shrunk) to about rels
+// relationships: users, groups, folders and documents in the same
+// proportions. Agents are ScaleAgents' and not counted.
+func ScaledConfig(rels int) Config {
+	c := DefaultConfig()
+	f := float64(rels) / 298_442
+	scale := func(n int) int { return max(1, int(float64(n)*f+0.5)) }
+	c.Users, c.Groups, c.Folders, c.Documents = scale(c.Users), scale(c.Groups), scale(c.Folders), scale(c.Documents)
+	return c
 }

@@ -56,10 +56,14 @@ func run() error {
 	fs.DurationVar(&o.VerifyTimeout, "verify-timeout", o.VerifyTimeout, "longest one engine's verification pass may take")
 	fs.DurationVar(&o.LoadTimeout, "load-timeout", o.LoadTimeout, "longest one engine may take to load")
 	fs.StringVar(&o.ProfileDir, "cpuprofile-dir", "", "directory receiving CPU profiles of each engine's check measurements")
+	measure := fs.String("measure", "all", "comma-separated measurements: all, or of "+strings.Join(harness.Measurements, ", "))
 	jsonPath := fs.String("json", "mandate-bench.json", "file the JSON results are written to (empty: none)")
 	mdPath := fs.String("markdown", "", "file the markdown tables are also written to")
 	verbose := fs.Bool("v", false, "show the peers' own logs")
 	freshness := fs.Int("freshness", 0, "instead of comparing engines: writes/s sent to one of two Mandate replicas over one PostgreSQL database, measuring how soon the other sees each (-duration long, -concurrency callers checking on the other meanwhile)")
+	scale := fs.Int("scale", 0, "instead of comparing engines: bulk-import a workload of about this many relationships (the default shape, grown) plus -scale-agents agents into -scale-store, start one replica over it and measure its load time, memory, checks and lookups")
+	scaleAgents := fs.Int("scale-agents", 1_000_000, "agents in 1-3 link delegation chains for -scale, a tenth of the links expiring during the run")
+	scaleStore := fs.String("scale-store", "embedded", "store for -scale: embedded or postgres")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return err
 	}
@@ -69,6 +73,9 @@ func run() error {
 	var err error
 	if o.Consistency, err = harness.ParseConsistency(*consistency); err != nil {
 		return err
+	}
+	if *measure != "all" {
+		o.Measure = strings.Split(*measure, ",")
 	}
 	if *engines != "all" {
 		o.Engines = strings.Split(*engines, ",")
@@ -80,6 +87,15 @@ func run() error {
 	o.Log = os.Stderr
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if *scale > 0 {
+		if *scaleStore != "embedded" && *scaleStore != "postgres" {
+			return fmt.Errorf("-scale-store %q: expected embedded or postgres", *scaleStore)
+		}
+		return runScale(ctx, harness.ScaleOptions{
+			Relationships: *scale, Agents: *scaleAgents, Seed: w.Seed, Store: *scaleStore, PostgresURL: o.PostgresURL,
+			Duration: o.Duration, Concurrency: o.Concurrency, Log: o.Log,
+		}, *jsonPath)
+	}
 	if *freshness > 0 {
 		return runFreshness(ctx, o, *freshness, *jsonPath)
 	}
@@ -124,6 +140,30 @@ func runFreshness(ctx context.Context, o harness.Options, rate int, jsonPath str
 			if jerr != nil {
 				return errors.Join(err, fmt.Errorf("writing %s: %w", jsonPath, jerr))
 			}
+		}
+	}
+	return err
+}
+
+// runScale runs the scale mode and prints its figures.
+func runScale(ctx context.Context, o harness.ScaleOptions, jsonPath string) error {
+	res, err := harness.RunScale(ctx, o)
+	if res == nil {
+		return err
+	}
+	fmt.Printf("| store | relationships | agent links | import s | replica load s | heap MiB | heap B/rel | RSS MiB | RSS B/rel | checks/s in-process | p50 ms | p99 ms | checks/s gRPC | p50 ms | p99 ms | agent checks/s | p99 ms | lookups/s in-process | lookups/s gRPC |\n")
+	fmt.Printf("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+	fmt.Printf("| %s | %d | %d | %.0f | %.1f | %.0f | %.0f | %.0f | %.0f | %.0f | %.3f | %.3f | %.0f | %.3f | %.3f | %.0f | %.3f | %.1f | %.1f |\n",
+		res.Store, res.Relationships, res.AgentLinks, res.ImportSeconds, res.EngineLoadSeconds, res.HeapMiB, res.HeapBytesPerRel, res.RSSMiB, res.RSSBytesPerRel,
+		res.Check.ItemsPerSec, res.Check.P50Ms, res.Check.P99Ms, res.CheckGRPC.ItemsPerSec, res.CheckGRPC.P50Ms, res.CheckGRPC.P99Ms,
+		res.AgentCheck.ItemsPerSec, res.AgentCheck.P99Ms, res.Lookup.CallsPerSec, res.LookupGRPC.CallsPerSec)
+	if jsonPath != "" {
+		b, jerr := json.MarshalIndent(res, "", "  ")
+		if jerr == nil {
+			jerr = os.WriteFile(jsonPath, b, 0o644)
+		}
+		if jerr != nil {
+			return errors.Join(err, fmt.Errorf("writing %s: %w", jsonPath, jerr))
 		}
 	}
 	return err

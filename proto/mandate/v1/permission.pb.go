@@ -959,8 +959,15 @@ type LookupResourcesRequest struct {
 	// contextual_relationships: see CheckRequest. A cursor resumes only a
 	// request carrying the same ones.
 	ContextualRelationships []*Relationship `protobuf:"bytes,10,rep,name=contextual_relationships,json=contextualRelationships,proto3" json:"contextual_relationships,omitempty"`
-	unknownFields           protoimpl.UnknownFields
-	sizeCache               protoimpl.SizeCache
+	// batch_results asks for the results in batches: each response then holds
+	// several in results (as many as the server has confirmed, up to 1,024),
+	// and its after_result_cursor resumes after the last of them; its
+	// resource_object_id, decision and missing_parameters are empty. A large
+	// answer then costs a few messages rather than one per result. Without it,
+	// each response is one result, as in authzed.api.v1.
+	BatchResults  bool `protobuf:"varint,20,opt,name=batch_results,json=batchResults,proto3" json:"batch_results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *LookupResourcesRequest) Reset() {
@@ -1063,7 +1070,15 @@ func (x *LookupResourcesRequest) GetContextualRelationships() []*Relationship {
 	return nil
 }
 
-// LookupResourcesResponse is one resource found.
+func (x *LookupResourcesRequest) GetBatchResults() bool {
+	if x != nil {
+		return x.BatchResults
+	}
+	return false
+}
+
+// LookupResourcesResponse is one resource found, or with batch_results a
+// batch of them.
 type LookupResourcesResponse struct {
 	state            protoimpl.MessageState `protogen:"open.v1"`
 	LookedUpAt       *RevisionToken         `protobuf:"bytes,1,opt,name=looked_up_at,json=lookedUpAt,proto3" json:"looked_up_at,omitempty"`
@@ -1071,10 +1086,13 @@ type LookupResourcesResponse struct {
 	// decision is allowed or conditional.
 	Decision          Decision `protobuf:"varint,3,opt,name=decision,proto3,enum=mandate.v1.Decision" json:"decision,omitempty"`
 	MissingParameters []string `protobuf:"bytes,4,rep,name=missing_parameters,json=missingParameters,proto3" json:"missing_parameters,omitempty"`
-	// after_result_cursor resumes the lookup after this result.
+	// after_result_cursor resumes the lookup after this result (with
+	// batch_results, after the last of results).
 	AfterResultCursor *Cursor `protobuf:"bytes,5,opt,name=after_result_cursor,json=afterResultCursor,proto3" json:"after_result_cursor,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// results are the batch's resources, in ID order (batch_results only).
+	Results       []*LookedUpResource `protobuf:"bytes,20,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *LookupResourcesResponse) Reset() {
@@ -1142,6 +1160,75 @@ func (x *LookupResourcesResponse) GetAfterResultCursor() *Cursor {
 	return nil
 }
 
+func (x *LookupResourcesResponse) GetResults() []*LookedUpResource {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+// LookedUpResource is one resource of a batched LookupResources response.
+type LookedUpResource struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	ResourceObjectId string                 `protobuf:"bytes,1,opt,name=resource_object_id,json=resourceObjectId,proto3" json:"resource_object_id,omitempty"`
+	// decision is allowed or conditional.
+	Decision          Decision `protobuf:"varint,2,opt,name=decision,proto3,enum=mandate.v1.Decision" json:"decision,omitempty"`
+	MissingParameters []string `protobuf:"bytes,3,rep,name=missing_parameters,json=missingParameters,proto3" json:"missing_parameters,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *LookedUpResource) Reset() {
+	*x = LookedUpResource{}
+	mi := &file_mandate_v1_permission_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LookedUpResource) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LookedUpResource) ProtoMessage() {}
+
+func (x *LookedUpResource) ProtoReflect() protoreflect.Message {
+	mi := &file_mandate_v1_permission_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LookedUpResource.ProtoReflect.Descriptor instead.
+func (*LookedUpResource) Descriptor() ([]byte, []int) {
+	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *LookedUpResource) GetResourceObjectId() string {
+	if x != nil {
+		return x.ResourceObjectId
+	}
+	return ""
+}
+
+func (x *LookedUpResource) GetDecision() Decision {
+	if x != nil {
+		return x.Decision
+	}
+	return Decision_DECISION_UNSPECIFIED
+}
+
+func (x *LookedUpResource) GetMissingParameters() []string {
+	if x != nil {
+		return x.MissingParameters
+	}
+	return nil
+}
+
 // LookupSubjectsRequest asks which subjects of a type have a permission on a
 // resource.
 type LookupSubjectsRequest struct {
@@ -1164,7 +1251,7 @@ type LookupSubjectsRequest struct {
 
 func (x *LookupSubjectsRequest) Reset() {
 	*x = LookupSubjectsRequest{}
-	mi := &file_mandate_v1_permission_proto_msgTypes[13]
+	mi := &file_mandate_v1_permission_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1176,7 +1263,7 @@ func (x *LookupSubjectsRequest) String() string {
 func (*LookupSubjectsRequest) ProtoMessage() {}
 
 func (x *LookupSubjectsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mandate_v1_permission_proto_msgTypes[13]
+	mi := &file_mandate_v1_permission_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1189,7 +1276,7 @@ func (x *LookupSubjectsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LookupSubjectsRequest.ProtoReflect.Descriptor instead.
 func (*LookupSubjectsRequest) Descriptor() ([]byte, []int) {
-	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{13}
+	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *LookupSubjectsRequest) GetConsistency() *Consistency {
@@ -1274,7 +1361,7 @@ type LookupSubjectsResponse struct {
 
 func (x *LookupSubjectsResponse) Reset() {
 	*x = LookupSubjectsResponse{}
-	mi := &file_mandate_v1_permission_proto_msgTypes[14]
+	mi := &file_mandate_v1_permission_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1286,7 +1373,7 @@ func (x *LookupSubjectsResponse) String() string {
 func (*LookupSubjectsResponse) ProtoMessage() {}
 
 func (x *LookupSubjectsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mandate_v1_permission_proto_msgTypes[14]
+	mi := &file_mandate_v1_permission_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1299,7 +1386,7 @@ func (x *LookupSubjectsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LookupSubjectsResponse.ProtoReflect.Descriptor instead.
 func (*LookupSubjectsResponse) Descriptor() ([]byte, []int) {
-	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{14}
+	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *LookupSubjectsResponse) GetLookedUpAt() *RevisionToken {
@@ -1357,7 +1444,7 @@ type ExcludedSubject struct {
 
 func (x *ExcludedSubject) Reset() {
 	*x = ExcludedSubject{}
-	mi := &file_mandate_v1_permission_proto_msgTypes[15]
+	mi := &file_mandate_v1_permission_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1369,7 +1456,7 @@ func (x *ExcludedSubject) String() string {
 func (*ExcludedSubject) ProtoMessage() {}
 
 func (x *ExcludedSubject) ProtoReflect() protoreflect.Message {
-	mi := &file_mandate_v1_permission_proto_msgTypes[15]
+	mi := &file_mandate_v1_permission_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1382,7 +1469,7 @@ func (x *ExcludedSubject) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExcludedSubject.ProtoReflect.Descriptor instead.
 func (*ExcludedSubject) Descriptor() ([]byte, []int) {
-	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{15}
+	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ExcludedSubject) GetSubjectObjectId() string {
@@ -1420,7 +1507,7 @@ type ExpandRequest struct {
 
 func (x *ExpandRequest) Reset() {
 	*x = ExpandRequest{}
-	mi := &file_mandate_v1_permission_proto_msgTypes[16]
+	mi := &file_mandate_v1_permission_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1432,7 +1519,7 @@ func (x *ExpandRequest) String() string {
 func (*ExpandRequest) ProtoMessage() {}
 
 func (x *ExpandRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mandate_v1_permission_proto_msgTypes[16]
+	mi := &file_mandate_v1_permission_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1445,7 +1532,7 @@ func (x *ExpandRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExpandRequest.ProtoReflect.Descriptor instead.
 func (*ExpandRequest) Descriptor() ([]byte, []int) {
-	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{16}
+	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ExpandRequest) GetConsistency() *Consistency {
@@ -1487,7 +1574,7 @@ type ExpandResponse struct {
 
 func (x *ExpandResponse) Reset() {
 	*x = ExpandResponse{}
-	mi := &file_mandate_v1_permission_proto_msgTypes[17]
+	mi := &file_mandate_v1_permission_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1499,7 +1586,7 @@ func (x *ExpandResponse) String() string {
 func (*ExpandResponse) ProtoMessage() {}
 
 func (x *ExpandResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mandate_v1_permission_proto_msgTypes[17]
+	mi := &file_mandate_v1_permission_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1512,7 +1599,7 @@ func (x *ExpandResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExpandResponse.ProtoReflect.Descriptor instead.
 func (*ExpandResponse) Descriptor() ([]byte, []int) {
-	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{17}
+	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ExpandResponse) GetExpandedAt() *RevisionToken {
@@ -1546,7 +1633,7 @@ type ExpandNode struct {
 
 func (x *ExpandNode) Reset() {
 	*x = ExpandNode{}
-	mi := &file_mandate_v1_permission_proto_msgTypes[18]
+	mi := &file_mandate_v1_permission_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1558,7 +1645,7 @@ func (x *ExpandNode) String() string {
 func (*ExpandNode) ProtoMessage() {}
 
 func (x *ExpandNode) ProtoReflect() protoreflect.Message {
-	mi := &file_mandate_v1_permission_proto_msgTypes[18]
+	mi := &file_mandate_v1_permission_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1571,7 +1658,7 @@ func (x *ExpandNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExpandNode.ProtoReflect.Descriptor instead.
 func (*ExpandNode) Descriptor() ([]byte, []int) {
-	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{18}
+	return file_mandate_v1_permission_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ExpandNode) GetObject() *ObjectReference {
@@ -1693,7 +1780,7 @@ const file_mandate_v1_permission_proto_rawDesc = "" +
 	"\x05token\x18\x04 \x01(\v2\x1c.mandate.v1.TokenExplanationR\x05token\"9\n" +
 	"\tItemError\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage\"\xb3\x04\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"\xd8\x04\n" +
 	"\x16LookupResourcesRequest\x129\n" +
 	"\vconsistency\x18\x01 \x01(\v2\x17.mandate.v1.ConsistencyR\vconsistency\x120\n" +
 	"\x14resource_object_type\x18\x02 \x01(\tR\x12resourceObjectType\x12\x1e\n" +
@@ -1708,14 +1795,20 @@ const file_mandate_v1_permission_proto_rawDesc = "" +
 	"\x0foptional_cursor\x18\b \x01(\v2\x12.mandate.v1.CursorR\x0eoptionalCursor\x12)\n" +
 	"\x10capability_token\x18\t \x01(\tR\x0fcapabilityToken\x12S\n" +
 	"\x18contextual_relationships\x18\n" +
-	" \x03(\v2\x18.mandate.v1.RelationshipR\x17contextualRelationships\"\xa9\x02\n" +
+	" \x03(\v2\x18.mandate.v1.RelationshipR\x17contextualRelationships\x12#\n" +
+	"\rbatch_results\x18\x14 \x01(\bR\fbatchResults\"\xe1\x02\n" +
 	"\x17LookupResourcesResponse\x12;\n" +
 	"\flooked_up_at\x18\x01 \x01(\v2\x19.mandate.v1.RevisionTokenR\n" +
 	"lookedUpAt\x12,\n" +
 	"\x12resource_object_id\x18\x02 \x01(\tR\x10resourceObjectId\x120\n" +
 	"\bdecision\x18\x03 \x01(\x0e2\x14.mandate.v1.DecisionR\bdecision\x12-\n" +
 	"\x12missing_parameters\x18\x04 \x03(\tR\x11missingParameters\x12B\n" +
-	"\x13after_result_cursor\x18\x05 \x01(\v2\x12.mandate.v1.CursorR\x11afterResultCursor\"\x83\x04\n" +
+	"\x13after_result_cursor\x18\x05 \x01(\v2\x12.mandate.v1.CursorR\x11afterResultCursor\x126\n" +
+	"\aresults\x18\x14 \x03(\v2\x1c.mandate.v1.LookedUpResourceR\aresults\"\xa1\x01\n" +
+	"\x10LookedUpResource\x12,\n" +
+	"\x12resource_object_id\x18\x01 \x01(\tR\x10resourceObjectId\x120\n" +
+	"\bdecision\x18\x02 \x01(\x0e2\x14.mandate.v1.DecisionR\bdecision\x12-\n" +
+	"\x12missing_parameters\x18\x03 \x03(\tR\x11missingParameters\"\x83\x04\n" +
 	"\x15LookupSubjectsRequest\x129\n" +
 	"\vconsistency\x18\x01 \x01(\v2\x17.mandate.v1.ConsistencyR\vconsistency\x127\n" +
 	"\bresource\x18\x02 \x01(\v2\x1b.mandate.v1.ObjectReferenceR\bresource\x12\x1e\n" +
@@ -1777,7 +1870,7 @@ func file_mandate_v1_permission_proto_rawDescGZIP() []byte {
 	return file_mandate_v1_permission_proto_rawDescData
 }
 
-var file_mandate_v1_permission_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_mandate_v1_permission_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_mandate_v1_permission_proto_goTypes = []any{
 	(*CheckRequest)(nil),                  // 0: mandate.v1.CheckRequest
 	(*CheckResponse)(nil),                 // 1: mandate.v1.CheckResponse
@@ -1792,98 +1885,101 @@ var file_mandate_v1_permission_proto_goTypes = []any{
 	(*ItemError)(nil),                     // 10: mandate.v1.ItemError
 	(*LookupResourcesRequest)(nil),        // 11: mandate.v1.LookupResourcesRequest
 	(*LookupResourcesResponse)(nil),       // 12: mandate.v1.LookupResourcesResponse
-	(*LookupSubjectsRequest)(nil),         // 13: mandate.v1.LookupSubjectsRequest
-	(*LookupSubjectsResponse)(nil),        // 14: mandate.v1.LookupSubjectsResponse
-	(*ExcludedSubject)(nil),               // 15: mandate.v1.ExcludedSubject
-	(*ExpandRequest)(nil),                 // 16: mandate.v1.ExpandRequest
-	(*ExpandResponse)(nil),                // 17: mandate.v1.ExpandResponse
-	(*ExpandNode)(nil),                    // 18: mandate.v1.ExpandNode
-	(*Consistency)(nil),                   // 19: mandate.v1.Consistency
-	(*ObjectReference)(nil),               // 20: mandate.v1.ObjectReference
-	(*SubjectReference)(nil),              // 21: mandate.v1.SubjectReference
-	(*structpb.Struct)(nil),               // 22: google.protobuf.Struct
-	(*Relationship)(nil),                  // 23: mandate.v1.Relationship
-	(*RevisionToken)(nil),                 // 24: mandate.v1.RevisionToken
-	(Decision)(0),                         // 25: mandate.v1.Decision
-	(*TokenExplanation)(nil),              // 26: mandate.v1.TokenExplanation
-	(*ApprovalServiceRequestRequest)(nil), // 27: mandate.v1.ApprovalServiceRequestRequest
-	(*Cursor)(nil),                        // 28: mandate.v1.Cursor
+	(*LookedUpResource)(nil),              // 13: mandate.v1.LookedUpResource
+	(*LookupSubjectsRequest)(nil),         // 14: mandate.v1.LookupSubjectsRequest
+	(*LookupSubjectsResponse)(nil),        // 15: mandate.v1.LookupSubjectsResponse
+	(*ExcludedSubject)(nil),               // 16: mandate.v1.ExcludedSubject
+	(*ExpandRequest)(nil),                 // 17: mandate.v1.ExpandRequest
+	(*ExpandResponse)(nil),                // 18: mandate.v1.ExpandResponse
+	(*ExpandNode)(nil),                    // 19: mandate.v1.ExpandNode
+	(*Consistency)(nil),                   // 20: mandate.v1.Consistency
+	(*ObjectReference)(nil),               // 21: mandate.v1.ObjectReference
+	(*SubjectReference)(nil),              // 22: mandate.v1.SubjectReference
+	(*structpb.Struct)(nil),               // 23: google.protobuf.Struct
+	(*Relationship)(nil),                  // 24: mandate.v1.Relationship
+	(*RevisionToken)(nil),                 // 25: mandate.v1.RevisionToken
+	(Decision)(0),                         // 26: mandate.v1.Decision
+	(*TokenExplanation)(nil),              // 27: mandate.v1.TokenExplanation
+	(*ApprovalServiceRequestRequest)(nil), // 28: mandate.v1.ApprovalServiceRequestRequest
+	(*Cursor)(nil),                        // 29: mandate.v1.Cursor
 }
 var file_mandate_v1_permission_proto_depIdxs = []int32{
-	19, // 0: mandate.v1.CheckRequest.consistency:type_name -> mandate.v1.Consistency
-	20, // 1: mandate.v1.CheckRequest.resource:type_name -> mandate.v1.ObjectReference
-	21, // 2: mandate.v1.CheckRequest.subject:type_name -> mandate.v1.SubjectReference
-	22, // 3: mandate.v1.CheckRequest.context:type_name -> google.protobuf.Struct
-	20, // 4: mandate.v1.CheckRequest.on_behalf_of:type_name -> mandate.v1.ObjectReference
-	23, // 5: mandate.v1.CheckRequest.contextual_relationships:type_name -> mandate.v1.Relationship
-	24, // 6: mandate.v1.CheckResponse.checked_at:type_name -> mandate.v1.RevisionToken
-	25, // 7: mandate.v1.CheckResponse.decision:type_name -> mandate.v1.Decision
+	20, // 0: mandate.v1.CheckRequest.consistency:type_name -> mandate.v1.Consistency
+	21, // 1: mandate.v1.CheckRequest.resource:type_name -> mandate.v1.ObjectReference
+	22, // 2: mandate.v1.CheckRequest.subject:type_name -> mandate.v1.SubjectReference
+	23, // 3: mandate.v1.CheckRequest.context:type_name -> google.protobuf.Struct
+	21, // 4: mandate.v1.CheckRequest.on_behalf_of:type_name -> mandate.v1.ObjectReference
+	24, // 5: mandate.v1.CheckRequest.contextual_relationships:type_name -> mandate.v1.Relationship
+	25, // 6: mandate.v1.CheckResponse.checked_at:type_name -> mandate.v1.RevisionToken
+	26, // 7: mandate.v1.CheckResponse.decision:type_name -> mandate.v1.Decision
 	3,  // 8: mandate.v1.CheckResponse.delegation:type_name -> mandate.v1.DelegationExplanation
-	26, // 9: mandate.v1.CheckResponse.token:type_name -> mandate.v1.TokenExplanation
+	27, // 9: mandate.v1.CheckResponse.token:type_name -> mandate.v1.TokenExplanation
 	2,  // 10: mandate.v1.CheckResponse.approval:type_name -> mandate.v1.ApprovalContext
-	23, // 11: mandate.v1.CheckResponse.contextual_relationships:type_name -> mandate.v1.Relationship
-	27, // 12: mandate.v1.ApprovalContext.request:type_name -> mandate.v1.ApprovalServiceRequestRequest
-	20, // 13: mandate.v1.ApprovalContext.chain:type_name -> mandate.v1.ObjectReference
+	24, // 11: mandate.v1.CheckResponse.contextual_relationships:type_name -> mandate.v1.Relationship
+	28, // 12: mandate.v1.ApprovalContext.request:type_name -> mandate.v1.ApprovalServiceRequestRequest
+	21, // 13: mandate.v1.ApprovalContext.chain:type_name -> mandate.v1.ObjectReference
 	4,  // 14: mandate.v1.DelegationExplanation.chain:type_name -> mandate.v1.ChainElement
-	20, // 15: mandate.v1.ChainElement.subject:type_name -> mandate.v1.ObjectReference
-	25, // 16: mandate.v1.ChainElement.grant:type_name -> mandate.v1.Decision
-	25, // 17: mandate.v1.ChainElement.link:type_name -> mandate.v1.Decision
-	19, // 18: mandate.v1.CheckBulkRequest.consistency:type_name -> mandate.v1.Consistency
+	21, // 15: mandate.v1.ChainElement.subject:type_name -> mandate.v1.ObjectReference
+	26, // 16: mandate.v1.ChainElement.grant:type_name -> mandate.v1.Decision
+	26, // 17: mandate.v1.ChainElement.link:type_name -> mandate.v1.Decision
+	20, // 18: mandate.v1.CheckBulkRequest.consistency:type_name -> mandate.v1.Consistency
 	6,  // 19: mandate.v1.CheckBulkRequest.items:type_name -> mandate.v1.CheckBulkRequestItem
-	23, // 20: mandate.v1.CheckBulkRequest.contextual_relationships:type_name -> mandate.v1.Relationship
-	20, // 21: mandate.v1.CheckBulkRequestItem.resource:type_name -> mandate.v1.ObjectReference
-	21, // 22: mandate.v1.CheckBulkRequestItem.subject:type_name -> mandate.v1.SubjectReference
-	22, // 23: mandate.v1.CheckBulkRequestItem.context:type_name -> google.protobuf.Struct
-	20, // 24: mandate.v1.CheckBulkRequestItem.on_behalf_of:type_name -> mandate.v1.ObjectReference
-	24, // 25: mandate.v1.CheckBulkResponse.checked_at:type_name -> mandate.v1.RevisionToken
+	24, // 20: mandate.v1.CheckBulkRequest.contextual_relationships:type_name -> mandate.v1.Relationship
+	21, // 21: mandate.v1.CheckBulkRequestItem.resource:type_name -> mandate.v1.ObjectReference
+	22, // 22: mandate.v1.CheckBulkRequestItem.subject:type_name -> mandate.v1.SubjectReference
+	23, // 23: mandate.v1.CheckBulkRequestItem.context:type_name -> google.protobuf.Struct
+	21, // 24: mandate.v1.CheckBulkRequestItem.on_behalf_of:type_name -> mandate.v1.ObjectReference
+	25, // 25: mandate.v1.CheckBulkResponse.checked_at:type_name -> mandate.v1.RevisionToken
 	8,  // 26: mandate.v1.CheckBulkResponse.pairs:type_name -> mandate.v1.CheckBulkPair
 	6,  // 27: mandate.v1.CheckBulkPair.request:type_name -> mandate.v1.CheckBulkRequestItem
 	9,  // 28: mandate.v1.CheckBulkPair.item:type_name -> mandate.v1.CheckBulkItemResult
 	10, // 29: mandate.v1.CheckBulkPair.error:type_name -> mandate.v1.ItemError
-	25, // 30: mandate.v1.CheckBulkItemResult.decision:type_name -> mandate.v1.Decision
+	26, // 30: mandate.v1.CheckBulkItemResult.decision:type_name -> mandate.v1.Decision
 	3,  // 31: mandate.v1.CheckBulkItemResult.delegation:type_name -> mandate.v1.DelegationExplanation
-	26, // 32: mandate.v1.CheckBulkItemResult.token:type_name -> mandate.v1.TokenExplanation
-	19, // 33: mandate.v1.LookupResourcesRequest.consistency:type_name -> mandate.v1.Consistency
-	21, // 34: mandate.v1.LookupResourcesRequest.subject:type_name -> mandate.v1.SubjectReference
-	22, // 35: mandate.v1.LookupResourcesRequest.context:type_name -> google.protobuf.Struct
-	20, // 36: mandate.v1.LookupResourcesRequest.on_behalf_of:type_name -> mandate.v1.ObjectReference
-	28, // 37: mandate.v1.LookupResourcesRequest.optional_cursor:type_name -> mandate.v1.Cursor
-	23, // 38: mandate.v1.LookupResourcesRequest.contextual_relationships:type_name -> mandate.v1.Relationship
-	24, // 39: mandate.v1.LookupResourcesResponse.looked_up_at:type_name -> mandate.v1.RevisionToken
-	25, // 40: mandate.v1.LookupResourcesResponse.decision:type_name -> mandate.v1.Decision
-	28, // 41: mandate.v1.LookupResourcesResponse.after_result_cursor:type_name -> mandate.v1.Cursor
-	19, // 42: mandate.v1.LookupSubjectsRequest.consistency:type_name -> mandate.v1.Consistency
-	20, // 43: mandate.v1.LookupSubjectsRequest.resource:type_name -> mandate.v1.ObjectReference
-	22, // 44: mandate.v1.LookupSubjectsRequest.context:type_name -> google.protobuf.Struct
-	28, // 45: mandate.v1.LookupSubjectsRequest.optional_cursor:type_name -> mandate.v1.Cursor
-	23, // 46: mandate.v1.LookupSubjectsRequest.contextual_relationships:type_name -> mandate.v1.Relationship
-	24, // 47: mandate.v1.LookupSubjectsResponse.looked_up_at:type_name -> mandate.v1.RevisionToken
-	25, // 48: mandate.v1.LookupSubjectsResponse.decision:type_name -> mandate.v1.Decision
-	15, // 49: mandate.v1.LookupSubjectsResponse.excluded_subjects:type_name -> mandate.v1.ExcludedSubject
-	28, // 50: mandate.v1.LookupSubjectsResponse.after_result_cursor:type_name -> mandate.v1.Cursor
-	25, // 51: mandate.v1.ExcludedSubject.decision:type_name -> mandate.v1.Decision
-	19, // 52: mandate.v1.ExpandRequest.consistency:type_name -> mandate.v1.Consistency
-	20, // 53: mandate.v1.ExpandRequest.resource:type_name -> mandate.v1.ObjectReference
-	24, // 54: mandate.v1.ExpandResponse.expanded_at:type_name -> mandate.v1.RevisionToken
-	18, // 55: mandate.v1.ExpandResponse.tree:type_name -> mandate.v1.ExpandNode
-	20, // 56: mandate.v1.ExpandNode.object:type_name -> mandate.v1.ObjectReference
-	18, // 57: mandate.v1.ExpandNode.children:type_name -> mandate.v1.ExpandNode
-	23, // 58: mandate.v1.ExpandNode.subjects:type_name -> mandate.v1.Relationship
-	0,  // 59: mandate.v1.PermissionService.Check:input_type -> mandate.v1.CheckRequest
-	5,  // 60: mandate.v1.PermissionService.CheckBulk:input_type -> mandate.v1.CheckBulkRequest
-	11, // 61: mandate.v1.PermissionService.LookupResources:input_type -> mandate.v1.LookupResourcesRequest
-	13, // 62: mandate.v1.PermissionService.LookupSubjects:input_type -> mandate.v1.LookupSubjectsRequest
-	16, // 63: mandate.v1.PermissionService.Expand:input_type -> mandate.v1.ExpandRequest
-	1,  // 64: mandate.v1.PermissionService.Check:output_type -> mandate.v1.CheckResponse
-	7,  // 65: mandate.v1.PermissionService.CheckBulk:output_type -> mandate.v1.CheckBulkResponse
-	12, // 66: mandate.v1.PermissionService.LookupResources:output_type -> mandate.v1.LookupResourcesResponse
-	14, // 67: mandate.v1.PermissionService.LookupSubjects:output_type -> mandate.v1.LookupSubjectsResponse
-	17, // 68: mandate.v1.PermissionService.Expand:output_type -> mandate.v1.ExpandResponse
-	64, // [64:69] is the sub-list for method output_type
-	59, // [59:64] is the sub-list for method input_type
-	59, // [59:59] is the sub-list for extension type_name
-	59, // [59:59] is the sub-list for extension extendee
-	0,  // [0:59] is the sub-list for field type_name
+	27, // 32: mandate.v1.CheckBulkItemResult.token:type_name -> mandate.v1.TokenExplanation
+	20, // 33: mandate.v1.LookupResourcesRequest.consistency:type_name -> mandate.v1.Consistency
+	22, // 34: mandate.v1.LookupResourcesRequest.subject:type_name -> mandate.v1.SubjectReference
+	23, // 35: mandate.v1.LookupResourcesRequest.context:type_name -> google.protobuf.Struct
+	21, // 36: mandate.v1.LookupResourcesRequest.on_behalf_of:type_name -> mandate.v1.ObjectReference
+	29, // 37: mandate.v1.LookupResourcesRequest.optional_cursor:type_name -> mandate.v1.Cursor
+	24, // 38: mandate.v1.LookupResourcesRequest.contextual_relationships:type_name -> mandate.v1.Relationship
+	25, // 39: mandate.v1.LookupResourcesResponse.looked_up_at:type_name -> mandate.v1.RevisionToken
+	26, // 40: mandate.v1.LookupResourcesResponse.decision:type_name -> mandate.v1.Decision
+	29, // 41: mandate.v1.LookupResourcesResponse.after_result_cursor:type_name -> mandate.v1.Cursor
+	13, // 42: mandate.v1.LookupResourcesResponse.results:type_name -> mandate.v1.LookedUpResource
+	26, // 43: mandate.v1.LookedUpResource.decision:type_name -> mandate.v1.Decision
+	20, // 44: mandate.v1.LookupSubjectsRequest.consistency:type_name -> mandate.v1.Consistency
+	21, // 45: mandate.v1.LookupSubjectsRequest.resource:type_name -> mandate.v1.ObjectReference
+	23, // 46: mandate.v1.LookupSubjectsRequest.context:type_name -> google.protobuf.Struct
+	29, // 47: mandate.v1.LookupSubjectsRequest.optional_cursor:type_name -> mandate.v1.Cursor
+	24, // 48: mandate.v1.LookupSubjectsRequest.contextual_relationships:type_name -> mandate.v1.Relationship
+	25, // 49: mandate.v1.LookupSubjectsResponse.looked_up_at:type_name -> mandate.v1.RevisionToken
+	26, // 50: mandate.v1.LookupSubjectsResponse.decision:type_name -> mandate.v1.Decision
+	16, // 51: mandate.v1.LookupSubjectsResponse.excluded_subjects:type_name -> mandate.v1.ExcludedSubject
+	29, // 52: mandate.v1.LookupSubjectsResponse.after_result_cursor:type_name -> mandate.v1.Cursor
+	26, // 53: mandate.v1.ExcludedSubject.decision:type_name -> mandate.v1.Decision
+	20, // 54: mandate.v1.ExpandRequest.consistency:type_name -> mandate.v1.Consistency
+	21, // 55: mandate.v1.ExpandRequest.resource:type_name -> mandate.v1.ObjectReference
+	25, // 56: mandate.v1.ExpandResponse.expanded_at:type_name -> mandate.v1.RevisionToken
+	19, // 57: mandate.v1.ExpandResponse.tree:type_name -> mandate.v1.ExpandNode
+	21, // 58: mandate.v1.ExpandNode.object:type_name -> mandate.v1.ObjectReference
+	19, // 59: mandate.v1.ExpandNode.children:type_name -> mandate.v1.ExpandNode
+	24, // 60: mandate.v1.ExpandNode.subjects:type_name -> mandate.v1.Relationship
+	0,  // 61: mandate.v1.PermissionService.Check:input_type -> mandate.v1.CheckRequest
+	5,  // 62: mandate.v1.PermissionService.CheckBulk:input_type -> mandate.v1.CheckBulkRequest
+	11, // 63: mandate.v1.PermissionService.LookupResources:input_type -> mandate.v1.LookupResourcesRequest
+	14, // 64: mandate.v1.PermissionService.LookupSubjects:input_type -> mandate.v1.LookupSubjectsRequest
+	17, // 65: mandate.v1.PermissionService.Expand:input_type -> mandate.v1.ExpandRequest
+	1,  // 66: mandate.v1.PermissionService.Check:output_type -> mandate.v1.CheckResponse
+	7,  // 67: mandate.v1.PermissionService.CheckBulk:output_type -> mandate.v1.CheckBulkResponse
+	12, // 68: mandate.v1.PermissionService.LookupResources:output_type -> mandate.v1.LookupResourcesResponse
+	15, // 69: mandate.v1.PermissionService.LookupSubjects:output_type -> mandate.v1.LookupSubjectsResponse
+	18, // 70: mandate.v1.PermissionService.Expand:output_type -> mandate.v1.ExpandResponse
+	66, // [66:71] is the sub-list for method output_type
+	61, // [61:66] is the sub-list for method input_type
+	61, // [61:61] is the sub-list for extension type_name
+	61, // [61:61] is the sub-list for extension extendee
+	0,  // [0:61] is the sub-list for field type_name
 }
 
 func init() { file_mandate_v1_permission_proto_init() }
@@ -1904,7 +2000,7 @@ func file_mandate_v1_permission_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mandate_v1_permission_proto_rawDesc), len(file_mandate_v1_permission_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   19,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
