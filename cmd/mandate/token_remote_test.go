@@ -153,16 +153,6 @@ func TestTokenMintRevokeCommands(t *testing.T) {
 	}
 }
 
-// followEngine applies the store's change stream to eng from the start
-// (a memory store keeps its whole history) until ctx ends.
-func followEngine(ctx context.Context, st store.Store, eng *engine.Engine) {
-	for ch, err := range st.Watch(ctx, 0) {
-		if err != nil || eng.Apply(ch) != nil {
-			return
-		}
-	}
-}
-
 func mustStructpb(t *testing.T, m map[string]any) *structpb.Struct {
 	t.Helper()
 	s, err := structpb.NewStruct(m)
