@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 
 	v1 "github.com/authzed/authzed-go/proto/authzed/api/v1"
 	"google.golang.org/grpc/codes"
@@ -124,7 +125,8 @@ func (p *authzedPermissions) DeleteRelationships(ctx context.Context, req *v1.De
 	// optional_limit 0 deletes every match, as in SpiceDB.
 	out, err := p.s.core.DeleteMatching(ctx, op.DeleteRequest{Filter: f, Preconditions: pre, Limit: limit, AllowPartial: req.GetOptionalAllowPartialDeletions()})
 	if errors.Is(err, store.ErrLimitExceeded) {
-		return nil, authzedErr(codes.InvalidArgument, v1.ErrorReason_ERROR_REASON_TOO_MANY_RELATIONSHIPS_FOR_TRANSACTIONAL_DELETE,
+		return nil, authzedErrInfo(codes.InvalidArgument, v1.ErrorReason_ERROR_REASON_TOO_MANY_RELATIONSHIPS_FOR_TRANSACTIONAL_DELETE,
+			deleteLimitMetadata(req.GetRelationshipFilter(), limit),
 			"found more than %d relationships to be deleted and partial deletion was not requested; nothing was deleted", limit)
 	}
 	if err != nil {
@@ -137,6 +139,28 @@ func (p *authzedPermissions) DeleteRelationships(ctx context.Context, req *v1.De
 		progress = v1.DeleteRelationshipsResponse_DELETION_PROGRESS_PARTIAL
 	}
 	return &v1.DeleteRelationshipsResponse{DeletedAt: p.s.zedToken(out.Revision), DeletionProgress: progress, RelationshipsDeletedCount: uint64(out.Deleted)}, nil
+}
+
+// deleteLimitMetadata is the ErrorInfo metadata SpiceDB sends with a
+// delete over its limit: the limit and the filter, keys present only for
+// the filter's set fields.
+func deleteLimitMetadata(f *v1.RelationshipFilter, limit int) map[string]string {
+	md := map[string]string{"limit": strconv.Itoa(limit), "filter_resource_type": f.GetResourceType()}
+	set := func(key, value string) {
+		if value != "" {
+			md[key] = value
+		}
+	}
+	set("filter_resource_id", f.GetOptionalResourceId())
+	set("filter_relation", f.GetOptionalRelation())
+	if sf := f.GetOptionalSubjectFilter(); sf != nil {
+		md["filter_subject_type"] = sf.GetSubjectType()
+		set("filter_subject_id", sf.GetOptionalSubjectId())
+		if r := sf.GetOptionalRelation(); r != nil {
+			md["filter_subject_relation"] = r.GetRelation()
+		}
+	}
+	return md
 }
 
 // resumeReadV1 parses a read or export request's cursor: the consistency

@@ -163,7 +163,7 @@ func (w *authzedWatch) Watch(req *v1.WatchRequest, stream v1.WatchService_WatchS
 		case ch := <-changes:
 			last = ch.Revision
 			token := w.s.zedToken(ch.Revision)
-			out := &v1.WatchResponse{ChangesThrough: token}
+			var updates []*v1.RelationshipUpdate
 			for _, u := range ch.Updates {
 				if len(types) > 0 && !slices.Contains(types, u.Rel.Resource.Type) {
 					continue
@@ -175,10 +175,25 @@ func (w *authzedWatch) Watch(req *v1.WatchRequest, stream v1.WatchService_WatchS
 				if err != nil {
 					return err
 				}
-				out.Updates = append(out.Updates, &v1.RelationshipUpdate{Operation: opToV1(u.Op), Relationship: r})
+				updates = append(updates, &v1.RelationshipUpdate{Operation: opToV1(u.Op), Relationship: r})
 			}
-			if len(out.Updates) > 0 {
-				if err := stream.Send(out); err != nil {
+			// A revision too large for one message goes out in pieces with
+			// the same changes_through, as SpiceDB's datastores that emit
+			// changes immediately do; a checkpoint after the last piece
+			// tells a client asking for checkpoints that the revision is
+			// complete.
+			pieces := 0
+			for part := range sizedChunks(updates, (*v1.RelationshipUpdate).SizeVT, watchMessageBytes) {
+				if len(part) == 0 {
+					break
+				}
+				if err := stream.Send(&v1.WatchResponse{Updates: part, ChangesThrough: token}); err != nil {
+					return err
+				}
+				pieces++
+			}
+			if pieces > 1 && checkpoints {
+				if err := stream.Send(&v1.WatchResponse{ChangesThrough: token, IsCheckpoint: true}); err != nil {
 					return err
 				}
 			}

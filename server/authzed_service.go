@@ -55,7 +55,7 @@ var authzedServiceNames = []string{
 // registerAuthzed registers the authzed.api.v1 services. Methods not
 // implemented (ReflectSchema, DiffSchema, the ExperimentalService, ...)
 // answer Unimplemented through the embedded defaults.
-func (s *Server) registerAuthzed(g *grpc.Server) {
+func (s *Server) registerAuthzed(g grpc.ServiceRegistrar) {
 	v1.RegisterPermissionsServiceServer(g, &authzedPermissions{s: s})
 	v1.RegisterSchemaServiceServer(g, &authzedSchema{s: s})
 	v1.RegisterWatchServiceServer(g, &authzedWatch{s: s})
@@ -68,11 +68,17 @@ const spiceDBErrorDomain = "authzed.com"
 // authzedErr returns a status with code and message carrying SpiceDB's
 // ErrorInfo reason, so that clients that switch on the reason keep working.
 func authzedErr(code codes.Code, reason v1.ErrorReason, format string, args ...any) error {
+	return authzedErrInfo(code, reason, nil, format, args...)
+}
+
+// authzedErrInfo is authzedErr with the ErrorInfo metadata SpiceDB sends
+// for the reason (clients such as zed word their messages from it).
+func authzedErrInfo(code codes.Code, reason v1.ErrorReason, metadata map[string]string, format string, args ...any) error {
 	st := status.New(code, fmt.Sprintf(format, args...))
 	if reason == v1.ErrorReason_ERROR_REASON_UNSPECIFIED {
 		return st.Err()
 	}
-	withInfo, err := st.WithDetails(&errdetails.ErrorInfo{Reason: reason.String(), Domain: spiceDBErrorDomain})
+	withInfo, err := st.WithDetails(&errdetails.ErrorInfo{Reason: reason.String(), Domain: spiceDBErrorDomain, Metadata: metadata})
 	if err != nil {
 		return st.Err()
 	}

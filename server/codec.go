@@ -3,9 +3,11 @@ package server
 import (
 	"encoding/binary"
 	"fmt"
+	"sync"
 
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
 // vtMessage is a message with generated (reflection-free) wire code:
@@ -24,9 +26,15 @@ type vtMessage interface {
 // standard protobuf decoder, which rejects invalid UTF-8 as before. (It is
 // called directly: the codec registry may hold another "proto" codec, such
 // as SpiceDB's, in a process that links it.)
-type codec struct{}
+//
+// The generated decoder does not bound nesting either, so a request whose
+// type can nest (one with a google.protobuf.Struct) is scanned for depth
+// before it decodes it.
+type codec struct {
+	nests *sync.Map // protoreflect.FullName -> bool: canNest
+}
 
-func newCodec() codec { return codec{} }
+func newCodec() codec { return codec{nests: new(sync.Map)} }
 
 func (codec) Name() string { return "proto" }
 
@@ -60,22 +68,52 @@ func (codec) Marshal(v any) (mem.BufferSlice, error) {
 	return mem.BufferSlice{mem.NewBuffer(buf, pool)}, nil
 }
 
-func (codec) Unmarshal(data mem.BufferSlice, v any) error {
+func (c codec) Unmarshal(data mem.BufferSlice, v any) error {
 	buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
 	defer buf.Free()
 	raw := buf.ReadOnlyData()
+	if t, ok := v.(*decodeTarget); ok {
+		// The caller answers the error; see decodeTarget.
+		t.err = c.unmarshal(raw, t.msg)
+		return nil
+	}
+	return c.unmarshal(raw, v)
+}
+
+func (c codec) unmarshal(raw []byte, v any) error {
+	pm, ok := v.(proto.Message)
+	if !ok {
+		return fmt.Errorf("unmarshaling %T: not a protobuf message", v)
+	}
 	var err error
 	if m, ok := v.(vtMessage); ok && isASCII(raw) {
+		if md := pm.ProtoReflect().Descriptor(); c.canNest(md) {
+			if bad := diagnose(raw, md, 0, false); bad != nil {
+				return bad
+			}
+		}
 		err = m.UnmarshalVT(raw)
-	} else if pm, ok := v.(proto.Message); ok {
-		err = proto.Unmarshal(raw, pm)
 	} else {
-		err = fmt.Errorf("not a protobuf message")
+		err = proto.Unmarshal(raw, pm)
 	}
 	if err != nil {
-		return fmt.Errorf("unmarshaling %T: %w", v, err)
+		md := pm.ProtoReflect().Descriptor()
+		if bad := diagnose(raw, md, 0, true); bad != nil {
+			return bad
+		}
+		return &requestError{msg: fmt.Sprintf("not a valid %s message: %v", md.FullName(), err)}
 	}
 	return nil
+}
+
+// canNest caches canNest by message type.
+func (c codec) canNest(md protoreflect.MessageDescriptor) bool {
+	if v, ok := c.nests.Load(md.FullName()); ok {
+		return v.(bool)
+	}
+	n := canNest(md)
+	c.nests.Store(md.FullName(), n)
+	return n
 }
 
 // isASCII reports whether b holds only bytes below 0x80, so that every

@@ -189,7 +189,7 @@ func (r *relationshipService) Watch(req *pb.WatchRequest, stream pb.Relationship
 		if err != nil {
 			return err
 		}
-		out := &pb.WatchResponse{ChangesThrough: r.s.token(ch.Revision), SchemaUpdated: ch.Schema != nil}
+		var updates []*pb.RelationshipUpdate
 		for _, u := range ch.Updates {
 			if !matchesAny(filters, u.Rel) {
 				continue
@@ -198,13 +198,19 @@ func (r *relationshipService) Watch(req *pb.WatchRequest, stream pb.Relationship
 			if err != nil {
 				return err
 			}
-			out.Updates = append(out.Updates, &pb.RelationshipUpdate{Operation: opToProto(u.Op), Relationship: prl})
+			updates = append(updates, &pb.RelationshipUpdate{Operation: opToProto(u.Op), Relationship: prl})
 		}
-		if len(out.Updates) == 0 && !out.SchemaUpdated {
+		if len(updates) == 0 && ch.Schema == nil {
 			continue
 		}
-		if err := stream.Send(out); err != nil {
-			return err
+		// A large revision goes out in pieces under the clients' message
+		// limit; continues marks all but the last.
+		token, schema := r.s.token(ch.Revision), ch.Schema != nil
+		for part, last := range sizedChunks(updates, (*pb.RelationshipUpdate).SizeVT, watchMessageBytes) {
+			if err := stream.Send(&pb.WatchResponse{Updates: part, ChangesThrough: token, SchemaUpdated: schema, Continues: !last}); err != nil {
+				return err
+			}
+			schema = false
 		}
 	}
 	if err := r.s.shutdownWatchError(); err != nil {

@@ -125,7 +125,7 @@ type Server struct {
 	// tokens serves capability tokens; nil when off. See capability.go.
 	tokens *capabilityTokens
 
-	grpc    *grpc.Server
+	grpc    grpcServer
 	health  *health.Server
 	http    *http.Server
 	grpcLis net.Listener
@@ -241,8 +241,8 @@ func (s *Server) buildGRPC() error {
 	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(s.lim.MaxMessageBytes),
 		grpc.ForceServerCodecV2(newCodec()),
-		grpc.ChainUnaryInterceptor(s.unaryInterceptor, s.retentionUnary),
-		grpc.ChainStreamInterceptor(s.streamInterceptor, s.retentionStream),
+		grpc.ChainUnaryInterceptor(s.unaryInterceptor, s.retentionUnary, serverVersionUnary),
+		grpc.ChainStreamInterceptor(decodeStreams, s.streamInterceptor, s.retentionStream, serverVersionStream),
 	}
 	tlsCfg, err := NewTLSConfig("gRPC", TLSFiles{s.cfg.GRPCTLSCertPath, s.cfg.GRPCTLSKeyPath, s.cfg.GRPCTLSClientCAPath}, s.log)
 	if err != nil {
@@ -251,7 +251,7 @@ func (s *Server) buildGRPC() error {
 	if tlsCfg != nil {
 		opts = append(opts, grpc.Creds(pipeExempt{credentials.NewTLS(tlsCfg)}))
 	}
-	s.grpc = grpc.NewServer(opts...)
+	s.grpc = grpcServer{grpc.NewServer(opts...)}
 	pb.RegisterPermissionServiceServer(s.grpc, &permissionService{s: s})
 	pb.RegisterRelationshipServiceServer(s.grpc, &relationshipService{s: s})
 	pb.RegisterSchemaServiceServer(s.grpc, &schemaService{s: s})
@@ -465,7 +465,7 @@ func (s *Server) buildHTTP() error {
 		return err
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/v1/", s.limitBody(gw))
+	mux.Handle("/v1/", s.limitBody(oneJSONValue(gw)))
 	mux.HandleFunc("GET /openapi.json", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		w.Write(pb.OpenAPIDocument())
@@ -508,7 +508,7 @@ func newGateway(ctx context.Context, conn *grpc.ClientConn) (http.Handler, error
 	// The default error handler maps gRPC codes to HTTP statuses and sets
 	// WWW-Authenticate on Unauthenticated.
 	gw := runtime.NewServeMux(runtime.WithMarshalerOption(runtime.MIMEWildcard, marshaler), runtime.WithIncomingHeaderMatcher(auditHeaderMatcher),
-		runtime.WithRoutingErrorHandler(restRoutingError))
+		runtime.WithRoutingErrorHandler(restRoutingError), runtime.WithErrorHandler(restError))
 	for name, register := range map[string]func(context.Context, *runtime.ServeMux, *grpc.ClientConn) error{
 		"PermissionService":   pb.RegisterPermissionServiceHandler,
 		"RelationshipService": pb.RegisterRelationshipServiceHandler,

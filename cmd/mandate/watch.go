@@ -37,8 +37,11 @@ in revision order. Without --since, watching starts after the current revision; 
 a resource type (--filter doc) or comma-separated key=value pairs as export takes them
 (--filter resource_type=doc,relation=viewer).
 
+A large revision (a big import batch) arrives in several responses; its lines print
+as they come, and the resume token moves only once the whole revision has.
+
 Watch runs until interrupted (Ctrl-C, exit status 0). When the server ends the
-stream, the error says the last revision token, to resume from with --since.`,
+stream, the error says the last complete revision's token, to resume from with --since.`,
 		Example: "  mandate watch\n  mandate watch --since TOKEN --filter doc --filter group",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -106,7 +109,11 @@ func runWatch(cmd *cobra.Command, o *watchOptions) error {
 		if _, err := io.WriteString(out, b.String()); err != nil {
 			return fmt.Errorf("writing the watch output: %w", err)
 		}
-		last = token
+		// A large revision comes in several responses: resuming from it
+		// is safe only after its last.
+		if !resp.GetContinues() {
+			last = token
+		}
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	pb "github.com/mandate-authz/mandate/proto/mandate/v1"
+	"github.com/mandate-authz/mandate/server"
 )
 
 // startWatchCLI runs `mandate watch args...` until the returned stop is
@@ -207,5 +208,46 @@ func TestWatchGRPCOrder(t *testing.T) {
 			}
 			prev = at
 		}
+	}
+}
+
+// TestWatchCLISurvivesBigImport: one import batch whose changes are over 4
+// MiB (gRPC's default message limit, which killed the stream with
+// ResourceExhausted) reaches `mandate watch` whole, in several responses
+// of one revision, and the watch goes on to the next write; the resume
+// token it offers is always a complete revision.
+func TestWatchCLISurvivesBigImport(t *testing.T) {
+	const n = 40_000 // ~130 bytes an update: ~5 MiB in one revision
+	startBulkServer(t, func(c *server.Config) {
+		c.Limits.MaxBulkBatch = n
+		c.Limits.MaxMessageBytes = 16 << 20
+	})
+	since := writeSchemaCLI(t, bulkSchema)
+	out, stop := startWatchCLI(t, "--since", since)
+	var in strings.Builder
+	pad := strings.Repeat("x", 90)
+	for i := range n {
+		fmt.Fprintf(&in, "doc:%s%06d#viewer@user:u%d\n", pad, i, i)
+	}
+	if in.Len() < 4<<20 {
+		t.Fatalf("the import is %d bytes, want over 4 MiB", in.Len())
+	}
+	stdout, errOut, code := cli(t, in.String(), "import", "--batch-size", fmt.Sprint(n), "--no-progress", "-")
+	if code != 0 {
+		t.Fatalf("import: exit %d: %s", code, errOut)
+	}
+	big := revisionOf(t, stdout)
+	next := revisionOf(t, mustCLI(t, "rel", "write", "doc:after#viewer@user:ann"))
+	lines := waitLines(t, out, n+1)
+	for i, l := range lines[:n] {
+		if want := fmt.Sprintf("%s TOUCH doc:%s%06d#viewer@user:u%d", big, pad, i, i); l != want {
+			t.Fatalf("line %d: %q, want %q", i, l, want)
+		}
+	}
+	if want := next + " TOUCH doc:after#viewer@user:ann"; lines[n] != want {
+		t.Fatalf("after the import: %q, want %q", lines[n], want)
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("watch: %v", err)
 	}
 }

@@ -17,8 +17,10 @@ import (
 
 	"go.yaml.in/yaml/v3"
 	"golang.org/x/time/rate"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 )
 
 // keyPrefix starts every generated key, so a leaked one is recognisable
@@ -73,8 +75,13 @@ type Key struct {
 // returning the function that ends it, or RESOURCE_EXHAUSTED naming the
 // limit.
 func (k *Key) Acquire() (release func(), err error) {
-	if k.rate != nil && !k.rate.Allow() {
-		return nil, status.Errorf(codes.ResourceExhausted, "key %q is over its rate limit of %g calls per second; retry later", k.Name, float64(k.rate.Limit()))
+	if k.rate != nil {
+		now := time.Now()
+		if r := k.rate.ReserveN(now, 1); r.DelayFrom(now) > 0 {
+			wait := r.DelayFrom(now)
+			r.CancelAt(now)
+			return nil, retryLater(wait, "key %q is over its rate limit of %g calls per second; retry in %v", k.Name, float64(k.rate.Limit()), wait.Round(time.Millisecond))
+		}
 	}
 	if k.slots == nil {
 		return func() {}, nil
@@ -83,8 +90,18 @@ func (k *Key) Acquire() (release func(), err error) {
 	case k.slots <- struct{}{}:
 		return func() { <-k.slots }, nil
 	default:
-		return nil, status.Errorf(codes.ResourceExhausted, "key %q already has %d calls in flight, its concurrency limit", k.Name, cap(k.slots))
+		return nil, retryLater(time.Second, "key %q already has %d calls in flight, its concurrency limit", k.Name, cap(k.slots))
 	}
+}
+
+// retryLater is RESOURCE_EXHAUSTED with a google.rpc.RetryInfo saying when
+// to retry; the REST gateway answers it with 429 and Retry-After.
+func retryLater(after time.Duration, format string, args ...any) error {
+	st := status.Newf(codes.ResourceExhausted, format, args...)
+	if with, err := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(after)}); err == nil {
+		st = with
+	}
+	return st.Err()
 }
 
 // Authorize returns nil when the key may call fullMethod, else

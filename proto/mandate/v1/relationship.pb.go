@@ -427,14 +427,22 @@ func (x *WatchRequest) GetOptionalFilters() []*RelationshipFilter {
 	return nil
 }
 
-// WatchResponse is everything one revision changed.
+// WatchResponse is what one revision changed, or part of it: a revision
+// whose updates exceed about 1 MiB is split across consecutive responses
+// with the same changes_through, all but the last with continues set.
 type WatchResponse struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Updates []*RelationshipUpdate  `protobuf:"bytes,1,rep,name=updates,proto3" json:"updates,omitempty"`
-	// changes_through is the revision of these updates: resume from it.
+	// changes_through is the revision of these updates: resume from it once
+	// a response without continues has arrived.
 	ChangesThrough *RevisionToken `protobuf:"bytes,2,opt,name=changes_through,json=changesThrough,proto3" json:"changes_through,omitempty"`
-	// schema_updated is set when this revision wrote the schema.
+	// schema_updated is set when this revision wrote the schema (on its first
+	// response).
 	SchemaUpdated bool `protobuf:"varint,3,opt,name=schema_updated,json=schemaUpdated,proto3" json:"schema_updated,omitempty"`
+	// continues is set when the next response carries more of this
+	// revision's updates; resuming from changes_through before then would
+	// miss them.
+	Continues     bool `protobuf:"varint,4,opt,name=continues,proto3" json:"continues,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -486,6 +494,13 @@ func (x *WatchResponse) GetChangesThrough() *RevisionToken {
 func (x *WatchResponse) GetSchemaUpdated() bool {
 	if x != nil {
 		return x.SchemaUpdated
+	}
+	return false
+}
+
+func (x *WatchResponse) GetContinues() bool {
+	if x != nil {
+		return x.Continues
 	}
 	return false
 }
@@ -756,11 +771,12 @@ const file_mandate_v1_relationship_proto_rawDesc = "" +
 	"\x13after_result_cursor\x18\x03 \x01(\v2\x12.mandate.v1.CursorR\x11afterResultCursor\"\xa8\x01\n" +
 	"\fWatchRequest\x12M\n" +
 	"\x15optional_start_cursor\x18\x01 \x01(\v2\x19.mandate.v1.RevisionTokenR\x13optionalStartCursor\x12I\n" +
-	"\x10optional_filters\x18\x02 \x03(\v2\x1e.mandate.v1.RelationshipFilterR\x0foptionalFilters\"\xb4\x01\n" +
+	"\x10optional_filters\x18\x02 \x03(\v2\x1e.mandate.v1.RelationshipFilterR\x0foptionalFilters\"\xd2\x01\n" +
 	"\rWatchResponse\x128\n" +
 	"\aupdates\x18\x01 \x03(\v2\x1e.mandate.v1.RelationshipUpdateR\aupdates\x12B\n" +
 	"\x0fchanges_through\x18\x02 \x01(\v2\x19.mandate.v1.RevisionTokenR\x0echangesThrough\x12%\n" +
-	"\x0eschema_updated\x18\x03 \x01(\bR\rschemaUpdated\"\\\n" +
+	"\x0eschema_updated\x18\x03 \x01(\bR\rschemaUpdated\x12\x1c\n" +
+	"\tcontinues\x18\x04 \x01(\bR\tcontinues\"\\\n" +
 	"\x1aImportRelationshipsRequest\x12>\n" +
 	"\rrelationships\x18\x01 \x03(\v2\x18.mandate.v1.RelationshipR\rrelationships\"v\n" +
 	"\x1bImportRelationshipsResponse\x12\x1d\n" +
