@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -11,9 +12,11 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 	yaml "go.yaml.in/yaml/v3"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	pb "github.com/mandate-authz/mandate/proto/mandate/v1"
@@ -22,6 +25,7 @@ import (
 type importOptions struct {
 	conn       clientOptions
 	batchSize  int
+	skip       int64
 	noProgress bool
 }
 
@@ -54,8 +58,18 @@ nothing from the failing batch on is written, and the batches before it stay
 committed, which the error also says.
 
 On a terminal a progress bar shows the rate; the summary and the revision token of
-the last batch go to standard output. --timeout does not bound an import.`,
-		Example: "  mandate import rels.txt\n  mandate export | mandate import --endpoint other:50051 -\n  mandate import validation.yaml",
+the last batch go to standard output. --timeout does not bound an import.
+
+An import that stops part way (a refused batch, a malformed line, Ctrl-C) says how
+many relationships were committed and the command that resumes after them:
+
+  resume with: mandate import --skip N FILE
+
+--skip N passes over the input's first N relationships (comments and blank lines do
+not count) and imports the rest. Ctrl-C stops sending, lets the server commit what it
+received, and reports that. Only a lost connection leaves the count unknown; the
+error says so.`,
+		Example: "  mandate import rels.txt\n  mandate export | mandate import --endpoint other:50051 -\n  mandate import validation.yaml\n  mandate import --skip 20000 rels.txt",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runImport(cmd, o, args[0])
@@ -63,6 +77,7 @@ the last batch go to standard output. --timeout does not bound an import.`,
 	}
 	addClientFlags(cmd.Flags(), &o.conn)
 	cmd.Flags().IntVar(&o.batchSize, "batch-size", defaultImportBatch, "relationships per batch (the server's limit is --max-bulk-relationships-batch)")
+	cmd.Flags().Int64Var(&o.skip, "skip", 0, "pass over the input's first N relationships, as an interrupted import's resume line says")
 	cmd.Flags().BoolVar(&o.noProgress, "no-progress", false, "never draw the progress bar, even on a terminal")
 	return cmd
 }
@@ -312,7 +327,7 @@ type parsedBatch struct {
 // parseBatches reads and parses the input in its own goroutine, so that
 // parsing overlaps sending and the server's writing. It stops at the first
 // error or when done is closed.
-func parseBatches(src *importSource, size int, done <-chan struct{}) <-chan parsedBatch {
+func parseBatches(src *importSource, size int, skip int64, done <-chan struct{}) <-chan parsedBatch {
 	out := make(chan parsedBatch, 4)
 	go func() {
 		defer close(out)
@@ -331,6 +346,10 @@ func parseBatches(src *importSource, size int, done <-chan struct{}) <-chan pars
 				b.err = fmt.Errorf("reading %s: %w", src.name, err)
 				emit()
 				return
+			}
+			if skip > 0 {
+				skip--
+				continue
 			}
 			r, err := relationshipProto(l.text)
 			if err != nil {
@@ -355,6 +374,9 @@ func runImport(cmd *cobra.Command, o *importOptions, name string) error {
 	if o.batchSize <= 0 {
 		return fmt.Errorf("--batch-size %d: expected a positive number of relationships", o.batchSize)
 	}
+	if o.skip < 0 {
+		return fmt.Errorf("--skip %d: expected a number of relationships, 0 or more", o.skip)
+	}
 	src, err := openImportSource(cmd, name)
 	if err != nil {
 		return err
@@ -366,12 +388,26 @@ func runImport(cmd *cobra.Command, o *importOptions, name string) error {
 	}
 	defer cancel()
 	defer c.close()
-	// An import lasts as long as its data: no --timeout.
-	stream, err := c.rels.ImportRelationships(cmd.Context())
+	// An import lasts as long as its data: no --timeout. An interruption
+	// stops the sending, not the stream, so that the server commits and
+	// reports what it received.
+	interrupted := cmd.Context().Done()
+	streamCtx, endStream := context.WithCancel(context.WithoutCancel(cmd.Context()))
+	defer endStream()
+	stream, err := c.rels.ImportRelationships(streamCtx)
 	if err != nil {
 		return c.callError("import", err)
 	}
-	prog := newProgress(cmd.ErrOrStderr(), !o.noProgress && isTerminal(cmd.ErrOrStderr()), src.total, "importing")
+	total := src.total
+	if total >= 0 {
+		total = max(0, total-o.skip)
+	}
+	prog := newProgress(cmd.ErrOrStderr(), !o.noProgress && isTerminal(cmd.ErrOrStderr()), total, "importing")
+	// resume is the line that takes up the import after its first n
+	// relationships (counting those skipped by --skip).
+	resume := func(committed int64) string {
+		return fmt.Sprintf("resume with: mandate import --skip %d %s", o.skip+committed, name)
+	}
 	defer prog.done(false)
 	done := make(chan struct{})
 	defer close(done)
@@ -379,11 +415,44 @@ func runImport(cmd *cobra.Command, o *importOptions, name string) error {
 	var sent []batchSpan
 	// serverFailed reports an error from the server, naming the lines of the
 	// batch it refused.
-	serverFailed := func(err error) error {
+	serverFailed := func(raw error) error {
 		prog.done(false)
-		return importServerError(c.callError("import", err), err, src.name, sent)
+		err := importServerError(c.callError("import", raw), raw, src.name, sent)
+		if m := committedRef.FindStringSubmatch(status.Convert(raw).Message()); m != nil {
+			n, _ := strconv.ParseInt(m[1], 10, 64)
+			return fmt.Errorf("%w\n%s", err, resume(n))
+		}
+		switch status.Code(raw) {
+		case codes.Unavailable, codes.Canceled, codes.DeadlineExceeded, codes.Unknown:
+			if len(sent) > 0 {
+				return fmt.Errorf("%w\nthe stream ended after %d batches were sent: each batch the server received was committed whole, but how many it received is not known (mandate export shows what is there)", err, len(sent))
+			}
+		}
+		return err
 	}
-	for b := range parseBatches(src, o.batchSize, done) {
+	batches := parseBatches(src, o.batchSize, o.skip, done)
+	for {
+		var b parsedBatch
+		var more bool
+		select {
+		case b, more = <-batches:
+		case <-interrupted:
+			// Ctrl-C: send nothing more; the server commits what it has.
+			interrupted = nil
+			ctx, cancel := context.WithTimeout(streamCtx, 30*time.Second)
+			go func() { <-ctx.Done(); endStream() }()
+			resp, err := stream.CloseAndRecv()
+			cancel()
+			prog.done(false)
+			if err != nil {
+				return serverFailed(err)
+			}
+			return fmt.Errorf("interrupted: %d relationships were committed at revision %s\n%s",
+				resp.GetNumLoaded(), resp.GetWrittenAt().GetToken(), resume(int64(resp.GetNumLoaded())))
+		}
+		if !more {
+			break
+		}
 		if b.err != nil {
 			// Stop before this batch: close the stream so the server commits
 			// what was sent, then say what stays written.
@@ -394,13 +463,14 @@ func runImport(cmd *cobra.Command, o *importOptions, name string) error {
 			prog.done(false)
 			first := batchFirst(b.lines, sent)
 			msg := fmt.Sprintf("%v\nnothing from %s on was written", b.err, src.lineName(first))
-			if n := resp.GetNumLoaded(); n > 0 {
+			n := resp.GetNumLoaded()
+			if n > 0 {
 				msg += fmt.Sprintf("; the %d relationships before it were committed at revision %s", n, resp.GetWrittenAt().GetToken())
 				if src.textual && name != "-" {
-					msg += fmt.Sprintf(" (resume with: tail -n +%d %s | mandate import -)", first, name)
+					msg += fmt.Sprintf(" (or: tail -n +%d %s | mandate import -)", first, name)
 				}
 			}
-			return errors.New(msg)
+			return fmt.Errorf("%s\nafter fixing it, %s", msg, resume(int64(n)))
 		}
 		if err := stream.Send(&pb.ImportRelationshipsRequest{Relationships: b.rels}); err != nil {
 			if errors.Is(err, io.EOF) {
@@ -450,11 +520,13 @@ func batchFirst(lines []int, sent []batchSpan) int {
 }
 
 // Server messages name the batch (counted from 0, one per message) and the
-// relationship within it that failed.
+// relationship within it that failed, and how many were committed before.
 var (
-	batchRef = regexp.MustCompile(`batch (\d+)`)
-	itemRef  = regexp.MustCompile(`relationships\[(\d+)\]|mutation (\d+)`)
+	batchRef     = regexp.MustCompile(`batch (\d+)`)
+	itemRef      = regexp.MustCompile(`relationships\[(\d+)\]|mutation (\d+)`)
+	committedRef = regexp.MustCompile(`(\d+) relationships from \d+ earlier batches were committed`)
 )
+
 
 // importServerError adds to a server's refusal the input lines it is about.
 func importServerError(base, raw error, name string, sent []batchSpan) error {
