@@ -86,6 +86,14 @@ func (c *Core) engineRevision(ctx context.Context, cons Consistency) (store.Revi
 		}
 		// A token names exactly its revision, zero included.
 		return engine.Exact(cons.Revision), c.WaitFor(ctx, cons.Revision)
+	case c.eng.Schema(0) == nil:
+		// Nothing to answer from yet. A schema written a moment ago, here
+		// or through another server, may not have reached this engine:
+		// catch up with the store rather than answer that no schema has
+		// been written. If the store cannot say, answer from the engine.
+		if head, err := c.StoreHead(ctx); err == nil {
+			return 0, c.WaitFor(ctx, head)
+		}
 	}
 	return 0, nil
 }

@@ -404,6 +404,12 @@ func (c *Core) WriteSchema(ctx context.Context, req WriteSchemaRequest) (WriteRe
 	if aerr := c.recordWrite(ctx, call, evs...); err == nil && aerr != nil {
 		return WriteResult{}, aerr
 	}
+	if err == nil {
+		// Read your writes: this server's next check knows the schema's
+		// types. The write is done either way, so a slow engine (bounded by
+		// the revision wait) does not fail it.
+		_ = c.WaitFor(ctx, rev)
+	}
 	return WriteResult{Revision: rev}, err
 }
 
