@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"fmt"
 	"strings"
 
@@ -326,4 +327,38 @@ func tokenExplanationToProto(d *capability.Decision) *pb.TokenExplanation {
 		out.Holders = append(out.Holders, ref(h))
 	}
 	return out
+}
+
+// checkFilterNames refuses a filter naming a type or relation the schema
+// does not define, which would match nothing: an empty answer would hide
+// the misspelling. Filters on IDs alone need no schema.
+func (s *Server) checkFilterNames(ctx context.Context, field string, f rel.Filter) error {
+	if f.ResourceType == "" && f.SubjectType == "" {
+		return nil
+	}
+	sch, err := s.core.HeadSchema(ctx)
+	if err != nil {
+		return toStatus(err)
+	}
+	check := func(typeField, typ, relField, relation string) error {
+		switch {
+		case typ == "":
+		case sch == nil:
+			return invalid(typeField, "type %q: no schema has been written, so the filter would match nothing", typ)
+		case sch.Definition(typ) == nil:
+			return invalid(typeField, "type %q is not defined in the schema, so the filter would match nothing", typ)
+		case relation != "" && sch.Relation(typ, relation) == nil:
+			return invalid(relField, "%q has no relation %q in the schema, so the filter would match nothing", typ, relation)
+		}
+		return nil
+	}
+	if err := check(field+".resource_type", f.ResourceType, field+".optional_relation", f.Relation); err != nil {
+		return err
+	}
+	subRel := ""
+	if f.SubjectRelation != nil {
+		subRel = *f.SubjectRelation
+	}
+	sub := field + ".optional_subject_filter"
+	return check(sub+".subject_type", f.SubjectType, sub+".optional_relation.relation", subRel)
 }

@@ -62,6 +62,9 @@ func (r *relationshipService) DeleteRelationships(ctx context.Context, req *pb.D
 	if filter.ResourceType == "" {
 		return nil, invalid("filter.resource_type", "required, so that a delete cannot remove everything by accident")
 	}
+	if err := r.s.checkFilterNames(ctx, "filter", filter); err != nil {
+		return nil, err
+	}
 	pre, err := preconditionsFromProto(req.GetOptionalPreconditions())
 	if err != nil {
 		return nil, err
@@ -106,6 +109,9 @@ func (r *relationshipService) ReadRelationships(req *pb.ReadRelationshipsRequest
 	ctx := stream.Context()
 	filter, err := filterFromProto("filter", req.GetFilter())
 	if err != nil {
+		return err
+	}
+	if err := r.s.checkFilterNames(ctx, "filter", filter); err != nil {
 		return err
 	}
 	hash := requestHash(req, func(r *pb.ReadRelationshipsRequest) { r.OptionalCursor, r.OptionalLimit, r.Consistency = nil, 0, nil })
@@ -166,8 +172,12 @@ func (r *relationshipService) Watch(req *pb.WatchRequest, stream pb.Relationship
 	defer cancel()
 	var filters []rel.Filter
 	for i, f := range req.GetOptionalFilters() {
-		rf, err := filterFromProto(fmt.Sprintf("optional_filters[%d]", i), f)
+		field := fmt.Sprintf("optional_filters[%d]", i)
+		rf, err := filterFromProto(field, f)
 		if err != nil {
+			return err
+		}
+		if err := r.s.checkFilterNames(ctx, field, rf); err != nil {
 			return err
 		}
 		filters = append(filters, rf)
@@ -301,6 +311,9 @@ func (r *relationshipService) ExportRelationships(req *pb.ExportRelationshipsReq
 	ctx := stream.Context()
 	filter, err := filterFromProto("optional_filter", req.GetOptionalFilter())
 	if err != nil {
+		return err
+	}
+	if err := r.s.checkFilterNames(ctx, "optional_filter", filter); err != nil {
 		return err
 	}
 	hash := requestHash(req, func(r *pb.ExportRelationshipsRequest) {

@@ -1,7 +1,9 @@
 package server_test
 
 import (
+	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -128,5 +130,67 @@ func TestErrorsCapEchoedInput(t *testing.T) {
 	msg, _ := out["message"].(string)
 	if code != http.StatusBadRequest || len(msg) > 2300 || !strings.Contains(msg, "resource") {
 		t.Errorf("REST: HTTP %d, message of %d bytes: %.300s", code, len(msg), msg)
+	}
+}
+
+// TestFiltersNamingUnknownTypes: a read, export, delete or watch whose
+// filter names a type or relation the schema lacks says so (it matched
+// nothing, silently); a filter on a defined type still reads.
+func TestFiltersNamingUnknownTypes(t *testing.T) {
+	ts := startServer(t, nil)
+	token := ts.seed()
+	read := func(f *pb.RelationshipFilter) error {
+		stream, err := ts.rels.ReadRelationships(ts.ctx(), &pb.ReadRelationshipsRequest{Consistency: fresh(token), Filter: f})
+		if err != nil {
+			return err
+		}
+		for {
+			if _, err := stream.Recv(); err != nil {
+				if errors.Is(err, io.EOF) {
+					return nil
+				}
+				return err
+			}
+		}
+	}
+	export := func(f *pb.RelationshipFilter) error {
+		stream, err := ts.rels.ExportRelationships(ts.ctx(), &pb.ExportRelationshipsRequest{OptionalFilter: f})
+		if err != nil {
+			return err
+		}
+		_, err = stream.Recv()
+		return err
+	}
+	watch := func(f *pb.RelationshipFilter) error {
+		stream, err := ts.rels.Watch(ts.ctx(), &pb.WatchRequest{OptionalFilters: []*pb.RelationshipFilter{{ResourceType: "doc"}, f}})
+		if err != nil {
+			return err
+		}
+		_, err = stream.Recv()
+		return err
+	}
+	del := func(f *pb.RelationshipFilter) error {
+		_, err := ts.rels.DeleteRelationships(ts.ctx(), &pb.DeleteRelationshipsRequest{Filter: f})
+		return err
+	}
+	for _, c := range []struct {
+		name     string
+		call     func(*pb.RelationshipFilter) error
+		filter   *pb.RelationshipFilter
+		fragment string
+	}{
+		{"read: unknown resource type", read, &pb.RelationshipFilter{ResourceType: "widget"}, `filter.resource_type: type "widget" is not defined in the schema`},
+		{"read: unknown relation", read, &pb.RelationshipFilter{ResourceType: "doc", OptionalRelation: "editor"}, `filter.optional_relation: "doc" has no relation "editor"`},
+		{"read: unknown subject type", read, &pb.RelationshipFilter{OptionalSubjectFilter: &pb.SubjectFilter{SubjectType: "robot"}}, `filter.optional_subject_filter.subject_type: type "robot"`},
+		{"export: unknown resource type", export, &pb.RelationshipFilter{ResourceType: "widget"}, `optional_filter.resource_type: type "widget"`},
+		{"watch: unknown resource type", watch, &pb.RelationshipFilter{ResourceType: "widget"}, `optional_filters[1].resource_type: type "widget"`},
+		{"delete: unknown resource type", del, &pb.RelationshipFilter{ResourceType: "widget"}, `filter.resource_type: type "widget"`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			wantCode(t, c.call(c.filter), codes.InvalidArgument, c.fragment, "would match nothing")
+		})
+	}
+	if err := read(&pb.RelationshipFilter{ResourceType: "doc", OptionalRelation: "viewer"}); err != nil {
+		t.Fatalf("a filter on defined names: %v", err)
 	}
 }

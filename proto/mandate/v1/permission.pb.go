@@ -35,7 +35,13 @@ type CheckRequest struct {
 	// on_behalf_of names the principal when the subject is an agent that acts
 	// for several.
 	OnBehalfOf *ObjectReference `protobuf:"bytes,6,opt,name=on_behalf_of,json=onBehalfOf,proto3" json:"on_behalf_of,omitempty"`
-	// explain asks for the delegation chain and the reason for a denial.
+	// explain asks for the delegation chain and the reason for a denial. It
+	// explains agent subjects only: for a user or any other non-agent subject
+	// the decision is plain reachability through the schema, with no chain
+	// and no reason code, and the response carries no explanation. To see
+	// why such a subject is allowed, call Expand on the resource and
+	// permission: it returns the tree the check walks (every path, which
+	// can be large; a check stops at the first path that allows).
 	Explain bool `protobuf:"varint,7,opt,name=explain,proto3" json:"explain,omitempty"`
 	// capability_token checks with a token: the subject must be its holder,
 	// and the token stands in for the subject's own grant and acts_for link
@@ -142,7 +148,8 @@ type CheckResponse struct {
 	// missing_parameters names the caveat parameters whose absence made the
 	// decision conditional, sorted.
 	MissingParameters []string `protobuf:"bytes,3,rep,name=missing_parameters,json=missingParameters,proto3" json:"missing_parameters,omitempty"`
-	// delegation explains a check whose subject is an agent, when asked.
+	// delegation explains a check whose subject is an agent, when asked;
+	// unset for a non-agent subject (see CheckRequest.explain).
 	Delegation *DelegationExplanation `protobuf:"bytes,4,opt,name=delegation,proto3" json:"delegation,omitempty"`
 	// token explains a check made with a capability token.
 	Token         *TokenExplanation `protobuf:"bytes,5,opt,name=token,proto3" json:"token,omitempty"`
