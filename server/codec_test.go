@@ -114,3 +114,89 @@ func TestIsASCII(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkCodecUnmarshal measures decoding a CheckBulk of 100 items with
+// a caveat context through the codec, whose depth scan runs first because
+// the context can nest, against the generated decoder alone (the peer).
+func BenchmarkCodecUnmarshal(b *testing.B) {
+	ctx, err := structpb.NewStruct(map[string]any{"amount": 3, "limit": 10, "tags": []any{"a", "b"}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	wire, err := proto.Marshal(bulkRequest(100, ctx))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("codec", func(b *testing.B) {
+		c := newCodec()
+		for b.Loop() {
+			var m pb.CheckBulkRequest
+			if err := c.Unmarshal(mem.BufferSlice{mem.SliceBuffer(wire)}, &m); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("generated-only", func(b *testing.B) {
+		for b.Loop() {
+			var m pb.CheckBulkRequest
+			if err := m.UnmarshalVT(wire); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+func TestCapMessage(t *testing.T) {
+	long := strings.Repeat("Q", 1000)
+	for _, tt := range []struct {
+		name, in string
+		want     []string
+		max      int
+	}{
+		{"short stays", `type "doc": unknown`, []string{`type "doc": unknown`}, 100},
+		{"long quoted value", fmt.Sprintf("resource: object type %q: expected a lowercase letter", long), []string{`"QQQ`, `"... (1000 bytes): expected a lowercase letter`}, 300},
+		{"no half escape", fmt.Sprintf("%q", strings.Repeat("Q", 125)+"\n"+long), []string{`... (`}, 300},
+		{"long message", strings.Repeat("word ", 1000), []string{"(5000 bytes in all)"}, maxErrorMessage + 40},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			got := capMessage(tt.in)
+			for _, w := range tt.want {
+				if !strings.Contains(got, w) {
+					t.Errorf("capMessage = %q, lacks %q", got, w)
+				}
+			}
+			if len(got) > tt.max {
+				t.Errorf("capMessage is %d bytes, want at most %d", len(got), tt.max)
+			}
+			if strings.Contains(got, `\"...`) {
+				t.Errorf("cut inside an escape: %q", got)
+			}
+		})
+	}
+}
+
+func TestSizedChunks(t *testing.T) {
+	size := func(n int) int { return n }
+	for _, tt := range []struct {
+		items []int
+		max   int
+		want  [][]int
+	}{
+		{nil, 10, [][]int{nil}},
+		{[]int{3, 3, 3}, 10, [][]int{{3, 3, 3}}},
+		{[]int{3, 3, 3, 3}, 10, [][]int{{3, 3, 3}, {3}}},
+		{[]int{20, 1, 20}, 10, [][]int{{20}, {1}, {20}}},
+	} {
+		var got [][]int
+		lastSeen := 0
+		for part, last := range sizedChunks(tt.items, size, tt.max) {
+			got = append(got, part)
+			if last {
+				lastSeen++
+			}
+		}
+		if fmt.Sprint(got) != fmt.Sprint(tt.want) || lastSeen != 1 {
+			t.Errorf("sizedChunks(%v, %d) = %v (%d marked last), want %v", tt.items, tt.max, got, lastSeen, tt.want)
+		}
+	}
+}

@@ -1,9 +1,11 @@
 package server_test
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	v1 "github.com/authzed/authzed-go/proto/authzed/api/v1"
 	"google.golang.org/protobuf/proto"
@@ -15,7 +17,7 @@ import (
 // bigRevisionRels is one revision's worth of relationships whose Watch
 // updates come to over 4 MiB, gRPC's default message limit.
 func bigRevisionRels(n int) []string {
-	pad := strings.Repeat("x", 90)
+	pad := strings.Repeat("x", 400)
 	texts := make([]string, n)
 	for i := range texts {
 		texts[i] = fmt.Sprintf("doc:%s%06d#viewer@user:u%d", pad, i, i)
@@ -30,14 +32,16 @@ func bigRevisionRels(n int) []string {
 // checkpoint follows the last, as SpiceDB's clients expect when a
 // revision is emitted in pieces.
 func TestWatchSplitsLargeRevisions(t *testing.T) {
-	const n = 40_000
+	const n = 12_000 // ~440 bytes an update: ~5 MiB
 	ts := startServer(t, func(c *server.Config) {
 		c.Limits.MaxBulkBatch = n
 		c.Limits.MaxMessageBytes = 16 << 20
 		c.Limits.MaxWriteUpdates = n
 	})
 	since := ts.writeSchema(testSchema)
-	ctx := ts.ctx()
+	// Generous: 12,000 relationships under -race on a loaded machine.
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
 	native, err := ts.rels.Watch(ctx, &pb.WatchRequest{OptionalStartCursor: &pb.RevisionToken{Token: since}})
 	if err != nil {
 		t.Fatal(err)
@@ -52,7 +56,11 @@ func TestWatchSplitsLargeRevisions(t *testing.T) {
 		t.Fatal(err)
 	}
 	texts := bigRevisionRels(n)
-	written := ts.write(update(create, mustParse(t, texts...)...)...)
+	resp, err := ts.rels.WriteRelationships(ctx, &pb.WriteRelationshipsRequest{Updates: update(create, mustParse(t, texts...)...)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	written := resp.GetWrittenAt().GetToken()
 
 	var got []string
 	responses := 0
@@ -84,7 +92,7 @@ func TestWatchSplitsLargeRevisions(t *testing.T) {
 		}
 	}
 
-	count, pieces := 0, 0
+	count, pieces, pieceToken := 0, 0, ""
 	for count < n {
 		resp, err := zwatch.Recv()
 		if err != nil {
@@ -95,15 +103,23 @@ func TestWatchSplitsLargeRevisions(t *testing.T) {
 		}
 		pieces++
 		count += len(resp.GetUpdates())
+		if pieceToken == "" {
+			pieceToken = resp.GetChangesThrough().GetToken()
+		} else if resp.GetChangesThrough().GetToken() != pieceToken {
+			t.Fatalf("piece %d at %s, the first at %s", pieces, resp.GetChangesThrough().GetToken(), pieceToken)
+		}
 	}
 	if pieces < 2 || count != n {
 		t.Fatalf("authzed watch: %d updates in %d responses", count, pieces)
 	}
-	resp, err := zwatch.Recv()
+	last, err := zwatch.Recv()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !resp.GetIsCheckpoint() || len(resp.GetUpdates()) != 0 {
-		t.Fatalf("after the last piece: %v, want a checkpoint", resp)
+	if !last.GetIsCheckpoint() || len(last.GetUpdates()) != 0 {
+		t.Fatalf("after the last piece: %v, want a checkpoint", last)
+	}
+	if last.GetChangesThrough().GetToken() != pieceToken {
+		t.Errorf("checkpoint at %s, want the revision's %s", last.GetChangesThrough().GetToken(), pieceToken)
 	}
 }

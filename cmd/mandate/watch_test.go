@@ -217,7 +217,7 @@ func TestWatchGRPCOrder(t *testing.T) {
 // of one revision, and the watch goes on to the next write; the resume
 // token it offers is always a complete revision.
 func TestWatchCLISurvivesBigImport(t *testing.T) {
-	const n = 40_000 // ~130 bytes an update: ~5 MiB in one revision
+	const n = 12_000 // ~440 bytes an update: ~5 MiB in one revision
 	startBulkServer(t, func(c *server.Config) {
 		c.Limits.MaxBulkBatch = n
 		c.Limits.MaxMessageBytes = 16 << 20
@@ -225,7 +225,7 @@ func TestWatchCLISurvivesBigImport(t *testing.T) {
 	since := writeSchemaCLI(t, bulkSchema)
 	out, stop := startWatchCLI(t, "--since", since)
 	var in strings.Builder
-	pad := strings.Repeat("x", 90)
+	pad := strings.Repeat("x", 400)
 	for i := range n {
 		fmt.Fprintf(&in, "doc:%s%06d#viewer@user:u%d\n", pad, i, i)
 	}
