@@ -527,7 +527,6 @@ var (
 	committedRef = regexp.MustCompile(`(\d+) relationships from \d+ earlier batches were committed`)
 )
 
-
 // importServerError adds to a server's refusal the input lines it is about.
 func importServerError(base, raw error, name string, sent []batchSpan) error {
 	msg := status.Convert(raw).Message()
