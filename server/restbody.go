@@ -131,7 +131,11 @@ func firstInvalidUTF8(b []byte) int {
 // carries a google.rpc.RetryInfo (a key over its rate or concurrency
 // limit); a message over the size limit is 413, and other limits (a check
 // deeper than the server's maximum) 422, since retrying cannot help.
+//
+// Errors from the gateway itself (an unknown JSON field, say) are capped as
+// the gRPC server's are.
 func restError(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
+	err = capStatus(status.Convert(err).Err())
 	st := status.Convert(err)
 	if st.Code() == codes.ResourceExhausted {
 		code := http.StatusUnprocessableEntity

@@ -131,6 +131,12 @@ func TestErrorsCapEchoedInput(t *testing.T) {
 	if code != http.StatusBadRequest || len(msg) > 2300 || !strings.Contains(msg, "resource") {
 		t.Errorf("REST: HTTP %d, message of %d bytes: %.300s", code, len(msg), msg)
 	}
+	// The gateway's own errors too: an unknown field's name.
+	code, out = ts.restCall("/v1/permissions/check", testKey, fmt.Sprintf(`{%q: 1}`, long))
+	msg, _ = out["message"].(string)
+	if code != http.StatusBadRequest || len(msg) > 2300 || !strings.Contains(msg, "unknown field") {
+		t.Errorf("REST unknown field: HTTP %d, message of %d bytes: %.300s", code, len(msg), msg)
+	}
 }
 
 // TestFiltersNamingUnknownTypes: a read, export, delete or watch whose
