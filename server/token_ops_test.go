@@ -173,6 +173,11 @@ func TestTokenOperationsAuditedWithoutSecrets(t *testing.T) {
 	if !sawRevoke {
 		t.Fatal("no revoke event with the token id and reason")
 	}
+	// Revoked tokens are not listed: a by id, b by holder, and c, derived
+	// from b, with it.
+	if got := list(&pb.ListTokensRequest{Principal: obj("user", "bob")}); len(got) != 0 {
+		t.Fatalf("revoked tokens listed: %v", got)
+	}
 	if _, err := tokens.ListRevocations(ctx, &pb.ListRevocationsRequest{}); err != nil {
 		t.Fatal(err)
 	}

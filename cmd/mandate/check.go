@@ -223,12 +223,15 @@ type lookupOptions struct {
 
 func newLookupResourcesCommand() *cobra.Command {
 	o := &lookupOptions{}
+	var capTok string
 	cmd := &cobra.Command{
 		Use:   "lookup-resources TYPE#PERMISSION SUBJECT",
 		Short: "List the resources of a type on which a subject has a permission",
 		Long: `Lookup-resources prints, one a line, the IDs of the resources of TYPE on which SUBJECT
-has PERMISSION; a conditional result is followed by the caveat parameters it lacks.`,
-		Example: "  mandate lookup-resources doc#view user:alice",
+has PERMISSION; a conditional result is followed by the caveat parameters it lacks. With
+--capability-token, SUBJECT must be the token's holder: the resources listed are those the
+token's rights cover that its principal holds now.`,
+		Example: "  mandate lookup-resources doc#view user:alice\n  mandate lookup-resources calendar#read agent:b --capability-token \"$TOKEN\"",
 		Args:    cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			typ, perm, ok := strings.Cut(args[0], "#")
@@ -241,6 +244,11 @@ has PERMISSION; a conditional result is followed by the caveat parameters it lac
 			}
 			req := &pb.LookupResourcesRequest{ResourceObjectType: typ, Permission: perm,
 				Subject: q.subject, Context: q.context, OnBehalfOf: q.onBehalfOf, Consistency: q.consistency}
+			if capTok != "" {
+				if req.CapabilityToken, err = readTokenArg(cmd, capTok); err != nil {
+					return fmt.Errorf("--capability-token: %w", err)
+				}
+			}
 			c, ctx, cancel, err := connect(cmd, &o.conn)
 			if err != nil {
 				return err
@@ -268,6 +276,7 @@ has PERMISSION; a conditional result is followed by the caveat parameters it lac
 	addConsistencyFlags(cmd.Flags(), &o.cons)
 	cmd.Flags().StringVar(&o.context, "context", "", "caveat parameters as a JSON object")
 	cmd.Flags().StringVar(&o.onBehalfOf, "on-behalf-of", "", "the principal (type:id) an agent subject acts for, when it acts for several")
+	cmd.Flags().StringVar(&capTok, "capability-token", "", "look up with this capability token (- reads it from stdin); SUBJECT must be its holder")
 	return cmd
 }
 

@@ -32,6 +32,10 @@ type Minted struct {
 	Task      string    `json:"task,omitempty"`
 	MaxUses   int       `json:"max_uses,omitempty"`
 	IssuedAt  time.Time `json:"issued_at"`
+	// Blocks and Holders are the ids of its blocks and the holders they
+	// name, first to last: what a revocation may match.
+	Blocks  []string `json:"blocks"`
+	Holders []string `json:"holders"`
 	// Revision is the store revision that registered it.
 	Revision store.Revision `json:"-"`
 }
@@ -41,9 +45,10 @@ func MintedOf(t *Token) Minted {
 	last := t.Blocks[len(t.Blocks)-1]
 	m := Minted{
 		ID: t.ID(), Parent: last.Parent, RootID: t.RootID(), Holder: t.Holder(), Principal: t.Principal(),
-		Rights: t.Rights(), Expires: t.Expires(), Task: t.Task(), IssuedAt: last.IssuedAt,
+		Rights: t.Rights(), Expires: t.Expires(), Task: t.Task(), IssuedAt: last.IssuedAt, Holders: t.Holders(),
 	}
 	for _, b := range t.Blocks {
+		m.Blocks = append(m.Blocks, b.ID)
 		if b.MaxUses > 0 && (m.MaxUses == 0 || b.MaxUses < m.MaxUses) {
 			m.MaxUses = b.MaxUses
 		}
@@ -139,4 +144,28 @@ func PruneMinted(ctx context.Context, rs RecordStore, now time.Time) (int, error
 		return 0, fmt.Errorf("pruning tokens: %w", err)
 	}
 	return len(muts), nil
+}
+
+// RevokedMinted reports whether a revocation in the set matches the
+// registered token m (as Revoked does a token).
+func (s *RevocationSet) RevokedMinted(m Minted) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if _, ok := s.byID[string(RevokePrincipal)+":"+m.Principal]; ok {
+		return true
+	}
+	if _, ok := s.byID[string(RevokeTask)+":"+m.Task]; ok && m.Task != "" {
+		return true
+	}
+	for _, id := range m.Blocks {
+		if _, ok := s.byID[string(RevokeToken)+":"+id]; ok {
+			return true
+		}
+	}
+	for _, h := range m.Holders {
+		if _, ok := s.byID[string(RevokeHolder)+":"+h]; ok {
+			return true
+		}
+	}
+	return false
 }

@@ -134,8 +134,8 @@ func (c *Core) revokeTokens(ctx context.Context, r capability.Revocation) (store
 	return rev, err
 }
 
-// ListTokens lists the registered tokens matching f that have not expired,
-// soonest expiry first, as fresh as the store's head. Tokens attenuated
+// ListTokens lists the registered tokens matching f that have neither
+// expired nor been revoked, soonest expiry first, as fresh as the store's head. Tokens attenuated
 // offline are listed once a check on this cluster has allowed them (see
 // usedTokens).
 func (c *Core) ListTokens(ctx context.Context, f capability.MintedFilter) ([]capability.Minted, store.Revision, error) {
@@ -145,7 +145,7 @@ func (c *Core) ListTokens(ctx context.Context, f capability.MintedFilter) ([]cap
 	)
 	rs, err := c.tokenRecords()
 	if err == nil {
-		out, rev, err = capability.ListMinted(ctx, rs, f, time.Now())
+		out, rev, err = c.listTokens(ctx, rs, f)
 	}
 	call := callFrom(ctx)
 	ev := call.event(audit.OpTokenList, err)
@@ -160,6 +160,27 @@ func (c *Core) ListTokens(ctx context.Context, f capability.MintedFilter) ([]cap
 		return nil, 0, aerr
 	}
 	return out, rev, err
+}
+
+// listTokens lists the registered tokens matching f that are neither
+// expired nor revoked as of the list's revision (waiting, within the
+// revision wait, for this replica's revocations to reach it; if they do
+// not, a revocation just written may not hide its token yet).
+func (c *Core) listTokens(ctx context.Context, rs capability.RecordStore, f capability.MintedFilter) ([]capability.Minted, store.Revision, error) {
+	all, rev, err := capability.ListMinted(ctx, rs, f, time.Now())
+	if err != nil {
+		return nil, 0, err
+	}
+	wctx, cancel := c.boundRevisionWait(ctx)
+	_ = c.tokens.Revocations.WaitFor(wctx, rev)
+	cancel()
+	out := all[:0]
+	for _, m := range all {
+		if !c.tokens.Revocations.RevokedMinted(m) {
+			out = append(out, m)
+		}
+	}
+	return out, rev, nil
 }
 
 // InspectResult is a token's blocks and whether it verifies here.
