@@ -261,10 +261,10 @@ func browser(t *testing.T) context.Context {
 	return ctx
 }
 
-// do runs steps with a deadline.
+// do runs steps with a deadline (generous: CI machines are loaded).
 func do(t *testing.T, ctx context.Context, steps ...chromedp.Action[chromedp.Void]) {
 	t.Helper()
-	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	if err := chromedp.Do(sctx, steps...); err != nil {
 		t.Fatalf("browser: %v", err)
@@ -273,7 +273,7 @@ func do(t *testing.T, ctx context.Context, steps ...chromedp.Action[chromedp.Voi
 
 func run[T any](t *testing.T, ctx context.Context, a chromedp.Action[T]) T {
 	t.Helper()
-	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	v, err := chromedp.Run(sctx, a)
 	if err != nil {
@@ -314,7 +314,7 @@ func flash(t *testing.T, ctx context.Context, class, want string) {
 	t.Helper()
 	js := fmt.Sprintf(`(() => { const e = document.querySelector("p.flash.%s"); return !!e && e.innerText.includes(%q); })()`, class, want)
 	// Evaluated again and again: the page may be navigating meanwhile.
-	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+	for deadline := time.Now().Add(45 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 		sctx, cancel := context.WithTimeout(ctx, time.Second)
 		ok, err := chromedp.Run(sctx, chromedp.Evaluate[bool](js))
 		cancel()
