@@ -90,9 +90,11 @@ func (s *Server) registerApprovals(g *grpc.Server) {
 const approvalSweepInterval = 30 * time.Second
 
 // checkDecisionToProto is a check's decision, with APPROVAL_REQUIRED for a
-// denial a person's approval would lift.
+// check an escalation rule held. A denial only the agent's own grant is
+// missing for stays DENIED (as before approvals existed), carrying the
+// approval context.
 func checkDecisionToProto(res op.CheckResult) pb.Decision {
-	if res.Decision == engine.Denied && res.Approval != nil && res.Approval.Required {
+	if res.Decision == engine.Denied && res.Approval != nil && res.Approval.Required && res.Approval.Rule != "" {
 		return pb.Decision_DECISION_APPROVAL_REQUIRED
 	}
 	return decisionToProto(res.Decision)

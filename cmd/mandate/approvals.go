@@ -395,7 +395,11 @@ func printApprovalContext(w io.Writer, a *pb.ApprovalContext) {
 			fmt.Fprintln(w, "resolvable by approval: only the agent's own grant is missing")
 		}
 		r := a.GetRequest()
-		fmt.Fprintf(w, "evaluation: %s\nfile: mandate approvals request %s#%s %s --on-behalf-of %s --evaluation-id %s\n",
-			a.GetEvaluationId(), refString(r.GetResource()), r.GetPermission(), refString(r.GetAgent()), refString(r.GetPrincipal()), a.GetEvaluationId())
+		task := ""
+		if r.GetTask() != "" {
+			task = " --task " + r.GetTask()
+		}
+		fmt.Fprintf(w, "evaluation: %s\nfile: mandate approvals request %s#%s %s --on-behalf-of %s%s --evaluation-id %s\n",
+			a.GetEvaluationId(), refString(r.GetResource()), r.GetPermission(), refString(r.GetAgent()), refString(r.GetPrincipal()), task, a.GetEvaluationId())
 	}
 }

@@ -166,10 +166,22 @@ func TestApprovalsServed(t *testing.T) {
 	if out, _, _ := s.cli(t, serveKey, "approvals", "show", id); !strings.Contains(out, "decider: user:alice") || !strings.Contains(out, "chain: agent:bot -> user:alice") {
 		t.Fatalf("show: %s", out)
 	}
+	// A check with a capability token goes through the rules too: the
+	// token's holder and principal are the chain, and the grant lifts it.
+	tok, errOut, code := s.cli(t, serveKey, "token", "mint", "--holder", "agent:bot", "--on-behalf-of", "user:alice", "--allow", "doc:plan#delete", "--ttl", "10m")
+	if code != 0 {
+		t.Fatalf("mint: %s", errOut)
+	}
+	if out, _, _ := s.cli(t, serveKey, "check", "doc:plan#delete", "agent:bot", "--fully-consistent", "--capability-token", strings.TrimSpace(tok)); !strings.Contains(out, "allowed by approval: "+id) {
+		t.Fatalf("token check with the grant: %s", out)
+	}
+	if out, _, _ := s.cli(t, serveKey, "check", "doc:plan#view", "agent:bot", "--fully-consistent"); !strings.HasPrefix(out, "allowed\n") || strings.Contains(out, "approval") {
+		t.Fatalf("a check no rule holds: %s", out)
+	}
 
 	// Deny path: edit is denied for the agent's own grant only (resolvable).
 	out, _, _ = s.cli(t, serveKey, "check", "doc:plan#edit", "agent:bot", "--fully-consistent", "--fail-on-denied")
-	if !strings.Contains(out, "resolvable by approval") {
+	if !strings.HasPrefix(out, "denied") || !strings.Contains(out, "resolvable by approval") || !strings.Contains(out, "file: mandate approvals request doc:plan#edit") {
 		t.Fatalf("resolvable denial: %s", out)
 	}
 	id2, _, code := s.cli(t, serveKey, "approvals", "request", "doc:plan#edit", "agent:bot", "--on-behalf-of", "user:alice", "--task", "T")
@@ -177,8 +189,8 @@ func TestApprovalsServed(t *testing.T) {
 	if out, errOut, code2 := s.cli(t, s.aliceKey, "approvals", "deny", id2, "--note", "no"); code != 0 || code2 != 0 || !strings.Contains(out, "denied") {
 		t.Fatalf("deny: %s %s", out, errOut)
 	}
-	// Still not allowed: a denial lifts only by a grant.
-	if out, _, _ := s.cli(t, serveKey, "check", "doc:plan#edit", "agent:bot", "--fully-consistent"); !strings.HasPrefix(out, "approval_required") {
+	// Still denied: a denial lifts only by a grant.
+	if out, _, _ := s.cli(t, serveKey, "check", "doc:plan#edit", "agent:bot", "--fully-consistent"); !strings.HasPrefix(out, "denied") {
 		t.Fatalf("after deny: %s", out)
 	}
 
@@ -187,6 +199,9 @@ func TestApprovalsServed(t *testing.T) {
 	}
 	if out, _, _ := s.cli(t, serveKey, "check", "doc:plan#delete", "agent:bot", "--fully-consistent"); !strings.HasPrefix(out, "approval_required") {
 		t.Fatalf("after task end: %s", out)
+	}
+	if out, _, _ := s.cli(t, serveKey, "check", "doc:plan#delete", "agent:bot", "--fully-consistent", "--capability-token", strings.TrimSpace(tok)); !strings.HasPrefix(out, "approval_required") || !strings.Contains(out, "rule: delete-needs-consent") {
+		t.Fatalf("token check after task end: %s", out)
 	}
 	if out, _, _ := s.cli(t, serveKey, "approvals", "show", id); !strings.Contains(out, "status: revoked") {
 		t.Fatalf("show after task end: %s", out)
@@ -213,7 +228,7 @@ func TestApprovalsWatchUntilDecided(t *testing.T) {
 		t.Fatal(errOut)
 	}
 	got := <-done
-	if !regexp.MustCompile(id + ` pending .*\n` + id + ` approved`).MatchString(got) || !strings.HasSuffix(got, "|0") {
+	if !regexp.MustCompile(id+` pending .*\n`+id+` approved`).MatchString(got) || !strings.HasSuffix(got, "|0") {
 		t.Fatalf("watch: %q", got)
 	}
 	// Single-use: only a check naming it, once.

@@ -119,6 +119,8 @@ func TestKeysFileErrors(t *testing.T) {
 		"keys:\n  - {name: a, hash: " + h + ", scopes: [check]}\n  - {name: a, hash: " + h + ", scopes: [check]}\n": "name is given twice",
 		"keys:\n  - {name: a, hash: " + h + ", scopes: [check], rate: -1}\n":                                        "no negative",
 		"keys:\n  - {name: a, hash: " + h + ", scopes: [check], secret: x}\n":                                       "field secret not found",
+		"keys:\n  - {name: a, hash: " + h + ", scopes: [approvals], person: alice}\n":                               "entry 1 (a): person: expected type:id",
+		"keys:\n  - {name: a, hash: " + h + ", scopes: [approvals], person: \"user:\"}\n":                           "entry 1 (a): person: expected type:id",
 	} {
 		_, err := parse([]byte(body))
 		if err == nil || !strings.Contains(err.Error(), want) {

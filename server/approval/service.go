@@ -87,10 +87,10 @@ type Config struct {
 type Service struct {
 	cfg Config
 
-	mu      sync.RWMutex
-	byID    map[string]Request
-	applied store.Revision
-	wake    chan struct{} // closed and replaced when the view changes
+	mu   sync.RWMutex
+	byID map[string]Request
+	// prog is the revision the view has applied through.
+	prog feed.Progress
 }
 
 // New returns a service with an empty view at revision zero; feed it with
@@ -117,7 +117,7 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	return &Service{cfg: cfg, byID: map[string]Request{}, wake: make(chan struct{})}, nil
+	return &Service{cfg: cfg, byID: map[string]Request{}}, nil
 }
 
 // MaxGrant is the longest grant the service gives.
@@ -612,35 +612,35 @@ func (s *Service) RunSweeper(ctx context.Context, interval time.Duration) {
 	}
 }
 
-// Watch yields the requests matching f, then every change to one, until
-// ctx ends. It ends with an error only when a change cannot be matched
+// Watch yields the requests matching f, then every change to one (a
+// change that takes a request out of f, as a decision does to a pending
+// filter, included), until ctx ends. It ends with an error only when a change cannot be matched
 // (the engine could not answer an Approver filter).
 func (s *Service) Watch(ctx context.Context, f Filter) iter.Seq2[Request, error] {
 	return func(yield func(Request, error) bool) {
-		s.mu.RLock()
 		seen := map[string]store.Revision{}
-		wake := s.wake
-		s.mu.RUnlock()
+		at := s.prog.Revision()
 		list, err := s.List(ctx, f)
 		if err != nil {
 			yield(Request{}, err)
 			return
 		}
 		slices.Reverse(list) // oldest first, as changes follow
+		// matched: requests the watcher has been shown; a change that takes
+		// one out of the filter (pending to approved) is shown too, once.
+		matched := map[string]bool{}
 		for _, r := range list {
-			seen[r.ID] = r.Revision
+			seen[r.ID], matched[r.ID] = r.Revision, true
 			if !yield(r, nil) {
 				return
 			}
 		}
 		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-wake:
+			if s.prog.WaitFor(ctx, at+1) != nil {
+				return // ctx ended
 			}
+			at = s.prog.Revision()
 			s.mu.RLock()
-			wake = s.wake
 			var changed []Request
 			for id, r := range s.byID {
 				if r.Revision > seen[id] {
@@ -656,7 +656,9 @@ func (s *Service) Watch(ctx context.Context, f Filter) iter.Seq2[Request, error]
 					yield(Request{}, err)
 					return
 				}
-				if ok && !yield(r, nil) {
+				was := matched[r.ID]
+				matched[r.ID] = ok
+				if (ok || was) && !yield(r, nil) {
 					return
 				}
 			}
@@ -804,7 +806,7 @@ func (s *Service) Load(records []store.Record, rev store.Revision) error {
 func (s *Service) Apply(ch store.Change) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if ch.Revision <= s.applied {
+	if ch.Revision <= s.prog.Revision() {
 		return nil
 	}
 	for _, u := range ch.Records {
@@ -825,37 +827,19 @@ func (s *Service) Apply(ch store.Change) error {
 	return nil
 }
 
-// advance moves the applied revision and wakes waiters. Callers hold mu.
-func (s *Service) advance(rev store.Revision) {
-	if rev > s.applied {
-		s.applied = rev
-		close(s.wake)
-		s.wake = make(chan struct{})
-	}
-}
+// advance moves the applied revision and wakes waiters. Callers hold mu,
+// so that a reader woken at rev sees the view at rev.
+func (s *Service) advance(rev store.Revision) { s.prog.Advance(rev) }
 
 // Revision is the store revision the view has applied through.
-func (s *Service) Revision() store.Revision {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return s.applied
-}
+func (s *Service) Revision() store.Revision { return s.prog.Revision() }
 
 // WaitFor waits until the view has applied rev, or ctx ends.
 func (s *Service) WaitFor(ctx context.Context, rev store.Revision) error {
-	for {
-		s.mu.RLock()
-		applied, wake := s.applied, s.wake
-		s.mu.RUnlock()
-		if applied >= rev {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("approvals applied through revision %d, waiting for %d: %w", applied, rev, ctx.Err())
-		case <-wake:
-		}
+	if err := s.prog.WaitFor(ctx, rev); err != nil {
+		return fmt.Errorf("approval grants: %w", err)
 	}
+	return nil
 }
 
 // Source is what Follow reads: the store's records and change stream.

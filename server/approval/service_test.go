@@ -351,3 +351,60 @@ func TestRedeemOnceUnderConcurrency(t *testing.T) {
 		t.Fatalf("%d of 8 concurrent checks allowed, want exactly 1", allowed)
 	}
 }
+
+// A grant never outlives the principal's own right: once alice loses it,
+// the agent's check is a plain denial again, which no grant lifts.
+func TestGrantNeedsThePrincipalNow(t *testing.T) {
+	f := newFixture(t, rulePermission{perm: "view"}, "agent:bot#acts_for@user:alice", "doc:1#editor@user:alice", "doc:1#viewer@agent:bot")
+	ctx := context.Background()
+	for _, perm := range []string{"view", "edit"} {
+		r := f.file(perm)
+		if _, err := f.svc.Approve(ctx, r.ID, approval.Decision{Approver: alice}); err != nil {
+			t.Fatal(err)
+		}
+		if res := f.check(perm, ""); res.Decision != engine.Allowed {
+			t.Fatalf("%s granted: %v", perm, res.Decision)
+		}
+	}
+	rr, err := rel.Parse("doc:1#editor@user:alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.st.Write(ctx, nil, []store.Mutation{{Op: store.Delete, Rel: rr}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, perm := range []string{"view", "edit"} {
+		if res := f.check(perm, ""); res.Decision != engine.Denied || (res.Approval != nil && res.Approval.GrantID != "") {
+			t.Fatalf("%s after alice lost it: %v %+v, want denied", perm, res.Decision, res.Approval)
+		}
+	}
+}
+
+// A watcher of pending requests sees one filed, then its decision (which
+// takes it out of the filter), in order.
+func TestWatchPendingSeesDecision(t *testing.T) {
+	f := newFixture(t, rulePermission{perm: "view"}, baseRels...)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	got := make(chan approval.Request, 10)
+	go func() {
+		for r, err := range f.svc.Watch(ctx, approval.Filter{Status: approval.Pending, Approver: &alice}) {
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			got <- r
+		}
+	}()
+	time.Sleep(50 * time.Millisecond)
+	r := f.file("view")
+	if w := <-got; w.ID != r.ID || w.Status != approval.Pending {
+		t.Fatalf("first: %+v", w)
+	}
+	if _, err := f.svc.Deny(context.Background(), r.ID, approval.Decision{Approver: alice}); err != nil {
+		t.Fatal(err)
+	}
+	if w := <-got; w.ID != r.ID || w.Status != approval.Denied {
+		t.Fatalf("second: %+v", w)
+	}
+}

@@ -113,7 +113,13 @@ func (c *Core) applyApprovals(ctx context.Context, req CheckRequest, res *CheckR
 	}
 	chain, ok := checkChain(*res)
 	if !ok {
-		return // not an agent's check: a person's own checks are never escalated
+		// A person's own checks are never escalated; an agent whose chain
+		// reached no principal is denied, and only feeds the signals.
+		if d := res.Delegation; d != nil && len(d.Chain) > 0 && c.escalator != nil {
+			c.escalator.Observe(EscalationInput{Resource: req.Resource, Permission: req.Permission, Agent: d.Chain[0].Subject,
+				Context: req.Context, Time: time.Now()}, false)
+		}
+		return
 	}
 	task, _ := req.Context["task"].(string)
 	in := EscalationInput{Resource: req.Resource, Permission: req.Permission, Agent: chain[0], Chain: chain, Context: req.Context, Time: time.Now()}

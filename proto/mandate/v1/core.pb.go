@@ -40,10 +40,11 @@ const (
 	// DECISION_CONDITIONAL: the answer depends on caveat context that was not
 	// supplied; missing_parameters names it.
 	Decision_DECISION_CONDITIONAL Decision = 3
-	// DECISION_APPROVAL_REQUIRED: a denial a person's approval can lift. An
-	// escalation rule held an otherwise allowed agent check, or only the
-	// agent's own grant is missing; CheckResponse.approval says what to file.
-	// Treat it as denied.
+	// DECISION_APPROVAL_REQUIRED: an escalation rule held an otherwise
+	// allowed agent check until a person approves it;
+	// CheckResponse.approval names the rule and what to file. Treat it as
+	// denied. (A denial only the agent's own grant is missing for stays
+	// DECISION_DENIED, with CheckResponse.approval set.)
 	Decision_DECISION_APPROVAL_REQUIRED Decision = 4
 )
 
