@@ -139,12 +139,24 @@ func TestKeyConcurrencyCountsAuthZEN(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor := func(want int) {
+	ended := make(chan error, 1)
+	go func() {
+		_, err := stream.Recv()
+		ended <- err
+	}()
+	waitFor := func(want int, holding bool) {
 		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
+		deadline := time.Now().Add(20 * time.Second)
 		for got := eval(); got != want; got = eval() {
 			if got != http.StatusOK && got != http.StatusTooManyRequests {
 				t.Fatalf("evaluation answered %d", got)
+			}
+			if holding {
+				select {
+				case err := <-ended:
+					t.Fatalf("the Watch holding the slot ended early: %v", err)
+				default:
+				}
 			}
 			if time.Now().After(deadline) {
 				t.Fatalf("evaluation answered %d, want %d", got, want)
@@ -152,8 +164,8 @@ func TestKeyConcurrencyCountsAuthZEN(t *testing.T) {
 			time.Sleep(5 * time.Millisecond)
 		}
 	}
-	waitFor(http.StatusTooManyRequests)
+	waitFor(http.StatusTooManyRequests, true)
 	cancel()
-	stream.Recv()
-	waitFor(http.StatusOK)
+	<-ended
+	waitFor(http.StatusOK, false)
 }
