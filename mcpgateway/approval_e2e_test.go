@@ -1,0 +1,219 @@
+package mcpgateway_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	mcpgoclient "github.com/mark3labs/mcp-go/client"
+	mcpgotransport "github.com/mark3labs/mcp-go/client/transport"
+	mcpgo "github.com/mark3labs/mcp-go/mcp"
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/mandate-authz/mandate/mcpgateway"
+	pb "github.com/mandate-authz/mandate/proto/mandate/v1"
+	"github.com/mandate-authz/mandate/server/approval"
+	"github.com/mandate-authz/mandate/store/rel"
+)
+
+// heldRules hold every agent read of a calendar for the owner's consent.
+const heldRules = `rules:
+  - name: calendar-read-needs-consent
+    description: Reading a calendar needs its owner's consent.
+    match:
+      resource_types: [calendar]
+      permissions: [read]
+`
+
+const inboxBase = "https://mandate.example.com/ui/"
+
+// elicitingClient is the go-sdk client declaring URL-mode elicitation
+// (capabilities.elicitation.url) at initialize.
+func elicitingClient(t *testing.T, e *env, token, version string) *mcp.ClientSession {
+	t.Helper()
+	c := mcp.NewClient(&mcp.Implementation{Name: "eliciting-client", Version: "1"}, &mcp.ClientOptions{
+		Capabilities: &mcp.ClientCapabilities{Elicitation: &mcp.ElicitationCapabilities{URL: &mcp.URLElicitationCapabilities{}}},
+		ElicitationHandler: func(context.Context, *mcp.ElicitRequest) (*mcp.ElicitResult, error) {
+			return &mcp.ElicitResult{Action: "cancel"}, nil
+		},
+	})
+	cs, err := c.Connect(ctxT(t), &mcp.StreamableClientTransport{Endpoint: e.resource,
+		HTTPClient: &http.Client{Transport: &clientTap{token: func() string { return token }}}, MaxRetries: -1},
+		&mcp.ClientSessionOptions{ProtocolVersion: version})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cs.Close() })
+	return cs
+}
+
+// mcpGoClient is mcp-go at revision 2025-11-25, declaring no elicitation.
+func mcpGoClient(t *testing.T, e *env, token string) (*mcpgoclient.Client, *clientTap) {
+	t.Helper()
+	tap := &clientTap{token: func() string { return token }}
+	tr, err := mcpgotransport.NewStreamableHTTP(e.resource, mcpgotransport.WithHTTPBasicClient(&http.Client{Transport: tap}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := mcpgoclient.NewClient(tr, mcpgoclient.WithProtocolVersion("2025-11-25"))
+	if err := c.Start(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if _, err := c.Initialize(ctxT(t), mcpgo.InitializeRequest{Params: mcpgo.InitializeParams{ProtocolVersion: "2025-11-25",
+		ClientInfo: mcpgo.Implementation{Name: "mcp-go-test", Version: "1"}}}); err != nil {
+		t.Fatal(err)
+	}
+	return c, tap
+}
+
+// urlElicitation reads a -32042 error: its one URL-mode elicitation.
+func urlElicitation(t *testing.T, err error) (id, url, message string) {
+	t.Helper()
+	var je *jsonrpc.Error
+	if !errors.As(err, &je) || je.Code != mcp.CodeURLElicitationRequired || mcpgateway.CodeURLElicitationRequired != mcp.CodeURLElicitationRequired {
+		t.Fatalf("expected URLElicitationRequiredError -32042, got %v", err)
+	}
+	var data struct {
+		Elicitations []struct {
+			Mode, ElicitationID, URL, Message string
+		}
+	}
+	if err := json.Unmarshal(je.Data, &data); err != nil || len(data.Elicitations) != 1 || data.Elicitations[0].Mode != "url" {
+		t.Fatalf("-32042 data %s: %v", je.Data, err)
+	}
+	el := data.Elicitations[0]
+	return el.ElicitationID, el.URL, el.Message
+}
+
+func (e *env) pendingApprovals(t *testing.T) []*pb.Approval {
+	t.Helper()
+	resp, err := pb.NewApprovalServiceClient(e.mandate.conn).List(ctxT(t), &pb.ApprovalServiceListRequest{Filter: &pb.ApprovalFilter{
+		Agent: &pb.ObjectReference{ObjectType: "agent", ObjectId: "helper"}, Status: pb.ApprovalStatus_APPROVAL_STATUS_PENDING}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.GetApprovals()
+}
+
+var alice = rel.Object{Type: "user", ID: "alice"}
+
+// TestApprovalElicitation: a call an escalation rule holds files one
+// approval request (however often the agent retries), sends a client
+// declaring URL elicitation to the inbox with -32042 and tells one that
+// does not in the denial's data; once alice approves, the next call
+// passes; once the grant is revoked, or a new request denied, it is held
+// again. With the cache on, no held or granted decision is ever reused.
+func TestApprovalElicitation(t *testing.T) {
+	for _, ttl := range []time.Duration{0, time.Minute} {
+		t.Run("cache="+ttl.String(), func(t *testing.T) {
+			e := newEnv(t, envOptions{cacheTTL: ttl, escalation: heldRules, approvalURL: inboxBase})
+			tok := e.token("alice", "helper", nil)
+			eliciting := elicitingClient(t, e, tok, "2025-11-25")
+			plain, tap := mcpGoClient(t, e, tok)
+			args := map[string]any{"calendar_id": "alice"}
+			plainCall := func() (*mcpgo.CallToolResult, error) {
+				return plain.CallTool(ctxT(t), mcpgo.CallToolRequest{Params: mcpgo.CallToolParams{Name: "read_calendar", Arguments: args}})
+			}
+
+			// Held: the eliciting client is sent to the request's inbox page.
+			_, err := callTool(t, eliciting, "read_calendar", args)
+			id, url, msg := urlElicitation(t, err)
+			if id == "" || url != inboxBase+"requests/"+id || !strings.Contains(msg, "calendar-read-needs-consent") {
+				t.Fatalf("elicitation id %q url %q message %q", id, url, msg)
+			}
+			// A retry, and the other client, find the same pending request.
+			_, err = callTool(t, eliciting, "read_calendar", args)
+			if again, _, _ := urlElicitation(t, err); again != id {
+				t.Fatalf("the retry was sent to request %s, not %s", again, id)
+			}
+			_, err = plainCall()
+			data := mcpGoDenial(t, tap, 0, err)
+			ap, _ := data["approval"].(map[string]any)
+			req, _ := ap["request"].(map[string]any)
+			if data["reason"] != mcpgateway.ReasonApprovalRequired || ap["request_id"] != id || ap["rule"] != "calendar-read-needs-consent" ||
+				ap["evaluation_id"] == "" || ap["url"] != url || req["permission"] != "read" || ap["status"] != "APPROVAL_STATUS_PENDING" {
+				t.Fatalf("denial data of a client without URL elicitation: %v", data)
+			}
+			pending := e.pendingApprovals(t)
+			if len(pending) != 1 || pending[0].GetId() != id || pending[0].GetRule() != "calendar-read-needs-consent" ||
+				!strings.Contains(pending[0].GetReason(), `tools/call "read_calendar"`) || pending[0].GetResource().GetObjectId() != "alice" {
+				t.Fatalf("pending requests after three held calls: %v", pending)
+			}
+			if len(e.upstream.find(`"read_calendar"`)) != 0 {
+				t.Fatal("a held call reached the MCP server")
+			}
+
+			// alice approves: the very next call passes, for both clients.
+			svc := e.mandate.srv.Approvals()
+			if _, err := svc.Approve(ctxT(t), id, approval.Decision{Approver: alice}); err != nil {
+				t.Fatal(err)
+			}
+			for range 2 {
+				if res, err := callTool(t, eliciting, "read_calendar", args); err != nil || textOf(t, res) != "events of alice: standup 09:00" {
+					t.Fatalf("call after approval: %v %v", res, err)
+				}
+			}
+			if res, err := plainCall(); err != nil || res.IsError {
+				t.Fatalf("mcp-go call after approval: %v %v", res, err)
+			}
+
+			// Revoking the grant holds the very next call again (a grant's
+			// allow is never cached) and files a new request.
+			if _, err := svc.Revoke(ctxT(t), id, alice); err != nil {
+				t.Fatal(err)
+			}
+			_, err = callTool(t, eliciting, "read_calendar", args)
+			second, _, _ := urlElicitation(t, err)
+			if second == id {
+				t.Fatal("the revoked request was given again")
+			}
+			// alice denies it: the call stays refused.
+			if _, err := svc.Deny(ctxT(t), second, approval.Decision{Approver: alice}); err != nil {
+				t.Fatal(err)
+			}
+			seen := len(tap.find(`"tools/call"`))
+			_, err = plainCall()
+			if d := mcpGoDenial(t, tap, seen, err); d["reason"] != mcpgateway.ReasonApprovalRequired {
+				t.Fatalf("call after deny: %v", d)
+			}
+			if hits, _ := e.gw.CacheStats(); hits != 0 {
+				t.Fatalf("%d held or granted decisions came from the cache", hits)
+			}
+		})
+	}
+}
+
+// mcpGoDenial reads the data of the CodeDenied error mcp-go just got:
+// mcp-go's error keeps only the message, so the data is read from the
+// response its tap recorded.
+func mcpGoDenial(t *testing.T, tap *clientTap, seen int, err error) map[string]any {
+	t.Helper()
+	if err == nil {
+		t.Fatal("expected a denial, the call passed")
+	}
+	var got []*exchange
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if got = tap.find(`"tools/call"`); len(got) > seen {
+			break
+		}
+	}
+	if len(got) <= seen {
+		t.Fatalf("the tap saw no new tools/call (%v)", err)
+	}
+	var resp struct {
+		Error struct {
+			Code int            `json:"code"`
+			Data map[string]any `json:"data"`
+		} `json:"error"`
+	}
+	if jerr := json.Unmarshal(got[len(got)-1].respBody, &resp); jerr != nil || resp.Error.Code != mcpgateway.CodeDenied {
+		t.Fatalf("mcp-go's call: %v; response %s", err, got[len(got)-1].respBody)
+	}
+	return resp.Error.Data
+}
