@@ -134,7 +134,7 @@ func heldMessage(id *Identity, dec Decision) string {
 // request is filed (or the pending one found) and the client is sent to
 // the inbox with a URL elicitation where it declared support for one,
 // else told in the denial's data.
-func (g *Gateway) held(ctx context.Context, id *Identity, dec Decision, info callInfo, elicitURL bool, denied *rpcError) *rpcError {
+func (g *Gateway) held(ctx context.Context, id *Identity, dec Decision, info callInfo, el elicitation, denied *rpcError) *rpcError {
 	req, _ := protoJSON.Marshal(dec.hold.GetRequest())
 	ad := &approvalData{Rule: dec.Rule, Description: dec.hold.GetDescription(), EvaluationID: dec.hold.GetEvaluationId(), Request: req}
 	a, err := g.filer.file(ctx, id, dec, info)
@@ -147,10 +147,20 @@ func (g *Gateway) held(ctx context.Context, id *Identity, dec Decision, info cal
 		g.log.Info("mcp call held for approval", "method", info.method, "name", info.name, "agent", id.Agent.String(),
 			"principal", id.Principal.String(), "approval_id", a.GetId(), "rule", dec.Rule)
 	}
-	if elicitURL && ad.URL != "" {
+	if el.url && ad.URL != "" {
 		msg := heldMessage(id, dec)
+		u := urlElicitation{Mode: "url", ElicitationID: ad.RequestID, URL: ad.URL, Message: msg}
+		if el.stateless {
+			// Revision 2026-07-28 asks for client input in band: the call's
+			// result says input is required, and the client retries the call
+			// once the user is done at the URL.
+			return &rpcError{result: map[string]any{
+				"resultType":    "input_required",
+				"inputRequests": map[string]any{"mandate_approval": map[string]any{"method": "elicitation/create", "params": u}},
+			}}
+		}
 		return &rpcError{code: CodeURLElicitationRequired, message: msg, data: map[string]any{
-			"elicitations": []urlElicitation{{Mode: "url", ElicitationID: ad.RequestID, URL: ad.URL, Message: msg}},
+			"elicitations": []urlElicitation{u},
 			"approval":     ad,
 		}}
 	}
@@ -161,4 +171,39 @@ func (g *Gateway) held(ctx context.Context, id *Identity, dec Decision, info cal
 		denied.message = "denied by Mandate: " + heldMessage(id, dec)
 	}
 	return denied
+}
+
+// elicitation is what the client declared it can do: URL-mode elicitation
+// (url), in a stateless 2026-07-28 request (stateless).
+type elicitation struct{ url, stateless bool }
+
+// Reserved _meta keys of a revision 2026-07-28 request.
+const (
+	metaProtocolVersion    = "io.modelcontextprotocol/protocolVersion"
+	metaClientCapabilities = "io.modelcontextprotocol/clientCapabilities"
+)
+
+// elicitationOf reads what the client of a call declared. A 2026-07-28
+// request carries its client's capabilities in its own _meta, and the
+// server must not infer them from other requests; a 2025-11-25 session
+// declared them in initialize.
+func (g *Gateway) elicitationOf(msg *message, sess string) elicitation {
+	var p struct {
+		Meta map[string]json.RawMessage `json:"_meta"`
+	}
+	_ = json.Unmarshal(msg.Params, &p)
+	var version string
+	_ = json.Unmarshal(p.Meta[metaProtocolVersion], &version)
+	if version >= "2026-07-28" {
+		caps := p.Meta[metaClientCapabilities]
+		return elicitation{stateless: true, url: declaresURLElicitation([]byte(`{"capabilities":` + string(orNull(caps)) + `}`))}
+	}
+	return elicitation{url: g.sessions.elicitsURL(sess)}
+}
+
+func orNull(b json.RawMessage) json.RawMessage {
+	if len(b) == 0 {
+		return json.RawMessage("null")
+	}
+	return b
 }

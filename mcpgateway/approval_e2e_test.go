@@ -34,13 +34,16 @@ const inboxBase = "https://mandate.example.com/ui/"
 
 // elicitingClient is the go-sdk client declaring URL-mode elicitation
 // (capabilities.elicitation.url) at initialize.
-func elicitingClient(t *testing.T, e *env, token, version string) *mcp.ClientSession {
+func elicitingClient(t *testing.T, e *env, token, version string, handler func(context.Context, *mcp.ElicitRequest) (*mcp.ElicitResult, error)) *mcp.ClientSession {
 	t.Helper()
-	c := mcp.NewClient(&mcp.Implementation{Name: "eliciting-client", Version: "1"}, &mcp.ClientOptions{
-		Capabilities: &mcp.ClientCapabilities{Elicitation: &mcp.ElicitationCapabilities{URL: &mcp.URLElicitationCapabilities{}}},
-		ElicitationHandler: func(context.Context, *mcp.ElicitRequest) (*mcp.ElicitResult, error) {
+	if handler == nil {
+		handler = func(context.Context, *mcp.ElicitRequest) (*mcp.ElicitResult, error) {
 			return &mcp.ElicitResult{Action: "cancel"}, nil
-		},
+		}
+	}
+	c := mcp.NewClient(&mcp.Implementation{Name: "eliciting-client", Version: "1"}, &mcp.ClientOptions{
+		Capabilities:       &mcp.ClientCapabilities{Elicitation: &mcp.ElicitationCapabilities{URL: &mcp.URLElicitationCapabilities{}}},
+		ElicitationHandler: handler,
 	})
 	cs, err := c.Connect(ctxT(t), &mcp.StreamableClientTransport{Endpoint: e.resource,
 		HTTPClient: &http.Client{Transport: &clientTap{token: func() string { return token }}}, MaxRetries: -1},
@@ -114,7 +117,7 @@ func TestApprovalElicitation(t *testing.T) {
 		t.Run("cache="+ttl.String(), func(t *testing.T) {
 			e := newEnv(t, envOptions{cacheTTL: ttl, escalation: heldRules, approvalURL: inboxBase})
 			tok := e.token("alice", "helper", nil)
-			eliciting := elicitingClient(t, e, tok, "2025-11-25")
+			eliciting := elicitingClient(t, e, tok, "2025-11-25", nil)
 			plain, tap := mcpGoClient(t, e, tok)
 			args := map[string]any{"calendar_id": "alice"}
 			plainCall := func() (*mcpgo.CallToolResult, error) {
@@ -216,4 +219,60 @@ func mcpGoDenial(t *testing.T, tap *clientTap, seen int, err error) map[string]a
 		t.Fatalf("mcp-go's call: %v; response %s", err, got[len(got)-1].respBody)
 	}
 	return resp.Error.Data
+}
+
+// TestApprovalElicitationStateless: at revision 2026-07-28 a client
+// declares its capabilities in each request's _meta, and a held call is
+// answered in band with an input_required result carrying the URL-mode
+// elicitation; the go-sdk client shows it (here: alice approves), retries
+// and passes. A client declaring no URL elicitation gets the denial's
+// data, for tools/call and prompts/get alike.
+func TestApprovalElicitationStateless(t *testing.T) {
+	e := newEnv(t, envOptions{stateless: true, escalation: heldRules, approvalURL: inboxBase})
+	tok := e.token("alice", "helper", nil)
+	svc := e.mandate.srv.Approvals()
+	var asked []*mcp.ElicitParams
+	eliciting := elicitingClient(t, e, tok, "", func(ctx context.Context, req *mcp.ElicitRequest) (*mcp.ElicitResult, error) {
+		asked = append(asked, req.Params)
+		// The person opens the URL and approves there.
+		id := strings.TrimPrefix(req.Params.URL, inboxBase+"requests/")
+		if _, err := svc.Approve(ctx, id, approval.Decision{Approver: alice}); err != nil {
+			return nil, err
+		}
+		return &mcp.ElicitResult{Action: "accept"}, nil
+	})
+	if v := eliciting.InitializeResult().ProtocolVersion; v != "2026-07-28" {
+		t.Fatalf("negotiated %s", v)
+	}
+	plain, _ := e.goClient(e.resource, tok, "")
+
+	// A client without URL elicitation: the request in the denial's data.
+	_, err := callTool(t, plain, "read_calendar", map[string]any{"calendar_id": "alice"})
+	code, data := denialOf(t, err)
+	ap, _ := data["approval"].(map[string]any)
+	id, _ := ap["request_id"].(string)
+	if code != mcpgateway.CodeDenied || data["reason"] != mcpgateway.ReasonApprovalRequired || id == "" || ap["url"] != inboxBase+"requests/"+id {
+		t.Fatalf("stateless denial: %d %v", code, data)
+	}
+	_, err = plain.GetPrompt(ctxT(t), &mcp.GetPromptParams{Name: "plan_week", Arguments: map[string]string{"calendar_id": "alice"}})
+	if code, data := denialOf(t, err); code != mcpgateway.CodeDenied || data["approval"].(map[string]any)["request_id"] != id {
+		t.Fatalf("prompts/get held: %d %v", code, data)
+	}
+
+	// The eliciting client is asked in band, approves, retries, passes.
+	res, err := callTool(t, eliciting, "read_calendar", map[string]any{"calendar_id": "alice"})
+	if err != nil || textOf(t, res) != "events of alice: standup 09:00" {
+		t.Fatalf("call through the elicitation: %v %v", res, err)
+	}
+	if len(asked) != 1 || asked[0].Mode != "url" || asked[0].ElicitationID != id || asked[0].URL != inboxBase+"requests/"+id ||
+		!strings.Contains(asked[0].Message, "calendar-read-needs-consent") {
+		t.Fatalf("elicitations asked: %+v", asked)
+	}
+	if p := e.pendingApprovals(t); len(p) != 0 {
+		t.Fatalf("pending after approval: %v", p)
+	}
+	// The grant holds for the client without elicitation too.
+	if res, err := callTool(t, plain, "read_calendar", map[string]any{"calendar_id": "alice"}); err != nil || res.IsError {
+		t.Fatalf("plain call after approval: %v %v", res, err)
+	}
 }

@@ -584,10 +584,7 @@ func (g *Gateway) decide(ctx context.Context, id *Identity, sess, scope string, 
 		data: denial{Reason: dec.Reason, Resource: dec.Resource, Permission: dec.Permission, Chain: dec.Chain, ClaimedChain: id.ChainStrings(),
 			FailedAt: dec.FailedAt, Missing: dec.Missing, ResolvableByApproval: dec.ResolvableByApproval, Revision: dec.Revision}}
 	if dec.Held() {
-		// Revision 2026-07-28 has no sessions and replaces -32042 with
-		// input_required results, which the gateway does not build: its
-		// stateless callers get the approval in the denial's data.
-		return g.held(ctx, id, dec, info, g.sessions.elicitsURL(sess), denied)
+		return g.held(ctx, id, dec, info, g.elicitationOf(msg, sess), denied)
 	}
 	return denied
 }
