@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -274,5 +275,60 @@ func TestApprovalElicitationStateless(t *testing.T) {
 	// The grant holds for the client without elicitation too.
 	if res, err := callTool(t, plain, "read_calendar", map[string]any{"calendar_id": "alice"}); err != nil || res.IsError {
 		t.Fatalf("plain call after approval: %v %v", res, err)
+	}
+}
+
+// TestApprovalRequestableDenial: with no escalation rule, a denial only
+// the agent's own grant is missing for (agents may not write calendars)
+// is held the same way: concurrent retries file one request, with no
+// rule, and alice's approval lets the write through.
+func TestApprovalRequestableDenial(t *testing.T) {
+	e := newEnv(t, envOptions{cacheTTL: time.Minute, approvalURL: inboxBase})
+	tok := e.token("alice", "helper", map[string]any{"scope": "mcp calendar.write"})
+	eliciting := elicitingClient(t, e, tok, "2025-11-25", nil)
+	args := map[string]any{"calendar_id": "alice", "title": "review"}
+	ids := make(chan string, 4)
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := eliciting.CallTool(ctxT(t), &mcp.CallToolParams{Name: "add_event", Arguments: args})
+			var je *jsonrpc.Error
+			if !errors.As(err, &je) || je.Code != mcp.CodeURLElicitationRequired {
+				t.Errorf("concurrent held call: %v", err)
+				ids <- ""
+				return
+			}
+			var data struct {
+				Elicitations []struct{ ElicitationID, Message string }
+			}
+			json.Unmarshal(je.Data, &data)
+			if len(data.Elicitations) != 1 || !strings.Contains(data.Elicitations[0].Message, "a person's approval is required") {
+				t.Errorf("elicitation data %s", je.Data)
+			}
+			ids <- data.Elicitations[0].ElicitationID
+		}()
+	}
+	wg.Wait()
+	close(ids)
+	var first string
+	for id := range ids {
+		if first == "" {
+			first = id
+		}
+		if id == "" || id != first {
+			t.Fatalf("concurrent held calls were sent to different requests (%q, %q)", first, id)
+		}
+	}
+	pending := e.pendingApprovals(t)
+	if len(pending) != 1 || pending[0].GetId() != first || pending[0].GetRule() != "" || pending[0].GetPermission() != "write" {
+		t.Fatalf("pending requests: %v", pending)
+	}
+	if _, err := e.mandate.srv.Approvals().Approve(ctxT(t), first, approval.Decision{Approver: alice}); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := callTool(t, eliciting, "add_event", args); err != nil || textOf(t, res) != "added review to alice" {
+		t.Fatalf("write after approval: %v %v", res, err)
 	}
 }

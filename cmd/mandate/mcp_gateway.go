@@ -84,6 +84,11 @@ func runMCPGateway(cmd *cobra.Command, o *mcpGatewayOptions) error {
 	if err != nil || (up.Scheme != "http" && up.Scheme != "https") || up.Host == "" {
 		return fmt.Errorf("--upstream %q: expected an http(s) URL of the MCP endpoint, such as http://127.0.0.1:8081/mcp", o.upstream)
 	}
+	if o.approvalURL != "" {
+		if u, err := url.Parse(o.approvalURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("--approval-url %q: expected the http(s) URL of Mandate's inbox, such as http://127.0.0.1:8443/ui/", o.approvalURL)
+		}
+	}
 	if o.maxBodyBytes <= 0 {
 		return fmt.Errorf("--max-body-bytes %d: expected a positive size", o.maxBodyBytes)
 	}
