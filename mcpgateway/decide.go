@@ -29,6 +29,9 @@ const (
 	// ReasonTokenPrincipal: the capability token acts for a principal
 	// other than the OAuth token's subject.
 	ReasonTokenPrincipal = "token_principal_mismatch"
+	// ReasonApprovalRequired: an escalation rule held a call Mandate
+	// would otherwise allow until a person approves it.
+	ReasonApprovalRequired = "approval_required"
 )
 
 // Decision is the gateway's answer for one call or listed item.
@@ -45,7 +48,42 @@ type Decision struct {
 	ResolvableByApproval bool
 	Revision             string
 	Cached               bool
+	// Rule names the escalation rule that held the call, GrantID the
+	// approval grant that allowed it.
+	Rule    string
+	GrantID string
+	// hold is what a person's approval would lift (Mandate's approval
+	// context of a held or requestable denial), with the request to file.
+	hold *pb.ApprovalContext
 }
+
+// Held reports whether a person's approval would lift the denial.
+func (d Decision) Held() bool { return !d.Allowed && d.hold.GetRequest() != nil }
+
+// withApproval reads Mandate's approval context into a decision: a call
+// an escalation rule held, a denial a grant would resolve, or an allow a
+// grant gave.
+func withApproval(dec *Decision, decision pb.Decision, a *pb.ApprovalContext) {
+	if a == nil {
+		return
+	}
+	dec.Rule = a.GetRule()
+	if dec.Allowed {
+		dec.GrantID = a.GetGrantId()
+		return
+	}
+	if decision == pb.Decision_DECISION_APPROVAL_REQUIRED {
+		dec.Reason = ReasonApprovalRequired
+	}
+	if a.GetRequest() != nil {
+		dec.hold = a
+	}
+}
+
+// cacheable: a decision an approval shaped is never cached. A grant is a
+// record the Watch stream does not report, so a grant's allow must end
+// with it, and a held denial must lift as soon as a person approves.
+func (d Decision) cacheable() bool { return d.hold == nil && d.GrantID == "" && d.Rule == "" }
 
 // callInfo is what the check's context tells Mandate's audit about the MCP
 // call. The keys are prefixed mcp_ so that they cannot collide with a
@@ -181,8 +219,11 @@ func (d *decider) check(ctx context.Context, id *Identity, scope string, it chec
 		return Decision{}, fmt.Errorf("mandate Check %s#%s: %w", it.object, it.permission, err)
 	}
 	dec := judge(id, it, resp.GetDecision(), resp.GetMissingParameters(), resp.GetDelegation())
+	withApproval(&dec, resp.GetDecision(), resp.GetApproval())
 	dec.Revision = resp.GetCheckedAt().GetToken()
-	d.store(key, gen, dec)
+	if dec.cacheable() {
+		d.store(key, gen, dec)
+	}
 	return dec, nil
 }
 
@@ -202,6 +243,7 @@ func (d *decider) checkToken(ctx context.Context, id *Identity, it checkItem) (D
 		return Decision{}, fmt.Errorf("mandate Check %s#%s with a capability token: %w", it.object, it.permission, err)
 	}
 	dec := judgeToken(id, it, resp.GetDecision(), resp.GetMissingParameters(), resp.GetToken())
+	withApproval(&dec, resp.GetDecision(), resp.GetApproval())
 	dec.Revision = resp.GetCheckedAt().GetToken()
 	d.log.Info("mcp decision (capability token)", "method", it.info.method, "name", it.info.name, "session", it.info.session,
 		"principal", id.Principal.String(), "agent", id.Agent.String(), "token_id", resp.GetToken().GetTokenId(),

@@ -32,4 +32,13 @@
 // Mandate's checks, never upstream: Mandate verifies it and binds it to
 // its holder, which must be the calling agent, and the token's principal
 // must be the OAuth token's subject. Calls with a token are not cached.
+//
+// A call Mandate holds for a person's approval (approval required by an
+// escalation rule, or a denial only the agent's own grant is missing for)
+// files the approval request with Mandate's ApprovalService, once per
+// agent, principal, resource and permission while pending, and sends the
+// client to the inbox's page for it: a -32042 URL elicitation (2025-11-25,
+// declared in initialize), an input_required result (2026-07-28, declared
+// in the request's _meta), else the request in the denial's data.
+// Decisions an approval shaped are never cached.
 package mcpgateway

@@ -69,6 +69,12 @@ type Config struct {
 	// MaxSessions and SessionIdle bound the sessions the gateway tracks.
 	MaxSessions int
 	SessionIdle time.Duration
+	// ApprovalURL is the base of Mandate's web inbox (e.g.
+	// https://mandate.example.com/ui/): a call held for a person's approval
+	// sends a client that declared URL elicitation to the request's page
+	// there. Empty: held calls are answered with the approval request in
+	// the denial's data only.
+	ApprovalURL string
 	// HTTPClient fetches the issuer's discovery document and keys.
 	HTTPClient *http.Client
 	Logger     *slog.Logger
@@ -82,6 +88,7 @@ type Gateway struct {
 	auth     *authenticator
 	dec      *decider
 	sessions *sessionTable
+	filer    *filer
 	prm      http.Handler
 	prmURL   string
 	prmPath  string
@@ -132,6 +139,14 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	var inbox *url.URL
+	if cfg.ApprovalURL != "" {
+		iu, err := url.Parse(cfg.ApprovalURL)
+		if err != nil || (iu.Scheme != "http" && iu.Scheme != "https") || iu.Host == "" {
+			return nil, fmt.Errorf("mcpgateway: approval URL %q: expected the http(s) URL of Mandate's inbox, such as https://mandate.example.com/ui/", cfg.ApprovalURL)
+		}
+		inbox = iu
+	}
 	a, err := newAuthenticator(ctx, &cfg)
 	if err != nil {
 		return nil, fmt.Errorf("mcpgateway: %w", err)
@@ -145,6 +160,7 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 		auth:     a,
 		dec:      newDecider(cfg.Mandate, cfg.CacheTTL, cfg.CacheEntries, cfg.Logger),
 		sessions: newSessionTable(cfg.MaxSessions, cfg.SessionIdle),
+		filer:    newFiler(cfg.Mandate, inbox),
 		prmURL:   full,
 		prmPath:  path,
 		mcpPath:  u.EscapedPath(),
@@ -386,9 +402,10 @@ func (g *Gateway) post(w http.ResponseWriter, r *http.Request, id *Identity, nex
 	}
 	switch {
 	case msg.Method == "initialize":
+		elicitURL := declaresURLElicitation(msg.Params)
 		tap := &responseTap{w: w, onHeader: func(h http.Header) {
 			if s := h.Get("Mcp-Session-Id"); s != "" {
-				g.sessions.bind(s, id.key())
+				g.sessions.bind(s, id.key(), elicitURL)
 			}
 		}}
 		next.ServeHTTP(tap, r)
@@ -554,7 +571,8 @@ func (g *Gateway) decide(ctx context.Context, id *Identity, sess, scope string, 
 	}
 	ctx, cancel := context.WithTimeout(ctx, g.cfg.CheckTimeout)
 	defer cancel()
-	dec, err := g.dec.check(ctx, id, scope, checkItem{object: obj, permission: perm, info: callInfo{method: msg.Method, name: name, session: sess}})
+	info := callInfo{method: msg.Method, name: name, session: sess}
+	dec, err := g.dec.check(ctx, id, scope, checkItem{object: obj, permission: perm, info: info})
 	if err != nil {
 		g.log.Error("mcp call not decided: refused", "method", msg.Method, "name", name, "error", err)
 		return &rpcError{code: CodeUnavailable, message: "the call could not be authorized (Mandate unavailable): refused"}
@@ -562,9 +580,13 @@ func (g *Gateway) decide(ctx context.Context, id *Identity, sess, scope string, 
 	if dec.Allowed {
 		return nil
 	}
-	return &rpcError{code: CodeDenied, message: fmt.Sprintf("denied by Mandate: %s may not %s %s on behalf of %s (%s)", id.Agent, perm, obj, id.Principal, dec.Reason),
+	denied := &rpcError{code: CodeDenied, message: fmt.Sprintf("denied by Mandate: %s may not %s %s on behalf of %s (%s)", id.Agent, perm, obj, id.Principal, dec.Reason),
 		data: denial{Reason: dec.Reason, Resource: dec.Resource, Permission: dec.Permission, Chain: dec.Chain, ClaimedChain: id.ChainStrings(),
 			FailedAt: dec.FailedAt, Missing: dec.Missing, ResolvableByApproval: dec.ResolvableByApproval, Revision: dec.Revision}}
+	if dec.Held() {
+		return g.held(ctx, id, dec, info, g.elicitationOf(msg, sess), denied)
+	}
+	return denied
 }
 
 // denial is the data of a CodeDenied error.
@@ -578,6 +600,8 @@ type denial struct {
 	Missing              []string `json:"missing_parameters,omitempty"`
 	ResolvableByApproval bool     `json:"resolvable_by_approval,omitempty"`
 	Revision             string   `json:"revision,omitempty"`
+	// Approval is the approval request filed for a held call.
+	Approval *approvalData `json:"approval,omitempty"`
 }
 
 // listFilter keeps the listed items the caller may use, decided with one

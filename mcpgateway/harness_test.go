@@ -26,6 +26,7 @@ import (
 	"github.com/mandate-authz/mandate/server"
 	"github.com/mandate-authz/mandate/server/audit"
 	"github.com/mandate-authz/mandate/server/capability"
+	"github.com/mandate-authz/mandate/server/escalation"
 	"github.com/mandate-authz/mandate/store/memory"
 	"github.com/mandate-authz/mandate/store/rel"
 )
@@ -52,7 +53,11 @@ func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]strin
 }
 func (bearer) RequireTransportSecurity() bool { return false }
 
-func startMandate(t testing.TB) *mandateServer {
+func startMandate(t testing.TB) *mandateServer { return startMandateWith(t, nil) }
+
+// startMandateWith starts Mandate holding agents' checks by the escalation
+// rules esc (nil: none).
+func startMandateWith(t testing.TB, esc *escalation.Escalator) *mandateServer {
 	t.Helper()
 	sink, err := audit.OpenFileSink(t.TempDir(), 0, nil)
 	if err != nil {
@@ -73,7 +78,7 @@ func startMandate(t testing.TB) *mandateServer {
 	}
 	srv, err := server.New(st, engine.New(), server.Config{
 		GRPCAddr: "127.0.0.1:0", PresharedKeys: []string{mandateKey}, PresharedKeyNames: []string{"mcp-gateway"},
-		ShutdownGracePeriod: 5 * time.Second, Audit: trail, CapabilityKeys: keys,
+		ShutdownGracePeriod: 5 * time.Second, Audit: trail, CapabilityKeys: keys, Escalation: esc,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -290,11 +295,22 @@ type envOptions struct {
 	cacheTTL  time.Duration // the gateway's decision cache
 	json      bool          // the MCP server answers with JSON bodies, not SSE
 	inProcess bool          // Middleware wraps the go-sdk handler: no proxy
+	// escalation holds agents' checks by these rules (YAML); approvalURL
+	// is the gateway's inbox base.
+	escalation, approvalURL string
 }
 
 func newEnv(t testing.TB, o envOptions) *env {
 	t.Helper()
-	e := &env{t: t, mandate: startMandate(t)}
+	var esc *escalation.Escalator
+	if o.escalation != "" {
+		rules, err := escalation.Parse("rules.yaml", []byte(o.escalation))
+		if err != nil {
+			t.Fatal(err)
+		}
+		esc = escalation.New(rules, escalation.Options{})
+	}
+	e := &env{t: t, mandate: startMandateWith(t, esc)}
 
 	issSrv := httptest.NewUnstartedServer(nil)
 	issSrv.Start()
@@ -327,6 +343,7 @@ func newEnv(t testing.TB, o envOptions) *env {
 	e.resource = "http://" + ln.Addr().String() + "/mcp"
 	gw, err := mcpgateway.New(context.Background(), mcpgateway.Config{
 		Resource: e.resource, Issuer: iss.URL, Mapping: mapping, Mandate: e.mandate.conn, CacheTTL: o.cacheTTL,
+		ApprovalURL: o.approvalURL,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -48,6 +48,9 @@ type rpcError struct {
 	code    int
 	message string
 	data    any
+	// result, when set, is answered as the call's result instead of an
+	// error: an input_required result (revision 2026-07-28).
+	result any
 }
 
 func (e *rpcError) Error() string { return e.message }
@@ -169,8 +172,12 @@ func writeRPCError(w http.ResponseWriter, id json.RawMessage, e *rpcError) {
 	body := struct {
 		JSONRPC string          `json:"jsonrpc"`
 		ID      json.RawMessage `json:"id"`
-		Error   errBody         `json:"error"`
-	}{"2.0", id, errBody{e.code, e.message, e.data}}
+		Error   *errBody        `json:"error,omitempty"`
+		Result  any             `json:"result,omitempty"`
+	}{JSONRPC: "2.0", ID: id, Result: e.result}
+	if e.result == nil {
+		body.Error = &errBody{e.code, e.message, e.data}
+	}
 	if len(body.ID) == 0 {
 		body.ID = json.RawMessage("null")
 	}

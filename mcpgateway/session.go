@@ -23,6 +23,8 @@ type sessionEntry struct {
 	owner string
 	last  time.Time
 	lists map[string]string // request ID -> list method
+	// elicitURL: the client declared URL-mode elicitation in initialize.
+	elicitURL bool
 }
 
 func newSessionTable(max int, idle time.Duration) *sessionTable {
@@ -31,7 +33,7 @@ func newSessionTable(max int, idle time.Duration) *sessionTable {
 
 // bind records a session the upstream just opened. When the table is full
 // the idle sessions go first, then the least recently used.
-func (t *sessionTable) bind(id, owner string) {
+func (t *sessionTable) bind(id, owner string, elicitURL bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if _, ok := t.sessions[id]; ok {
@@ -54,7 +56,7 @@ func (t *sessionTable) bind(id, owner string) {
 			delete(t.sessions, oldest)
 		}
 	}
-	t.sessions[id] = &sessionEntry{owner: owner, last: time.Now(), lists: map[string]string{}}
+	t.sessions[id] = &sessionEntry{owner: owner, last: time.Now(), lists: map[string]string{}, elicitURL: elicitURL}
 }
 
 // owns reports whether the session exists, is not idle-expired and belongs
@@ -115,4 +117,34 @@ func (t *sessionTable) listMethod(id string) func(json.RawMessage) (string, bool
 		m, ok := e.lists[string(reqID)]
 		return m, ok
 	}
+}
+
+// elicitsURL reports whether the session's client declared URL-mode
+// elicitation (capabilities.elicitation.url) when it initialized.
+func (t *sessionTable) elicitsURL(id string) bool {
+	if id == "" {
+		return false
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	e := t.sessions[id]
+	return e != nil && e.elicitURL
+}
+
+// declaresURLElicitation reads an initialize request's client
+// capabilities: URL mode is declared by an elicitation.url member
+// (revision 2025-11-25; an empty elicitation object means form mode only).
+func declaresURLElicitation(params json.RawMessage) bool {
+	var p struct {
+		Capabilities struct {
+			Elicitation struct {
+				URL json.RawMessage `json:"url"`
+			} `json:"elicitation"`
+		} `json:"capabilities"`
+	}
+	if json.Unmarshal(params, &p) != nil {
+		return false
+	}
+	u := p.Capabilities.Elicitation.URL
+	return len(u) > 0 && string(u) != "null"
 }

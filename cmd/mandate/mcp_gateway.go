@@ -27,6 +27,7 @@ type mcpGatewayOptions struct {
 	cacheTTL     time.Duration
 	clockSkew    time.Duration
 	maxBodyBytes int64
+	approvalURL  string
 }
 
 func newMCPGatewayCommand() *cobra.Command {
@@ -45,7 +46,13 @@ against (see the README). The client's token never reaches the MCP server.
 
 --timeout bounds each call to Mandate. --cache-ttl caches decisions, invalidated by
 Mandate's Watch stream; with it, cached decisions are logged by the gateway but not
-repeated in Mandate's audit trail.`,
+repeated in Mandate's audit trail.
+
+A call Mandate holds for a person's approval (an escalation rule, or a denial only
+the agent's own grant is missing for) files the approval request for the agent,
+once per agent, principal, resource and permission while it is pending; a client
+that declared URL elicitation gets error -32042 sending it to the request's page
+under --approval-url, any other the request in the denial's data.`,
 		Example: "  mandate mcp-gateway --upstream http://127.0.0.1:8081/mcp --issuer http://127.0.0.1:8082 \\\n" +
 			"    --mapping mapping.yaml --endpoint 127.0.0.1:50051 --insecure",
 		Args: cobra.NoArgs,
@@ -62,6 +69,7 @@ repeated in Mandate's audit trail.`,
 	f.StringVar(&o.mapping, "mapping", "", "YAML file mapping tools, prompts and resources to Mandate checks (required)")
 	f.DurationVar(&o.cacheTTL, "cache-ttl", 0, "cache decisions this long, invalidated by Mandate's Watch stream (0: every call is checked)")
 	f.DurationVar(&o.clockSkew, "clock-skew", mcpgateway.DefaultClockSkew, "tolerance on a token's exp and nbf")
+	f.StringVar(&o.approvalURL, "approval-url", "", "base URL of Mandate's web inbox (e.g. http://127.0.0.1:8443/ui/): a held call sends a client declaring URL elicitation to its request's page")
 	f.Int64Var(&o.maxBodyBytes, "max-body-bytes", mcpgateway.DefaultMaxBodyBytes, "largest request body accepted")
 	return cmd
 }
@@ -75,6 +83,11 @@ func runMCPGateway(cmd *cobra.Command, o *mcpGatewayOptions) error {
 	up, err := url.Parse(o.upstream)
 	if err != nil || (up.Scheme != "http" && up.Scheme != "https") || up.Host == "" {
 		return fmt.Errorf("--upstream %q: expected an http(s) URL of the MCP endpoint, such as http://127.0.0.1:8081/mcp", o.upstream)
+	}
+	if o.approvalURL != "" {
+		if u, err := url.Parse(o.approvalURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("--approval-url %q: expected the http(s) URL of Mandate's inbox, such as http://127.0.0.1:8443/ui/", o.approvalURL)
+		}
 	}
 	if o.maxBodyBytes <= 0 {
 		return fmt.Errorf("--max-body-bytes %d: expected a positive size", o.maxBodyBytes)
@@ -114,6 +127,7 @@ func runMCPGateway(cmd *cobra.Command, o *mcpGatewayOptions) error {
 	gw, err := mcpgateway.New(ctx, mcpgateway.Config{
 		Resource: o.resource, Issuer: o.issuer, Mapping: mapping, Mandate: c.conn,
 		MaxBodyBytes: o.maxBodyBytes, ClockSkew: skew, CheckTimeout: o.conn.timeout, CacheTTL: o.cacheTTL, Logger: log,
+		ApprovalURL: o.approvalURL,
 	})
 	if err != nil {
 		return err

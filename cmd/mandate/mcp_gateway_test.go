@@ -134,6 +134,7 @@ func TestMCPGatewayCommandRefusesBadFlags(t *testing.T) {
 		{[]string{"--upstream", "ftp://x", "--issuer", "http://x", "--mapping", bad}, "expected an http(s) URL"},
 		{[]string{"--upstream", "http://x/mcp", "--issuer", "http://x", "--mapping", bad}, "mapping line 3: \"calendar:{calendar_id}\": expected type:id#permission"},
 		{[]string{"--upstream", "http://x/mcp", "--issuer", "http://x", "--mapping", filepath.Join(dir, "none.yaml")}, "no such file"},
+		{[]string{"--upstream", "http://x/mcp", "--issuer", "http://x", "--mapping", bad, "--approval-url", "127.0.0.1:8443/ui/"}, "--approval-url \"127.0.0.1:8443/ui/\": expected the http(s) URL of Mandate's inbox"},
 	} {
 		var out syncBuffer
 		code := run(append([]string{"mcp-gateway"}, tc.args...), &out, &out)
