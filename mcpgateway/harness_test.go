@@ -53,8 +53,6 @@ func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]strin
 }
 func (bearer) RequireTransportSecurity() bool { return false }
 
-func startMandate(t testing.TB) *mandateServer { return startMandateWith(t, nil) }
-
 // startMandateWith starts Mandate holding agents' checks by the escalation
 // rules esc (nil: none).
 func startMandateWith(t testing.TB, esc *escalation.Escalator) *mandateServer {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -134,15 +135,11 @@ The request's id is printed alone on stdout, for scripts.`,
 			if duration > 0 {
 				req.Duration = durationpb.New(duration)
 			}
-			c, ctx, cancel, err := connect(cmd, &conn)
+			resp, err := callApprovals(cmd, &conn, "approvals request", func(ctx context.Context, api pb.ApprovalServiceClient) (*pb.ApprovalServiceRequestResponse, error) {
+				return api.Request(ctx, req)
+			})
 			if err != nil {
 				return err
-			}
-			defer cancel()
-			defer c.close()
-			resp, err := pb.NewApprovalServiceClient(c.conn).Request(ctx, req)
-			if err != nil {
-				return c.callError("approvals request", err)
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), resp.GetApproval().GetId())
 			return nil
@@ -205,15 +202,11 @@ func newApprovalsListCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			c, ctx, cancel, err := connect(cmd, &conn)
+			resp, err := callApprovals(cmd, &conn, "approvals list", func(ctx context.Context, api pb.ApprovalServiceClient) (*pb.ApprovalServiceListResponse, error) {
+				return api.List(ctx, &pb.ApprovalServiceListRequest{Filter: f})
+			})
 			if err != nil {
 				return err
-			}
-			defer cancel()
-			defer c.close()
-			resp, err := pb.NewApprovalServiceClient(c.conn).List(ctx, &pb.ApprovalServiceListRequest{Filter: f})
-			if err != nil {
-				return c.callError("approvals list", err)
 			}
 			for _, a := range resp.GetApprovals() {
 				printApprovalLine(cmd.OutOrStdout(), a)
@@ -233,15 +226,11 @@ func newApprovalsShowCommand() *cobra.Command {
 		Short: "Show one approval request",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, ctx, cancel, err := connect(cmd, &conn)
+			resp, err := callApprovals(cmd, &conn, "approvals show", func(ctx context.Context, api pb.ApprovalServiceClient) (*pb.ApprovalServiceGetResponse, error) {
+				return api.Get(ctx, &pb.ApprovalServiceGetRequest{Id: args[0]})
+			})
 			if err != nil {
 				return err
-			}
-			defer cancel()
-			defer c.close()
-			resp, err := pb.NewApprovalServiceClient(c.conn).Get(ctx, &pb.ApprovalServiceGetRequest{Id: args[0]})
-			if err != nil {
-				return c.callError("approvals show", err)
 			}
 			printApproval(cmd.OutOrStdout(), resp.GetApproval())
 			return nil
@@ -267,30 +256,20 @@ resource now; any other caller is refused.`,
 			if duration < 0 {
 				return fmt.Errorf("--duration %v: expected a positive duration", duration)
 			}
-			c, ctx, cancel, err := connect(cmd, &conn)
-			if err != nil {
-				return err
-			}
-			defer cancel()
-			defer c.close()
-			api := pb.NewApprovalServiceClient(c.conn)
-			var a *pb.Approval
-			if verb == "approve" {
+			a, err := callApprovals(cmd, &conn, "approvals "+verb, func(ctx context.Context, api pb.ApprovalServiceClient) (*pb.Approval, error) {
+				if verb == "deny" {
+					resp, err := api.Deny(ctx, &pb.DenyRequest{Id: args[0], Note: note})
+					return resp.GetApproval(), err
+				}
 				req := &pb.ApproveRequest{Id: args[0], SingleUse: singleUse, Note: note}
 				if duration > 0 {
 					req.Duration = durationpb.New(duration)
 				}
 				resp, err := api.Approve(ctx, req)
-				if err != nil {
-					return c.callError("approvals approve", err)
-				}
-				a = resp.GetApproval()
-			} else {
-				resp, err := api.Deny(ctx, &pb.DenyRequest{Id: args[0], Note: note})
-				if err != nil {
-					return c.callError("approvals deny", err)
-				}
-				a = resp.GetApproval()
+				return resp.GetApproval(), err
+			})
+			if err != nil {
+				return err
 			}
 			printApprovalLine(cmd.OutOrStdout(), a)
 			return nil
@@ -312,15 +291,11 @@ func newApprovalsRevokeCommand() *cobra.Command {
 		Short: "End a grant (or withdraw a pending request) early, as the person the API key is bound to",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, ctx, cancel, err := connect(cmd, &conn)
+			resp, err := callApprovals(cmd, &conn, "approvals revoke", func(ctx context.Context, api pb.ApprovalServiceClient) (*pb.ApprovalServiceRevokeResponse, error) {
+				return api.Revoke(ctx, &pb.ApprovalServiceRevokeRequest{Id: args[0]})
+			})
 			if err != nil {
 				return err
-			}
-			defer cancel()
-			defer c.close()
-			resp, err := pb.NewApprovalServiceClient(c.conn).Revoke(ctx, &pb.ApprovalServiceRevokeRequest{Id: args[0]})
-			if err != nil {
-				return c.callError("approvals revoke", err)
 			}
 			printApprovalLine(cmd.OutOrStdout(), resp.GetApproval())
 			return nil
@@ -402,4 +377,21 @@ func printApprovalContext(w io.Writer, a *pb.ApprovalContext) {
 		fmt.Fprintf(w, "evaluation: %s\nfile: mandate approvals request %s#%s %s --on-behalf-of %s%s --evaluation-id %s\n",
 			a.GetEvaluationId(), refString(r.GetResource()), r.GetPermission(), refString(r.GetAgent()), refString(r.GetPrincipal()), task, a.GetEvaluationId())
 	}
+}
+
+// callApprovals connects with conn, runs one ApprovalService call and
+// words its error as the command name's.
+func callApprovals[R any](cmd *cobra.Command, conn *clientOptions, name string, call func(context.Context, pb.ApprovalServiceClient) (R, error)) (R, error) {
+	var zero R
+	c, ctx, cancel, err := connect(cmd, conn)
+	if err != nil {
+		return zero, err
+	}
+	defer cancel()
+	defer c.close()
+	resp, err := call(ctx, pb.NewApprovalServiceClient(c.conn))
+	if err != nil {
+		return zero, c.callError(name, err)
+	}
+	return resp, nil
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 
 	"github.com/spf13/cobra"
@@ -22,15 +23,11 @@ many grants and requests it ended.`,
 		Example: "  mandate task end T",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, ctx, cancel, err := connect(cmd, &conn)
+			resp, err := callApprovals(cmd, &conn, "task end", func(ctx context.Context, api pb.ApprovalServiceClient) (*pb.EndTaskResponse, error) {
+				return api.EndTask(ctx, &pb.EndTaskRequest{Task: args[0]})
+			})
 			if err != nil {
 				return err
-			}
-			defer cancel()
-			defer c.close()
-			resp, err := pb.NewApprovalServiceClient(c.conn).EndTask(ctx, &pb.EndTaskRequest{Task: args[0]})
-			if err != nil {
-				return c.callError("task end", err)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "task %s ended: %d approval grants and requests revoked, and its capability tokens\n", args[0], resp.GetEnded())
 			return nil
