@@ -2,10 +2,12 @@ package engine_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 
 	"github.com/mandate-authz/mandate/engine"
 	"github.com/mandate-authz/mandate/store"
+	"github.com/mandate-authz/mandate/store/rel"
 )
 
 // TestSuperseded follows the count of history-only versions through
@@ -46,6 +48,36 @@ func TestSuperseded(t *testing.T) {
 		}
 		if got := e.Superseded(); got != s.want {
 			t.Errorf("%s (revision %d): Superseded() = %d, want %d", s.name, rev, got, s.want)
+		}
+	}
+}
+
+// BenchmarkApplySupersede measures Apply of one-update changes that each
+// supersede a version, the path Superseded's count is kept on; with
+// ForgetBefore every 1,000 changes, as retention does.
+func BenchmarkApplySupersede(b *testing.B) {
+	ctx := context.Background()
+	e, err := engine.Load(ctx, docSchema, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	rels := make([]store.Update, 1000)
+	for i := range rels {
+		r, err := rel.Parse(fmt.Sprintf("doc:d%d#viewer@user:u%d", i/10, i%10))
+		if err != nil {
+			b.Fatal(err)
+		}
+		rels[i] = store.Update{Op: store.Touch, Rel: r}
+	}
+	rev := e.Head()
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		rev++
+		if err := e.Apply(store.Change{Revision: rev, Updates: rels[i%len(rels) : i%len(rels)+1]}); err != nil {
+			b.Fatal(err)
+		}
+		if i%1000 == 999 {
+			e.ForgetBefore(rev)
 		}
 	}
 }
