@@ -188,6 +188,16 @@ func (e *Engine) ForgetBefore(rev store.Revision) {
 	e.idx.compact(rev)
 }
 
+// Superseded returns how many relationship versions the engine keeps only
+// for history: each update or delete supersedes one, and ForgetBefore
+// releases those older than its revision. A server bounds its memory by
+// this count (each costs about as much as a live relationship).
+func (e *Engine) Superseded() int {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	return e.idx.superseded
+}
+
 // EmptyRevision names revision zero, the empty store before any write, as
 // the Revision of a request. A request's zero Revision is not revision zero
 // but the latest revision applied (the zero value is what most callers

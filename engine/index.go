@@ -173,6 +173,9 @@ type schemaVersion struct {
 type index struct {
 	head   store.Revision
 	oldest store.Revision
+	// superseded counts the versions kept only for history: closed by a
+	// later write or a delete, not yet dropped by compact.
+	superseded int
 
 	typeSyms map[string]sym
 	types    []*typeTable // by type symbol; types[0] is nil
@@ -368,6 +371,7 @@ func (idx *index) touch(rev store.Revision, r rel.Relationship) {
 				return
 			}
 			edges[j].deleted = rev
+			idx.superseded++
 		}
 	}
 	edges = slices.Insert(edges, j, e)
@@ -433,6 +437,7 @@ func (idx *index) remove(rev store.Revision, k rel.Key) {
 	for i := find(edges, kind, sid); i < len(edges) && subjectCmp(&edges[i], kind, sid) == 0; i++ {
 		if edges[i].deleted == never {
 			edges[i].deleted = rev
+			idx.superseded++
 		}
 	}
 }
@@ -456,7 +461,9 @@ func (idx *index) compact(rev store.Revision) {
 					if e.deleted > rev {
 						kept = append(kept, e)
 					} else {
+						// Only closed versions reach here: live ones are never deleted.
 						idx.releaseExtra(e.extra)
+						idx.superseded--
 					}
 				}
 				if len(kept) == 0 {

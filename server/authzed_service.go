@@ -127,7 +127,10 @@ func authzedStatus(err error) error {
 	var se *schema.Error
 	var limit *op.LimitError
 	var ahead *op.TokenAheadError
+	var full *op.HistoryFullError
 	switch {
+	case errors.As(err, &full):
+		return historyFullStatus(full)
 	case errors.As(err, &limit):
 		return authzedLimitStatus(limit)
 	case errors.As(err, &ahead):

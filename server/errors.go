@@ -29,7 +29,10 @@ func toStatus(err error) error {
 	var limit *op.LimitError
 	var ahead *op.TokenAheadError
 	var imp *op.ImportError
+	var full *op.HistoryFullError
 	switch {
+	case errors.As(err, &full):
+		return historyFullStatus(full)
 	case errors.As(err, &limit):
 		return limitStatus(limit)
 	case errors.As(err, &ahead):

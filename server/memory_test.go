@@ -11,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	pb "github.com/mandate-authz/mandate/proto/mandate/v1"
 	"github.com/mandate-authz/mandate/server"
 	"github.com/mandate-authz/mandate/server/audit"
@@ -67,7 +70,10 @@ func TestMemoryPlateauUnderSustainedWrites(t *testing.T) {
 	if *memFull {
 		rels, passes = 20000, 20
 	}
-	run := func(t *testing.T, retention time.Duration) (perRel float64, series []uint64) {
+	// run measures with history kept for retention, bounded to limit
+	// superseded versions (0: unbounded); writes refused for history are
+	// counted, not failed.
+	run := func(t *testing.T, retention time.Duration, limit int) (perRel float64, series []uint64, refused int) {
 		dir := t.TempDir()
 		sink, err := audit.OpenFileSink(dir, 1<<20, nil)
 		if err != nil {
@@ -79,7 +85,9 @@ func TestMemoryPlateauUnderSustainedWrites(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { trail.Close(context.Background()) })
-		ts := startServer(t, func(c *server.Config) { c.RevisionRetention, c.Audit = retention, trail })
+		ts := startServer(t, func(c *server.Config) {
+			c.RevisionRetention, c.Audit, c.Limits.MaxHistoryVersions = retention, trail, limit
+		})
 		ts.writeSchema(testSchema)
 		base := heapBytes()
 		writePass := func(pass int) {
@@ -92,7 +100,13 @@ func TestMemoryPlateauUnderSustainedWrites(t *testing.T) {
 						OptionalCaveat: &pb.ContextualizedCaveat{CaveatName: "within_limit", Context: mustStruct(map[string]any{"limit": pass})},
 					}})
 				}
-				ts.write(ups...)
+				_, err := ts.rels.WriteRelationships(ts.ctx(), &pb.WriteRelationshipsRequest{Updates: ups})
+				switch {
+				case limit > 0 && status.Code(err) == codes.ResourceExhausted:
+					refused++
+				case err != nil:
+					t.Fatalf("WriteRelationships: %v", err)
+				}
 			}
 			// Long enough for the retention window and a release to pass
 			// when the window is short; the measurement, not the wait, is
@@ -106,17 +120,23 @@ func TestMemoryPlateauUnderSustainedWrites(t *testing.T) {
 			writePass(p)
 			series = append(series, heapBytes())
 		}
-		return perRel, series
+		return perRel, series, refused
 	}
-	var released, kept []uint64
+	var released, kept, bounded []uint64
 	var perRel float64
+	var refused int
 	t.Run("history released", func(t *testing.T) {
-		perRel, released = run(t, 30*time.Millisecond)
+		perRel, released, _ = run(t, 30*time.Millisecond, 0)
 	})
 	t.Run("history kept (baseline)", func(t *testing.T) {
-		_, kept = run(t, time.Hour)
+		_, kept, _ = run(t, time.Hour, 0)
 	})
-	if len(released) < 4 || len(kept) < 4 {
+	// Kept for an hour but bounded to two passes' versions: writes past
+	// them are refused, and the heap stops growing there.
+	t.Run("history kept, bounded by --max-history-versions", func(t *testing.T) {
+		_, bounded, refused = run(t, time.Hour, 2*rels)
+	})
+	if len(released) < 4 || len(kept) < 4 || len(bounded) < 4 {
 		t.Fatal("a run did not finish")
 	}
 	mib := func(b uint64) string { return fmt.Sprintf("%.1f", float64(b)/(1<<20)) }
@@ -124,12 +144,21 @@ func TestMemoryPlateauUnderSustainedWrites(t *testing.T) {
 	perVersion := float64(growth(kept)) / float64((len(kept)-2)*rels)
 	t.Logf("%d relationships, %d passes of %d writes: %.0f bytes per relationship (server, engine and memory store)", rels, passes, rels, perRel)
 	for i := range released {
-		t.Logf("after pass %2d: live heap %s MiB with history released, %s MiB with it kept", i+1, mib(released[i]), mib(kept[i]))
+		t.Logf("after pass %2d: live heap %s MiB with history released, %s MiB with it kept, %s MiB with it kept to %d versions", i+1, mib(released[i]), mib(kept[i]), mib(bounded[i]), 2*rels)
 	}
 	t.Logf("history kept: %.0f bytes per superseded version", perVersion)
 	// The plateau: after the first two passes, the released run's heap
 	// grows by less than a tenth of what the kept run's grows.
 	if g, k := growth(released), growth(kept); k <= 0 || g*10 > k {
 		t.Errorf("heap growth over passes 2 to %d: %d bytes with history released, %d with it kept; want released under a tenth of kept", passes, g, k)
+	}
+	// The bound: past the limit, writes are refused and the heap stays
+	// flat although nothing is released.
+	t.Logf("history bounded to %d versions: %d writes of %d refused", 2*rels, refused, passes*((rels+999)/1000))
+	if refused == 0 {
+		t.Error("no write was refused with history bounded")
+	}
+	if b, k := growth(bounded), growth(kept); b*10 > k {
+		t.Errorf("heap growth over passes 2 to %d: %d bytes with history bounded, %d with it kept; want bounded under a tenth of kept", passes, b, k)
 	}
 }

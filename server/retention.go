@@ -8,11 +8,14 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/mandate-authz/mandate/engine"
+	"github.com/mandate-authz/mandate/server/op"
 	"github.com/mandate-authz/mandate/store"
 )
 
@@ -133,6 +136,18 @@ func (s *Server) explainGone(err error) error {
 		"%v: revisions stay readable for %s (--revision-retention) after a later write supersedes them; "+
 			"use a more recent revision token, at_least_as_fresh or fully_consistent consistency, or restart a watch from a recent token",
 		err, s.retention.window)
+}
+
+// historyFullStatus words a write refused for history as RESOURCE_EXHAUSTED
+// with a google.rpc.RetryInfo (REST: 429 with Retry-After), for both APIs:
+// the write may succeed once retention releases history, unlike a request
+// over a size limit.
+func historyFullStatus(e *op.HistoryFullError) error {
+	st := status.Newf(codes.ResourceExhausted, "%v (--max-history-versions; history is kept for --revision-retention)", e)
+	if with, err := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(e.RetryAfter)}); err == nil {
+		st = with
+	}
+	return st.Err()
 }
 
 // retentionUnary and retentionStream apply explainGone to every call; they

@@ -201,6 +201,11 @@ func New(st store.Store, eng *engine.Engine, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	if lim.MaxHistoryVersions < 0 {
+		return nil, fmt.Errorf("max history versions %d: expected 0 (no limit) or more (--max-history-versions)", lim.MaxHistoryVersions)
+	}
+	// A write refused for history may succeed after the next release.
+	lim.HistoryRetryAfter = ret.interval
 	if cfg.MaxRevisionWait, err = maxRevisionWait(cfg.MaxRevisionWait); err != nil {
 		return nil, err
 	}

@@ -102,22 +102,7 @@ func diskFull(t *testing.T, bin string, audited bool) {
 	if _, err := pb.NewSchemaServiceClient(conn).WriteSchema(ctx, &pb.WriteSchemaRequest{Schema: crashSchema}); err != nil {
 		t.Fatal(err)
 	}
-	// write sends one batch and books its outcome.
-	write := func() (int, error) {
-		n := ledger.take()
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		resp, err := rels.WriteRelationships(ctx, &pb.WriteRelationshipsRequest{Updates: crashBatch(n)})
-		cancel()
-		ledger.mu.Lock()
-		defer ledger.mu.Unlock()
-		if err != nil {
-			ledger.inDoubt[n] = true
-			return n, err
-		}
-		ledger.acked[n], ledger.answered[n] = true, true
-		ledger.lastToken = resp.GetWrittenAt()
-		return n, nil
-	}
+	write := func() (int, error) { return bookWrite(rels, ledger) }
 	for range 10 {
 		if n, err := write(); err != nil {
 			t.Fatalf("batch %d with space to spare: %v", n, err)

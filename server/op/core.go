@@ -64,6 +64,14 @@ type Limits struct {
 	// MaxContextualRelationships bounds the contextual relationships of one
 	// check, bulk check item or lookup.
 	MaxContextualRelationships int
+	// MaxHistoryVersions bounds the superseded relationship versions the
+	// engine keeps for history (engine.Superseded); a write that would take
+	// it over is refused with a *HistoryFullError until revision retention
+	// releases history. Zero: no bound (not defaulted by WithDefaults).
+	MaxHistoryVersions int
+	// HistoryRetryAfter is the retry hint of a write refused for history:
+	// how often the server releases it. Zero: a second.
+	HistoryRetryAfter time.Duration
 }
 
 // DefaultLimits are the limits `mandate serve` starts with.
@@ -81,8 +89,13 @@ func DefaultLimits() Limits {
 
 		MaxConcurrentSchemaCompiles: schema.DefaultConcurrentCompiles,
 		MaxContextualRelationships:  DefaultMaxContextualRelationships,
+		MaxHistoryVersions:          DefaultMaxHistoryVersions,
 	}
 }
+
+// DefaultMaxHistoryVersions is `mandate serve`'s bound on superseded
+// versions kept: at the ~1.3 KB each the README measures, about 2.6 GB.
+const DefaultMaxHistoryVersions = 2_000_000
 
 // WithDefaults returns l with its zero fields set to DefaultLimits' values
 // and MaxBulkBatch bounded by the store's limit on one write.

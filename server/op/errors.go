@@ -7,6 +7,7 @@ import (
 	"net"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/mandate-authz/mandate/store"
 )
@@ -65,6 +66,37 @@ type LimitError struct {
 
 func (e *LimitError) Error() string {
 	return fmt.Sprintf("%s: %d is over the maximum of %d", e.Limit, e.Got, e.Max)
+}
+
+// HistoryFullError refuses a write because the engine already keeps
+// MaxHistoryVersions superseded versions; it succeeds again once revision
+// retention releases older history, about RetryAfter from now.
+type HistoryFullError struct {
+	Held, Adding, Max int
+	RetryAfter        time.Duration
+}
+
+func (e *HistoryFullError) Error() string {
+	return fmt.Sprintf("the server keeps %d superseded relationship versions for history and this write could add %d, over its maximum of %d; "+
+		"writes resume once revision retention releases older history", e.Held, e.Adding, e.Max)
+}
+
+// historyRoom refuses a write of n updates that could take the superseded
+// versions the engine keeps over the limit. The engine's count lags writes
+// it has not applied yet, so concurrent writes can overshoot by their own
+// updates; the bound is on memory, not exact.
+func (c *Core) historyRoom(n int) error {
+	if c.lim.MaxHistoryVersions <= 0 {
+		return nil
+	}
+	if held := c.eng.Superseded(); held+n > c.lim.MaxHistoryVersions {
+		after := c.lim.HistoryRetryAfter
+		if after <= 0 {
+			after = time.Second
+		}
+		return &HistoryFullError{Held: held, Adding: n, Max: c.lim.MaxHistoryVersions, RetryAfter: after}
+	}
+	return nil
 }
 
 func (c *Core) within(l Limit, got, max int) error {

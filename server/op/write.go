@@ -35,6 +35,9 @@ func (c *Core) Write(ctx context.Context, req WriteRequest) (WriteResult, error)
 	if err == nil {
 		err = c.within(LimitPreconditions, len(req.Preconditions), c.lim.MaxPreconditions)
 	}
+	if err == nil {
+		err = c.historyRoom(len(req.Mutations))
+	}
 	var rev store.Revision
 	if err == nil {
 		rev, err = c.st.Write(ctx, req.Preconditions, req.Mutations)
@@ -208,6 +211,11 @@ func (c *Core) deleteMatching(ctx context.Context, req DeleteRequest) (DeleteRes
 		return DeleteResult{}, err
 	}
 	if err := c.within(LimitPreconditions, len(req.Preconditions), c.lim.MaxPreconditions); err != nil {
+		return DeleteResult{}, err
+	}
+	// How many a delete supersedes is known only once it ran: ask room for
+	// one, which refuses deletes once history is full.
+	if err := c.historyRoom(1); err != nil {
 		return DeleteResult{}, err
 	}
 	f := req.Filter
