@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -139,11 +140,36 @@ func TestKeyConcurrencyCountsAuthZEN(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ended := make(chan error, 1)
+	// The Watch holds the key's slot once the server has taken the call: a
+	// change it delivers proves that, so no evaluation races it for the slot.
+	started, ended := make(chan struct{}), make(chan error, 1)
 	go func() {
-		_, err := stream.Recv()
-		ended <- err
+		first := true
+		for {
+			if _, err := stream.Recv(); err != nil {
+				ended <- err
+				return
+			}
+			if first {
+				close(started)
+				first = false
+			}
+		}
 	}()
+	for i := 0; ; i++ {
+		ts.write(update(touch, mustParse(t, fmt.Sprintf("doc:w%d#viewer@user:ann", i))...)...)
+		select {
+		case <-started:
+		case err := <-ended:
+			t.Fatalf("the Watch did not start: %v", err)
+		case <-time.After(100 * time.Millisecond):
+			if i < 100 {
+				continue
+			}
+			t.Fatal("the Watch delivered no change")
+		}
+		break
+	}
 	waitFor := func(want int, holding bool) {
 		t.Helper()
 		deadline := time.Now().Add(20 * time.Second)
