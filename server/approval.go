@@ -32,6 +32,9 @@ type ApprovalConfig struct {
 	// DefaultGrant and MaxGrant: a grant's duration when the approver names
 	// none (default 15m), and the longest allowed (default 8h).
 	DefaultGrant, MaxGrant time.Duration
+	// HistoryRetention is how long finished requests are kept (default 30
+	// days; see approval.Service.Prune).
+	HistoryRetention time.Duration
 }
 
 // Approval headers of authzed.api.v1 checks.
@@ -55,6 +58,7 @@ func (s *Server) newApprovals() error {
 	svc, err := approval.New(approval.Config{
 		Records: rs, Core: s.core, Log: s.log,
 		RequestTTL: s.cfg.Approvals.RequestTTL, DefaultGrant: s.cfg.Approvals.DefaultGrant, MaxGrant: s.cfg.Approvals.MaxGrant,
+		HistoryRetention: s.cfg.Approvals.HistoryRetention,
 	})
 	if err != nil {
 		return err
