@@ -35,6 +35,9 @@ type ApprovalConfig struct {
 	// HistoryRetention is how long finished requests are kept (default 30
 	// days; see approval.Service.Prune).
 	HistoryRetention time.Duration
+	// SweepInterval is how often expiries are recorded and history pruned
+	// (default 30s).
+	SweepInterval time.Duration
 }
 
 // Approval headers of authzed.api.v1 checks.
@@ -89,9 +92,17 @@ func (s *Server) registerApprovals(g grpc.ServiceRegistrar) {
 	pb.RegisterApprovalServiceServer(g, approvalapi.New(s.approvals, s.token))
 }
 
-// approvalSweepInterval is how often expired requests and grants are
-// recorded as expired (they stop allowing at their time regardless).
+// approvalSweepInterval is how often, by default, expired requests and
+// grants are recorded as expired (they stop allowing at their time
+// regardless) and finished ones past their retention are deleted.
 const approvalSweepInterval = 30 * time.Second
+
+func (c ApprovalConfig) sweepInterval() time.Duration {
+	if c.SweepInterval > 0 {
+		return c.SweepInterval
+	}
+	return approvalSweepInterval
+}
 
 // checkDecisionToProto is a check's decision, with APPROVAL_REQUIRED for a
 // check an escalation rule held. A denial only the agent's own grant is
