@@ -32,6 +32,12 @@ type ApprovalConfig struct {
 	// DefaultGrant and MaxGrant: a grant's duration when the approver names
 	// none (default 15m), and the longest allowed (default 8h).
 	DefaultGrant, MaxGrant time.Duration
+	// HistoryRetention is how long finished requests are kept (default 30
+	// days; see approval.Service.Prune).
+	HistoryRetention time.Duration
+	// SweepInterval is how often expiries are recorded and history pruned
+	// (default 30s).
+	SweepInterval time.Duration
 }
 
 // Approval headers of authzed.api.v1 checks.
@@ -55,6 +61,7 @@ func (s *Server) newApprovals() error {
 	svc, err := approval.New(approval.Config{
 		Records: rs, Core: s.core, Log: s.log,
 		RequestTTL: s.cfg.Approvals.RequestTTL, DefaultGrant: s.cfg.Approvals.DefaultGrant, MaxGrant: s.cfg.Approvals.MaxGrant,
+		HistoryRetention: s.cfg.Approvals.HistoryRetention,
 	})
 	if err != nil {
 		return err
@@ -85,9 +92,17 @@ func (s *Server) registerApprovals(g grpc.ServiceRegistrar) {
 	pb.RegisterApprovalServiceServer(g, approvalapi.New(s.approvals, s.token))
 }
 
-// approvalSweepInterval is how often expired requests and grants are
-// recorded as expired (they stop allowing at their time regardless).
+// approvalSweepInterval is how often, by default, expired requests and
+// grants are recorded as expired (they stop allowing at their time
+// regardless) and finished ones past their retention are deleted.
 const approvalSweepInterval = 30 * time.Second
+
+func (c ApprovalConfig) sweepInterval() time.Duration {
+	if c.SweepInterval > 0 {
+		return c.SweepInterval
+	}
+	return approvalSweepInterval
+}
 
 // checkDecisionToProto is a check's decision, with APPROVAL_REQUIRED for a
 // check an escalation rule held. A denial only the agent's own grant is

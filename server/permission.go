@@ -117,6 +117,7 @@ func (p *permissionService) CheckBulk(ctx context.Context, req *pb.CheckBulkRequ
 			_, err = checkFromProto(fmt.Sprintf("items[%d].", i), it.GetResource(), it.GetPermission(), it.GetSubject(), it.GetContext(), it.GetOnBehalfOf())
 		}
 		creq.CapabilityToken = req.GetCapabilityToken()
+		creq.ApprovalID = it.GetApprovalId()
 		creq.Contextual = contextual
 		breq.Items[i] = op.CheckItem{CheckRequest: creq, Err: err}
 	}
@@ -147,6 +148,7 @@ func (p *permissionService) CheckBulk(ctx context.Context, req *pb.CheckBulkRequ
 		item.MissingParameters = res.Missing
 		item.Delegation = delegationToProto(res.Delegation)
 		item.Token = tokenExplanationToProto(res.Token)
+		item.Approval = approvalContextToProto(res.Approval)
 		oneofStore[i].Item = item
 		pairs[i].Response = &oneofStore[i]
 	}

@@ -419,7 +419,7 @@ func (s *Server) Run(ctx context.Context) error {
 		background.Add(1)
 		go func() {
 			defer background.Done()
-			s.approvals.RunSweeper(followCtx, approvalSweepInterval)
+			s.approvals.RunSweeper(followCtx, s.cfg.Approvals.sweepInterval())
 		}()
 	}
 	if s.tokens != nil {

@@ -331,3 +331,98 @@ func TestApprovalSingleUseAcrossReplicasPostgres(t *testing.T) {
 		t.Fatalf("after the race: %v %v", got, err)
 	}
 }
+
+// CheckBulk items carry the same approval context as a single check: one
+// item held by a rule (approval_required, the rule, the evaluation id, the
+// request to file) beside a normal item; after approval the held item
+// passes; a single-use grant named by two items of one bulk check allows
+// the first only. authzed.api.v1 CheckBulkPermissions answers the held
+// item NO_PERMISSION (it has no per-item trailer).
+func TestApprovalsCheckBulkServed(t *testing.T) {
+	s := startApprovalsServe(t, "--datastore-engine", "memory")
+	seedApprovals(t, s.servedCLI)
+	perm := pb.NewPermissionServiceClient(s.conn)
+	obj := func(typ, id string) *pb.ObjectReference { return &pb.ObjectReference{ObjectType: typ, ObjectId: id} }
+	bot := &pb.SubjectReference{Object: obj("agent", "bot")}
+	fully := &pb.Consistency{Requirement: &pb.Consistency_FullyConsistent{FullyConsistent: true}}
+	bulk := func(items ...*pb.CheckBulkRequestItem) []*pb.CheckBulkItemResult {
+		t.Helper()
+		resp, err := perm.CheckBulk(s.ctx, &pb.CheckBulkRequest{Consistency: fully, Items: items})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []*pb.CheckBulkItemResult
+		for i, p := range resp.GetPairs() {
+			if p.GetError() != nil {
+				t.Fatalf("item %d: %v", i, p.GetError())
+			}
+			out = append(out, p.GetItem())
+		}
+		return out
+	}
+	del := func(id string) *pb.CheckBulkRequestItem {
+		return &pb.CheckBulkRequestItem{Resource: obj("doc", "plan"), Permission: "delete", Subject: bot, ApprovalId: id}
+	}
+	view := &pb.CheckBulkRequestItem{Resource: obj("doc", "plan"), Permission: "view", Subject: bot}
+
+	got := bulk(del(""), view)
+	held, plain := got[0], got[1]
+	if held.GetDecision() != pb.Decision_DECISION_APPROVAL_REQUIRED || held.GetApproval().GetRule() != "delete-needs-consent" ||
+		len(held.GetApproval().GetEvaluationId()) == 0 || held.GetApproval().GetRequest().GetPermission() != "delete" ||
+		held.GetApproval().GetRequest().GetPrincipal().GetObjectId() != "alice" {
+		t.Fatalf("held item: %v", held)
+	}
+	if plain.GetDecision() != pb.Decision_DECISION_ALLOWED || plain.GetApproval() != nil {
+		t.Fatalf("normal item: %v", plain)
+	}
+	zresp, err := v1.NewPermissionsServiceClient(s.conn).CheckBulkPermissions(s.ctx, &v1.CheckBulkPermissionsRequest{
+		Consistency: &v1.Consistency{Requirement: &v1.Consistency_FullyConsistent{FullyConsistent: true}},
+		Items: []*v1.CheckBulkPermissionsRequestItem{{Resource: &v1.ObjectReference{ObjectType: "doc", ObjectId: "plan"}, Permission: "delete",
+			Subject: &v1.SubjectReference{Object: &v1.ObjectReference{ObjectType: "agent", ObjectId: "bot"}}}}})
+	if err != nil || zresp.GetPairs()[0].GetItem().GetPermissionship() != v1.CheckPermissionResponse_PERMISSIONSHIP_NO_PERMISSION {
+		t.Fatalf("authzed bulk: %v %v", zresp, err)
+	}
+
+	// The agent files what the item said; alice approves; the item passes.
+	file := held.GetApproval().GetRequest()
+	file.Task = "T"
+	req, err := pb.NewApprovalServiceClient(s.conn).Request(s.ctx, file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := req.GetApproval().GetId()
+	if _, errOut, code := s.cli(t, s.aliceKey, "approvals", "approve", id); code != 0 {
+		t.Fatal(errOut)
+	}
+	got = bulk(del(""), view)
+	if got[0].GetDecision() != pb.Decision_DECISION_ALLOWED || got[0].GetApproval().GetGrantId() != id || got[1].GetDecision() != pb.Decision_DECISION_ALLOWED {
+		t.Fatalf("after approval: %v", got)
+	}
+	if out, errOut, code := s.cli(t, serveKey, "task", "end", "T"); code != 0 {
+		t.Fatalf("task end: %s %s", out, errOut)
+	}
+	if got := bulk(del("")); got[0].GetDecision() != pb.Decision_DECISION_APPROVAL_REQUIRED {
+		t.Fatalf("after task end: %v", got)
+	}
+
+	// A single-use grant named by two items of one bulk: redeemed once.
+	req, err = pb.NewApprovalServiceClient(s.conn).Request(s.ctx, file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	once := req.GetApproval().GetId()
+	if _, errOut, code := s.cli(t, s.aliceKey, "approvals", "approve", once, "--single-use"); code != 0 {
+		t.Fatal(errOut)
+	}
+	got = bulk(del(once), del(once), view)
+	if got[0].GetDecision() != pb.Decision_DECISION_ALLOWED || got[0].GetApproval().GetGrantId() != once ||
+		got[1].GetDecision() != pb.Decision_DECISION_APPROVAL_REQUIRED || got[2].GetDecision() != pb.Decision_DECISION_ALLOWED {
+		t.Fatalf("single-use grant named twice in one bulk: %v", got)
+	}
+	if got := bulk(del(once)); got[0].GetDecision() != pb.Decision_DECISION_APPROVAL_REQUIRED {
+		t.Fatalf("single-use grant after its bulk: %v", got)
+	}
+	if out, _, _ := s.cli(t, serveKey, "approvals", "show", once); !strings.Contains(out, "status: redeemed") {
+		t.Fatalf("show: %s", out)
+	}
+}

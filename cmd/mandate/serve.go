@@ -123,6 +123,7 @@ in-flight requests get --grpc-shutdown-grace-period to finish.`,
 	f.StringVar(&opts.escalationRules, "escalation-rules", "", "YAML file of escalation rules: allowed agent checks they match need a person's approval (see examples/approvals/rules.yaml); validated at start, reloaded when it changes (a bad file keeps the rules in force)")
 	f.DurationVar(&opts.cfg.Approvals.RequestTTL, "approval-request-ttl", approval.DefaultRequestTTL, "how long an approval request stays pending before it expires")
 	f.DurationVar(&opts.cfg.Approvals.DefaultGrant, "approval-default-grant", approval.DefaultGrantDuration, "how long an approval grant lasts when neither the approver nor the agent names a duration")
+	f.DurationVar(&opts.cfg.Approvals.HistoryRetention, "approval-history-retention", approval.DefaultHistoryRetention, "how long a finished approval request (denied, expired, redeemed, revoked) is kept, counted from its last expiry or decision, before the sweeper deletes it")
 	f.DurationVar(&opts.cfg.Approvals.MaxGrant, "approval-max-grant", approval.DefaultMaxGrantDuration, "the longest approval grant; longer durations are refused (an escalation rule's max_duration may bound it further)")
 	tl := &opts.cfg.Transport
 	f.IntVar(&tl.MaxConnections, "max-connections", tl.MaxConnections, "most open connections on each listener (gRPC and HTTP each); more are closed as they are accepted")
@@ -194,6 +195,9 @@ func runServe(ctx context.Context, stderr io.Writer, opts *serveOptions) error {
 			return err
 		}
 		opts.cfg.AuthZEN = m
+	}
+	if opts.cfg.Approvals.HistoryRetention <= 0 {
+		return fmt.Errorf("--approval-history-retention %s: expected a positive duration, such as 720h", opts.cfg.Approvals.HistoryRetention)
 	}
 	if err := authzen.CheckBasePath(opts.cfg.AuthZENBasePath); err != nil {
 		return fmt.Errorf("--authzen-base-path: %w", err)

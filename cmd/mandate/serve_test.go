@@ -76,6 +76,7 @@ func TestServeErrors(t *testing.T) {
 		{[]string{"serve", "--grpc-preshared-key", "k", "--datastore-engine", "memory", "--datastore-conn-uri", "postgres://x"}, "not used by the memory datastore"},
 		{[]string{"serve", "--grpc-preshared-key", "k", "--log-level", "loud"}, "--log-level"},
 		{[]string{"serve", "--grpc-preshared-key", "k", "--datastore-engine", "memory", "--max-revision-wait", "-1s"}, "--max-revision-wait"},
+		{[]string{"serve", "--grpc-preshared-key", "k", "--datastore-engine", "memory", "--approval-history-retention", "0s"}, "--approval-history-retention 0s: expected a positive duration"},
 	}
 	// The no-key case opens the data directory before the key check fails.
 	t.Setenv("MANDATE_DATA_DIR", t.TempDir())

@@ -41,6 +41,9 @@ const (
 	DefaultRequestTTL       = 24 * time.Hour
 	DefaultGrantDuration    = 15 * time.Minute
 	DefaultMaxGrantDuration = 8 * time.Hour
+	// DefaultHistoryRetention is how long a finished request (denied,
+	// expired, redeemed, revoked) is kept for the inbox's history.
+	DefaultHistoryRetention = 30 * 24 * time.Hour
 	MaxReasonLength         = 2000
 	MaxNoteLength           = 2000
 	MaxTaskLength           = capability.MaxTaskLength
@@ -75,6 +78,9 @@ type Config struct {
 	// DefaultGrant is a grant's duration when the approver names none
 	// (0: 15 minutes); MaxGrant bounds every grant (0: 8 hours).
 	DefaultGrant, MaxGrant time.Duration
+	// HistoryRetention is how long a finished request and its decision and
+	// end records are kept (0: 30 days); see Prune.
+	HistoryRetention time.Duration
 	// Now is the clock (nil: time.Now).
 	Now func() time.Time
 	Log *slog.Logger
@@ -110,6 +116,9 @@ func New(cfg Config) (*Service, error) {
 	}
 	if cfg.DefaultGrant > cfg.MaxGrant {
 		return nil, fmt.Errorf("approval: the default grant duration %s is over the maximum %s", cfg.DefaultGrant, cfg.MaxGrant)
+	}
+	if cfg.HistoryRetention <= 0 {
+		cfg.HistoryRetention = DefaultHistoryRetention
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -609,7 +618,71 @@ func (s *Service) RunSweeper(ctx context.Context, interval time.Duration) {
 		if _, err := s.Sweep(ctx); err != nil && ctx.Err() == nil {
 			s.cfg.Log.Warn("recording expired approval requests failed; retrying", "error", err)
 		}
+		if n, err := s.Prune(ctx); err != nil && ctx.Err() == nil {
+			s.cfg.Log.Warn("pruning approval history failed; retrying", "error", err)
+		} else if n > 0 {
+			s.cfg.Log.Info("pruned approval history", "requests", n, "retention", s.cfg.HistoryRetention)
+		}
 	}
+}
+
+// pruneBatch is how many requests one prune write deletes: three records
+// each (the request, its decision and its end) within the store's limit.
+const pruneBatch = store.MaxRecordMutations / 3
+
+// Prune deletes finished requests (denied, expired, redeemed, revoked, as
+// stored) with their decision and end records, HistoryRetention after the
+// latest of their times: pending expiry, grant expiry, decision and
+// redemption. Counting from the expiries keeps the deletion safe against
+// a replica whose view still shows a pruned request live: by then every
+// step it could take (decide, redeem, revoke) is refused by time alone,
+// so recreating a deleted decision or end record allows nothing. One
+// store write per batch; returns how many requests it deleted.
+func (s *Service) Prune(ctx context.Context) (int, error) {
+	cutoff := s.now().Add(-s.cfg.HistoryRetention)
+	s.mu.RLock()
+	var due []string
+	for id, r := range s.byID {
+		if finished(r) && lastTime(r).Before(cutoff) {
+			due = append(due, id)
+		}
+	}
+	s.mu.RUnlock()
+	n := 0
+	for len(due) > 0 {
+		batch := due[:min(len(due), pruneBatch)]
+		due = due[len(batch):]
+		muts := make([]store.RecordMutation, 0, 3*len(batch))
+		for _, id := range batch {
+			for _, kind := range []string{RequestKind, DecisionKind, EndKind} {
+				muts = append(muts, store.RecordMutation{Op: store.Delete, Record: store.Record{Kind: kind, ID: id}})
+			}
+		}
+		if _, err := s.write(ctx, muts); err != nil {
+			return n, fmt.Errorf("pruning approval history: %w", err)
+		}
+		n += len(batch)
+	}
+	return n, nil
+}
+
+func finished(r Request) bool {
+	switch r.Status {
+	case Denied, Expired, Redeemed, Revoked:
+		return true
+	}
+	return false
+}
+
+// lastTime is the latest time a request names.
+func lastTime(r Request) time.Time {
+	t := r.Expires
+	for _, u := range []time.Time{r.GrantExpires, r.Decided, r.Redeemed} {
+		if u.After(t) {
+			t = u
+		}
+	}
+	return t
 }
 
 // Watch yields the requests matching f, then every change to one (a

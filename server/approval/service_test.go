@@ -81,6 +81,12 @@ type fixture struct {
 
 func newFixture(t *testing.T, esc op.Escalator, rels ...string) *fixture {
 	t.Helper()
+	return newFixtureWith(t, nil, esc, rels...)
+}
+
+// newFixtureWith is newFixture with the service's Config adjusted by tune.
+func newFixtureWith(t *testing.T, tune func(*approval.Config), esc op.Escalator, rels ...string) *fixture {
+	t.Helper()
 	f := &fixture{t: t, st: memory.New(), rec: &recorder{}, now: time.Now()}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -90,7 +96,11 @@ func newFixture(t *testing.T, esc op.Escalator, rels ...string) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.svc, err = approval.New(approval.Config{Records: f.st, Core: f.core, Now: f.clock})
+	cfg := approval.Config{Records: f.st, Core: f.core, Now: f.clock}
+	if tune != nil {
+		tune(&cfg)
+	}
+	f.svc, err = approval.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -406,5 +416,75 @@ func TestWatchPendingSeesDecision(t *testing.T) {
 	}
 	if w := <-got; w.ID != r.ID || w.Status != approval.Denied {
 		t.Fatalf("second: %+v", w)
+	}
+}
+
+// Finished requests stay visible until the retention has passed after
+// their last time (pending expiry, grant expiry, decision), then go with
+// their decision and end records, one store write per batch; pending and
+// live ones stay, and a pruned grant allows nothing.
+func TestPruneHistory(t *testing.T) {
+	f := newFixtureWith(t, func(c *approval.Config) { c.HistoryRetention = time.Hour }, rulePermission{perm: "view"}, baseRels...)
+	ctx := context.Background()
+	denied := f.file("view")
+	if _, err := f.svc.Deny(ctx, denied.ID, approval.Decision{Approver: alice}); err != nil {
+		t.Fatal(err)
+	}
+	granted := f.file("view")
+	if _, err := f.svc.Approve(ctx, granted.ID, approval.Decision{Approver: alice, Duration: 10 * time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	redeemed := f.file("view")
+	if _, err := f.svc.Approve(ctx, redeemed.ID, approval.Decision{Approver: alice, SingleUse: true}); err != nil {
+		t.Fatal(err)
+	}
+	if res := f.check("view", redeemed.ID); res.Decision != engine.Allowed {
+		t.Fatalf("single-use: %v", res.Decision)
+	}
+	f.file("edit") // left pending: it expires at 24h
+	// Past every request's expiry but within the retention: swept, kept.
+	f.advance(24*time.Hour + 30*time.Minute)
+	if n, err := f.svc.Sweep(ctx); err != nil || n != 2 {
+		t.Fatalf("sweep = %d, %v; want 2 (the expired grant and pending request)", n, err)
+	}
+	if n, err := f.svc.Prune(ctx); err != nil || n != 0 {
+		t.Fatalf("prune within the retention = %d, %v", n, err)
+	}
+	if l, err := f.svc.List(ctx, approval.Filter{}); err != nil || len(l) != 4 {
+		t.Fatalf("history within the retention: %d %v", len(l), err)
+	}
+	live := f.file("view") // pending, not finished: never pruned
+	f.advance(time.Hour)
+	if n, err := f.svc.Prune(ctx); err != nil || n != 4 {
+		t.Fatalf("prune after the retention = %d, %v; want 4", n, err)
+	}
+	for kind, want := range map[string]int{approval.RequestKind: 1, approval.DecisionKind: 0, approval.EndKind: 0} {
+		recs, _, err := f.st.ReadRecords(ctx, kind)
+		if err != nil || len(recs) != want || (kind == approval.RequestKind && recs[0].ID != live.ID) {
+			t.Fatalf("%s records after prune: %v %v; want %d", kind, recs, err, want)
+		}
+	}
+	if _, err := f.svc.Get(ctx, denied.ID); !errors.Is(err, approval.ErrNotFound) {
+		t.Fatalf("a pruned request: %v, want ErrNotFound", err)
+	}
+	if res := f.check("view", granted.ID); res.Decision != engine.Denied {
+		t.Fatalf("check naming a pruned grant: %v, want denied", res.Decision)
+	}
+
+	// Many finished requests: one write per batch of 333 (1000 mutations).
+	for range 340 {
+		r := f.file("view")
+		if _, err := f.svc.Deny(ctx, r.ID, approval.Decision{Approver: alice}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, before, _ := f.st.ReadRecords(ctx, approval.RequestKind)
+	f.advance(26 * time.Hour)
+	if n, err := f.svc.Prune(ctx); err != nil || n != 340 { // not the live one: expired, but pending as stored until swept
+		t.Fatalf("prune of many = %d, %v", n, err)
+	}
+	_, after, _ := f.st.ReadRecords(ctx, approval.RequestKind)
+	if after-before != 2 {
+		t.Fatalf("prune of 340 took %d writes, want 2", after-before)
 	}
 }

@@ -133,7 +133,9 @@ func (c *Core) applyApprovals(ctx context.Context, req CheckRequest, res *CheckR
 			m, matched = EscalationMatch{Rule: "escalation-error", Description: "the escalation rules could not be evaluated"}, true
 		}
 		if !matched {
-			break
+			// No rule holds it: the answer carries no approval context.
+			c.escalator.Observe(in, true)
+			return
 		}
 		out.Rule, out.Description, out.MaxDuration = m.Rule, m.Description, m.MaxDuration
 		if g, ok := c.grantFor(ctx, key, req.ApprovalID, res.Revision); ok {

@@ -594,12 +594,16 @@ func (x *CheckBulkRequest) GetContextualRelationships() []*Relationship {
 
 // CheckBulkRequestItem is one check of a CheckBulkRequest.
 type CheckBulkRequestItem struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Resource      *ObjectReference       `protobuf:"bytes,1,opt,name=resource,proto3" json:"resource,omitempty"`
-	Permission    string                 `protobuf:"bytes,2,opt,name=permission,proto3" json:"permission,omitempty"`
-	Subject       *SubjectReference      `protobuf:"bytes,3,opt,name=subject,proto3" json:"subject,omitempty"`
-	Context       *structpb.Struct       `protobuf:"bytes,4,opt,name=context,proto3" json:"context,omitempty"`
-	OnBehalfOf    *ObjectReference       `protobuf:"bytes,5,opt,name=on_behalf_of,json=onBehalfOf,proto3" json:"on_behalf_of,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Resource   *ObjectReference       `protobuf:"bytes,1,opt,name=resource,proto3" json:"resource,omitempty"`
+	Permission string                 `protobuf:"bytes,2,opt,name=permission,proto3" json:"permission,omitempty"`
+	Subject    *SubjectReference      `protobuf:"bytes,3,opt,name=subject,proto3" json:"subject,omitempty"`
+	Context    *structpb.Struct       `protobuf:"bytes,4,opt,name=context,proto3" json:"context,omitempty"`
+	OnBehalfOf *ObjectReference       `protobuf:"bytes,5,opt,name=on_behalf_of,json=onBehalfOf,proto3" json:"on_behalf_of,omitempty"`
+	// approval_id names the approval grant this item redeems (see
+	// CheckRequest.approval_id). Items are answered in order: a single-use
+	// grant named by several items of one request allows the first only.
+	ApprovalId    string `protobuf:"bytes,6,opt,name=approval_id,json=approvalId,proto3" json:"approval_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -667,6 +671,13 @@ func (x *CheckBulkRequestItem) GetOnBehalfOf() *ObjectReference {
 		return x.OnBehalfOf
 	}
 	return nil
+}
+
+func (x *CheckBulkRequestItem) GetApprovalId() string {
+	if x != nil {
+		return x.ApprovalId
+	}
+	return ""
 }
 
 // CheckBulkResponse answers a CheckBulkRequest; pairs are in request order.
@@ -820,7 +831,9 @@ type CheckBulkItemResult struct {
 	MissingParameters []string               `protobuf:"bytes,2,rep,name=missing_parameters,json=missingParameters,proto3" json:"missing_parameters,omitempty"`
 	Delegation        *DelegationExplanation `protobuf:"bytes,3,opt,name=delegation,proto3" json:"delegation,omitempty"`
 	// token explains an item checked with a capability token.
-	Token         *TokenExplanation `protobuf:"bytes,4,opt,name=token,proto3" json:"token,omitempty"`
+	Token *TokenExplanation `protobuf:"bytes,4,opt,name=token,proto3" json:"token,omitempty"`
+	// approval is the item's approval context, as CheckResponse.approval.
+	Approval      *ApprovalContext `protobuf:"bytes,5,opt,name=approval,proto3" json:"approval,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -879,6 +892,13 @@ func (x *CheckBulkItemResult) GetDelegation() *DelegationExplanation {
 func (x *CheckBulkItemResult) GetToken() *TokenExplanation {
 	if x != nil {
 		return x.Token
+	}
+	return nil
+}
+
+func (x *CheckBulkItemResult) GetApproval() *ApprovalContext {
+	if x != nil {
+		return x.Approval
 	}
 	return nil
 }
@@ -1751,7 +1771,7 @@ const file_mandate_v1_permission_proto_rawDesc = "" +
 	"\x05items\x18\x02 \x03(\v2 .mandate.v1.CheckBulkRequestItemR\x05items\x12\x18\n" +
 	"\aexplain\x18\x03 \x01(\bR\aexplain\x12)\n" +
 	"\x10capability_token\x18\x04 \x01(\tR\x0fcapabilityToken\x12S\n" +
-	"\x18contextual_relationships\x18\x05 \x03(\v2\x18.mandate.v1.RelationshipR\x17contextualRelationships\"\x99\x02\n" +
+	"\x18contextual_relationships\x18\x05 \x03(\v2\x18.mandate.v1.RelationshipR\x17contextualRelationships\"\xba\x02\n" +
 	"\x14CheckBulkRequestItem\x127\n" +
 	"\bresource\x18\x01 \x01(\v2\x1b.mandate.v1.ObjectReferenceR\bresource\x12\x1e\n" +
 	"\n" +
@@ -1760,7 +1780,9 @@ const file_mandate_v1_permission_proto_rawDesc = "" +
 	"\asubject\x18\x03 \x01(\v2\x1c.mandate.v1.SubjectReferenceR\asubject\x121\n" +
 	"\acontext\x18\x04 \x01(\v2\x17.google.protobuf.StructR\acontext\x12=\n" +
 	"\fon_behalf_of\x18\x05 \x01(\v2\x1b.mandate.v1.ObjectReferenceR\n" +
-	"onBehalfOf\"~\n" +
+	"onBehalfOf\x12\x1f\n" +
+	"\vapproval_id\x18\x06 \x01(\tR\n" +
+	"approvalId\"~\n" +
 	"\x11CheckBulkResponse\x128\n" +
 	"\n" +
 	"checked_at\x18\x01 \x01(\v2\x19.mandate.v1.RevisionTokenR\tcheckedAt\x12/\n" +
@@ -1770,14 +1792,15 @@ const file_mandate_v1_permission_proto_rawDesc = "" +
 	"\x04item\x18\x02 \x01(\v2\x1f.mandate.v1.CheckBulkItemResultH\x00R\x04item\x12-\n" +
 	"\x05error\x18\x03 \x01(\v2\x15.mandate.v1.ItemErrorH\x00R\x05errorB\n" +
 	"\n" +
-	"\bresponse\"\xed\x01\n" +
+	"\bresponse\"\xa6\x02\n" +
 	"\x13CheckBulkItemResult\x120\n" +
 	"\bdecision\x18\x01 \x01(\x0e2\x14.mandate.v1.DecisionR\bdecision\x12-\n" +
 	"\x12missing_parameters\x18\x02 \x03(\tR\x11missingParameters\x12A\n" +
 	"\n" +
 	"delegation\x18\x03 \x01(\v2!.mandate.v1.DelegationExplanationR\n" +
 	"delegation\x122\n" +
-	"\x05token\x18\x04 \x01(\v2\x1c.mandate.v1.TokenExplanationR\x05token\"9\n" +
+	"\x05token\x18\x04 \x01(\v2\x1c.mandate.v1.TokenExplanationR\x05token\x127\n" +
+	"\bapproval\x18\x05 \x01(\v2\x1b.mandate.v1.ApprovalContextR\bapproval\"9\n" +
 	"\tItemError\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\"\xd8\x04\n" +
@@ -1937,49 +1960,50 @@ var file_mandate_v1_permission_proto_depIdxs = []int32{
 	26, // 30: mandate.v1.CheckBulkItemResult.decision:type_name -> mandate.v1.Decision
 	3,  // 31: mandate.v1.CheckBulkItemResult.delegation:type_name -> mandate.v1.DelegationExplanation
 	27, // 32: mandate.v1.CheckBulkItemResult.token:type_name -> mandate.v1.TokenExplanation
-	20, // 33: mandate.v1.LookupResourcesRequest.consistency:type_name -> mandate.v1.Consistency
-	22, // 34: mandate.v1.LookupResourcesRequest.subject:type_name -> mandate.v1.SubjectReference
-	23, // 35: mandate.v1.LookupResourcesRequest.context:type_name -> google.protobuf.Struct
-	21, // 36: mandate.v1.LookupResourcesRequest.on_behalf_of:type_name -> mandate.v1.ObjectReference
-	29, // 37: mandate.v1.LookupResourcesRequest.optional_cursor:type_name -> mandate.v1.Cursor
-	24, // 38: mandate.v1.LookupResourcesRequest.contextual_relationships:type_name -> mandate.v1.Relationship
-	25, // 39: mandate.v1.LookupResourcesResponse.looked_up_at:type_name -> mandate.v1.RevisionToken
-	26, // 40: mandate.v1.LookupResourcesResponse.decision:type_name -> mandate.v1.Decision
-	29, // 41: mandate.v1.LookupResourcesResponse.after_result_cursor:type_name -> mandate.v1.Cursor
-	13, // 42: mandate.v1.LookupResourcesResponse.results:type_name -> mandate.v1.LookedUpResource
-	26, // 43: mandate.v1.LookedUpResource.decision:type_name -> mandate.v1.Decision
-	20, // 44: mandate.v1.LookupSubjectsRequest.consistency:type_name -> mandate.v1.Consistency
-	21, // 45: mandate.v1.LookupSubjectsRequest.resource:type_name -> mandate.v1.ObjectReference
-	23, // 46: mandate.v1.LookupSubjectsRequest.context:type_name -> google.protobuf.Struct
-	29, // 47: mandate.v1.LookupSubjectsRequest.optional_cursor:type_name -> mandate.v1.Cursor
-	24, // 48: mandate.v1.LookupSubjectsRequest.contextual_relationships:type_name -> mandate.v1.Relationship
-	25, // 49: mandate.v1.LookupSubjectsResponse.looked_up_at:type_name -> mandate.v1.RevisionToken
-	26, // 50: mandate.v1.LookupSubjectsResponse.decision:type_name -> mandate.v1.Decision
-	16, // 51: mandate.v1.LookupSubjectsResponse.excluded_subjects:type_name -> mandate.v1.ExcludedSubject
-	29, // 52: mandate.v1.LookupSubjectsResponse.after_result_cursor:type_name -> mandate.v1.Cursor
-	26, // 53: mandate.v1.ExcludedSubject.decision:type_name -> mandate.v1.Decision
-	20, // 54: mandate.v1.ExpandRequest.consistency:type_name -> mandate.v1.Consistency
-	21, // 55: mandate.v1.ExpandRequest.resource:type_name -> mandate.v1.ObjectReference
-	25, // 56: mandate.v1.ExpandResponse.expanded_at:type_name -> mandate.v1.RevisionToken
-	19, // 57: mandate.v1.ExpandResponse.tree:type_name -> mandate.v1.ExpandNode
-	21, // 58: mandate.v1.ExpandNode.object:type_name -> mandate.v1.ObjectReference
-	19, // 59: mandate.v1.ExpandNode.children:type_name -> mandate.v1.ExpandNode
-	24, // 60: mandate.v1.ExpandNode.subjects:type_name -> mandate.v1.Relationship
-	0,  // 61: mandate.v1.PermissionService.Check:input_type -> mandate.v1.CheckRequest
-	5,  // 62: mandate.v1.PermissionService.CheckBulk:input_type -> mandate.v1.CheckBulkRequest
-	11, // 63: mandate.v1.PermissionService.LookupResources:input_type -> mandate.v1.LookupResourcesRequest
-	14, // 64: mandate.v1.PermissionService.LookupSubjects:input_type -> mandate.v1.LookupSubjectsRequest
-	17, // 65: mandate.v1.PermissionService.Expand:input_type -> mandate.v1.ExpandRequest
-	1,  // 66: mandate.v1.PermissionService.Check:output_type -> mandate.v1.CheckResponse
-	7,  // 67: mandate.v1.PermissionService.CheckBulk:output_type -> mandate.v1.CheckBulkResponse
-	12, // 68: mandate.v1.PermissionService.LookupResources:output_type -> mandate.v1.LookupResourcesResponse
-	15, // 69: mandate.v1.PermissionService.LookupSubjects:output_type -> mandate.v1.LookupSubjectsResponse
-	18, // 70: mandate.v1.PermissionService.Expand:output_type -> mandate.v1.ExpandResponse
-	66, // [66:71] is the sub-list for method output_type
-	61, // [61:66] is the sub-list for method input_type
-	61, // [61:61] is the sub-list for extension type_name
-	61, // [61:61] is the sub-list for extension extendee
-	0,  // [0:61] is the sub-list for field type_name
+	2,  // 33: mandate.v1.CheckBulkItemResult.approval:type_name -> mandate.v1.ApprovalContext
+	20, // 34: mandate.v1.LookupResourcesRequest.consistency:type_name -> mandate.v1.Consistency
+	22, // 35: mandate.v1.LookupResourcesRequest.subject:type_name -> mandate.v1.SubjectReference
+	23, // 36: mandate.v1.LookupResourcesRequest.context:type_name -> google.protobuf.Struct
+	21, // 37: mandate.v1.LookupResourcesRequest.on_behalf_of:type_name -> mandate.v1.ObjectReference
+	29, // 38: mandate.v1.LookupResourcesRequest.optional_cursor:type_name -> mandate.v1.Cursor
+	24, // 39: mandate.v1.LookupResourcesRequest.contextual_relationships:type_name -> mandate.v1.Relationship
+	25, // 40: mandate.v1.LookupResourcesResponse.looked_up_at:type_name -> mandate.v1.RevisionToken
+	26, // 41: mandate.v1.LookupResourcesResponse.decision:type_name -> mandate.v1.Decision
+	29, // 42: mandate.v1.LookupResourcesResponse.after_result_cursor:type_name -> mandate.v1.Cursor
+	13, // 43: mandate.v1.LookupResourcesResponse.results:type_name -> mandate.v1.LookedUpResource
+	26, // 44: mandate.v1.LookedUpResource.decision:type_name -> mandate.v1.Decision
+	20, // 45: mandate.v1.LookupSubjectsRequest.consistency:type_name -> mandate.v1.Consistency
+	21, // 46: mandate.v1.LookupSubjectsRequest.resource:type_name -> mandate.v1.ObjectReference
+	23, // 47: mandate.v1.LookupSubjectsRequest.context:type_name -> google.protobuf.Struct
+	29, // 48: mandate.v1.LookupSubjectsRequest.optional_cursor:type_name -> mandate.v1.Cursor
+	24, // 49: mandate.v1.LookupSubjectsRequest.contextual_relationships:type_name -> mandate.v1.Relationship
+	25, // 50: mandate.v1.LookupSubjectsResponse.looked_up_at:type_name -> mandate.v1.RevisionToken
+	26, // 51: mandate.v1.LookupSubjectsResponse.decision:type_name -> mandate.v1.Decision
+	16, // 52: mandate.v1.LookupSubjectsResponse.excluded_subjects:type_name -> mandate.v1.ExcludedSubject
+	29, // 53: mandate.v1.LookupSubjectsResponse.after_result_cursor:type_name -> mandate.v1.Cursor
+	26, // 54: mandate.v1.ExcludedSubject.decision:type_name -> mandate.v1.Decision
+	20, // 55: mandate.v1.ExpandRequest.consistency:type_name -> mandate.v1.Consistency
+	21, // 56: mandate.v1.ExpandRequest.resource:type_name -> mandate.v1.ObjectReference
+	25, // 57: mandate.v1.ExpandResponse.expanded_at:type_name -> mandate.v1.RevisionToken
+	19, // 58: mandate.v1.ExpandResponse.tree:type_name -> mandate.v1.ExpandNode
+	21, // 59: mandate.v1.ExpandNode.object:type_name -> mandate.v1.ObjectReference
+	19, // 60: mandate.v1.ExpandNode.children:type_name -> mandate.v1.ExpandNode
+	24, // 61: mandate.v1.ExpandNode.subjects:type_name -> mandate.v1.Relationship
+	0,  // 62: mandate.v1.PermissionService.Check:input_type -> mandate.v1.CheckRequest
+	5,  // 63: mandate.v1.PermissionService.CheckBulk:input_type -> mandate.v1.CheckBulkRequest
+	11, // 64: mandate.v1.PermissionService.LookupResources:input_type -> mandate.v1.LookupResourcesRequest
+	14, // 65: mandate.v1.PermissionService.LookupSubjects:input_type -> mandate.v1.LookupSubjectsRequest
+	17, // 66: mandate.v1.PermissionService.Expand:input_type -> mandate.v1.ExpandRequest
+	1,  // 67: mandate.v1.PermissionService.Check:output_type -> mandate.v1.CheckResponse
+	7,  // 68: mandate.v1.PermissionService.CheckBulk:output_type -> mandate.v1.CheckBulkResponse
+	12, // 69: mandate.v1.PermissionService.LookupResources:output_type -> mandate.v1.LookupResourcesResponse
+	15, // 70: mandate.v1.PermissionService.LookupSubjects:output_type -> mandate.v1.LookupSubjectsResponse
+	18, // 71: mandate.v1.PermissionService.Expand:output_type -> mandate.v1.ExpandResponse
+	67, // [67:72] is the sub-list for method output_type
+	62, // [62:67] is the sub-list for method input_type
+	62, // [62:62] is the sub-list for extension type_name
+	62, // [62:62] is the sub-list for extension extendee
+	0,  // [0:62] is the sub-list for field type_name
 }
 
 func init() { file_mandate_v1_permission_proto_init() }
