@@ -121,25 +121,17 @@ func (s *Service) wire(r approval.Request) *pb.Approval {
 	return out
 }
 
-// Status is a status's wire form.
+// Status is a status's wire form (UNSPECIFIED for one it does not know).
 func Status(st approval.Status) pb.ApprovalStatus {
-	switch st {
-	case approval.Pending:
-		return pb.ApprovalStatus_APPROVAL_STATUS_PENDING
-	case approval.Approved:
-		return pb.ApprovalStatus_APPROVAL_STATUS_APPROVED
-	case approval.Denied:
-		return pb.ApprovalStatus_APPROVAL_STATUS_DENIED
-	case approval.Expired:
-		return pb.ApprovalStatus_APPROVAL_STATUS_EXPIRED
-	case approval.Redeemed:
-		return pb.ApprovalStatus_APPROVAL_STATUS_REDEEMED
-	case approval.Revoked:
-		return pb.ApprovalStatus_APPROVAL_STATUS_REVOKED
+	for wire, status := range statuses {
+		if status == st {
+			return wire
+		}
 	}
 	return pb.ApprovalStatus_APPROVAL_STATUS_UNSPECIFIED
 }
 
+// statuses maps each wire status onto the service's; Status reads it back.
 var statuses = map[pb.ApprovalStatus]approval.Status{
 	pb.ApprovalStatus_APPROVAL_STATUS_UNSPECIFIED: "",
 	pb.ApprovalStatus_APPROVAL_STATUS_PENDING:     approval.Pending,

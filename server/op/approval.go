@@ -125,6 +125,10 @@ func (c *Core) applyApprovals(ctx context.Context, req CheckRequest, res *CheckR
 	in := EscalationInput{Resource: req.Resource, Permission: req.Permission, Agent: chain[0], Chain: chain, Context: req.Context, Time: time.Now()}
 	key := GrantKey{Agent: chain[0], Principal: chain[len(chain)-1], Resource: req.Resource, Permission: req.Permission}
 	out := &ApprovalOutcome{Request: key, Chain: chain, Task: task}
+	if c.escalator != nil {
+		// Every answer feeds the signals, once Escalate has seen the check.
+		defer func() { c.escalator.Observe(in, res.Decision == engine.Allowed) }()
+	}
 	switch {
 	case res.Decision == engine.Allowed && c.escalator != nil:
 		m, matched, err := c.escalator.Escalate(ctx, in)
@@ -134,7 +138,6 @@ func (c *Core) applyApprovals(ctx context.Context, req CheckRequest, res *CheckR
 		}
 		if !matched {
 			// No rule holds it: the answer carries no approval context.
-			c.escalator.Observe(in, true)
 			return
 		}
 		out.Rule, out.Description, out.MaxDuration = m.Rule, m.Description, m.MaxDuration
@@ -152,18 +155,12 @@ func (c *Core) applyApprovals(ctx context.Context, req CheckRequest, res *CheckR
 		}
 		out.Required = true
 	default:
-		if c.escalator != nil {
-			c.escalator.Observe(in, res.Decision == engine.Allowed)
-		}
 		return
 	}
 	if out.Required {
 		out.EvaluationID = newEvaluationID()
 	}
 	res.Approval = out
-	if c.escalator != nil {
-		c.escalator.Observe(in, res.Decision == engine.Allowed)
-	}
 }
 
 // grantFor finds a live grant for key and redeems it when single-use. Any
