@@ -185,7 +185,7 @@ func (s *Service) File(ctx context.Context, r Request) (Request, error) {
 	if d == nil || len(d.Chain) < 2 || d.Chain[len(d.Chain)-1].Subject != r.Principal {
 		return Request{}, invalid("agent", "%s is not an agent acting for %s", r.Agent, r.Principal)
 	}
-	if res.Decision != engine.Allowed && !(res.Decision == engine.Denied && d.ResolvableByApproval && d.FailedAt == 0) {
+	if res.Decision != engine.Allowed && !(res.Decision == engine.Denied && op.OnlyAgentGrantMissing(res)) {
 		return Request{}, invalid("permission", "%s's check of %s on %s is %s (%s): a grant to the agent would not allow it", r.Agent, r.Permission, r.Resource, decisionWord(res.Decision), d.Reason)
 	}
 	r.Chain = make([]rel.Object, len(d.Chain))

@@ -147,7 +147,7 @@ func (c *Core) applyApprovals(ctx context.Context, req CheckRequest, res *CheckR
 		}
 		out.Required = true
 		res.Decision, res.Missing = engine.Denied, nil
-	case res.Decision == engine.Denied && onlyAgentGrantMissing(*res):
+	case res.Decision == engine.Denied && OnlyAgentGrantMissing(*res):
 		if g, ok := c.grantFor(ctx, key, req.ApprovalID, res.Revision); ok {
 			out.GrantID = g.ID
 			res.Decision = engine.Allowed
@@ -225,10 +225,10 @@ func checkChain(res CheckResult) ([]rel.Object, bool) {
 	return chain, true
 }
 
-// onlyAgentGrantMissing: the engine's denial is resolvable by approval and
+// OnlyAgentGrantMissing: the engine's denial is resolvable by approval and
 // the checked agent's own grant is the only one missing, so a grant to it
 // (and nothing else) would make the chain allow.
-func onlyAgentGrantMissing(res CheckResult) bool {
+func OnlyAgentGrantMissing(res CheckResult) bool {
 	d := res.Delegation
 	if res.Token != nil || d == nil || !d.ResolvableByApproval || len(d.Chain) < 2 || d.FailedAt != 0 {
 		return false
