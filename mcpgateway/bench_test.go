@@ -66,6 +66,83 @@ func benchToolsCall(b *testing.B, mode string, benchSessions int) {
 	})
 }
 
+// BenchmarkToolsCallPaced measures the latency a tools/call sees at 16
+// concurrent sessions that call at a fixed total rate (open loop), as MCP
+// sessions do (a call, then the model's turn), rather than as fast as the
+// machine allows: closed-loop sessions on a saturated machine measure
+// queueing, where the added latency is the gateway's CPU per call times
+// the queue (BenchmarkToolsCall). Each session sends on its own schedule
+// (calls spread evenly, phases staggered); latency is from the scheduled
+// send, and "late" is the share of calls that started more than 1 ms
+// after their schedule: Go's timers wake an idle process with millisecond
+// resolution, so lateness from the schedule measures the sleep, not the
+// call; a run whose late share grows with the rate has fallen behind
+// (queueing), and its latencies understate it.
+//
+//	go test ./mcpgateway -run '^$' -bench ToolsCallPaced -benchtime 8000x
+func BenchmarkToolsCallPaced(b *testing.B) {
+	const sessions = 16
+	for _, rate := range []int{500, 1000, 2000} {
+		for _, mode := range []string{"direct", "gateway-uncached", "gateway-cached"} {
+			benchPaced(b, mode, sessions, rate)
+		}
+	}
+}
+
+func benchPaced(b *testing.B, mode string, benchSessions, rate int) {
+	b.Run(fmt.Sprintf("sessions=%d/rate=%d/%s", benchSessions, rate, mode), func(b *testing.B) {
+		ttl := time.Duration(0)
+		if mode == "gateway-cached" {
+			ttl = time.Hour
+		}
+		e := newEnv(b, envOptions{cacheTTL: ttl})
+		endpoint, token := e.resource, e.token("alice", "helper", nil)
+		if mode == "direct" {
+			endpoint, token = e.direct, ""
+		}
+		sessions := make([]*mcp.ClientSession, benchSessions)
+		for i := range sessions {
+			sessions[i], _ = e.goClient(endpoint, token, "2025-11-25")
+			callBench(b, sessions[i])
+		}
+		interval := time.Duration(benchSessions) * time.Second / time.Duration(rate)
+		lat := make([][]time.Duration, benchSessions)
+		late := make([]int, benchSessions)
+		b.ResetTimer()
+		start := time.Now()
+		var wg sync.WaitGroup
+		for i := range sessions {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				next := start.Add(interval * time.Duration(i) / time.Duration(benchSessions))
+				for j := i; j < b.N; j += benchSessions {
+					if d := time.Until(next); d > 0 {
+						time.Sleep(d)
+					}
+					sent := time.Now()
+					if sent.Sub(next) > time.Millisecond {
+						late[i]++
+					}
+					callBench(b, sessions[i])
+					lat[i] = append(lat[i], time.Since(sent))
+					next = next.Add(interval)
+				}
+			}()
+		}
+		wg.Wait()
+		elapsed := time.Since(start)
+		b.StopTimer()
+		reportPercentiles(b, slices.Concat(lat...))
+		total := 0
+		for _, n := range late {
+			total += n
+		}
+		b.ReportMetric(float64(total)/float64(b.N), "late")
+		b.ReportMetric(float64(b.N)/elapsed.Seconds(), "calls/s")
+	})
+}
+
 func callBench(b *testing.B, cs *mcp.ClientSession) {
 	res, err := cs.CallTool(ctxT(b), &mcp.CallToolParams{Name: "read_calendar", Arguments: map[string]any{"calendar_id": "alice"}})
 	if err != nil || res.IsError {
