@@ -64,6 +64,8 @@ func run() error {
 	scale := fs.Int("scale", 0, "instead of comparing engines: bulk-import a workload of about this many relationships (the default shape, grown) plus -scale-agents agents into -scale-store, start one replica over it and measure its load time, memory, checks and lookups")
 	scaleAgents := fs.Int("scale-agents", 1_000_000, "agents in 1-3 link delegation chains for -scale, a tenth of the links expiring during the run")
 	scaleStore := fs.String("scale-store", "embedded", "store for -scale: embedded or postgres")
+	scaleImportOnly := fs.Bool("scale-import-only", false, "for -scale with -scale-dir: import the workload and stop (a later run reuses it)")
+	scaleDir := fs.String("scale-dir", "", "for -scale on the embedded store: keep the store in this directory, and reuse it when it already holds the same workload (-scale, -scale-agents, -seed) instead of importing again")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return err
 	}
@@ -91,8 +93,11 @@ func run() error {
 		if *scaleStore != "embedded" && *scaleStore != "postgres" {
 			return fmt.Errorf("-scale-store %q: expected embedded or postgres", *scaleStore)
 		}
+		if *scaleImportOnly && *scaleDir == "" {
+			return errors.New("-scale-import-only needs -scale-dir, where the import is kept")
+		}
 		return runScale(ctx, harness.ScaleOptions{
-			Relationships: *scale, Agents: *scaleAgents, Seed: w.Seed, Store: *scaleStore, PostgresURL: o.PostgresURL,
+			Relationships: *scale, Agents: *scaleAgents, Seed: w.Seed, Store: *scaleStore, PostgresURL: o.PostgresURL, Dir: *scaleDir, ImportOnly: *scaleImportOnly,
 			Duration: o.Duration, Concurrency: o.Concurrency, Log: o.Log,
 		}, *jsonPath)
 	}
@@ -149,6 +154,10 @@ func runFreshness(ctx context.Context, o harness.Options, rate int, jsonPath str
 func runScale(ctx context.Context, o harness.ScaleOptions, jsonPath string) error {
 	res, err := harness.RunScale(ctx, o)
 	if res == nil {
+		return err
+	}
+	if o.ImportOnly {
+		fmt.Printf("imported %d relationships and %d agent links into %s in %.0f s\n", res.Relationships, res.AgentLinks, o.Dir, res.ImportSeconds)
 		return err
 	}
 	fmt.Printf("| store | relationships | agent links | import s | replica load s | heap MiB | heap B/rel | RSS MiB | RSS B/rel | checks/s in-process | p50 ms | p99 ms | checks/s gRPC | p50 ms | p99 ms | agent checks/s | p99 ms | lookups/s in-process | lookups/s gRPC |\n")
