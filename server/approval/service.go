@@ -199,7 +199,7 @@ func (s *Service) File(ctx context.Context, r Request) (Request, error) {
 		m, ok, err := s.cfg.Core.Escalation(ctx, creq, res)
 		switch {
 		case err != nil:
-			r.Rule = "escalation-error"
+			r.Rule = m.Rule // the rule that failed, or escalation-error
 		case ok:
 			r.Rule, r.MaxDuration = m.Rule, m.MaxDuration
 		}

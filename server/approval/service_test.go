@@ -59,11 +59,13 @@ func (r *recorder) ops() []audit.Operation {
 type rulePermission struct {
 	perm string
 	err  error
+	// failing names the rule whose evaluation failed, with err.
+	failing string
 }
 
 func (e rulePermission) Escalate(_ context.Context, in op.EscalationInput) (op.EscalationMatch, bool, error) {
 	if e.err != nil {
-		return op.EscalationMatch{}, false, e.err
+		return op.EscalationMatch{Rule: e.failing}, e.failing != "", e.err
 	}
 	return op.EscalationMatch{Rule: "risky-" + e.perm}, in.Permission == e.perm, nil
 }
@@ -274,6 +276,10 @@ func TestPlainDenialNeverAllowed(t *testing.T) {
 }
 
 func TestRuleErrorFailsClosed(t *testing.T) {
+	named := newFixture(t, rulePermission{perm: "view", err: errors.New("boom"), failing: "costly-rule"}, baseRels...)
+	if res := named.check("view", ""); res.Decision != engine.Denied || res.Approval == nil || res.Approval.Rule != "costly-rule" {
+		t.Fatalf("named rule error: %v %+v, want denied (escalated) under costly-rule", res.Decision, res.Approval)
+	}
 	f := newFixture(t, rulePermission{perm: "view", err: errors.New("boom")}, baseRels...)
 	if res := f.check("view", ""); res.Decision != engine.Denied || res.Approval == nil || res.Approval.Rule != "escalation-error" {
 		t.Fatalf("rule error: %v %+v, want denied (escalated)", res.Decision, res.Approval)

@@ -43,7 +43,8 @@ type (
 // and learns from every agent check (its behavioural signals).
 type Escalator interface {
 	// Escalate is called for an allowed agent check; an error means the
-	// rules could not be evaluated, and the check escalates.
+	// rules could not be evaluated, and the check escalates, under the
+	// rule that failed when the Match names one.
 	Escalate(ctx context.Context, in EscalationInput) (EscalationMatch, bool, error)
 	// Observe is told every agent check's final answer.
 	Observe(in EscalationInput, allowed bool)
@@ -133,8 +134,8 @@ func (c *Core) applyApprovals(ctx context.Context, req CheckRequest, res *CheckR
 	case res.Decision == engine.Allowed && c.escalator != nil:
 		m, matched, err := c.escalator.Escalate(ctx, in)
 		if err != nil {
-			c.log.Error("escalation rules failed to evaluate; the check needs approval", "error", err)
-			m, matched = EscalationMatch{Rule: "escalation-error", Description: "the escalation rules could not be evaluated"}, true
+			m, matched = failedRule(m), true
+			c.log.Error("escalation rules failed to evaluate; the check needs approval", "rule", m.Rule, "error", err)
 		}
 		if !matched {
 			// No rule holds it: the answer carries no approval context.
@@ -282,7 +283,20 @@ func (c *Core) Escalation(ctx context.Context, req CheckRequest, res CheckResult
 	if !ok || c.escalator == nil || res.Decision != engine.Allowed {
 		return EscalationMatch{}, false, nil
 	}
-	return c.escalator.Escalate(ctx, EscalationInput{Resource: req.Resource, Permission: req.Permission, Agent: chain[0], Chain: chain, Context: req.Context, Time: time.Now()})
+	m, matched, err := c.escalator.Escalate(ctx, EscalationInput{Resource: req.Resource, Permission: req.Permission, Agent: chain[0], Chain: chain, Context: req.Context, Time: time.Now()})
+	if err != nil {
+		return failedRule(m), true, err
+	}
+	return m, matched, nil
+}
+
+// failedRule is the match an escalation error escalates under: the rule
+// that failed, when the escalator could name it.
+func failedRule(m EscalationMatch) EscalationMatch {
+	if m.Rule == "" {
+		return EscalationMatch{Rule: "escalation-error", Description: "the escalation rules could not be evaluated"}
+	}
+	return m
 }
 
 // CheckWithoutApprovals answers a check as the engine does, with neither
