@@ -80,6 +80,54 @@ func (f *filer) file(ctx context.Context, id *Identity, dec Decision, info callI
 	return resp.GetApproval(), nil
 }
 
+// singleUseGrant returns the id of a live, unredeemed single-use grant of
+// exactly the held call (the caller's agent and principal, its resource
+// and permission), or "". MCP has nowhere to name a grant, so the gateway
+// names it for the agent: Mandate redeems it once, whoever asks.
+func (f *filer) singleUseGrant(ctx context.Context, id *Identity, dec Decision) (string, error) {
+	req := dec.hold.GetRequest()
+	if objectOf(req.GetAgent()) != id.Agent || objectOf(req.GetPrincipal()) != id.Principal {
+		return "", nil
+	}
+	list, err := f.client.List(ctx, &pb.ApprovalServiceListRequest{Filter: &pb.ApprovalFilter{
+		Agent: req.GetAgent(), Principal: req.GetPrincipal(), Status: pb.ApprovalStatus_APPROVAL_STATUS_APPROVED,
+	}})
+	if err != nil {
+		return "", fmt.Errorf("listing approved requests of %s: %w", id.Agent, err)
+	}
+	for _, a := range list.GetApprovals() {
+		if a.GetSingleUse() && a.GetRedeemedAt() == nil && objectOf(a.GetResource()) == objectOf(req.GetResource()) &&
+			a.GetPermission() == req.GetPermission() {
+			return a.GetId(), nil
+		}
+	}
+	return "", nil
+}
+
+// redeem retries a held call naming a single-use grant a person approved
+// for it, and reports whether Mandate then allowed it (redeeming the
+// grant). Anything else, an error included, leaves the call held.
+func (g *Gateway) redeem(ctx context.Context, id *Identity, scope string, it checkItem, held Decision) bool {
+	if id.capability != "" {
+		return false // a token's checks name no grant
+	}
+	grant, err := g.filer.singleUseGrant(ctx, id, held)
+	if err != nil || grant == "" {
+		if err != nil {
+			g.log.Error("looking for a single-use grant of a held call", "agent", id.Agent.String(), "error", err)
+		}
+		return false
+	}
+	it.approvalID = grant
+	dec, err := g.dec.check(ctx, id, scope, it)
+	if err != nil || !dec.Allowed {
+		return false
+	}
+	g.log.Info("mcp call allowed by a single-use grant", "method", it.info.method, "name", it.info.name,
+		"agent", id.Agent.String(), "principal", id.Principal.String(), "approval_id", grant)
+	return true
+}
+
 // reasonText is the filed request's reason: what the agent called.
 func reasonText(info callInfo, dec Decision) string {
 	s := fmt.Sprintf("MCP %s %q through the Mandate gateway needs %s on %s", info.method, info.name, dec.Permission, dec.Resource)

@@ -332,3 +332,70 @@ func TestApprovalRequestableDenial(t *testing.T) {
 		t.Fatalf("write after approval: %v %v", res, err)
 	}
 }
+
+// TestSingleUseGrantThroughGateway: MCP cannot name a grant, so the
+// gateway names a single-use grant alice approved for exactly the held
+// call: the next call passes and redeems it, the one after is held again
+// (a new request is filed), and the MCP server saw the call once.
+func TestSingleUseGrantThroughGateway(t *testing.T) {
+	for _, ttl := range []time.Duration{0, time.Minute} {
+		t.Run("cache="+ttl.String(), func(t *testing.T) {
+			e := newEnv(t, envOptions{cacheTTL: ttl, escalation: heldRules})
+			cs, _ := e.goClient(e.resource, e.token("alice", "helper", nil), "2025-11-25")
+			args := map[string]any{"calendar_id": "alice"}
+			if _, err := callTool(t, cs, "read_calendar", args); err == nil {
+				t.Fatal("the rule's call passed before any approval")
+			}
+			pending := e.pendingApprovals(t)
+			if len(pending) != 1 {
+				t.Fatalf("pending requests: %v", pending)
+			}
+			first := pending[0].GetId()
+			svc := e.mandate.srv.Approvals()
+			if _, err := svc.Approve(ctxT(t), first, approval.Decision{Approver: alice, SingleUse: true}); err != nil {
+				t.Fatal(err)
+			}
+			if res, err := callTool(t, cs, "read_calendar", args); err != nil || textOf(t, res) != "events of alice: standup 09:00" {
+				t.Fatalf("call with a single-use grant: %v %v", res, err)
+			}
+			if _, err := callTool(t, cs, "read_calendar", args); err == nil {
+				t.Fatal("a redeemed single-use grant allowed a second call")
+			}
+			if again := e.pendingApprovals(t); len(again) != 1 || again[0].GetId() == first {
+				t.Fatalf("after redeeming %s: pending %v, want one new request", first, again)
+			}
+			if n := len(e.upstream.find(`"read_calendar"`)); n != 1 {
+				t.Fatalf("the MCP server saw %d read_calendar calls, want 1", n)
+			}
+			if hits, _ := e.gw.CacheStats(); hits != 0 {
+				t.Fatalf("%d held or granted decisions came from the cache", hits)
+			}
+		})
+	}
+}
+
+// TestSingleUseGrantIsTheCallersOnly: a single-use grant names an agent
+// and principal; another agent's held call never redeems it.
+func TestSingleUseGrantIsTheCallersOnly(t *testing.T) {
+	e := newEnv(t, envOptions{escalation: heldRules})
+	e.mandate.write(t, pb.RelationshipUpdate_OPERATION_TOUCH, "agent:other#acts_for@user:alice")
+	helper, _ := e.goClient(e.resource, e.token("alice", "helper", nil), "2025-11-25")
+	other, _ := e.goClient(e.resource, e.token("alice", "other", nil), "2025-11-25")
+	args := map[string]any{"calendar_id": "alice"}
+	if _, err := callTool(t, helper, "read_calendar", args); err == nil {
+		t.Fatal("held call passed")
+	}
+	pending := e.pendingApprovals(t)
+	if len(pending) != 1 {
+		t.Fatalf("pending: %v", pending)
+	}
+	if _, err := e.mandate.srv.Approvals().Approve(ctxT(t), pending[0].GetId(), approval.Decision{Approver: alice, SingleUse: true}); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := callTool(t, other, "read_calendar", args); err == nil && !res.IsError {
+		t.Fatal("another agent's call redeemed helper's single-use grant")
+	}
+	if res, err := callTool(t, helper, "read_calendar", args); err != nil || res.IsError {
+		t.Fatalf("helper's call with its grant: %v %v", res, err)
+	}
+}

@@ -120,6 +120,8 @@ type checkItem struct {
 	object     rel.Object
 	permission string
 	info       callInfo
+	// approvalID names a single-use grant to redeem (never cached).
+	approvalID string
 }
 
 // decider asks Mandate and caches its answers while the Watch stream
@@ -199,7 +201,7 @@ func (d *decider) check(ctx context.Context, id *Identity, scope string, it chec
 		return d.checkToken(ctx, id, it)
 	}
 	key := cacheKey(scope, it)
-	if dec, ok := d.lookup(key); ok {
+	if dec, ok := d.lookup(key); ok && it.approvalID == "" {
 		d.hits.Add(1)
 		d.log.Info("mcp decision (cached)", "method", it.info.method, "name", it.info.name, "session", it.info.session,
 			"principal", id.Principal.String(), "agent", id.Agent.String(), "chain", dec.Chain, "allowed", dec.Allowed, "reason", dec.Reason)
@@ -214,6 +216,7 @@ func (d *decider) check(ctx context.Context, id *Identity, scope string, it chec
 		OnBehalfOf: objectProto(id.Principal),
 		Context:    it.info.context(id),
 		Explain:    true,
+		ApprovalId: it.approvalID,
 	})
 	if err != nil {
 		return Decision{}, fmt.Errorf("mandate Check %s#%s: %w", it.object, it.permission, err)

@@ -599,6 +599,9 @@ func (g *Gateway) decide(ctx context.Context, id *Identity, sess, scope string, 
 		data: denial{Reason: dec.Reason, Resource: dec.Resource, Permission: dec.Permission, Chain: dec.Chain, ClaimedChain: id.ChainStrings(),
 			FailedAt: dec.FailedAt, Missing: dec.Missing, ResolvableByApproval: dec.ResolvableByApproval, Revision: dec.Revision}}
 	if dec.Held() {
+		if g.redeem(ctx, id, scope, checkItem{object: obj, permission: perm, info: info}, dec) {
+			return nil
+		}
 		return g.held(ctx, id, dec, info, g.elicitationOf(msg, sess), denied)
 	}
 	return denied
