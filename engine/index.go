@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"maps"
 	"math"
 	"slices"
 	"sort"
@@ -69,11 +68,19 @@ type edgeExtra struct {
 	caveat  *edgeCaveat
 }
 
+// edgeCaveat is an edge's caveat. The index shares one among every edge
+// whose caveat has the same name and context (intern.go), so nothing may
+// change its context: relationshipOf's callers get the map itself.
 type edgeCaveat struct {
 	name    string
 	context map[string]any
 	// memo caches the converted context and decided outcomes (caveat.go).
 	memo atomic.Pointer[caveatMemo]
+	// key is the caveat's key in index.caveats, "" when it is not interned;
+	// refs counts the index's extras holding it. Both change only under
+	// the engine's write lock.
+	key  string
+	refs int
 }
 
 // relTable holds the edges of one relation of one type, by object.
@@ -191,6 +198,10 @@ type index struct {
 	extras []edgeExtra // extras[0] is unused
 	// freeExtras lists extras released by compaction, for reuse.
 	freeExtras []uint32
+	// caveats interns the extras' caveats by appendCaveatKey (intern.go);
+	// keyBuf is the scratch their keys are encoded in.
+	caveats map[string]*edgeCaveat
+	keyBuf  []byte
 
 	schemas []schemaVersion
 }
@@ -202,6 +213,7 @@ func newIndex() *index {
 		relSyms:  map[string]sym{},
 		relNames: []string{""},
 		extras:   []edgeExtra{{}},
+		caveats:  map[string]*edgeCaveat{},
 	}
 }
 
@@ -348,7 +360,7 @@ func (idx *index) touch(rev store.Revision, r rel.Relationship) {
 	t := idx.table(typ, idx.relSym(r.Relation))
 	kind := subjectKind(srel, st)
 	e := edge{kind: kind, subjID: sid, created: rev, deleted: never}
-	if x, ok := extraOf(r); ok {
+	if x, ok := extraOf(r, idx.internCaveat); ok {
 		e.extra = idx.newExtra(x)
 	}
 	if int(obj) >= len(t.slots) {
@@ -379,8 +391,9 @@ func (idx *index) touch(rev store.Revision, r rel.Relationship) {
 }
 
 // extraOf returns what an edge carries beside its subject: the
-// relationship's expiration and caveat, if it has either.
-func extraOf(r rel.Relationship) (edgeExtra, bool) {
+// relationship's expiration and caveat (made by newCaveat), if it has
+// either.
+func extraOf(r rel.Relationship, newCaveat func(*rel.Caveat) *edgeCaveat) (edgeExtra, bool) {
 	if r.Expiration.IsZero() && r.Caveat == nil {
 		return edgeExtra{}, false
 	}
@@ -389,13 +402,16 @@ func extraOf(r rel.Relationship) (edgeExtra, bool) {
 		x.expires = r.Expiration.UnixMicro()
 	}
 	if r.Caveat != nil {
-		x.caveat = &edgeCaveat{name: r.Caveat.Name, context: maps.Clone(r.Caveat.Context)}
+		x.caveat = newCaveat(r.Caveat)
 	}
 	return x, true
 }
 
 func (idx *index) releaseExtra(x uint32) {
 	if x != 0 {
+		if c := idx.extras[x].caveat; c != nil {
+			idx.releaseCaveat(c)
+		}
 		idx.extras[x] = edgeExtra{}
 		idx.freeExtras = append(idx.freeExtras, x)
 	}
@@ -485,7 +501,8 @@ func (idx *index) compact(rev store.Revision) {
 }
 
 // relationshipOf rebuilds the relationship an edge of object obj's relation
-// relation (of type typ) stands for.
+// relation (of type typ) stands for. Its caveat context is the index's,
+// shared with other edges: read it, never change it.
 func (idx *index) relationshipOf(typ sym, obj oid, relation sym, e *edge) rel.Relationship {
 	r := rel.Relationship{
 		Resource: rel.Object{Type: idx.types[typ].name, ID: idx.types[typ].names[obj]},
