@@ -103,7 +103,8 @@ func (t *relTable) edges(obj oid) []edge {
 // typeTable interns the object IDs of one type and holds its relations.
 type typeTable struct {
 	name string
-	ids  map[string]oid
+	// ids finds an object's oid by its ID (ids.go).
+	ids idTable
 	// names[id] is the ID of object id; names[0] is "*".
 	names []string
 	// rels is indexed by relation symbol.
@@ -121,19 +122,17 @@ type typeTable struct {
 
 // lookup returns the interned ID of an object of this type.
 func (t *typeTable) lookup(id string) (oid, bool) {
-	o, ok := t.ids[id]
-	return o, ok
+	return t.ids.find(t.names, id)
 }
 
 func (t *typeTable) intern(id string) oid {
-	if o, ok := t.ids[id]; ok {
+	if o, ok := t.ids.find(t.names, id); ok {
 		return o
 	}
 	o := oid(len(t.names))
 	// Clone: the ID may be a slice of a larger string the caller holds.
-	id = strings.Clone(id)
-	t.names = append(t.names, id)
-	t.ids[id] = o
+	t.names = append(t.names, strings.Clone(id))
+	t.ids.insert(t.names, o)
 	return o
 }
 
@@ -224,7 +223,9 @@ func (idx *index) typeSym(name string) sym {
 	}
 	name = strings.Clone(name)
 	s := sym(len(idx.types))
-	idx.types = append(idx.types, &typeTable{name: name, ids: map[string]oid{rel.Wildcard: wildcardID}, names: []string{rel.Wildcard}})
+	tt := &typeTable{name: name, ids: newIDTable(), names: []string{rel.Wildcard}}
+	tt.ids.insert(tt.names, wildcardID)
+	idx.types = append(idx.types, tt)
 	idx.typeSyms[name] = s
 	return s
 }
