@@ -80,7 +80,7 @@ caveat delegation_scope(action string, resource_type string, allowed_actions lis
 // generateAgents yields that many acts_for links as the harness's scale mode
 // does: chains of 1-3 (agent:cK_0 acts for a user, agent:cK_i for
 // agent:cK_(i-1)), each scoped by one of scopes delegation_scope contexts
-// drawn at random, one link in ten expiring an hour after now.
+// drawn at random, one link in ten expiring one to two hours from now.
 func generateAgents(links, scopes, users int, now time.Time, yield func(rel.Relationship)) {
 	r := rand.New(rand.NewPCG(0x6167656e7473, 42))
 	scope := func() *rel.Caveat {
