@@ -72,7 +72,7 @@ func (c *checker) resolveChains(agent chainMember, maxChain int) ([]chain, *chai
 		var live, expired, outOfScope int
 		for i := range edges {
 			e := &edges[i]
-			if e.created > c.rev || c.rev >= e.deleted {
+			if at := c.idx.edgeRev(c.rev); e.created > at || at >= e.deleted {
 				continue
 			}
 			if e.extra != 0 {

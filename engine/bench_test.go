@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -30,6 +31,10 @@ var (
 	benchFolders = flag.Int("engine.folders", 0, "folders in the benchmark workload's tree (0: by shape)")
 	benchDocs    = flag.Int("engine.docs", 0, "documents in the benchmark workload (0: by shape)")
 	benchMemRels = flag.Int("engine.memrels", 100_000, "relationships the memory and load benchmarks load (issue 6's goal is stated at 1,000,000)")
+	// The memory benchmark's agents are the harness's scale mode's
+	// (bench/workload.ScaleAgents): every link carries the same scope.
+	benchMemAgents = flag.Int("engine.memagents", 0, "acts_for links, in chains of 1-3 scoped by delegation_scope, that the memory benchmark adds to -engine.memrels")
+	benchMemScopes = flag.Int("engine.memscopes", 1, "distinct delegation_scope contexts among the memory benchmark's agent links")
 )
 
 const benchSchema = `
@@ -61,6 +66,45 @@ definition document {
   permission view = edit + viewer + folder->view
 }
 `
+
+// memSchema is benchSchema plus the scale mode's delegation links: scoped
+// by delegation_scope, some expiring.
+var memSchema = "use expiration\n" + strings.Replace(benchSchema,
+	"relation acts_for: user | agent | user with scoped_to | agent with scoped_to",
+	"relation acts_for: user | agent | user with scoped_to | agent with scoped_to | user with delegation_scope | agent with delegation_scope | user with delegation_scope and expiration | agent with delegation_scope and expiration", 1) + `
+caveat delegation_scope(action string, resource_type string, allowed_actions list<string>, allowed_type string) {
+  action in allowed_actions && resource_type == allowed_type
+}
+`
+
+// generateAgents yields that many acts_for links as the harness's scale mode
+// does: chains of 1-3 (agent:cK_0 acts for a user, agent:cK_i for
+// agent:cK_(i-1)), each scoped by one of scopes delegation_scope contexts
+// drawn at random, one link in ten expiring one to two hours from now.
+func generateAgents(links, scopes, users int, now time.Time, yield func(rel.Relationship)) {
+	r := rand.New(rand.NewPCG(0x6167656e7473, 42))
+	scope := func() *rel.Caveat {
+		actions := []any{"view", "edit"}
+		if scopes > 1 {
+			actions = append(actions, "x"+itoa10(r.IntN(scopes)))
+		}
+		return &rel.Caveat{Name: "delegation_scope", Context: map[string]any{"allowed_actions": actions, "allowed_type": "document"}}
+	}
+	for made, k := 0, 0; made < links; k++ {
+		length := min(1+r.IntN(3), links-made)
+		prev := rel.Subject{Type: "user", ID: "u" + itoa10(r.IntN(users))}
+		for i := 0; i < length; i++ {
+			a := rel.Object{Type: "agent", ID: "c" + itoa10(k) + "_" + itoa10(i)}
+			l := rel.Relationship{Resource: a, Relation: "acts_for", Subject: prev, Caveat: scope()}
+			if r.IntN(10) == 0 {
+				l.Expiration = now.Add(time.Hour + time.Duration(r.Int64N(int64(time.Hour))))
+			}
+			yield(l)
+			prev = rel.Subject{Type: "agent", ID: a.ID}
+		}
+		made += length
+	}
+}
 
 // benchShape sizes a workload.
 type benchShape struct {
@@ -545,15 +589,16 @@ func heapInUse() uint64 {
 }
 
 // BenchmarkMemoryPerRelationship applies -engine.memrels relationships of
-// issue 7's shape through Apply, 10,000 per revision, and reports the heap in
-// use after GC per relationship (issue 6's goal: under 300 bytes at 1M).
+// issue 7's shape and -engine.memagents agent links through Apply, 10,000
+// per revision, and reports the heap in use after GC per relationship
+// (issue 6's goal: under 300 bytes at 1M; issue 20's: under 100).
 func BenchmarkMemoryPerRelationship(b *testing.B) {
 	s := shapeFor(*benchMemRels)
 	ctx := context.Background()
 	for i := 0; i < b.N; i++ {
 		before := heapInUse()
 		e := engine.New()
-		text := benchSchema
+		text := memSchema
 		if err := e.Apply(store.Change{Revision: 1, Schema: &text}); err != nil {
 			b.Fatal(err)
 		}
@@ -568,13 +613,15 @@ func BenchmarkMemoryPerRelationship(b *testing.B) {
 			batch = batch[:0]
 		}
 		start := time.Now()
-		generate(s, nil, func(r rel.Relationship) {
+		add := func(r rel.Relationship) {
 			batch = append(batch, store.Update{Op: store.Touch, Rel: r})
 			n++
 			if len(batch) == cap(batch) {
 				flush()
 			}
-		})
+		}
+		generate(s, nil, add)
+		generateAgents(*benchMemAgents, *benchMemScopes, s.users, start, add)
 		flush()
 		elapsed := time.Since(start)
 		batch = nil

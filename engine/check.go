@@ -221,7 +221,7 @@ func (c *checker) resetConverted() {
 }
 
 func (c *checker) live(e *edge) bool {
-	if e.created > c.rev || c.rev >= e.deleted {
+	if at := c.idx.edgeRev(c.rev); e.created > at || at >= e.deleted {
 		return false
 	}
 	if e.extra != 0 {

@@ -92,7 +92,8 @@ func (ov *overlay) add(p *plan, r rel.Relationship) {
 	obj := ov.intern(rp.typ, r.Resource.ID)
 	sid := ov.intern(st, r.Subject.ID)
 	e := edge{kind: subjectKind(srel, st.sym), subjID: sid, deleted: never}
-	if x, ok := extraOf(r); ok {
+	// The overlay lives for one request: its caveats are its own.
+	if x, ok := extraOf(r, privateCaveat); ok {
 		ov.extras = append(ov.extras, x)
 		e.extra = overlayExtra + uint32(len(ov.extras)-1)
 	}

@@ -139,6 +139,7 @@ func (e *Engine) Apply(ch store.Change) error {
 	if ch.Revision <= e.idx.head && ch.Schema == nil {
 		return nil
 	}
+	e.idx.reserve(ch.Revision)
 	for _, u := range ch.Updates {
 		switch u.Op {
 		case store.Touch, store.Create:

@@ -17,3 +17,11 @@ func (e *Engine) LookupResourcesByScan(ctx context.Context, req LookupResourcesR
 func (e *Engine) LookupSubjectsByScan(ctx context.Context, req LookupSubjectsRequest) ([]LookupResult, store.Revision, error) {
 	return e.lookupSubjects(ctx, req, true)
 }
+
+// InternedCaveats returns the number of distinct caveats the index holds
+// interned.
+func (e *Engine) InternedCaveats() int {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	return len(e.idx.caveats)
+}

@@ -52,6 +52,7 @@ func (e *Engine) LoadSnapshot(ctx context.Context, snap Snapshot, progress func(
 		}
 		idx.setSchema(snap.Revision, p)
 	}
+	idx.reserve(snap.Revision)
 	loaded := 0
 	for r, err := range snap.Relationships {
 		if err != nil {

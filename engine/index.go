@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"maps"
 	"math"
 	"slices"
 	"sort"
@@ -14,8 +13,17 @@ import (
 	"github.com/mandate-authz/mandate/store/rel"
 )
 
+// erev is a revision as an edge holds it: its distance from index.base.
+// Two of them keep an edge at 24 bytes where two store.Revisions would make
+// it 32; index.reserve keeps every retained revision within reach.
+type erev uint32
+
 // never is the deletion revision of a live edge.
-const never = store.Revision(math.MaxUint64)
+const never = erev(math.MaxUint32)
+
+// maxSpan is the distance from index.base to the latest revision an edge
+// can hold.
+const maxSpan = store.Revision(never - 1)
 
 // sym is an interned type or relation name. Names are interned for the life
 // of the index, so a symbol means the same in every schema version.
@@ -50,9 +58,8 @@ type edge struct {
 	kind   uint64
 	subjID oid
 	// extra indexes index.extras for a caveat or an expiration; 0: neither.
-	extra   uint32
-	created store.Revision
-	deleted store.Revision
+	extra            uint32
+	created, deleted erev
 }
 
 // subjectKind packs a subject relation and type as edge.kind does.
@@ -69,11 +76,19 @@ type edgeExtra struct {
 	caveat  *edgeCaveat
 }
 
+// edgeCaveat is an edge's caveat. The index shares one among every edge
+// whose caveat has the same name and context (intern.go), so nothing may
+// change its context: relationshipOf's callers get the map itself.
 type edgeCaveat struct {
 	name    string
 	context map[string]any
 	// memo caches the converted context and decided outcomes (caveat.go).
 	memo atomic.Pointer[caveatMemo]
+	// key is the caveat's key in index.caveats, "" when it is not interned;
+	// refs counts the index's extras holding it. Both change only under
+	// the engine's write lock.
+	key  string
+	refs int
 }
 
 // relTable holds the edges of one relation of one type, by object.
@@ -96,7 +111,8 @@ func (t *relTable) edges(obj oid) []edge {
 // typeTable interns the object IDs of one type and holds its relations.
 type typeTable struct {
 	name string
-	ids  map[string]oid
+	// ids finds an object's oid by its ID (ids.go).
+	ids idTable
 	// names[id] is the ID of object id; names[0] is "*".
 	names []string
 	// rels is indexed by relation symbol.
@@ -114,19 +130,17 @@ type typeTable struct {
 
 // lookup returns the interned ID of an object of this type.
 func (t *typeTable) lookup(id string) (oid, bool) {
-	o, ok := t.ids[id]
-	return o, ok
+	return t.ids.find(t.names, id)
 }
 
 func (t *typeTable) intern(id string) oid {
-	if o, ok := t.ids[id]; ok {
+	if o, ok := t.ids.find(t.names, id); ok {
 		return o
 	}
 	o := oid(len(t.names))
 	// Clone: the ID may be a slice of a larger string the caller holds.
-	id = strings.Clone(id)
-	t.names = append(t.names, id)
-	t.ids[id] = o
+	t.names = append(t.names, strings.Clone(id))
+	t.ids.insert(t.names, o)
 	return o
 }
 
@@ -173,6 +187,9 @@ type schemaVersion struct {
 type index struct {
 	head   store.Revision
 	oldest store.Revision
+	// base is the revision edges count theirs from: never above oldest,
+	// so every revision an answer may be asked at is at or above it.
+	base store.Revision
 	// superseded counts the versions kept only for history: closed by a
 	// later write or a delete, not yet dropped by compact.
 	superseded int
@@ -191,6 +208,10 @@ type index struct {
 	extras []edgeExtra // extras[0] is unused
 	// freeExtras lists extras released by compaction, for reuse.
 	freeExtras []uint32
+	// caveats interns the extras' caveats by appendCaveatKey (intern.go);
+	// keyBuf is the scratch their keys are encoded in.
+	caveats map[string]*edgeCaveat
+	keyBuf  []byte
 
 	schemas []schemaVersion
 }
@@ -202,6 +223,7 @@ func newIndex() *index {
 		relSyms:  map[string]sym{},
 		relNames: []string{""},
 		extras:   []edgeExtra{{}},
+		caveats:  map[string]*edgeCaveat{},
 	}
 }
 
@@ -212,7 +234,9 @@ func (idx *index) typeSym(name string) sym {
 	}
 	name = strings.Clone(name)
 	s := sym(len(idx.types))
-	idx.types = append(idx.types, &typeTable{name: name, ids: map[string]oid{rel.Wildcard: wildcardID}, names: []string{rel.Wildcard}})
+	tt := &typeTable{name: name, ids: newIDTable(), names: []string{rel.Wildcard}}
+	tt.ids.insert(tt.names, wildcardID)
+	idx.types = append(idx.types, tt)
 	idx.typeSyms[name] = s
 	return s
 }
@@ -339,6 +363,60 @@ func (idx *index) newExtra(x edgeExtra) uint32 {
 	return uint32(len(idx.extras) - 1)
 }
 
+// edgeRev returns revision rev as the index's edges hold it. Callers keep
+// rev within [base, base+maxSpan]: answers at or above oldest, changes
+// after reserve.
+func (idx *index) edgeRev(rev store.Revision) erev { return erev(rev - idx.base) }
+
+// reserve makes the edges able to hold revision rev, at or after head,
+// before a change at rev is applied. It moves base up to oldest when rev is
+// out of reach; when even the retained history spans more than an edge can
+// hold (over four billion revisions: ForgetBefore never called), it first
+// forgets the oldest of it, as ForgetBefore would, so that answers there
+// fail with ErrRevisionGone rather than differ.
+func (idx *index) reserve(rev store.Revision) {
+	if rev-idx.base <= maxSpan {
+		return
+	}
+	if floor := rev - maxSpan; idx.oldest < floor {
+		idx.compact(floor)
+		// compact stops at head; nothing changed from head to floor.
+		idx.oldest = floor
+	}
+	idx.rebase(idx.oldest)
+}
+
+// rebase moves base up to to, at most oldest, rewriting every edge's
+// revisions. Versions created before to read as created at to, which no
+// answer (all at or after oldest) can tell apart.
+func (idx *index) rebase(to store.Revision) {
+	move := func(r erev) erev {
+		if abs := idx.base + store.Revision(r); abs > to {
+			return erev(abs - to)
+		}
+		return 0
+	}
+	for _, tt := range idx.types[1:] {
+		for _, t := range tt.rels {
+			if t == nil {
+				continue
+			}
+			for _, edges := range t.slots {
+				for i := range edges {
+					e := &edges[i]
+					e.created = move(e.created)
+					if e.deleted != never {
+						e.deleted = move(e.deleted)
+					}
+				}
+			}
+		}
+	}
+	idx.base = to
+}
+
+// touch writes relationship r at revision rev, which reserve has made room
+// for.
 func (idx *index) touch(rev store.Revision, r rel.Relationship) {
 	typ := idx.typeSym(r.Resource.Type)
 	obj := idx.types[typ].intern(r.Resource.ID)
@@ -347,8 +425,9 @@ func (idx *index) touch(rev store.Revision, r rel.Relationship) {
 	srel := idx.relSym(r.Subject.Relation)
 	t := idx.table(typ, idx.relSym(r.Relation))
 	kind := subjectKind(srel, st)
-	e := edge{kind: kind, subjID: sid, created: rev, deleted: never}
-	if x, ok := extraOf(r); ok {
+	at := idx.edgeRev(rev)
+	e := edge{kind: kind, subjID: sid, created: at, deleted: never}
+	if x, ok := extraOf(r, idx.internCaveat); ok {
 		e.extra = idx.newExtra(x)
 	}
 	if int(obj) >= len(t.slots) {
@@ -364,13 +443,13 @@ func (idx *index) touch(rev store.Revision, r rel.Relationship) {
 	j := i
 	for ; j < len(edges) && subjectCmp(&edges[j], kind, sid) == 0; j++ {
 		if edges[j].deleted == never {
-			if edges[j].created == rev {
+			if edges[j].created == at {
 				// Rewritten within the same revision.
 				idx.releaseExtra(edges[j].extra)
 				edges[j] = e
 				return
 			}
-			edges[j].deleted = rev
+			edges[j].deleted = at
 			idx.superseded++
 		}
 	}
@@ -379,8 +458,9 @@ func (idx *index) touch(rev store.Revision, r rel.Relationship) {
 }
 
 // extraOf returns what an edge carries beside its subject: the
-// relationship's expiration and caveat, if it has either.
-func extraOf(r rel.Relationship) (edgeExtra, bool) {
+// relationship's expiration and caveat (made by newCaveat), if it has
+// either.
+func extraOf(r rel.Relationship, newCaveat func(*rel.Caveat) *edgeCaveat) (edgeExtra, bool) {
 	if r.Expiration.IsZero() && r.Caveat == nil {
 		return edgeExtra{}, false
 	}
@@ -389,13 +469,16 @@ func extraOf(r rel.Relationship) (edgeExtra, bool) {
 		x.expires = r.Expiration.UnixMicro()
 	}
 	if r.Caveat != nil {
-		x.caveat = &edgeCaveat{name: r.Caveat.Name, context: maps.Clone(r.Caveat.Context)}
+		x.caveat = newCaveat(r.Caveat)
 	}
 	return x, true
 }
 
 func (idx *index) releaseExtra(x uint32) {
 	if x != 0 {
+		if c := idx.extras[x].caveat; c != nil {
+			idx.releaseCaveat(c)
+		}
 		idx.extras[x] = edgeExtra{}
 		idx.freeExtras = append(idx.freeExtras, x)
 	}
@@ -436,7 +519,7 @@ func (idx *index) remove(rev store.Revision, k rel.Key) {
 	kind := subjectKind(srel, st)
 	for i := find(edges, kind, sid); i < len(edges) && subjectCmp(&edges[i], kind, sid) == 0; i++ {
 		if edges[i].deleted == never {
-			edges[i].deleted = rev
+			edges[i].deleted = idx.edgeRev(rev)
 			idx.superseded++
 		}
 	}
@@ -450,6 +533,7 @@ func (idx *index) compact(rev store.Revision) {
 	if rev > idx.head {
 		rev = idx.head
 	}
+	at := idx.edgeRev(rev)
 	for _, tt := range idx.types[1:] {
 		for _, t := range tt.rels {
 			if t == nil {
@@ -458,7 +542,7 @@ func (idx *index) compact(rev store.Revision) {
 			for o, edges := range t.slots {
 				kept := edges[:0]
 				for _, e := range edges {
-					if e.deleted > rev {
+					if e.deleted > at {
 						kept = append(kept, e)
 					} else {
 						// Only closed versions reach here: live ones are never deleted.
@@ -485,7 +569,8 @@ func (idx *index) compact(rev store.Revision) {
 }
 
 // relationshipOf rebuilds the relationship an edge of object obj's relation
-// relation (of type typ) stands for.
+// relation (of type typ) stands for. Its caveat context is the index's,
+// shared with other edges: read it, never change it.
 func (idx *index) relationshipOf(typ sym, obj oid, relation sym, e *edge) rel.Relationship {
 	r := rel.Relationship{
 		Resource: rel.Object{Type: idx.types[typ].name, ID: idx.types[typ].names[obj]},
