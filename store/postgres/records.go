@@ -125,10 +125,8 @@ func (s *Store) ReadRecords(ctx context.Context, kind string) ([]store.Record, s
 }
 
 // recordChangesSQL reads the record updates of revisions after $1 up to
-// last, in order.
-func recordChangesSQL(last string) string {
-	return "SELECT revision, op, kind, id, data, written FROM mandate_record_changes WHERE revision > $1 AND revision <= " + last + " ORDER BY revision, seq"
-}
+// $2, in order.
+const recordChangesSQL = "SELECT revision, op, kind, id, data, written FROM mandate_record_changes WHERE revision > $1 AND revision <= $2 ORDER BY revision, seq"
 
 // scanRecordChanges adds the record updates rows holds to the changes at
 // finds.

@@ -53,21 +53,12 @@ func (s *Store) changes(ctx context.Context, after store.Revision) ([]store.Chan
 	return changes, err
 }
 
-// windowEnd is the last revision of the window after $1: at most
-// watchMaxRevisions revisions, ending with the one that reaches
-// watchMaxRows changed rows. It is NULL when nothing follows $1.
-var windowEnd = fmt.Sprintf(`(SELECT max(revision) FROM (
-		SELECT revision, sum(changes) OVER (ORDER BY revision) - changes AS before FROM (
-			SELECT revision, changes FROM mandate_revisions
-			WHERE revision > $1 AND revision <= (SELECT head FROM mandate_state)
-			ORDER BY revision LIMIT %d) f) w
-	WHERE before < %d)`, watchMaxRevisions, watchMaxRows)
-
 // poll reads the changes after next, up to the window's bounds, in one
 // repeatable-read snapshot: the retention check, the revision list and the
-// rows agree with each other even while GC runs. Its statements, from
-// BEGIN to COMMIT, travel in one round trip: the window's end is computed
-// by each of them rather than sent back and forth.
+// rows agree with each other even while GC runs. It takes two round trips:
+// BEGIN, the state row and the window's revisions, whose sizes bound the
+// window; then the window's schemas, records and relationships, and
+// COMMIT.
 func (s *Store) poll(ctx context.Context, next store.Revision) ([]store.Change, error) {
 	ctx, cancel := context.WithTimeout(ctx, pollTimeout)
 	defer cancel()
@@ -80,26 +71,39 @@ func (s *Store) poll(ctx context.Context, next store.Revision) ([]store.Change, 
 	b := &pgx.Batch{}
 	b.BeginTx(pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
 	b.Queue("SELECT head, oldest FROM mandate_state").QueryRow(w.readable)
-	b.Queue("SELECT revision, changes FROM mandate_revisions WHERE revision > $1 AND revision <= "+windowEnd+" ORDER BY revision",
-		int64(next)).Query(w.revisions)
-	b.Queue("SELECT revision, definition FROM mandate_schemas WHERE revision > $1 AND revision <= "+windowEnd,
-		int64(next)).Query(w.schemas)
-	b.Queue(recordChangesSQL(windowEnd), int64(next)).Query(w.records)
-	// A version created in the window is a Touch at its creation; a
-	// version ended in the window is a Delete at its end, unless the same
-	// revision wrote a new version of the key (a Touch replacing it).
-	b.Queue(`SELECT r.created_rev, false, `+prefixed("r")+` FROM mandate_relationships r WHERE r.created_rev > $1 AND r.created_rev <= `+windowEnd+`
-		UNION ALL SELECT r.created_rev, false, `+prefixed("r")+` FROM mandate_relationship_history r WHERE r.created_rev > $1 AND r.created_rev <= `+windowEnd+`
-		UNION ALL SELECT r.deleted_rev, true, `+prefixed("r")+` FROM mandate_relationship_history r WHERE r.deleted_rev > $1 AND r.deleted_rev <= `+windowEnd,
-		int64(next)).Query(w.relationships)
-	b.Queue("COMMIT")
+	b.Queue("SELECT revision, changes FROM mandate_revisions WHERE revision > $1 AND revision <= (SELECT head FROM mandate_state) ORDER BY revision LIMIT $2",
+		int64(next), watchMaxRevisions).Query(w.revisions)
 	br := conn.SendBatch(ctx, b)
-	if err := br.Close(); err != nil {
+	err = br.Close()
+	tx := br.Tx()
+	defer func() {
 		// A statement that failed left the transaction open: PostgreSQL
-		// skipped the COMMIT behind it.
-		if tx := br.Tx(); conn.Conn().PgConn().TxStatus() != 'I' {
+		// skipped what followed it.
+		if conn.Conn().PgConn().TxStatus() != 'I' {
 			rollback(ctx, tx)
 		}
+	}()
+	if err != nil {
+		return nil, err
+	}
+	b = &pgx.Batch{}
+	if len(w.changes) > 0 {
+		last := int64(w.changes[len(w.changes)-1].Revision)
+		b.Queue("SELECT revision, definition FROM mandate_schemas WHERE revision > $1 AND revision <= $2", int64(next), last).Query(w.schemas)
+		b.Queue(recordChangesSQL, int64(next), last).Query(w.records)
+		if w.total > 0 {
+			// A version created in the window is a Touch at its creation; a
+			// version ended in the window is a Delete at its end, unless the
+			// same revision wrote a new version of the key (a Touch
+			// replacing it).
+			b.Queue(`SELECT r.created_rev, false, `+prefixed("r")+` FROM mandate_relationships r WHERE r.created_rev > $1 AND r.created_rev <= $2
+				UNION ALL SELECT r.created_rev, false, `+prefixed("r")+` FROM mandate_relationship_history r WHERE r.created_rev > $1 AND r.created_rev <= $2
+				UNION ALL SELECT r.deleted_rev, true, `+prefixed("r")+` FROM mandate_relationship_history r WHERE r.deleted_rev > $1 AND r.deleted_rev <= $2`,
+				int64(next), last).Query(w.relationships)
+		}
+	}
+	b.Queue("COMMIT")
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return nil, err
 	}
 	return w.result()
@@ -110,6 +114,7 @@ type window struct {
 	next    store.Revision
 	empty   bool // nothing follows next
 	changes []store.Change
+	total   int // rows changed in the window
 	deletes map[int64][]store.Update
 }
 
@@ -142,6 +147,10 @@ func (w *window) revisions(rows pgx.Rows) error {
 			return fmt.Errorf("the record of revision %d is missing", want)
 		}
 		w.changes = append(w.changes, store.Change{Revision: store.Revision(rev)})
+		w.total += n
+		if w.total >= watchMaxRows {
+			break
+		}
 	}
 	if err := rows.Err(); err != nil {
 		return fmt.Errorf("listing revisions: %w", err)
