@@ -35,7 +35,10 @@ import (
 // the pipeline on the server when the state row says otherwise (another
 // process, or a schema or records write, moved the head): PostgreSQL then
 // skips every later statement of the pipeline, COMMIT included, and the
-// group runs again after reading the head first. A write whose checks need results
+// group runs again after reading the head first. A server error always
+// means that COMMIT did not run; a failure the client finds in a result
+// (not a *pgconn.PgError) fails the whole group without a rerun, since
+// the server may have committed it. A write whose checks need results
 // (preconditions, CREATE conflicts, limits) flushes the pipeline as
 // before, inside the same transaction. CockroachDB keeps one round trip
 // per step, in a transaction crdbpgx can retry.
