@@ -55,7 +55,7 @@ type Options struct {
 	// in time is reported and skipped.
 	LoadTimeout time.Duration
 	// ProfileDir, when set, receives a CPU profile of each engine's check
-	// and lookup measurements (<engine>-<measurement>.pprof): the whole process, so
+	// lookup and write measurements (<engine>-<measurement>.pprof): the whole process, so
 	// an in-process peer's server shows in it too.
 	ProfileDir string
 	// Measure names the measurements to run (Measurements; nil: all of
@@ -473,8 +473,8 @@ func (r *runner) runEngine(ctx context.Context, name string) (res EngineResult) 
 	}
 
 	if r.opts.measures("write") {
-		res.Write = ptr(r.measureWrites(ctx, e))
-		logf("writes: %.0f/s, p99 %.2f ms", res.Write.ItemsPerSec, res.Write.P99Ms)
+		res.Write = profile("write", func() Stats { return r.measureWrites(ctx, e) })
+		logf("writes: %.0f/s on %.2f cores, p50 %.2f ms, p99 %.2f ms", res.Write.ItemsPerSec, res.Write.CPUCores, res.Write.P50Ms, res.Write.P99Ms)
 	}
 	return res
 }

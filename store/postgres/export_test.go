@@ -3,6 +3,7 @@ package postgres
 import (
 	"context"
 	"errors"
+	"sync"
 	"testing"
 
 	"github.com/mandate-authz/mandate/store"
@@ -15,9 +16,12 @@ func (s *Store) HoldCommitter(t testing.TB, onGroup func(size int)) (release fun
 	t.Helper()
 	s.onGroup = onGroup
 	held, running := make(chan struct{}), make(chan struct{})
+	var once sync.Once
 	op := &writeOp{ctx: context.Background(), size: 1, done: make(chan error, 1),
+		// A group may run its writes again (a refused statement, a
+		// moved head): only the first run holds.
 		run: func(context.Context, *group, store.Revision) error {
-			close(running)
+			once.Do(func() { close(running) })
 			<-held
 			return errHeld
 		}}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/mandate-authz/mandate/store"
 )
@@ -26,6 +27,21 @@ import (
 // answered with its error and the rest run again without it, as if each
 // had run alone, in order. Nobody is answered before the commit is known,
 // so an acknowledged write is a committed one.
+//
+// On PostgreSQL a group is pipelined: BEGIN, the state row's lock, the
+// writes' statements, the group's records and COMMIT travel in one round
+// trip, with the revisions numbered from the head the previous group left
+// (stateCache). The statement taking the lock is also a guard that fails
+// the pipeline on the server when the state row says otherwise (another
+// process, or a schema or records write, moved the head): PostgreSQL then
+// skips every later statement of the pipeline, COMMIT included, and the
+// group runs again after reading the head first. A server error always
+// means that COMMIT did not run; a failure the client finds in a result
+// (not a *pgconn.PgError) fails the whole group without a rerun, since
+// the server may have committed it. A write whose checks need results
+// (preconditions, CREATE conflicts, limits) flushes the pipeline as
+// before, inside the same transaction. CockroachDB keeps one round trip
+// per step, in a transaction crdbpgx can retry.
 
 // maxGroup bounds how many waiting writes share one transaction, and
 // maxGroupMutations how many mutations (and preconditions) they carry
@@ -83,6 +99,7 @@ func (s *Store) enqueue(ctx context.Context, op *writeOp) (store.Revision, error
 func (s *Store) commitLoop() {
 	defer s.bgWG.Done()
 	var carry *writeOp
+	var known stateCache
 	for {
 		ops := make([]*writeOp, 0, 16)
 		if carry != nil {
@@ -113,12 +130,25 @@ func (s *Store) commitLoop() {
 		if s.onGroup != nil {
 			s.onGroup(len(ops))
 		}
-		s.commitGroup(ops)
+		s.commitGroup(ops, &known)
 	}
 }
 
+// stateCache is what the committer believes the state row holds: the head
+// and schema revision its last group committed, when valid. Only the
+// committer goroutine touches it.
+type stateCache struct {
+	head, schemaRev store.Revision
+	valid           bool
+}
+
+// errStateMoved is the guard's failure: the state row no longer holds what
+// the committer's stateCache says, so the group runs again after reading
+// it.
+var errStateMoved = errors.New("the state row moved since the last group")
+
 // commitGroup runs ops in one transaction and answers each of them.
-func (s *Store) commitGroup(ops []*writeOp) {
+func (s *Store) commitGroup(ops []*writeOp, known *stateCache) {
 	live := ops[:0:0]
 	for _, op := range ops {
 		// A caller that gave up before its write started gets no write.
@@ -147,10 +177,19 @@ func (s *Store) commitGroup(ops []*writeOp) {
 	uncombined := false
 	for len(live) > 0 {
 		failures := make([]error, len(live))
-		err := s.d.inTx(ctx, s.pool, writeTxOptions, func(tx pgx.Tx) error {
-			g := &group{tx: tx, batch: &pgx.Batch{}, failed: -1, now: s.now(), uncombined: uncombined, noHashJoins: s.d.noHashJoins}
-			return s.runGroup(ctx, g, live, failures)
-		})
+		g := &group{batch: &pgx.Batch{}, failed: -1, now: s.now(), uncombined: uncombined, noHashJoins: s.d.noHashJoins}
+		var err error
+		if s.d.crdb() {
+			err = s.d.inTx(ctx, s.pool, writeTxOptions, func(tx pgx.Tx) error {
+				*g = group{tx: tx, batch: &pgx.Batch{}, failed: -1, now: g.now, uncombined: uncombined, noHashJoins: s.d.noHashJoins}
+				return s.runGroup(ctx, g, live, failures, nil)
+			})
+		} else {
+			err = s.runPipelined(ctx, g, live, failures, known)
+		}
+		if errors.Is(err, errStateMoved) {
+			continue
+		}
 		if errors.Is(err, errCombinedRefused) && !uncombined {
 			uncombined = true
 			continue
@@ -170,6 +209,9 @@ func (s *Store) commitGroup(ops []*writeOp) {
 			}
 			return
 		}
+		if !s.d.crdb() {
+			*known = stateCache{head: g.head, schemaRev: g.schemaRev, valid: true}
+		}
 		wrote := false
 		for i, op := range live {
 			if failures[i] == nil {
@@ -178,7 +220,7 @@ func (s *Store) commitGroup(ops []*writeOp) {
 			op.done <- failures[i]
 		}
 		if wrote {
-			s.committed()
+			s.committed(g.head)
 		}
 		return
 	}
@@ -193,16 +235,84 @@ type refusedError struct {
 
 func (e *refusedError) Error() string { return fmt.Sprintf("write %d of the group: %v", e.op, e.err) }
 
-// runGroup runs ops in tx at consecutive revisions after the head,
-// recording each op's own failure in failures, and then moves the head
-// past the last op that succeeded.
-func (s *Store) runGroup(ctx context.Context, g *group, ops []*writeOp, failures []error) error {
+// runPipelined runs the group g of ops on PostgreSQL, in a transaction
+// begun in its first round trip and committed in its last, and leaves the
+// connection clean: rolled back after any failure, or closed.
+func (s *Store) runPipelined(ctx context.Context, g *group, ops []*writeOp, failures []error, known *stateCache) (err error) {
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		known.valid = false
+		return fmt.Errorf("taking a connection: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			known.valid = false
+			// The transaction is still open when the pipeline failed
+			// before its COMMIT; a failed rollback closes the connection,
+			// and the pool drops a connection left in a transaction.
+			if g.tx != nil && conn.Conn().PgConn().TxStatus() != 'I' {
+				rollback(ctx, g.tx)
+			}
+		}
+		conn.Release()
+	}()
+	g.conn = conn
+	g.batch.BeginTx(writeTxOptions)
+	return s.runGroup(ctx, g, ops, failures, known)
+}
+
+// lockGuarded takes the state row's lock and fails, on the server, when
+// the row holds another head or schema revision than $1 and $2: a division
+// by zero, the one way a plain statement can abort a pipeline, so that
+// nothing queued behind it runs. Under read committed a row locked by
+// another writer is waited for and its committed version is the one
+// locked and evaluated (PostgreSQL re-evaluates the row after the wait),
+// and since both numbers only grow, a version that differs from the cache
+// means that the head moved.
+const lockGuarded = "SELECT 1 / (head = $1 AND schema_revision = $2)::int FROM mandate_state FOR UPDATE"
+
+// lockGroup takes the state row's lock for g and returns the head the
+// group's revisions follow. Pipelined with a valid cache, the lock and the
+// guard are only queued, ahead of the writes; otherwise the head is read
+// (on PostgreSQL in the round trip that begins the transaction).
+func (s *Store) lockGroup(ctx context.Context, g *group, known *stateCache) (store.Revision, error) {
+	g.cur = -1
+	const lock = "SELECT head, schema_revision FROM mandate_state FOR UPDATE"
+	if g.conn != nil && known.valid {
+		g.queueRow(lockGuarded, []any{int64(known.head), int64(known.schemaRev)}, func(row pgx.Row) error {
+			var one int
+			err := row.Scan(&one)
+			var pgErr *pgconn.PgError
+			if errors.As(err, &pgErr) && pgErr.Code == "22012" { // division_by_zero
+				return errStateMoved
+			}
+			return err
+		})
+		g.schemaRev = known.schemaRev
+		return known.head, nil
+	}
 	var head, schemaRev int64
-	if err := g.tx.QueryRow(ctx, "SELECT head, schema_revision FROM mandate_state FOR UPDATE").Scan(&head, &schemaRev); err != nil {
-		return fmt.Errorf("taking the next revision: %w", err)
+	if g.conn != nil {
+		g.queueRow(lock, nil, func(row pgx.Row) error { return row.Scan(&head, &schemaRev) })
+		if err := g.flush(ctx); err != nil {
+			return 0, fmt.Errorf("taking the next revision: %w", err)
+		}
+	} else if err := g.tx.QueryRow(ctx, lock).Scan(&head, &schemaRev); err != nil {
+		return 0, fmt.Errorf("taking the next revision: %w", err)
 	}
 	g.schemaRev = store.Revision(schemaRev)
-	rev := store.Revision(head)
+	return store.Revision(head), nil
+}
+
+// runGroup runs ops in g's transaction at consecutive revisions after the
+// head, recording each op's own failure in failures, and then moves the
+// head past the last op that succeeded, leaving it in g.head. Pipelined,
+// it also commits.
+func (s *Store) runGroup(ctx context.Context, g *group, ops []*writeOp, failures []error, known *stateCache) error {
+	rev, err := s.lockGroup(ctx, g, known)
+	if err != nil {
+		return err
+	}
 	revs := make([]int64, 0, len(ops))
 	for i, op := range ops {
 		g.cur = i
@@ -223,18 +333,35 @@ func (s *Store) runGroup(ctx context.Context, g *group, ops []*writeOp, failures
 		// go with the last writes' statements: no round trip of their own.
 		// A revision's size is counted from the rows that carry it, which
 		// are exactly the rows its write inserted (current now, or
-		// replaced later in the group) and those it ended.
+		// replaced later in the group) and those it ended: the group's
+		// revisions are consecutive, so one range scan of each revision
+		// index finds them all.
 		g.cur = -1
-		g.queueExec(`INSERT INTO mandate_revisions (revision, committed_at, changes)
-			SELECT r, clock_timestamp(),
-				(SELECT count(*) FROM mandate_relationships WHERE created_rev = r) +
-				(SELECT count(*) FROM mandate_relationship_history WHERE created_rev = r) +
-				(SELECT count(*) FROM mandate_relationship_history WHERE deleted_rev = r)
-			FROM unnest($1::bigint[]) AS r`, []any{revs}, func(pgconn.CommandTag) {})
-		g.queueExec("UPDATE mandate_state SET head = $1", []any{int64(rev)}, func(pgconn.CommandTag) {})
+		const records = `INSERT INTO mandate_revisions (revision, committed_at, changes)
+			SELECT r, clock_timestamp(), count(c.rev)
+			FROM unnest($1::bigint[]) AS r
+			LEFT JOIN (
+				SELECT created_rev AS rev FROM mandate_relationships WHERE created_rev >= $2 AND created_rev <= $3
+				UNION ALL SELECT created_rev FROM mandate_relationship_history WHERE created_rev >= $2 AND created_rev <= $3
+				UNION ALL SELECT deleted_rev FROM mandate_relationship_history WHERE deleted_rev >= $2 AND deleted_rev <= $3
+			) c ON c.rev = r
+			GROUP BY r`
+		args := []any{revs, revs[0], int64(rev)}
 		if s.d.notify {
-			g.queueRow("SELECT pg_notify($1, $2)", []any{s.channel, strconv.FormatInt(int64(rev), 10)}, func(row pgx.Row) error { return row.Scan(nil) })
+			// On PostgreSQL one statement: its data-modifying CTEs run
+			// whether or not the notification reads them.
+			g.queueRow(`WITH records AS (`+records+`), moved AS (UPDATE mandate_state SET head = $3)
+				SELECT pg_notify($4, $5)`, append(args, s.channel, strconv.FormatInt(int64(rev), 10)),
+				func(row pgx.Row) error { return row.Scan(nil) })
+		} else {
+			g.queueExec(records, args, func(pgconn.CommandTag) {})
+			g.queueExec("UPDATE mandate_state SET head = $1", []any{int64(rev)}, func(pgconn.CommandTag) {})
 		}
+	}
+	g.head = rev
+	if g.conn != nil {
+		g.cur = -1
+		g.queueExecNow(-1, "committing", "COMMIT", nil, func(pgconn.CommandTag) {})
 	}
 	if err := g.flush(ctx); err != nil {
 		return err.(*flushError).resolve()
@@ -247,9 +374,13 @@ func (s *Store) runGroup(ctx context.Context, g *group, ops []*writeOp, failures
 // decide (flush) or when the group ends, so that writes without
 // preconditions cost no round trip of their own.
 type group struct {
+	// conn, when set, is the connection a pipelined group runs on: its
+	// first flush begins the transaction and sets tx.
+	conn      *pgxpool.Conn
 	tx        pgx.Tx
 	batch     *pgx.Batch
-	failed    int // the op whose statement failed in the last flush, or -1 (combinedOps: several)
+	head      store.Revision // the head the group leaves
+	failed    int            // the op whose statement failed in the last flush, or -1 (combinedOps: several)
 	now       time.Time
 	schemaRev store.Revision
 	cur       int // the op running, -1 for the group's own statements
@@ -310,7 +441,16 @@ func (g *group) flush(ctx context.Context) error {
 	}
 	b := g.batch
 	g.batch, g.failed = &pgx.Batch{}, -1
-	if err := g.tx.SendBatch(ctx, b).Close(); err != nil {
+	var err error
+	if g.tx == nil {
+		// The batch that begins the transaction.
+		br := g.conn.SendBatch(ctx, b)
+		err = br.Close()
+		g.tx = br.Tx()
+	} else {
+		err = g.tx.SendBatch(ctx, b).Close()
+	}
+	if err != nil {
 		// No callback ran when the batch could not be sent at all.
 		return &flushError{op: g.failed, err: err}
 	}

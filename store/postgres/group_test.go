@@ -11,6 +11,7 @@ import (
 
 	"github.com/mandate-authz/mandate/store"
 	"github.com/mandate-authz/mandate/store/postgres"
+	"github.com/mandate-authz/mandate/store/postgres/pgtest"
 	"github.com/mandate-authz/mandate/store/rel"
 )
 
@@ -45,9 +46,25 @@ type groupWrite struct {
 // outcome it would alone, the successes get consecutive revisions, the
 // store holds exactly their changes, and Watch reports each at its
 // revision.
+//
+// In the second case another store over the same database writes just
+// before the group runs, so that the head the committer numbered the
+// group's revisions from is stale: the group must run again from the new
+// head, every write keeping its outcome.
 func TestGroupCommitKeepsEachWriteOwnOutcome(t *testing.T) {
+	for _, moved := range []bool{false, true} {
+		name := "alone"
+		if moved {
+			name = "after another store moved the head"
+		}
+		t.Run(name, func(t *testing.T) { testGroupOutcomes(t, moved) })
+	}
+}
+
+func testGroupOutcomes(t *testing.T, moveHead bool) {
 	ctx := t.Context()
-	s := open(t, postgres.Options{})
+	uri := pgtest.URL(t)
+	s := openAt(t, uri, postgres.Options{})
 	if _, err := s.WriteSchema(ctx, groupSchema); err != nil {
 		t.Fatal(err)
 	}
@@ -61,10 +78,22 @@ func TestGroupCommitKeepsEachWriteOwnOutcome(t *testing.T) {
 	}
 	var mu sync.Mutex
 	var sizes []int
+	var other *postgres.Store
+	var moveErr error
+	moved := "doc:moved#owner@user:bob"
+	if moveHead {
+		other = openAt(t, uri, postgres.Options{})
+	}
 	release := s.HoldCommitter(t, func(n int) {
 		mu.Lock()
 		defer mu.Unlock()
 		sizes = append(sizes, n)
+		if other != nil && n > 1 {
+			// The committer is about to run the group, numbered from
+			// the head its last commit left.
+			head0, moveErr = other.Write(ctx, nil, touch(t, moved))
+			other = nil
+		}
 	})
 
 	mustExist := func(id string) []store.Precondition {
@@ -123,6 +152,12 @@ func TestGroupCommitKeepsEachWriteOwnOutcome(t *testing.T) {
 				}},
 		)
 	}
+	if moveHead {
+		// A refusal runs the group again, from a head read afresh: left
+		// out, the group's only way to the new head is the stale head's
+		// guard.
+		writes = slices.DeleteFunc(writes, func(w groupWrite) bool { return w.wantErr == errRefused })
+	}
 
 	revs := make([]store.Revision, len(writes))
 	errs := make([]error, len(writes))
@@ -134,6 +169,9 @@ func TestGroupCommitKeepsEachWriteOwnOutcome(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	release()
 	wg.Wait()
+	if moveErr != nil {
+		t.Fatalf("the other store's write: %v", moveErr)
+	}
 
 	byRev := map[store.Revision]groupWrite{}
 	for i, w := range writes {
@@ -183,6 +221,9 @@ func TestGroupCommitKeepsEachWriteOwnOutcome(t *testing.T) {
 		t.Fatal(err)
 	}
 	var want []string
+	if moveHead {
+		want = append(want, moved)
+	}
 	for _, r := range seed {
 		if r.Rel.Resource.ID[:3] != "del" {
 			want = append(want, r.Rel.String())

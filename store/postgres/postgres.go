@@ -39,7 +39,9 @@
 // statement pair for all their keys, with the group's revision records
 // and new head in the same round trip; a write with checks costs one
 // round trip more, to read them against what the writes before it left.
-// A group costs about four round trips and one commit whatever its size.
+// On PostgreSQL the transaction's BEGIN, lock and COMMIT travel with the
+// writes: a group of writes without checks costs one round trip and one
+// commit whatever its size (CockroachDB: about four round trips).
 //
 // # Bulk writes
 //
@@ -166,6 +168,7 @@ type Store struct {
 	schema   *cachedSchema // the newest schema compiled, nil before any
 
 	wake       *notifier
+	localHead  atomic.Int64   // the newest revision this process committed (committed)
 	writes     chan *writeOp  // to the committer (group.go)
 	onGroup    func(size int) // tests: sees each group's size
 	listenOnce sync.Once

@@ -84,7 +84,7 @@ func (s *Store) WriteRecords(ctx context.Context, mutations []store.RecordMutati
 	if err != nil {
 		return 0, fmt.Errorf("write records: %w", err)
 	}
-	s.committed()
+	s.committed(rev)
 	return rev, nil
 }
 
@@ -124,28 +124,26 @@ func (s *Store) ReadRecords(ctx context.Context, kind string) ([]store.Record, s
 	return out, store.Revision(head), nil
 }
 
-// pollRecords adds the record updates of revisions after next up to last
-// to changes, where at finds a revision's change.
-func pollRecords(ctx context.Context, tx pgx.Tx, next store.Revision, last int64, at func(int64) *store.Change) error {
-	rows, err := tx.Query(ctx, "SELECT revision, op, kind, id, data, written FROM mandate_record_changes WHERE revision > $1 AND revision <= $2 ORDER BY revision, seq",
-		int64(next), last)
-	if err != nil {
-		return fmt.Errorf("reading record changes: %w", err)
-	}
-	defer rows.Close()
+// recordChangesSQL reads the record updates of revisions after $1 up to
+// $2, in order.
+const recordChangesSQL = "SELECT revision, op, kind, id, data, written FROM mandate_record_changes WHERE revision > $1 AND revision <= $2 ORDER BY revision, seq"
+
+// scanRecordChanges adds the record updates rows holds to the changes at
+// finds.
+func scanRecordChanges(rows pgx.Rows, at func(int64) (*store.Change, error)) error {
 	for rows.Next() {
 		var rev, written int64
 		var op int16
 		var r store.Record
 		if err := rows.Scan(&rev, &op, &r.Kind, &r.ID, &r.Data, &written); err != nil {
-			return fmt.Errorf("reading record changes: %w", err)
+			return err
 		}
 		r.Revision = store.Revision(written)
-		ch := at(rev)
+		ch, err := at(rev)
+		if err != nil {
+			return err
+		}
 		ch.Records = append(ch.Records, store.RecordUpdate{Op: store.Op(op), Record: r})
 	}
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("reading record changes: %w", err)
-	}
-	return nil
+	return rows.Err()
 }

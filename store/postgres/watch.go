@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"iter"
+	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -54,114 +55,189 @@ func (s *Store) changes(ctx context.Context, after store.Revision) ([]store.Chan
 
 // poll reads the changes after next, up to the window's bounds, in one
 // repeatable-read snapshot: the retention check, the revision list and the
-// rows agree with each other even while GC runs.
+// rows agree with each other even while GC runs. It takes two round trips:
+// BEGIN, the state row and the window's revisions, whose sizes bound the
+// window; then the window's schemas, records and relationships, and
+// COMMIT.
 func (s *Store) poll(ctx context.Context, next store.Revision) ([]store.Change, error) {
 	ctx, cancel := context.WithTimeout(ctx, pollTimeout)
 	defer cancel()
-	tx, err := s.readTx(ctx)
+	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
 		return nil, err
 	}
-	defer rollback(ctx, tx)
-	head, err := checkReadable(ctx, tx, next)
-	if err != nil || head == next {
+	defer conn.Release()
+	w := &window{next: next}
+	b := &pgx.Batch{}
+	b.BeginTx(pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	b.Queue("SELECT head, oldest FROM mandate_state").QueryRow(w.readable)
+	b.Queue("SELECT revision, changes FROM mandate_revisions WHERE revision > $1 AND revision <= (SELECT head FROM mandate_state) ORDER BY revision LIMIT $2",
+		int64(next), watchMaxRevisions).Query(w.revisions)
+	br := conn.SendBatch(ctx, b)
+	err = br.Close()
+	tx := br.Tx()
+	defer func() {
+		// A statement that failed left the transaction open: PostgreSQL
+		// skipped what followed it.
+		if conn.Conn().PgConn().TxStatus() != 'I' {
+			rollback(ctx, tx)
+		}
+	}()
+	if err != nil {
 		return nil, err
 	}
-	rows, err := tx.Query(ctx, "SELECT revision, changes FROM mandate_revisions WHERE revision > $1 AND revision <= $2 ORDER BY revision LIMIT $3",
-		int64(next), int64(head), watchMaxRevisions)
-	if err != nil {
-		return nil, fmt.Errorf("listing revisions: %w", err)
+	b = &pgx.Batch{}
+	if len(w.changes) > 0 {
+		last := int64(w.changes[len(w.changes)-1].Revision)
+		b.Queue("SELECT revision, definition FROM mandate_schemas WHERE revision > $1 AND revision <= $2", int64(next), last).Query(w.schemas)
+		b.Queue(recordChangesSQL, int64(next), last).Query(w.records)
+		if w.total > 0 {
+			// A version created in the window is a Touch at its creation; a
+			// version ended in the window is a Delete at its end, unless the
+			// same revision wrote a new version of the key (a Touch
+			// replacing it).
+			b.Queue(`SELECT r.created_rev, false, `+prefixed("r")+` FROM mandate_relationships r WHERE r.created_rev > $1 AND r.created_rev <= $2
+				UNION ALL SELECT r.created_rev, false, `+prefixed("r")+` FROM mandate_relationship_history r WHERE r.created_rev > $1 AND r.created_rev <= $2
+				UNION ALL SELECT r.deleted_rev, true, `+prefixed("r")+` FROM mandate_relationship_history r WHERE r.deleted_rev > $1 AND r.deleted_rev <= $2`,
+				int64(next), last).Query(w.relationships)
+		}
 	}
-	var changes []store.Change
-	total := 0
+	b.Queue("COMMIT")
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return nil, err
+	}
+	return w.result()
+}
+
+// window gathers one poll's results, statement by statement.
+type window struct {
+	next    store.Revision
+	empty   bool // nothing follows next
+	changes []store.Change
+	total   int // rows changed in the window
+	deletes map[int64][]store.Update
+}
+
+// readable checks that next can be read in the poll's snapshot.
+func (w *window) readable(row pgx.Row) error {
+	var h, oldest int64
+	if err := row.Scan(&h, &oldest); err != nil {
+		return err
+	}
+	switch {
+	case uint64(w.next) > uint64(h):
+		return fmt.Errorf("%w: revision %d, head is %d", store.ErrFutureRevision, w.next, h)
+	case uint64(w.next) < uint64(oldest):
+		return fmt.Errorf("%w: revision %d, oldest retained is %d", store.ErrRevisionGone, w.next, oldest)
+	}
+	w.empty = store.Revision(h) == w.next
+	return nil
+}
+
+// revisions lists the window's revisions, which must follow next without
+// a gap.
+func (w *window) revisions(rows pgx.Rows) error {
 	for rows.Next() {
 		var rev int64
 		var n int
 		if err := rows.Scan(&rev, &n); err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("listing revisions: %w", err)
+			return fmt.Errorf("listing revisions: %w", err)
 		}
-		if want := next + store.Revision(len(changes)) + 1; store.Revision(rev) != want {
-			rows.Close()
-			return nil, fmt.Errorf("the record of revision %d is missing", want)
+		if want := w.next + store.Revision(len(w.changes)) + 1; store.Revision(rev) != want {
+			return fmt.Errorf("the record of revision %d is missing", want)
 		}
-		changes = append(changes, store.Change{Revision: store.Revision(rev)})
-		total += n
-		if total >= watchMaxRows {
+		w.changes = append(w.changes, store.Change{Revision: store.Revision(rev)})
+		w.total += n
+		if w.total >= watchMaxRows {
 			break
 		}
 	}
-	rows.Close()
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("listing revisions: %w", err)
+		return fmt.Errorf("listing revisions: %w", err)
 	}
-	if len(changes) == 0 {
-		return nil, fmt.Errorf("the record of revision %d is missing", next+1)
+	if len(w.changes) == 0 && !w.empty {
+		return fmt.Errorf("the record of revision %d is missing", w.next+1)
 	}
-	last := int64(changes[len(changes)-1].Revision)
-	at := func(rev int64) *store.Change { return &changes[rev-int64(next)-1] }
+	return nil
+}
 
-	rows, err = tx.Query(ctx, "SELECT revision, definition FROM mandate_schemas WHERE revision > $1 AND revision <= $2", int64(next), last)
-	if err != nil {
-		return nil, fmt.Errorf("reading schema changes: %w", err)
+// at is the change of revision rev of the window.
+func (w *window) at(rev int64) (*store.Change, error) {
+	i := rev - int64(w.next) - 1
+	if i < 0 || i >= int64(len(w.changes)) {
+		return nil, fmt.Errorf("revision %d is outside the window %d-%d", rev, w.next+1, w.next+store.Revision(len(w.changes)))
 	}
+	return &w.changes[i], nil
+}
+
+func (w *window) schemas(rows pgx.Rows) error {
 	for rows.Next() {
 		var rev int64
 		var text string
 		if err := rows.Scan(&rev, &text); err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("reading schema changes: %w", err)
+			return fmt.Errorf("reading schema changes: %w", err)
 		}
-		at(rev).Schema = &text
+		ch, err := w.at(rev)
+		if err != nil {
+			return fmt.Errorf("reading schema changes: %w", err)
+		}
+		ch.Schema = &text
 	}
-	rows.Close()
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("reading schema changes: %w", err)
+		return fmt.Errorf("reading schema changes: %w", err)
 	}
-	if err := pollRecords(ctx, tx, next, last, at); err != nil {
-		return nil, err
-	}
-	if total == 0 {
-		return changes, nil
-	}
+	return nil
+}
 
-	// A version created in the window is a Touch at its creation; a
-	// version ended in the window is a Delete at its end, unless the same
-	// revision wrote a new version of the key (a Touch replacing it).
-	q := `SELECT r.created_rev, false, ` + prefixed("r") + ` FROM mandate_relationships r WHERE r.created_rev > $1 AND r.created_rev <= $2
-		UNION ALL SELECT r.created_rev, false, ` + prefixed("r") + ` FROM mandate_relationship_history r WHERE r.created_rev > $1 AND r.created_rev <= $2
-		UNION ALL SELECT r.deleted_rev, true, ` + prefixed("r") + ` FROM mandate_relationship_history r WHERE r.deleted_rev > $1 AND r.deleted_rev <= $2`
-	rows, err = tx.Query(ctx, q, int64(next), last)
-	if err != nil {
-		return nil, fmt.Errorf("reading relationship changes: %w", err)
+func (w *window) records(rows pgx.Rows) error {
+	if err := scanRecordChanges(rows, w.at); err != nil {
+		return fmt.Errorf("reading record changes: %w", err)
 	}
+	return nil
+}
+
+func (w *window) relationships(rows pgx.Rows) error {
 	dec := newDecoder()
-	deletes := make(map[int64][]store.Update)
 	for rows.Next() {
 		var rev int64
 		var deleted bool
 		if err := rows.Scan(&rev, &deleted, nil, nil, nil, nil, nil, nil, nil, nil, nil); err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("reading relationship changes: %w", err)
+			return fmt.Errorf("reading relationship changes: %w", err)
 		}
 		r, err := dec.decode(rows, 2)
 		if err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("reading relationship changes: %w", err)
+			return fmt.Errorf("reading relationship changes: %w", err)
+		}
+		ch, err := w.at(rev)
+		if err != nil {
+			return fmt.Errorf("reading relationship changes: %w", err)
 		}
 		if deleted {
-			deletes[rev] = append(deletes[rev], store.Update{Op: store.Delete, Rel: r})
+			if w.deletes == nil {
+				w.deletes = make(map[int64][]store.Update)
+			}
+			w.deletes[rev] = append(w.deletes[rev], store.Update{Op: store.Delete, Rel: r})
 		} else {
-			ch := at(rev)
 			ch.Updates = append(ch.Updates, store.Update{Op: store.Touch, Rel: r})
 		}
 	}
-	rows.Close()
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("reading relationship changes: %w", err)
+		return fmt.Errorf("reading relationship changes: %w", err)
 	}
-	for rev, dels := range deletes {
-		ch := at(rev)
+	return nil
+}
+
+// result is the window's changes, each revision's deletes after its
+// touches, leaving out the deletes of keys the same revision touched.
+func (w *window) result() ([]store.Change, error) {
+	if w.empty {
+		return nil, nil
+	}
+	for rev, dels := range w.deletes {
+		ch, err := w.at(rev)
+		if err != nil {
+			return nil, err
+		}
 		touched := make(map[rel.Key]bool, len(ch.Updates))
 		for _, u := range ch.Updates {
 			touched[u.Rel.Key()] = true
@@ -172,7 +248,7 @@ func (s *Store) poll(ctx context.Context, next store.Revision) ([]store.Change, 
 			}
 		}
 	}
-	return changes, nil
+	return w.changes, nil
 }
 
 // startListener starts, once, the goroutine that turns NOTIFY into
@@ -231,8 +307,15 @@ func (s *Store) listenConn() (connected bool, err error) {
 	// unannounced.
 	s.wake.broadcast()
 	for {
-		if _, err := conn.WaitForNotification(s.bg); err != nil {
+		n, err := conn.WaitForNotification(s.bg)
+		if err != nil {
 			return true, err
+		}
+		// A commit of this process woke its watchers when it was made,
+		// and the poll that followed saw it: every revision up to this
+		// process's newest was committed before that one.
+		if rev, perr := strconv.ParseInt(n.Payload, 10, 64); perr == nil && rev <= s.localHead.Load() {
+			continue
 		}
 		s.wake.broadcast()
 	}

@@ -60,9 +60,19 @@ func (s *Store) recordRevision(ctx context.Context, tx pgx.Tx, rev store.Revisio
 	return nil
 }
 
-// committed wakes this process's watchers; other processes hear NOTIFY or
-// poll.
-func (s *Store) committed() { s.wake.broadcast() }
+// committed wakes this process's watchers after it committed rev; other
+// processes hear NOTIFY or poll. It notes rev first, so that the listener
+// can leave out the notifications of this process's own commits: they
+// would wake the watchers a second time, for a poll that finds nothing.
+func (s *Store) committed(rev store.Revision) {
+	for {
+		cur := s.localHead.Load()
+		if int64(rev) <= cur || s.localHead.CompareAndSwap(cur, int64(rev)) {
+			break
+		}
+	}
+	s.wake.broadcast()
+}
 
 // currentSchema returns the compiled schema of revision rev (0: none),
 // compiling it once.
@@ -632,7 +642,7 @@ func (s *Store) WriteSchema(ctx context.Context, text string) (store.Revision, e
 		s.schema = &cachedSchema{rev: rev, compiled: sch}
 	}
 	s.schemaMu.Unlock()
-	s.committed()
+	s.committed(rev)
 	return rev, nil
 }
 

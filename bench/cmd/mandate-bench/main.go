@@ -55,7 +55,7 @@ func run() error {
 	fs.IntVar(&o.VerifyLookups, "verify-lookups", o.VerifyLookups, "lookups every engine answers at least, for the comparison")
 	fs.DurationVar(&o.VerifyTimeout, "verify-timeout", o.VerifyTimeout, "longest one engine's verification pass may take")
 	fs.DurationVar(&o.LoadTimeout, "load-timeout", o.LoadTimeout, "longest one engine may take to load")
-	fs.StringVar(&o.ProfileDir, "cpuprofile-dir", "", "directory receiving CPU profiles of each engine's check measurements")
+	fs.StringVar(&o.ProfileDir, "cpuprofile-dir", "", "directory receiving CPU profiles of each engine's check, lookup and write measurements")
 	measure := fs.String("measure", "all", "comma-separated measurements: all, or of "+strings.Join(harness.Measurements, ", "))
 	jsonPath := fs.String("json", "mandate-bench.json", "file the JSON results are written to (empty: none)")
 	mdPath := fs.String("markdown", "", "file the markdown tables are also written to")
