@@ -36,12 +36,11 @@ const loadBatch = 10_000
 // mandateInProcess is Mandate's engine called directly, following a memory
 // store as the server does.
 type mandateInProcess struct {
-	st     *memory.Store
-	eng    *engine.Engine
-	stop   context.CancelFunc
-	done   chan error
-	fully  bool
-	maxRev store.Revision
+	st    *memory.Store
+	eng   *engine.Engine
+	stop  context.CancelFunc
+	done  chan error
+	fully bool
 }
 
 func openMandateInProcess(cons Consistency) (*mandateInProcess, error) {
