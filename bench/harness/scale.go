@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -46,6 +47,9 @@ type ScaleOptions struct {
 	Dir string
 	// ImportOnly stops once the workload is imported (into Dir).
 	ImportOnly bool
+	// ProfileDir, when set, receives CPU profiles of the in-process check
+	// and lookup measurements (scale-check.pprof, scale-lookup.pprof).
+	ProfileDir string
 	// Duration and Concurrency are each measurement's.
 	Duration    time.Duration
 	Concurrency int
@@ -297,7 +301,25 @@ func RunScale(ctx context.Context, o ScaleOptions) (*ScaleResult, error) {
 			return 1, 0, nil
 		})
 	}
-	res.Check = ptr(checks(inproc))
+	profile := func(what string, f func() Stats) *Stats {
+		if o.ProfileDir == "" {
+			return ptr(f())
+		}
+		file, err := os.Create(filepath.Join(o.ProfileDir, "scale-"+what+".pprof"))
+		if err == nil {
+			if err = pprof.StartCPUProfile(file); err != nil {
+				file.Close()
+			}
+		}
+		if err != nil {
+			logf("no CPU profile of the %s measurement: %v", what, err)
+			return ptr(f())
+		}
+		defer file.Close()
+		defer pprof.StopCPUProfile()
+		return ptr(f())
+	}
+	res.Check = profile("check", func() Stats { return checks(inproc) })
 	logf("checks in-process: %.0f/s on %.2f cores, p50 %.3f ms, p99 %.3f ms", res.Check.ItemsPerSec, res.Check.CPUCores, res.Check.P50Ms, res.Check.P99Ms)
 	res.CheckGRPC = ptr(checks(remote))
 	logf("checks over gRPC: %.0f/s on %.2f cores, p50 %.3f ms, p99 %.3f ms", res.CheckGRPC.ItemsPerSec, res.CheckGRPC.CPUCores, res.CheckGRPC.P50Ms, res.CheckGRPC.P99Ms)
@@ -343,7 +365,7 @@ func RunScale(ctx context.Context, o ScaleOptions) (*ScaleResult, error) {
 			return 1, len(ids), nil
 		})
 	}
-	res.Lookup = ptr(lookups(inproc))
+	res.Lookup = profile("lookup", func() Stats { return lookups(inproc) })
 	logf("lookups in-process: %.1f/s, p50 %.1f ms, mean %.0f results", res.Lookup.CallsPerSec, res.Lookup.P50Ms, res.Lookup.Results)
 	res.LookupGRPC = ptr(lookups(remote))
 	logf("lookups over gRPC: %.1f/s, p50 %.1f ms, mean %.0f results", res.LookupGRPC.CallsPerSec, res.LookupGRPC.P50Ms, res.LookupGRPC.Results)

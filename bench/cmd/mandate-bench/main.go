@@ -97,7 +97,7 @@ func run() error {
 			return errors.New("-scale-import-only needs -scale-dir, where the import is kept")
 		}
 		return runScale(ctx, harness.ScaleOptions{
-			Relationships: *scale, Agents: *scaleAgents, Seed: w.Seed, Store: *scaleStore, PostgresURL: o.PostgresURL, Dir: *scaleDir, ImportOnly: *scaleImportOnly,
+			Relationships: *scale, Agents: *scaleAgents, Seed: w.Seed, Store: *scaleStore, PostgresURL: o.PostgresURL, Dir: *scaleDir, ImportOnly: *scaleImportOnly, ProfileDir: o.ProfileDir,
 			Duration: o.Duration, Concurrency: o.Concurrency, Log: o.Log,
 		}, *jsonPath)
 	}
