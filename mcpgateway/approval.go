@@ -57,16 +57,9 @@ func (f *filer) file(ctx context.Context, id *Identity, dec Decision, info callI
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	list, err := f.client.List(ctx, &pb.ApprovalServiceListRequest{Filter: &pb.ApprovalFilter{
-		Agent: req.GetAgent(), Principal: req.GetPrincipal(), Status: pb.ApprovalStatus_APPROVAL_STATUS_PENDING,
-	}})
-	if err != nil {
-		return nil, fmt.Errorf("listing pending approval requests of %s: %w", id.Agent, err)
-	}
-	for _, a := range list.GetApprovals() {
-		if objectOf(a.GetResource()) == objectOf(req.GetResource()) && a.GetPermission() == req.GetPermission() {
-			return a, nil
-		}
+	pending, err := f.find(ctx, req, pb.ApprovalStatus_APPROVAL_STATUS_PENDING, func(*pb.Approval) bool { return true })
+	if err != nil || pending != nil {
+		return pending, err
 	}
 	filed := &pb.ApprovalServiceRequestRequest{
 		Agent: req.GetAgent(), Principal: req.GetPrincipal(), Resource: req.GetResource(), Permission: req.GetPermission(),
@@ -89,19 +82,27 @@ func (f *filer) singleUseGrant(ctx context.Context, id *Identity, dec Decision) 
 	if objectOf(req.GetAgent()) != id.Agent || objectOf(req.GetPrincipal()) != id.Principal {
 		return "", nil
 	}
+	a, err := f.find(ctx, req, pb.ApprovalStatus_APPROVAL_STATUS_APPROVED, func(a *pb.Approval) bool {
+		return a.GetSingleUse() && a.GetRedeemedAt() == nil
+	})
+	return a.GetId(), err
+}
+
+// find returns the first request in status of req's agent and principal
+// for req's resource and permission that also satisfies keep, or nil.
+func (f *filer) find(ctx context.Context, req *pb.ApprovalServiceRequestRequest, status pb.ApprovalStatus, keep func(*pb.Approval) bool) (*pb.Approval, error) {
 	list, err := f.client.List(ctx, &pb.ApprovalServiceListRequest{Filter: &pb.ApprovalFilter{
-		Agent: req.GetAgent(), Principal: req.GetPrincipal(), Status: pb.ApprovalStatus_APPROVAL_STATUS_APPROVED,
+		Agent: req.GetAgent(), Principal: req.GetPrincipal(), Status: status,
 	}})
 	if err != nil {
-		return "", fmt.Errorf("listing approved requests of %s: %w", id.Agent, err)
+		return nil, fmt.Errorf("listing the %s approval requests of %s: %w", status, objectOf(req.GetAgent()), err)
 	}
 	for _, a := range list.GetApprovals() {
-		if a.GetSingleUse() && a.GetRedeemedAt() == nil && objectOf(a.GetResource()) == objectOf(req.GetResource()) &&
-			a.GetPermission() == req.GetPermission() {
-			return a.GetId(), nil
+		if objectOf(a.GetResource()) == objectOf(req.GetResource()) && a.GetPermission() == req.GetPermission() && keep(a) {
+			return a, nil
 		}
 	}
-	return "", nil
+	return nil, nil
 }
 
 // redeem retries a held call naming a single-use grant a person approved
