@@ -151,11 +151,23 @@ func startLookupBench(b *testing.B) (*engine.Engine, *grpc.ClientConn) {
 		}
 	}
 	eng := engine.New()
+	conn := serveBench(b, st, eng)
+	if err := eng.WaitForRevision(ctx, rev); err != nil {
+		b.Fatal(err)
+	}
+	return eng, conn
+}
+
+// serveBench runs a server with the bench key over st and eng until the
+// benchmark ends (then closing st), and returns a connection to its gRPC
+// port once it serves.
+func serveBench(b *testing.B, st store.Store, eng *engine.Engine) *grpc.ClientConn {
+	b.Helper()
 	srv, err := New(st, eng, Config{GRPCAddr: "127.0.0.1:0", PresharedKeys: []string{auditBenchKey}, ShutdownGracePeriod: 5 * time.Second})
 	if err != nil {
 		b.Fatal(err)
 	}
-	runCtx, cancel := context.WithCancel(ctx)
+	runCtx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Run(runCtx) }()
 	conn, err := grpc.NewClient(srv.GRPCAddr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -171,8 +183,5 @@ func startLookupBench(b *testing.B) (*engine.Engine, *grpc.ClientConn) {
 	for !srv.Ready() {
 		time.Sleep(time.Millisecond)
 	}
-	if err := eng.WaitForRevision(ctx, rev); err != nil {
-		b.Fatal(err)
-	}
-	return eng, conn
+	return conn
 }

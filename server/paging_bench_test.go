@@ -5,10 +5,7 @@ import (
 	"fmt"
 	"io"
 	"testing"
-	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 
 	"github.com/mandate-authz/mandate/engine"
@@ -108,25 +105,6 @@ func startPagingBench(b *testing.B, kind string) (pb.RelationshipServiceClient, 
 			b.Fatal(err)
 		}
 	}
-	srv, err := New(st, engine.New(), Config{GRPCAddr: "127.0.0.1:0", PresharedKeys: []string{auditBenchKey}, ShutdownGracePeriod: 5 * time.Second})
-	if err != nil {
-		b.Fatal(err)
-	}
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(runCtx) }()
-	conn, err := grpc.NewClient(srv.GRPCAddr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() {
-		conn.Close()
-		cancel()
-		<-done
-		st.Close()
-	})
-	for !srv.Ready() {
-		time.Sleep(time.Millisecond)
-	}
+	conn := serveBench(b, st, engine.New())
 	return pb.NewRelationshipServiceClient(conn), metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+auditBenchKey)
 }
