@@ -140,10 +140,6 @@ func RunScale(ctx context.Context, o ScaleOptions) (*ScaleResult, error) {
 		if len(batch) == 0 {
 			return nil
 		}
-		if imported && batch[0].Op == store.Create {
-			batch = batch[:0] // in the store already: only the workload is rebuilt
-			return nil
-		}
 		if _, err := st.Write(ctx, nil, batch); err != nil {
 			return fmt.Errorf("importing at relationship %d: %w", res.Relationships+res.AgentLinks, err)
 		}
@@ -152,8 +148,11 @@ func RunScale(ctx context.Context, o ScaleOptions) (*ScaleResult, error) {
 	}
 	count := &res.Relationships
 	emit := func(r rel.Relationship) error {
-		batch = append(batch, store.Mutation{Op: store.Create, Rel: r})
 		*count++
+		if imported {
+			return nil // in the store already: only the workload is rebuilt
+		}
+		batch = append(batch, store.Mutation{Op: store.Create, Rel: r})
 		if *count%1_000_000 == 0 {
 			logf("imported %d", *count)
 		}
